@@ -1,0 +1,119 @@
+"""`kat-agent`: init, join."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from kat_agent.daemon import NodeOptions, StartupError, run_init, run_join
+
+DEFAULT_DATA_DIR = Path("/var/lib/kat")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"bad label {part!r} (use key=value,key2=value2)")
+        labels[key] = value
+    return labels
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default /var/lib/kat")
+    p.add_argument("--advertise-address", default="", help="this node's address (default: the default route's)")
+    p.add_argument("--node-name", default="", help="requested node name (default: the hostname)")
+    p.add_argument("--labels", type=parse_labels, default={}, help="node labels, k=v,k2=v2")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kat-agent", description="KAT node agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="start a new cluster on this node (or resume it)")
+    init.add_argument("--config", type=Path, help="cluster.kat (read once, on a new data dir)")
+    init.add_argument("--etcd-binary", default=None, help="etcd executable (default: etcd on PATH)")
+    _common(init)
+    join = sub.add_parser("join", help="join this node to a cluster (or resume it)")
+    join.add_argument("--leader", required=True, help="leader address, host:port")
+    join.add_argument("--token", required=True, help="join token from `katcall token create`")
+    _common(join)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    opts = NodeOptions(
+        data_dir=args.data_dir,
+        advertise_address=args.advertise_address,
+        node_name=args.node_name,
+        labels=args.labels,
+        etcd_binary=getattr(args, "etcd_binary", None),
+    )
+    if args.command == "init":
+        await run_init(args.config, opts)
+    else:
+        await run_join(args.leader, args.token, opts)
+
+
+def _startup_errors(exc: BaseException) -> list[StartupError]:
+    if isinstance(exc, StartupError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found = [e for sub in exc.exceptions for e in _startup_errors(sub)]
+        return found
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        asyncio.run(_run(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - unwrap TaskGroup groups into one clear line
+        startup = _startup_errors(exc)
+        if not startup:
+            raise
+        for err in startup:
+            print(f"kat-agent: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""AgentAPI on the leader: Join (token-authenticated, on the join port) and
+Heartbeat (node certificates, on the API port)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import UTC, datetime
+
+import grpc
+
+from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal import ipam, pki, rpc, tokens
+from internal.events import new_event
+from internal import store as store_mod
+from kat_agent.leader.context import LeaderContext
+
+log = logging.getLogger(__name__)
+
+_LABEL_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+def node_name_candidates(requested: str) -> list[str]:
+    """DNS-label node names to try in order: the requested one, then numbered."""
+    base = _LABEL_BAD.sub("-", requested.lower()).strip("-")[:50] or "node"
+    return [base] + [f"{base}-{i}" for i in range(2, 1000)]
+
+
+class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
+    def __init__(self, lc: LeaderContext) -> None:
+        self.lc = lc
+
+    async def Join(
+        self, request: kat_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.JoinResponse:
+        lc = self.lc
+        await lc.require_leader(context)
+        if lc.ca_key is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this leader cannot sign")
+        try:
+            token_id, secret = tokens.parse_credential(request.token)
+            await self._consume_token(token_id, secret)
+        except tokens.TokenError as exc:
+            log.warning("join refused from %s: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"join refused: {exc}")
+        if not request.advertise_address:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "advertise_address is required")
+        try:
+            pki.load_csr(request.csr_pem)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad CSR: {exc}")
+
+        node = await self._register(request)
+        name = node.metadata.name
+        assert lc.ca_key is not None
+        cert = pki.sign_csr(
+            lc.ca_cert,
+            lc.ca_key,
+            request.csr_pem,
+            common_name=name,
+            role=rpc.ROLE_NODE,
+            dns_names=[name, "localhost"],
+            ip_addresses=[request.advertise_address, "127.0.0.1"],
+        )
+        await lc.store.record_event(
+            new_event("NodeJoined", f"joined from {request.advertise_address}", kind="Node", name=name)
+        )
+        log.info("node %s joined from %s, subnet %s", name, request.advertise_address, node.status.subnet)
+        return kat_pb2.JoinResponse(
+            node=node,
+            certificate_pem=cert,
+            ca_pem=lc.ca_cert,
+            configuration=lc.config,
+            peers=lc.peers(),
+            api_endpoints=lc.api_endpoints(),
+            cluster_uid=lc.cluster_uid,
+        )
+
+    async def _consume_token(self, token_id: str, secret: str) -> None:
+        store = self.lc.store
+        for _ in range(10):
+            current = await store.get_token(token_id)
+            tokens.check(current.msg if current else None, secret, now=datetime.now(UTC))
+            assert current is not None
+            current.msg.uses += 1
+            try:
+                await store.update_token(current.msg, current.mod_revision)
+                return
+            except store_mod.StaleWrite:
+                continue
+        raise tokens.TokenError("token is being used concurrently; retry")
+
+    async def _register(self, request: kat_pb2.JoinRequest) -> kat_pb2.Node:
+        lc = self.lc
+        node = kat_pb2.Node(api_version="kat.dws.rip/v1alpha1", kind="Node")
+        node.metadata.uid = str(uuid.uuid4())
+        node.metadata.labels.update(request.labels)
+        node.metadata.creation_timestamp.FromDatetime(datetime.now(UTC))
+        st = node.status
+        st.condition = kat_pb2.NodeStatus.UNKNOWN
+        st.advertise_address = request.advertise_address
+        st.capacity.CopyFrom(request.capacity)
+        st.allocatable.CopyFrom(request.capacity)
+        st.wireguard_public_key = request.wireguard_public_key
+        st.etcd_member = request.etcd_member
+        st.agent_port = lc.spec.agent_port
+        return await register_node(lc, node, request.node_name or request.hostname)
+
+    async def Heartbeat(
+        self, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.HeartbeatResponse:
+        cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        await self.lc.require_leader(context)
+        if cn != request.node_name:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"certificate of {cn!r} cannot report as {request.node_name!r}"
+            )
+        if not await self.lc.registry.heartbeat(request):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_name!r} is not registered")
+        return kat_pb2.HeartbeatResponse(
+            tick_seconds=self.lc.spec.agent_tick_seconds,
+            leader_node=self.lc.node_name,
+            api_endpoints=self.lc.api_endpoints(),
+        )
+
+
+async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: str) -> kat_pb2.Node:
+    """Store a new node under a unique name with its own overlay subnet."""
+    store = lc.store
+    for name in node_name_candidates(requested_name):
+        node.metadata.name = name
+        try:
+            rev = await store.create_node(node)
+            break
+        except store_mod.AlreadyExists:
+            continue
+    else:
+        raise RuntimeError(f"no free node name for {requested_name!r}")
+    spec = lc.spec
+    used = await store.list_subnets()
+    subnet = await store.allocate_subnet(
+        name, ipam.free_subnets(spec.cluster_cidr, spec.node_subnet_bits, used)
+    )
+    node.status.subnet = subnet
+    rev = await store.update_node(node, rev)
+    node.metadata.resource_version = rev
+    lc.registry.adopt(node, rev)
+    return node
+

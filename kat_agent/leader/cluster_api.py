@@ -1,0 +1,187 @@
+"""ClusterAPI on the leader: what katcall calls (admin certificates only)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import grpc
+
+from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal import rpc, tokens
+from internal import store as store_mod
+from internal.etcd import EtcdUnavailable
+from internal.events import new_event
+from kat_agent.leader.context import LeaderContext
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Admin certificate, leadership, and etcd failures mapped to clear codes."""
+
+    async def wrapper(self: ClusterAPI, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        who = await rpc.require_role(context, rpc.ROLE_ADMIN)
+        await self.lc.require_leader(context)
+        try:
+            return await fn(self, request, context)
+        except EtcdUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
+        except store_mod.StaleWrite as exc:
+            await context.abort(grpc.StatusCode.ABORTED, f"conflicting change, retry: {exc}")
+        finally:
+            log.debug("audit: %s called %s", who, fn.__name__)
+        raise AssertionError("unreachable")
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
+    def __init__(self, lc: LeaderContext) -> None:
+        self.lc = lc
+
+    # ------------------------------------------------------------- nodes
+
+    @admin
+    async def ListNodes(self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext) -> kat_pb2.NodeList:
+        nodes = self.lc.registry.all()
+        if request.label_selector:
+            sel = dict(request.label_selector)
+            nodes = [n for n in nodes if all(n.metadata.labels.get(k) == v for k, v in sel.items())]
+        for n in nodes:
+            n.status.leader = n.metadata.name == self.lc.node_name
+        return kat_pb2.NodeList(items=nodes)
+
+    async def _node(self, name: str, context: grpc.aio.ServicerContext) -> kat_pb2.Node:
+        node = self.lc.registry.get(name)
+        if node is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {name!r} not found")
+        assert node is not None
+        node.status.leader = name == self.lc.node_name
+        return node
+
+    @admin
+    async def GetNode(self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext) -> kat_pb2.Node:
+        return await self._node(request.name, context)
+
+    async def _set_unschedulable(
+        self, name: str, value: bool, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.Node:
+        def apply(node: kat_pb2.Node) -> None:
+            node.spec.unschedulable = value
+
+        if await self.lc.registry.mutate(name, apply) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {name!r} not found")
+        reason = "NodeCordoned" if value else "NodeUncordoned"
+        await self.lc.store.record_event(new_event(reason, reason[4:].lower(), kind="Node", name=name))
+        return await self._node(name, context)
+
+    @admin
+    async def CordonNode(self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext) -> kat_pb2.Node:
+        return await self._set_unschedulable(request.name, True, context)
+
+    @admin
+    async def UncordonNode(self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext) -> kat_pb2.Node:
+        return await self._set_unschedulable(request.name, False, context)
+
+    # ------------------------------------------------------------- tokens
+
+    @admin
+    async def CreateToken(
+        self, request: kat_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.CreateTokenResponse:
+        if request.ttl_seconds < 0 or request.max_uses < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl and max uses must not be negative")
+        ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else tokens.DEFAULT_TTL
+        record, text = tokens.new_token(
+            self.lc.ca_hash,
+            self.lc.spec.join_port,
+            now=datetime.now(UTC),
+            ttl=ttl,
+            max_uses=request.max_uses,
+            description=request.description,
+        )
+        await self.lc.store.create_token(record)
+        return kat_pb2.CreateTokenResponse(token=record, join_token=text)
+
+    @admin
+    async def ListTokens(self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext) -> kat_pb2.TokenList:
+        return kat_pb2.TokenList(items=[v.msg for v in await self.lc.store.list_tokens()])
+
+    @admin
+    async def RevokeToken(
+        self, request: kat_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.JoinToken:
+        for _ in range(5):
+            current = await self.lc.store.get_token(request.id)
+            if current is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"token {request.id!r} not found")
+            assert current is not None
+            current.msg.revoked = True
+            try:
+                await self.lc.store.update_token(current.msg, current.mod_revision)
+                return current.msg
+            except store_mod.StaleWrite:
+                continue
+        await context.abort(grpc.StatusCode.ABORTED, "token changed concurrently; retry")
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------- namespaces and events
+
+    @admin
+    async def ListNamespaces(
+        self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.NamespaceList:
+        return kat_pb2.NamespaceList(items=[v.msg for v in await self.lc.store.list_namespaces()])
+
+    @admin
+    async def CreateNamespace(
+        self, request: kat_pb2.NamespaceRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.Namespace:
+        ns = new_namespace(request.name)
+        try:
+            await self.lc.store.create_namespace(ns)
+        except store_mod.AlreadyExists:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"namespace {request.name!r} already exists")
+        return ns
+
+    @admin
+    async def ListEvents(
+        self, request: kat_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.EventList:
+        events = await self.lc.store.list_events()
+        if request.namespace and request.namespace != "*":
+            events = [e for e in events if e.namespace in ("", request.namespace)]
+        if request.object_name:
+            events = [e for e in events if e.object_name == request.object_name]
+        events.sort(key=lambda e: (e.timestamp.seconds, e.timestamp.nanos))
+        if request.limit:
+            events = events[-request.limit :]
+        return kat_pb2.EventList(items=events)
+
+    @admin
+    async def GetClusterInfo(
+        self, request: kat_pb2.ClusterInfoRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.ClusterInfo:
+        lc = self.lc
+        return kat_pb2.ClusterInfo(
+            cluster_uid=lc.cluster_uid,
+            leader_node=lc.node_name,
+            leader_api_address=lc.api_address,
+            api_endpoints=lc.api_endpoints(),
+            configuration=lc.config,
+        )
+
+
+def new_namespace(name: str) -> kat_pb2.Namespace:
+    ns = kat_pb2.Namespace(api_version="kat.dws.rip/v1alpha1", kind="Namespace")
+    ns.metadata.name = name
+    ns.metadata.creation_timestamp.FromDatetime(datetime.now(UTC))
+    return ns

@@ -1,0 +1,64 @@
+"""What the leader-side servicers share: the store, the cluster configuration,
+CA material and whether this process currently leads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from api.v1alpha1 import kat_pb2
+from internal import rpc
+from internal.store import Store
+from kat_agent.leader.nodes import NodeRegistry
+
+
+@dataclass
+class LeaderContext:
+    store: Store
+    config: kat_pb2.ClusterConfiguration
+    cluster_uid: str
+    node_name: str
+    api_address: str
+    ca_cert: bytes
+    ca_key: bytes | None
+    registry: NodeRegistry
+    leading: bool = False
+    leader_address: str = ""  # the current leader's API address, as last observed
+    ca_hash: str = field(default="")
+
+    @property
+    def spec(self) -> kat_pb2.ClusterConfigurationSpec:
+        return self.config.spec
+
+    async def require_leader(self, context: grpc.aio.ServicerContext) -> None:
+        """Answer UNAVAILABLE, naming the leader, unless this process leads."""
+        if self.leading:
+            return
+        if self.leader_address and self.leader_address != self.api_address:
+            context.set_trailing_metadata(((rpc.LEADER_KEY, self.leader_address),))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"not the leader; the leader is {self.leader_address}"
+            )
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader elected yet; retry shortly")
+
+    def api_endpoints(self) -> list[str]:
+        port = self.spec.api_port
+        members = [
+            f"{n.status.advertise_address}:{port}"
+            for n in self.registry.all()
+            if n.status.etcd_member and n.status.advertise_address
+        ]
+        return members or [self.api_address]
+
+    def peers(self) -> list[kat_pb2.Peer]:
+        return [
+            kat_pb2.Peer(
+                node_name=n.metadata.name,
+                advertise_address=n.status.advertise_address,
+                subnet=n.status.subnet,
+                wireguard_public_key=n.status.wireguard_public_key,
+                wireguard_port=self.spec.wireguard_port,
+            )
+            for n in self.registry.all()
+        ]

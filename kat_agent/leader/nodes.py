@@ -1,0 +1,176 @@
+"""The leader's view of nodes: heartbeats, liveness and node records.
+
+Liveness lives in memory (the time of each node's last heartbeat); etcd is
+written only when something a user can see changes: the condition, addresses,
+resources, labels, taints or instance states. A heartbeat that changes nothing
+costs no etcd write. Every node write on the leader goes through here, under a
+per-node lock, so the cache and etcd agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from api.v1alpha1 import kat_pb2
+from internal import store as store_mod
+from internal.events import new_event
+from internal.store import Store
+
+log = logging.getLogger(__name__)
+
+READY = kat_pb2.NodeStatus.READY
+NOT_READY = kat_pb2.NodeStatus.NOT_READY
+
+
+@dataclass
+class _Cached:
+    node: kat_pb2.Node
+    revision: int
+
+
+class NodeRegistry:
+    def __init__(
+        self,
+        store: Store,
+        config: kat_pb2.ClusterConfigurationSpec,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._clock = clock
+        self._nodes: dict[str, _Cached] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._last_seen: dict[str, float] = {}
+        self._last_seen_wall: dict[str, datetime] = {}
+        self._since = clock()
+
+    async def load(self) -> None:
+        """Fill the cache from etcd; liveness starts counting from now."""
+        self._nodes = {
+            v.msg.metadata.name: _Cached(v.msg, v.mod_revision) for v in await self._store.list_nodes()
+        }
+        self._since = self._clock()
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def names(self) -> list[str]:
+        return sorted(self._nodes)
+
+    def get(self, name: str) -> kat_pb2.Node | None:
+        cached = self._nodes.get(name)
+        if cached is None:
+            return None
+        node = kat_pb2.Node()
+        node.CopyFrom(cached.node)
+        seen = self._last_seen_wall.get(name)
+        if seen is not None:
+            node.status.last_heartbeat.FromDatetime(seen)
+        return node
+
+    def all(self) -> list[kat_pb2.Node]:
+        return [n for n in (self.get(name) for name in self.names()) if n is not None]
+
+    def adopt(self, node: kat_pb2.Node, revision: int) -> None:
+        """Record a node written elsewhere on the leader (a join)."""
+        self._nodes[node.metadata.name] = _Cached(node, revision)
+
+    async def mutate(
+        self, name: str, change: Callable[[kat_pb2.Node], None]
+    ) -> kat_pb2.Node | None:
+        """Apply `change` to the node and write it if anything differs.
+
+        Returns the node as stored, or None for an unknown node."""
+        async with self._lock(name):
+            for _ in range(5):
+                cached = self._nodes.get(name)
+                if cached is None:
+                    return None
+                updated = kat_pb2.Node()
+                updated.CopyFrom(cached.node)
+                change(updated)
+                if updated == cached.node:
+                    return updated
+                try:
+                    rev = await self._store.update_node(updated, cached.revision)
+                except store_mod.StaleWrite:
+                    fresh = await self._store.get_node(name)
+                    if fresh is None:
+                        self._nodes.pop(name, None)
+                        return None
+                    self._nodes[name] = _Cached(fresh.msg, fresh.mod_revision)
+                    continue
+                updated.metadata.resource_version = rev
+                self._nodes[name] = _Cached(updated, rev)
+                return updated
+            raise RuntimeError(f"node {name}: too many concurrent updates")
+
+    async def heartbeat(self, req: kat_pb2.HeartbeatRequest) -> bool:
+        """Record a heartbeat; returns False for a node the cluster does not know."""
+        name = req.node_name
+        if name not in self._nodes:
+            return False
+        self._last_seen[name] = self._clock()
+        self._last_seen_wall[name] = datetime.now(UTC)
+        was_ready = self._nodes[name].node.status.condition == READY
+
+        def apply(node: kat_pb2.Node) -> None:
+            st = node.status
+            st.condition = READY
+            st.capacity.CopyFrom(req.capacity)
+            st.allocatable.CopyFrom(req.allocatable)
+            if req.advertise_address:
+                st.advertise_address = req.advertise_address
+            if req.wireguard_public_key:
+                st.wireguard_public_key = req.wireguard_public_key
+            del st.instances[:]
+            st.instances.extend(req.instances)
+            node.metadata.labels.clear()
+            node.metadata.labels.update(req.labels)
+            del node.spec.taints[:]
+            node.spec.taints.extend(req.taints)
+
+        await self.mutate(name, apply)
+        if not was_ready:
+            await self._event(name, "NodeReady", "node is sending heartbeats again", warning=False)
+        return True
+
+    def overdue(self) -> list[str]:
+        """READY nodes silent for longer than nodeLossTimeoutSeconds."""
+        now = self._clock()
+        limit = self._config.node_loss_timeout_seconds
+        return [
+            name
+            for name, c in self._nodes.items()
+            if c.node.status.condition == READY
+            and now - self._last_seen.get(name, self._since) > limit
+        ]
+
+    async def mark_lost(self) -> list[str]:
+        lost = []
+        for name in self.overdue():
+
+            def apply(node: kat_pb2.Node) -> None:
+                node.status.condition = NOT_READY
+
+            await self.mutate(name, apply)
+            lost.append(name)
+            silent = self._config.node_loss_timeout_seconds
+            await self._event(name, "NodeNotReady", f"no heartbeat for over {silent}s", warning=True)
+            log.warning("node %s is NOT_READY: no heartbeat for over %ss", name, silent)
+        return lost
+
+    async def run_health(self) -> None:
+        """Reconcile loop: mark silent nodes NOT_READY, twice a tick."""
+        interval = max(0.2, self._config.agent_tick_seconds / 2)
+        while True:
+            await self.mark_lost()
+            await asyncio.sleep(interval)
+
+    async def _event(self, node: str, reason: str, message: str, *, warning: bool) -> None:
+        await self._store.record_event(new_event(reason, message, kind="Node", name=node, warning=warning))

@@ -1,0 +1,18 @@
+"""Turning katcall's global options into a connected client."""
+
+from __future__ import annotations
+
+import argparse
+
+from internal import clientconfig
+from katcall.client import Client
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--katconfig", help="client config file (default: $KATCONFIG or ~/.kat/config)")
+    parser.add_argument("--context", help="cluster context to use (default: the config's current context)")
+
+
+def connect(args: argparse.Namespace) -> Client:
+    cfg = clientconfig.load(clientconfig.resolve_path(getattr(args, "katconfig", None)))
+    return Client(cfg.context(getattr(args, "context", None)))

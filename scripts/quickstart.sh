@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Start (or resume) a single-node KAT cluster on this machine and show it.
+#   KAT_DATA_DIR   data dir (default /var/lib/kat)
+#   KAT_CONFIG     cluster.kat to init with (default examples/cluster.kat)
+# The agent runs in the background; its log is $KAT_DATA_DIR/agent.log and
+# `scripts/quickstart.sh stop` stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${KAT_DATA_DIR:-/var/lib/kat}"
+CONFIG="${KAT_CONFIG:-examples/cluster.kat}"
+PIDFILE="$DATA/agent.pid"
+mkdir -p "$DATA"
+
+running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+if [ "${1:-}" = "stop" ]; then
+  if running; then
+    kill -TERM "$(cat "$PIDFILE")"
+    for _ in $(seq 100); do running || break; sleep 0.1; done
+  fi
+  rm -f "$PIDFILE"
+  echo "kat-agent stopped"
+  exit 0
+fi
+
+if running; then
+  echo "kat-agent already running (pid $(cat "$PIDFILE"))"
+else
+  echo "starting kat-agent init (data dir $DATA, log $DATA/agent.log)"
+  setsid kat-agent init --config "$CONFIG" --data-dir "$DATA" >>"$DATA/agent.log" 2>&1 < /dev/null &
+  echo $! > "$PIDFILE"
+fi
+
+deadline=$((SECONDS + 60))
+until [ -f "$DATA/admin.katconfig" ] && katcall --katconfig "$DATA/admin.katconfig" get nodes -o json 2>/dev/null | grep -q '"READY"'; do
+  if ! running || [ $SECONDS -ge $deadline ]; then
+    echo "kat-agent did not come up; last lines of $DATA/agent.log:" >&2
+    tail -n 30 "$DATA/agent.log" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+
+mkdir -p ~/.kat
+katcall --katconfig ~/.kat/config config merge "$DATA/admin.katconfig" --use >/dev/null
+grep -h "kat-agent join" "$DATA/agent.log" | tail -n 1 || true
+katcall get nodes
