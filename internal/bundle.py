@@ -193,9 +193,11 @@ class _Inflater:
         return True
 
     def read(self, n: int) -> bytes | None:
-        """Exactly n bytes, or None if the stream ends first."""
+        """Exactly n bytes; None at a clean end of the stream."""
         while len(self._buf) < n:
             if not self._more():
+                if self._buf:
+                    raise BundleError("corrupt tar archive: truncated")
                 return None
         out = bytes(self._buf[:n])
         del self._buf[:n]
@@ -235,7 +237,7 @@ def _octal(field: bytes, what: str) -> int:
 def _parse_header(block: bytes) -> _Header:
     stored = _octal(block[148:156], "checksum")
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b >= 128)
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b >= 128)
     if stored not in (unsigned, signed):
         raise BundleError("corrupt tar header (checksum mismatch)")
     magic = block[257:265]
@@ -252,7 +254,9 @@ def _decode_name(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BundleError(f"file name {_quote(raw.decode('utf-8', 'replace'))} is not UTF-8") from None
+        raise BundleError(
+            f"file name {_quote(raw.decode('utf-8', 'replace'))} is not UTF-8"
+        ) from None
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -317,11 +321,8 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
     long_name: str | None = None
     while True:
         block = stream.read(_BLOCK)
-        if block is None:
-            break  # end of stream without end-of-archive blocks: tolerated
-        if not any(block):
-            stream.finish()
-            break
+        if block is None or not any(block):
+            break  # a missing end-of-archive marker is tolerated
         entries += 1
         if entries > limits.max_entries:
             raise BundleError(f"more than {limits.max_entries} entries")
@@ -342,6 +343,8 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
                 size = int(pax["size"])
             except ValueError:
                 raise BundleError("corrupt pax header (size)") from None
+            if size < 0:
+                raise BundleError("corrupt pax header (negative size)")
         pax, long_name = {}, None
         bundle_name = _check_path(name)
         kind = _TYPE_NAMES.get(header.type)
@@ -358,10 +361,9 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
         if bundle_name in files:
             raise BundleError(f"duplicate file {_quote(bundle_name)}")
         if size > limits.max_file:
-            raise BundleError(
-                f"{_quote(bundle_name)} is larger than {_size_text(limits.max_file)}"
-            )
+            raise BundleError(f"{_quote(bundle_name)} is larger than {_size_text(limits.max_file)}")
         files[bundle_name] = _read_payload(stream, size)
+    stream.finish()
     if not files:
         raise BundleError("the archive contains no bundle files")
     return files

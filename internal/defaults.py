@@ -120,7 +120,8 @@ def _companion(
         msg.kind = kind
     if not msg.metadata.name:
         msg.metadata.name = meta.name
-    _meta_defaults(msg.metadata)
+    if not msg.metadata.namespace:
+        msg.metadata.namespace = meta.namespace or DEFAULT_NAMESPACE
     msg.spec.SetInParent()
 
 

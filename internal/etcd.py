@@ -23,6 +23,7 @@ not, because a write that timed out may still have been applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -342,6 +343,37 @@ def _event(ev: Any) -> KVEvent:
     return KVEvent(kind, kv, prev)
 
 
+class _WatchHandle:
+    """Records a watch created on a worker thread, so that a caller that gave up
+    waiting (cancelled, timed out) can still cancel it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.watcher: Watcher | None = None
+        self.watch_id: int | None = None
+
+    def created(self, watcher: Watcher, watch_id: int) -> bool:
+        """Worker side; False means the caller is gone and the watch must go."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self.watcher, self.watch_id = watcher, watch_id
+            return True
+
+    def abandon(self) -> tuple[Watcher, int] | None:
+        with self._lock:
+            self._abandoned = True
+            if self.watcher is None or self.watch_id is None:
+                return None
+            return self.watcher, self.watch_id
+
+
+def _quiet_cancel(watcher: Watcher, watch_id: int) -> None:
+    with contextlib.suppress(Exception):
+        watcher.cancel(watch_id)
+
+
 _STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "kv": etcdrpc.KVStub,
     "lease": etcdrpc.LeaseStub,
@@ -527,8 +559,11 @@ class EtcdClient:
             raise EtcdError("etcd client is closed") from None
         # A safety net only: every gRPC call carries its own deadline.
         limit = (deadline or self.timeout) * attempts + 1.0
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+        # that arrives as the call completes, leaving the caller running on.
         try:
-            return await asyncio.wait_for(fut, limit)
+            async with asyncio.timeout(limit):
+                return await fut
         except TimeoutError:
             raise EtcdUnavailable(f"etcd gave no answer to {what} within {limit:g}s") from None
 
@@ -708,7 +743,9 @@ class EtcdClient:
                 except RuntimeError:
                     pass  # our loop is closed: nobody is listening any more
 
-            def create(w: Watcher, rev: int = next_rev) -> tuple[Watcher, int]:
+            handle = _WatchHandle()
+
+            def create(w: Watcher, rev: int = next_rev, h: _WatchHandle = handle) -> _WatchHandle:
                 wid = w.add_callback(
                     start,
                     deliver,
@@ -717,15 +754,19 @@ class EtcdClient:
                     progress_notify=True,
                     prev_kv=True,
                 )
-                return w, wid
+                if not h.created(w, wid):
+                    w.cancel(wid)
+                return h
 
             try:
-                watcher, watch_id = await self._run(what, create, kind="watch")
+                await self._create_watch(what, create, handle)
             except EtcdUnavailable as exc:
                 log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _WATCH_RETRY_MAX)
                 continue
+            watcher, watch_id = handle.watcher, handle.watch_id
+            assert watcher is not None and watch_id is not None
             failure: Any = None
             try:
                 while failure is None:
@@ -760,6 +801,20 @@ class EtcdClient:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _WATCH_RETRY_MAX)
+
+    async def _create_watch(
+        self, what: str, create: Callable[[Watcher], _WatchHandle], handle: _WatchHandle
+    ) -> None:
+        try:
+            await self._run(what, create, kind="watch")
+        except BaseException:
+            # Cancelled or timed out while the worker thread may still create the
+            # watch: make sure it does not live on unobserved.
+            made = handle.abandon()
+            if made is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._executor.submit(_quiet_cancel, *made)
+            raise
 
     async def _cancel_watch(self, watcher: Watcher, watch_id: int) -> None:
         if self._closed:

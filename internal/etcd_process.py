@@ -346,7 +346,8 @@ class EtcdProcess:
             return
         proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), grace)
+            async with asyncio.timeout(grace):
+                await proc.wait()
         except TimeoutError:
             log.warning("etcd %s did not stop within %.0fs; killing it", self.name, grace)
             proc.kill()

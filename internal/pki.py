@@ -46,6 +46,10 @@ _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
 }
 ROLES = tuple(_USAGES)
 
+# The CA certificate names itself so it can also serve TLS on the leader's join
+# port, where a joining agent pins it by hash (see kat_agent/bootstrap.py).
+CA_SERVER_NAME = "kat-ca"
+
 CA_VALIDITY_DAYS = 3650
 CERT_VALIDITY_DAYS = 365
 # Tolerate a little clock skew between nodes for freshly issued certificates.
@@ -170,6 +174,7 @@ def create_ca(common_name: str = "kat-ca", *, validity_days: int = CA_VALIDITY_D
             critical=True,
         )
         .add_extension(ski, critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(CA_SERVER_NAME)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     return CertAndKey(cert.public_bytes(serialization.Encoding.PEM), key_pem)

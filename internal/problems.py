@@ -13,9 +13,27 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        if self.path:
-            return f"{self.file}: {self.path}: {self.message}"
-        return f"{self.file}: {self.message}"
+        text = (
+            f"{self.file}: {self.path}: {self.message}"
+            if self.path
+            else f"{self.file}: {self.message}"
+        )
+        return printable(text)
+
+
+_MAX_LINE = 1000
+
+
+def printable(text: str) -> str:
+    """One printable line: control characters escaped (a value may hold a newline or a
+    terminal escape), very long lines shortened."""
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
+        text = "".join(
+            f"\\x{ord(c):02x}" if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text
+        )
+    if len(text) > _MAX_LINE:
+        text = text[: _MAX_LINE - 3] + "..."
+    return text
 
 
 class ValidationError(ValueError):

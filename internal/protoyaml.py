@@ -3,8 +3,8 @@
 Field names are the proto JSON names (camelCase, or the `json_name` option); enum values are
 written by name and parsed case-insensitively, the zero `*_UNSPECIFIED` value is never
 accepted. Every mismatch is reported with its field path, and walking goes on so that all
-problems of a document are found in one pass. Input is treated as hostile: the YAML parser is
-chosen so that deep nesting cannot crash it, and the walk has a node budget so that YAML
+problems of a document are found in one pass. Input is treated as hostile: YAML is read by
+internal/yamlsafe (no recursion, depth limit), and the walk has a node budget so that YAML
 aliases cannot make it do exponential work.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime
 import difflib
-from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -22,14 +21,9 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from internal.problems import Reporter, index_path, join_path, key_path
+from internal.yamlsafe import YamlError, load_document
 
 MAX_NODES = 100_000
-# libyaml's composer recurses in C and segfaults on very deep nesting. Nesting depth is
-# bounded by the number of these characters (block mappings need ever longer indentation,
-# so they stay shallow), so a document with few of them is safe for the fast C parser;
-# anything else goes to the pure-Python parser, where deep nesting is a RecursionError.
-_NESTING_CHARS = "[{-?"
-_MAX_NESTING_CHARS_FOR_C = 1000
 
 _TIMESTAMP = "google.protobuf.Timestamp"
 _INT_RANGES = {
@@ -49,51 +43,6 @@ _INT_RANGES = {
 # ------------------------------------------------------------------ YAML reading
 
 
-class YamlMapping(dict[Any, Any]):
-    """A YAML mapping that remembers keys written more than once."""
-
-    duplicates: list[Any]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.duplicates = []
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Iterator[YamlMapping]:
-    data = YamlMapping()
-    yield data
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=False)
-        try:
-            if key in seen:
-                data.duplicates.append(key)
-            seen.add(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark
-            ) from None
-    data.update(loader.construct_mapping(node))
-
-
-class _PySafeLoader(yaml.SafeLoader):
-    pass
-
-
-_PySafeLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-
-_CSafeLoader: type[Any] | None = None
-if hasattr(yaml, "CSafeLoader"):
-
-    class _CLoader(yaml.CSafeLoader):  # type: ignore[name-defined,misc]
-        pass
-
-    _CLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-    _CSafeLoader = _CLoader
-
-
 def parse_yaml(data: bytes | str, rep: Reporter) -> Any:
     """Parse one YAML document; on failure report it and return None."""
     if isinstance(data, bytes):
@@ -107,24 +56,27 @@ def parse_yaml(data: bytes | str, rep: Reporter) -> Any:
     if not text.strip():
         rep.add("", "file is empty")
         return None
-    nesting = sum(text.count(c) for c in _NESTING_CHARS)
-    loader = _CSafeLoader if (_CSafeLoader and nesting <= _MAX_NESTING_CHARS_FOR_C) else None
     try:
-        return yaml.load(text, Loader=loader or _PySafeLoader)  # noqa: S506 - safe loaders only
-    except RecursionError:
-        rep.add("", "invalid YAML: nesting too deep")
+        doc = load_document(text)
+    except YamlError as e:
+        rep.add("", f"invalid YAML{_where(e.mark)}: {e.message}")
+        return None
     except yaml.MarkedYAMLError as e:
-        where = ""
-        mark = e.problem_mark or e.context_mark
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
         why = e.problem or e.context or "syntax error"
-        if "expected a single document" in str(e):
-            why = "expected a single document, found more than one (---)"
-        rep.add("", f"invalid YAML{where}: {why}")
+        rep.add("", f"invalid YAML{_where(e.problem_mark or e.context_mark)}: {why}")
+        return None
     except yaml.YAMLError as e:
         rep.add("", f"invalid YAML: {e}")
-    return None
+        return None
+    if doc is None:
+        rep.add("", "file is empty")
+    return doc
+
+
+def _where(mark: Any) -> str:
+    if mark is None:
+        return ""
+    return f" at line {mark.line + 1}, column {mark.column + 1}"
 
 
 # ------------------------------------------------------------------ YAML -> proto
@@ -192,6 +144,8 @@ class Walker:
         self._duplicates(value, path)
         oneof_seen: dict[str, str] = {}
         for key, item in value.items():
+            if not self._spend():
+                return
             if not isinstance(key, str):
                 self.rep.add(path, f"field names must be strings, got {type_name(key)} {key!r}")
                 continue
@@ -354,10 +308,11 @@ def _yaml_scalar_text(value: bool | int | float) -> str:
 
 
 def _hint(key: str, fields: dict[str, FieldDescriptor]) -> str:
+    squashed = key.replace("_", "").lower()
     for f in fields.values():
-        if key == f.name or key.lower() == f.json_name.lower():
+        if key == f.name or squashed == f.json_name.replace("_", "").lower():
             return f' (did you mean "{f.json_name}"?)'
-    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.8)
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.7)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 

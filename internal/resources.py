@@ -138,7 +138,7 @@ def parse_file(
     if isinstance(msg, kat_pb2.ClusterConfiguration):
         apply_cluster_defaults(msg, rep.present)
     _VALIDATORS[kind](msg, rep)
-    problems = structural + [p for p in rep.problems if not _covered(p.path, structural)]
+    problems = structural + _without_follow_ups(rep.problems, structural)
     if kind not in _CLUSTER_SCOPED and msg.HasField("metadata") and not msg.metadata.namespace:
         msg.metadata.namespace = DEFAULT_NAMESPACE
     return msg, _capped(problems, file)
@@ -167,17 +167,22 @@ def _check_kind(value: Any, expected: str | None, rep: Reporter) -> str | None:
     return None
 
 
-def _covered(path: str, structural: list[Problem]) -> bool:
-    """True if a structural problem already explains a semantic one at `path`."""
-    for p in structural:
-        q = p.path
-        if (
-            q == path
-            or q.startswith((path + ".", path + "["))
-            or path.startswith((q + ".", q + "["))
-        ):
-            return True
-    return False
+def _without_follow_ups(semantic: list[Problem], structural: list[Problem]) -> list[Problem]:
+    """Drop semantic problems that a structural one already explains (same path, or one
+    inside the other), e.g. "spec.source: required" after "spec.source.imagee: unknown"."""
+    exact = {p.path for p in structural}
+    inner = {a for p in structural for a in _ancestors(p.path)}
+    return [
+        p
+        for p in semantic
+        if p.path not in exact
+        and p.path not in inner
+        and not any(a in exact for a in _ancestors(p.path))
+    ]
+
+
+def _ancestors(path: str) -> list[str]:
+    return [path[:i] for i, c in enumerate(path) if c in ".[" and i > 0]
 
 
 def _capped(problems: list[Problem], file: str) -> list[Problem]:

@@ -416,6 +416,9 @@ def _check_resources(res: kat_pb2.ResourceRequirements, path: str, rep: Reporter
 
 def validate_virtual_load_balancer(v: kat_pb2.VirtualLoadBalancer, rep: Reporter) -> None:
     check_envelope(v, rep, namespaced=True)
+    if not v.HasField("spec"):
+        rep.add("spec", "required (ports, healthCheck, ingress)")
+        return
     spec = v.spec
     names: dict[str, int] = {}
     numbers: dict[int, int] = {}

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -22,7 +23,13 @@ from kat_agent import bootstrap
 from kat_agent.agent import Agent, machine_resources
 from kat_agent.datadir import DataDir, NodeIdentity
 
+if TYPE_CHECKING:
+    from internal.etcd_process import EtcdProcess
+
 log = logging.getLogger(__name__)
+
+
+LEADER_TTL_SECONDS = 10
 
 
 class StartupError(Exception):
@@ -62,7 +69,8 @@ def load_local_config(dd: DataDir) -> kat_pb2.ClusterConfiguration:
 
 
 async def run_init(config_path: Path | None, opts: NodeOptions) -> None:
-    from internal.etcd_process import EtcdProcess
+    from internal.etcd import EtcdClient
+    from internal.etcd_process import EtcdStartError
     from internal.store import Store
 
     dd = DataDir(opts.data_dir)
@@ -91,8 +99,18 @@ async def run_init(config_path: Path | None, opts: NodeOptions) -> None:
     async with contextlib.AsyncExitStack() as stack:
         await etcd.start()
         stack.push_async_callback(etcd.stop)
-        store = await Store.connect(**etcd_client_args(dd, config.spec))
-        stack.push_async_callback(store.close)
+        try:
+            await etcd.wait_healthy()
+        except EtcdStartError as exc:
+            raise StartupError(f"etcd did not start: {exc}") from None
+        client = EtcdClient(
+            [etcd.local_endpoint],
+            ca_file=etcd.tls.ca_file,
+            cert_file=etcd.tls.client_cert_file,
+            key_file=etcd.tls.client_key_file,
+        )
+        stack.push_async_callback(client.close)
+        store = Store(client)
         if identity is None:
             identity, join_token = await first_init(dd, store, config, ca, name, advertise, opts)
             print(f"KAT cluster initialised. Node {identity.name} leads at {identity.api_endpoints[0]}.", flush=True)
@@ -101,7 +119,7 @@ async def run_init(config_path: Path | None, opts: NodeOptions) -> None:
             print(f"  kat-agent join --leader {identity.api_endpoints[0]} --token {join_token}", flush=True)
         else:
             log.info("resuming node %s from %s", identity.name, dd.root)
-        await serve(dd, identity, store, etcd, opts)
+        await serve(dd, identity, store, opts)
 
 
 async def first_init(
@@ -119,10 +137,17 @@ async def first_init(
     from kat_agent.leader.context import LeaderContext
     from kat_agent.leader.nodes import NodeRegistry
 
+    from internal.store import AlreadyExists
+
     assert isinstance(store, Store)
-    config = await store.ensure_cluster_config(config)
+    stored = await store.get_cluster_config()
+    if stored is None:
+        await store.put_cluster_config(config)
+    else:
+        config = stored.msg
     cluster_uid = await store.ensure_cluster_uid(str(uuid.uuid4()))
-    await store.ensure_namespace(new_namespace("default"))
+    with contextlib.suppress(AlreadyExists):
+        await store.create_namespace(new_namespace("default"))
     spec = config.spec
     registry = NodeRegistry(store, spec)
     api = f"{advertise}:{spec.api_port}"
@@ -159,27 +184,25 @@ async def first_init(
     return identity, join_token
 
 
-def etcd_client_args(dd: DataDir, spec: kat_pb2.ClusterConfigurationSpec) -> dict[str, object]:
-    return {
-        "endpoints": [f"127.0.0.1:{spec.etcd_client_port}"],
-        "ca_cert": dd.etcd_pki / "ca.crt",
-        "cert": dd.etcd_pki / "client.crt",
-        "key": dd.etcd_pki / "client.key",
-    }
-
-
 def etcd_process_for(
     dd: DataDir, spec: kat_pb2.ClusterConfigurationSpec, name: str, advertise: str, binary: str | None
-) -> object:
-    from internal.etcd_process import EtcdProcess
+) -> EtcdProcess:
+    from internal.etcd_process import EtcdProcess, EtcdTLS
 
-    return EtcdProcess.single_member(
+    p = dd.etcd_pki
+    tls = EtcdTLS(
+        ca_file=p / "ca.crt",
+        cert_file=p / "server.crt",
+        key_file=p / "server.key",
+        client_cert_file=p / "client.crt",
+        client_key_file=p / "client.key",
+    )
+    return EtcdProcess(
         name=name,
         data_dir=dd.etcd_data,
-        advertise_ip=advertise,
-        client_port=spec.etcd_client_port,
-        peer_port=spec.etcd_peer_port,
-        pki_dir=dd.etcd_pki,
+        client_urls=[f"https://{advertise}:{spec.etcd_client_port}"],
+        peer_urls=[f"https://{advertise}:{spec.etcd_peer_port}"],
+        tls=tls,
         binary=binary,
     )
 
@@ -213,20 +236,16 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
         print(f"joined cluster {resp.cluster_uid} as node {identity.name} (subnet {identity.subnet})", flush=True)
     else:
         log.info("resuming node %s from %s (already joined; token not needed)", identity.name, dd.root)
-    await serve(dd, identity, None, None, opts)
+    await serve(dd, identity, None, opts)
 
 
 # ---------------------------------------------------------------- serving
 
 
-async def serve(
-    dd: DataDir, identity: NodeIdentity, store: object | None, etcd: object | None, opts: NodeOptions
-) -> None:
+async def serve(dd: DataDir, identity: NodeIdentity, store: object | None, opts: NodeOptions) -> None:
     config = load_local_config(dd)
     agent = Agent(dd, identity, config.spec.agent_tick_seconds, opts.labels)
     async with asyncio.TaskGroup() as tg:
-        if etcd is not None:
-            tg.create_task(etcd.supervise(), name="etcd")  # type: ignore[attr-defined]
         if store is not None:
             tg.create_task(run_member(dd, identity, store, config), name="member")
         tg.create_task(agent.run(), name="agent")
@@ -234,7 +253,7 @@ async def serve(
 
 async def run_member(dd: DataDir, identity: NodeIdentity, store: object, config: kat_pb2.ClusterConfiguration) -> None:
     """API server, election and leader-only controllers on an etcd member."""
-    from internal.election import LeaderElection
+    from internal.election import Election, LeaderInfo
     from internal.store import Store
     from kat_agent.leader.agent_api import AgentAPI
     from kat_agent.leader.cluster_api import ClusterAPI
@@ -242,7 +261,8 @@ async def run_member(dd: DataDir, identity: NodeIdentity, store: object, config:
     from kat_agent.leader.nodes import NodeRegistry
 
     assert isinstance(store, Store)
-    config = await store.get_cluster_config() or config
+    stored = await store.get_cluster_config()
+    config = stored.msg if stored else config
     cluster_uid = await store.get_cluster_uid() or identity.cluster_uid
     spec = config.spec
     ca_cert = dd.ca_cert.read_bytes()
@@ -274,10 +294,10 @@ async def run_member(dd: DataDir, identity: NodeIdentity, store: object, config:
             lc.leading = False
             log.warning("%s stopped leading", identity.name)
 
-    def on_leader(value: str) -> None:
-        lc.leader_address = value
+    def on_leader(info: LeaderInfo | None) -> None:
+        lc.leader_address = info.api_address if info else ""
 
-    election = LeaderElection(store, identity=api, ttl=10, on_change=on_leader)
+    election = Election(store, identity.name, api, ttl=LEADER_TTL_SECONDS, on_change=on_leader)
     try:
         await election.run(lead)
     finally:

@@ -22,6 +22,20 @@ except ImportError:  # tests/ imported as a package
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
 
+HTTP_SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen()
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.close()
+"""
+
+
 def _netns() -> set[str]:
     return set(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else set()
 
@@ -73,9 +87,10 @@ def test_net_only_cluster_is_reachable_and_goes_away(tmp_path):
             assert c.exec("node3", *ping, st["bridge_address"]).returncode == 0  # node -> host
 
         # a server in node2 is reachable from the host and from node3, not bound on the host
-        server = c.popen("node2", sys.executable, "-m", "http.server", "18080", "--bind", a2)
+        # (not `python3 -m http.server`: it resolves its own name, and a namespace has no DNS)
+        server = c.popen("node2", sys.executable, "-c", HTTP_SERVER, a2, "18080")
         url = f"http://{a2}:18080/"
-        assert wait_until(lambda: _http_get(url) == 200, timeout=30, what="http.server in node2")
+        assert wait_until(lambda: _http_get(url) == 200, timeout=30, what="server in node2")
         probe = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=2).status)"
         r = c.exec("node3", sys.executable, "-c", probe)
         assert r.returncode == 0 and r.stdout.strip() == "200", r.stderr

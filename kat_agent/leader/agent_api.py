@@ -138,7 +138,7 @@ async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: s
     else:
         raise RuntimeError(f"no free node name for {requested_name!r}")
     spec = lc.spec
-    used = await store.list_subnets()
+    used = list(await store.list_subnets())
     subnet = await store.allocate_subnet(
         name, ipam.free_subnets(spec.cluster_cidr, spec.node_subnet_bits, used)
     )

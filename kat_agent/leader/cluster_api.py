@@ -156,7 +156,7 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
     async def ListEvents(
         self, request: kat_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.EventList:
-        events = await self.lc.store.list_events()
+        events = await self.lc.store.list_events(None)
         if request.namespace and request.namespace != "*":
             events = [e for e in events if e.namespace in ("", request.namespace)]
         if request.object_name:
