@@ -271,7 +271,8 @@ _STATES = {"stopped": "exited", "configured": "created", "initialized": "created
 @dataclass(frozen=True)
 class ObservedContainer:
     """A container as Podman reports it. `state` is running, exited, created, paused
-    (or Podman's word for anything else); `exit_code` is None unless it exited."""
+    (or Podman's word for anything else); `exit_code` is None unless it exited. The
+    times are Podman's: for a very short run FinishedAt can precede StartedAt."""
 
     container_id: str
     name: str
