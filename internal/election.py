@@ -161,6 +161,10 @@ class Election:
                         crash_delay = self._retry_min
                     # The work ended by itself: give the others a chance, do not spin.
                     crash_delay = await self._pause(crash_delay)
+                else:
+                    # Lost it: whatever cost us the lease may persist, so let a
+                    # healthy follower win the next round.
+                    await asyncio.sleep(self._retry_min)
                 continue
             await self._revoke(lease.id)
             if self._is_us(record.msg):

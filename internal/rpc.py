@@ -21,6 +21,10 @@ KEEPALIVE_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect soon after a leader restarts (gRPC's default backs off to 2 min).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 )
 SERVER_OPTIONS: Sequence[tuple[str, int]] = (
@@ -79,11 +83,15 @@ async def require_role(context: grpc.aio.ServicerContext, role: str) -> str:
     return cn
 
 
-def leader_from_error(err: grpc.RpcError) -> str | None:
+def leader_from_status(code: grpc.StatusCode | None, trailing: object) -> str | None:
     """The leader address a non-leader named in its UNAVAILABLE answer."""
-    if err.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+    if code != grpc.StatusCode.UNAVAILABLE:
         return None
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in trailing or ():  # type: ignore[attr-defined]
         if key == LEADER_KEY and value:
             return str(value)
     return None
+
+
+def leader_from_error(err: grpc.RpcError) -> str | None:
+    return leader_from_status(err.code(), err.trailing_metadata())  # type: ignore[attr-defined]

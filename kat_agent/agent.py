@@ -30,7 +30,8 @@ def machine_resources() -> tuple[kat_pb2.NodeResources, kat_pb2.NodeResources]:
                 break
     capacity = kat_pb2.NodeResources(cpu_millis=cpu, memory_bytes=mem)
     allocatable = kat_pb2.NodeResources(
-        cpu_millis=max(0, cpu - RESERVED_CPU_MILLIS), memory_bytes=max(0, mem - RESERVED_MEMORY_BYTES)
+        cpu_millis=max(0, cpu - RESERVED_CPU_MILLIS),
+        memory_bytes=max(0, mem - RESERVED_MEMORY_BYTES),
     )
     return capacity, allocatable
 
@@ -49,16 +50,19 @@ class LeaderLink:
         if self._channel is None or target != self._target:
             if self._channel is not None:
                 asyncio.get_running_loop().create_task(self._channel.close())
-            self._channel = grpc.aio.secure_channel(target, self._creds, options=rpc.KEEPALIVE_OPTIONS)
+            self._channel = grpc.aio.secure_channel(
+                target, self._creds, options=rpc.KEEPALIVE_OPTIONS
+            )
             self._target = target
         return self._channel
 
     def stub(self) -> kat_pb2_grpc.AgentAPIStub:
-        return kat_pb2_grpc.AgentAPIStub(self._open(self.endpoints[self._index % len(self.endpoints)]))
+        return kat_pb2_grpc.AgentAPIStub(
+            self._open(self.endpoints[self._index % len(self.endpoints)])
+        )
 
-    def failed(self, err: grpc.RpcError | None) -> None:
-        """Move to the leader the error names, or to the next endpoint."""
-        leader = rpc.leader_from_error(err) if err is not None else None
+    def failed(self, leader: str | None) -> None:
+        """Move to the leader a non-leader named, or to the next endpoint."""
         if leader:
             if leader not in self.endpoints:
                 self.endpoints.append(leader)
@@ -98,6 +102,7 @@ class Agent:
         )
         self.capacity, self.allocatable = machine_resources()
         self.connected = asyncio.Event()
+        self._stream: grpc.aio.StreamStreamCall | None = None
 
     def heartbeat_request(self) -> kat_pb2.HeartbeatRequest:
         return kat_pb2.HeartbeatRequest(
@@ -109,18 +114,19 @@ class Agent:
         )
 
     async def heartbeat_once(self) -> kat_pb2.HeartbeatResponse | None:
+        """One beat on the long-lived heartbeat stream, reopening it as needed."""
+        timeout = max(2.0, self.tick)
         try:
-            resp: kat_pb2.HeartbeatResponse = await self.link.stub().Heartbeat(
-                self.heartbeat_request(), timeout=max(2.0, self.tick)
-            )
-        except grpc.RpcError as err:
-            if not self.connected.is_set():
-                log.debug("heartbeat failed: %s", err)
-            else:
-                log.warning("heartbeat failed (%s): %s", err.code(), err.details())  # type: ignore[attr-defined]
-            self.connected.clear()
-            self.link.failed(err)
+            if self._stream is None:
+                self._stream = self.link.stub().Heartbeats()
+            await asyncio.wait_for(self._stream.write(self.heartbeat_request()), timeout)
+            resp = await asyncio.wait_for(self._stream.read(), timeout)
+            if resp is grpc.aio.EOF:
+                raise ConnectionError("leader closed the heartbeat stream")
+        except (grpc.RpcError, TimeoutError, ConnectionError, asyncio.InvalidStateError) as err:
+            await self._stream_failed(err)
             return None
+        assert isinstance(resp, kat_pb2.HeartbeatResponse)
         if not self.connected.is_set():
             log.info("connected to leader %s", resp.leader_node)
         self.connected.set()
@@ -132,6 +138,20 @@ class Agent:
             self.tick = resp.tick_seconds
         return resp
 
+    async def _stream_failed(self, err: BaseException) -> None:
+        stream, self._stream = self._stream, None
+        code, trailing, details = None, None, str(err) or type(err).__name__
+        if stream is not None:
+            if stream.done():
+                code, trailing = await stream.code(), await stream.trailing_metadata()
+                details = await stream.details() or details
+            else:
+                stream.cancel()
+        level = logging.WARNING if self.connected.is_set() else logging.DEBUG
+        log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
+        self.connected.clear()
+        self.link.failed(rpc.leader_from_status(code, trailing))
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -142,4 +162,6 @@ class Agent:
                 wait = self.tick if ok else min(1.0, self.tick)
                 await asyncio.sleep(max(0.0, wait - (loop.time() - started)))
         finally:
+            if self._stream is not None:
+                self._stream.cancel()
             await self.link.close()

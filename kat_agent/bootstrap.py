@@ -45,7 +45,9 @@ def ensure_etcd_certs(dd: DataDir, node_name: str, advertise: str) -> None:
         pki.write_pair(server, dd.etcd_pki / "server.key", pair)
     client = dd.etcd_pki / "client.crt"
     if not client.exists():
-        pair = pki.issue_certificate(ca.cert_pem, ca.key_pem, common_name=f"kat-agent-{node_name}", role=pki.ROLE_ETCD)
+        pair = pki.issue_certificate(
+            ca.cert_pem, ca.key_pem, common_name=f"kat-agent-{node_name}", role=pki.ROLE_ETCD
+        )
         pki.write_pair(client, dd.etcd_pki / "client.key", pair)
 
 
@@ -54,8 +56,13 @@ def issue_node_certificate(dd: DataDir, ca: pki.CertAndKey, node_name: str, adve
     key = pki.generate_private_key()
     dns, ips = pki.serving_sans(node_name, advertise)
     cert = pki.sign_csr(
-        ca.cert_pem, ca.key_pem, pki.create_csr(key), common_name=node_name, role=pki.ROLE_NODE,
-        dns_names=dns, ip_addresses=ips,
+        ca.cert_pem,
+        ca.key_pem,
+        pki.create_csr(key),
+        common_name=node_name,
+        role=pki.ROLE_NODE,
+        dns_names=dns,
+        ip_addresses=ips,
     )
     pki.write_private_key(dd.node_key, key)
     pki.write_certificate(dd.node_cert, cert)
@@ -83,8 +90,8 @@ def fetch_pinned_ca(host: str, port: int, expected_hash: str, timeout: float = 1
     pem = ssl.DER_cert_to_PEM_cert(der).encode()
     if not pki.ca_hash_matches(pem, expected_hash):
         raise JoinError(
-            f"the leader at {host}:{port} presented a CA (sha256:{pki.ca_hash(pem).removeprefix('sha256:')}) "
-            f"that does not match the token's (sha256:{expected_hash}); refusing to trust it"
+            f"the leader at {host}:{port} presented a CA ({pki.ca_hash(pem)}) that does not "
+            f"match the token's (sha256:{expected_hash}); refusing to trust it"
         )
     return pem
 
@@ -110,7 +117,9 @@ async def join_cluster(
     options = [("grpc.ssl_target_name_override", CA_SERVER_NAME)]
     async with grpc.aio.secure_channel(f"{host}:{parsed.join_port}", creds, options=options) as ch:
         try:
-            resp: kat_pb2.JoinResponse = await kat_pb2_grpc.AgentAPIStub(ch).Join(request, timeout=30)
+            resp: kat_pb2.JoinResponse = await kat_pb2_grpc.AgentAPIStub(ch).Join(
+                request, timeout=30
+            )
         except grpc.RpcError as err:
             raise JoinError(f"join refused by {host}:{parsed.join_port}: {err.details()}") from None  # type: ignore[attr-defined]
     if resp.ca_pem.strip() != ca_pem.strip():

@@ -49,7 +49,9 @@ def parse_labels(text: str) -> dict[str, str]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default /var/lib/kat")
-    p.add_argument("--advertise-address", default="", help="this node's address (default: the default route's)")
+    p.add_argument(
+        "--advertise-address", default="", help="this node's address (default: the default route's)"
+    )
     p.add_argument("--node-name", default="", help="requested node name (default: the hostname)")
     p.add_argument("--labels", type=parse_labels, default={}, help="node labels, k=v,k2=v2")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

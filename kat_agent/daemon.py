@@ -89,8 +89,14 @@ async def run_init(config_path: Path | None, opts: NodeOptions) -> None:
     else:
         config = load_local_config(dd)
         if config_path is not None:
-            log.info("data dir %s is initialised; resuming (cluster.kat is only read once)", dd.root)
-    advertise = identity.advertise_address if identity else (opts.advertise_address or default_advertise_address())
+            log.info(
+                "data dir %s is initialised; resuming (cluster.kat is only read once)", dd.root
+            )
+    advertise = (
+        identity.advertise_address
+        if identity
+        else (opts.advertise_address or default_advertise_address())
+    )
     name = identity.name if identity else (opts.node_name or socket.gethostname())
 
     ca = bootstrap.ensure_cluster_pki(dd)
@@ -113,10 +119,14 @@ async def run_init(config_path: Path | None, opts: NodeOptions) -> None:
         store = Store(client)
         if identity is None:
             identity, join_token = await first_init(dd, store, config, ca, name, advertise, opts)
-            print(f"KAT cluster initialised. Node {identity.name} leads at {identity.api_endpoints[0]}.", flush=True)
+            leader = identity.api_endpoints[0]
+            print(f"KAT cluster initialised. Node {identity.name} leads at {leader}.", flush=True)
             print(f"katcall config (admin, keep it private): {dd.admin_config}", flush=True)
             print("Join other nodes with:", flush=True)
-            print(f"  kat-agent join --leader {identity.api_endpoints[0]} --token {join_token}", flush=True)
+            print(
+                f"  kat-agent join --leader {identity.api_endpoints[0]} --token {join_token}",
+                flush=True,
+            )
         else:
             log.info("resuming node %s from %s", identity.name, dd.root)
         await serve(dd, identity, store, opts)
@@ -131,13 +141,11 @@ async def first_init(
     advertise: str,
     opts: NodeOptions,
 ) -> tuple[NodeIdentity, str]:
-    from internal.store import Store
+    from internal.store import AlreadyExists, Store
     from kat_agent.leader.agent_api import register_node
     from kat_agent.leader.cluster_api import new_namespace
     from kat_agent.leader.context import LeaderContext
     from kat_agent.leader.nodes import NodeRegistry
-
-    from internal.store import AlreadyExists
 
     assert isinstance(store, Store)
     stored = await store.get_cluster_config()
@@ -169,23 +177,39 @@ async def first_init(
 
     admin = bootstrap.issue_admin_certificate(ca)
     cfg = clientconfig.ClientConfig()
-    cfg.upsert(clientconfig.Context(config.metadata.name or "kat", [api], ca.cert_pem, admin.cert_pem, admin.key_pem))
+    cfg.upsert(
+        clientconfig.Context(
+            config.metadata.name or "kat", [api], ca.cert_pem, admin.cert_pem, admin.key_pem
+        )
+    )
     clientconfig.save(cfg, dd.admin_config)
 
     record, join_token = tokens.new_token(
-        pki.ca_hash(ca.cert_pem), spec.join_port, now=datetime.now(UTC), description="created by init"
+        pki.ca_hash(ca.cert_pem),
+        spec.join_port,
+        now=datetime.now(UTC),
+        description="created by init",
     )
     await store.create_token(record)
     identity = NodeIdentity(
-        name=name, uid=node.metadata.uid, cluster_uid=cluster_uid, advertise_address=advertise,
-        api_endpoints=[api], subnet=node.status.subnet, etcd_member=True,
+        name=name,
+        uid=node.metadata.uid,
+        cluster_uid=cluster_uid,
+        advertise_address=advertise,
+        api_endpoints=[api],
+        subnet=node.status.subnet,
+        etcd_member=True,
     )
     identity.save(dd.identity_file)
     return identity, join_token
 
 
 def etcd_process_for(
-    dd: DataDir, spec: kat_pb2.ClusterConfigurationSpec, name: str, advertise: str, binary: str | None
+    dd: DataDir,
+    spec: kat_pb2.ClusterConfigurationSpec,
+    name: str,
+    advertise: str,
+    binary: str | None,
 ) -> EtcdProcess:
     from internal.etcd_process import EtcdProcess, EtcdTLS
 
@@ -228,21 +252,32 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
         except bootstrap.JoinError as exc:
             raise StartupError(str(exc)) from None
         identity = NodeIdentity(
-            name=resp.node.metadata.name, uid=resp.node.metadata.uid, cluster_uid=resp.cluster_uid,
-            advertise_address=advertise, api_endpoints=list(resp.api_endpoints), subnet=resp.node.status.subnet,
+            name=resp.node.metadata.name,
+            uid=resp.node.metadata.uid,
+            cluster_uid=resp.cluster_uid,
+            advertise_address=advertise,
+            api_endpoints=list(resp.api_endpoints),
+            subnet=resp.node.status.subnet,
         )
         write_atomic(_config_copy(dd), resp.configuration.SerializeToString(), 0o600)
         identity.save(dd.identity_file)
-        print(f"joined cluster {resp.cluster_uid} as node {identity.name} (subnet {identity.subnet})", flush=True)
+        print(
+            f"joined cluster {resp.cluster_uid} as node {identity.name} (subnet {identity.subnet})",
+            flush=True,
+        )
     else:
-        log.info("resuming node %s from %s (already joined; token not needed)", identity.name, dd.root)
+        log.info(
+            "resuming node %s from %s (already joined; token not needed)", identity.name, dd.root
+        )
     await serve(dd, identity, None, opts)
 
 
 # ---------------------------------------------------------------- serving
 
 
-async def serve(dd: DataDir, identity: NodeIdentity, store: object | None, opts: NodeOptions) -> None:
+async def serve(
+    dd: DataDir, identity: NodeIdentity, store: object | None, opts: NodeOptions
+) -> None:
     config = load_local_config(dd)
     agent = Agent(dd, identity, config.spec.agent_tick_seconds, opts.labels)
     async with asyncio.TaskGroup() as tg:
@@ -251,7 +286,9 @@ async def serve(dd: DataDir, identity: NodeIdentity, store: object | None, opts:
         tg.create_task(agent.run(), name="agent")
 
 
-async def run_member(dd: DataDir, identity: NodeIdentity, store: object, config: kat_pb2.ClusterConfiguration) -> None:
+async def run_member(
+    dd: DataDir, identity: NodeIdentity, store: object, config: kat_pb2.ClusterConfiguration
+) -> None:
     """API server, election and leader-only controllers on an etcd member."""
     from internal.election import Election, LeaderInfo
     from internal.store import Store

@@ -1,14 +1,14 @@
 """Layout of a node's data directory and the node identity kept in it.
 
-    <data-dir>/
-      pki/ca.crt               cluster CA certificate (every node)
-      pki/ca.key               cluster CA key (etcd members that may lead)
-      pki/node.crt, node.key   this node's identity (role kat:node)
-      pki/etcd/...             etcd's own CA, server and client certificates
-      etcd/                    etcd data
-      agent/node.json          node name, uid, cluster uid, API endpoints
-      admin.katconfig          katcall config written by `init` (0600)
-      backups/, volumes/
+<data-dir>/
+  pki/ca.crt               cluster CA certificate (every node)
+  pki/ca.key               cluster CA key (etcd members that may lead)
+  pki/node.crt, node.key   this node's identity (role kat:node)
+  pki/etcd/...             etcd's own CA, server and client certificates
+  etcd/                    etcd data
+  agent/node.json          node name, uid, cluster uid, API endpoints
+  admin.katconfig          katcall config written by `init` (0600)
+  backups/, volumes/
 """
 
 from __future__ import annotations

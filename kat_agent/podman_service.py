@@ -44,6 +44,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, ClassVar, NamedTuple
 
+from internal.fileutil import write_atomic
+
 log = logging.getLogger(__name__)
 
 USERNAME_PREFIX = "kat_wl_"
@@ -360,7 +362,7 @@ def remove_workload_user(namespace: str, name: str, *, grace: float = 5.0) -> bo
                     for line in path.read_text().splitlines()
                     if line.split(":", 1)[0] not in (username, str(pw.pw_uid))
                 ]
-                path.write_text("".join(f"{line}\n" for line in lines))
+                write_atomic(path, "".join(f"{line}\n" for line in lines).encode(), 0o644)
         shutil.rmtree(RUNTIME_DIR_BASE / str(pw.pw_uid), ignore_errors=True)
     log.info("removed workload user %s (uid %d)", username, pw.pw_uid)
     return True
@@ -411,15 +413,6 @@ def _listener_pid(socket_path: Path) -> int | None:
         creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     pid = int.from_bytes(creds[:4], "little")
     return pid or None
-
-
-def _is_our_service(pid: int, socket_path: Path) -> bool:
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    url = f"unix://{socket_path}".encode()
-    return b"system" in args and b"service" in args and url in args
 
 
 class PodmanService:
@@ -542,19 +535,16 @@ class PodmanService:
         self._clear_stale_socket()
 
     def _clear_stale_socket(self) -> None:
+        """Remove a socket file nothing answers on (left by a service killed with a
+        crashed agent); refuse one that something still serves."""
         if not self.socket_path.exists() and not self.socket_path.is_symlink():
             return
         pid = _listener_pid(self.socket_path)
         if pid is not None:
-            if not _is_our_service(pid, self.socket_path):
-                raise PodmanServiceError(
-                    f"{self.socket_path} is already served by process {pid}, not a Podman "
-                    "service of ours"
-                )
-            # A service left over from an agent that died (a rootless one survives
-            # its parent): end it, the containers do not depend on it.
-            log.warning("ending left-over Podman service %d on %s", pid, self.socket_path)
-            _terminate_pid(pid, 5.0)
+            raise PodmanServiceError(
+                f"{self.socket_path} is already served by process {pid} (another agent "
+                "on the same socket?)"
+            )
         self.socket_path.unlink(missing_ok=True)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
@@ -693,17 +683,3 @@ async def _signal_group_until_gone(pgid: int, sig: int, wait: float) -> bool:
         except ProcessLookupError:
             return True
     return False
-
-
-def _terminate_pid(pid: int, grace: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)

@@ -808,12 +808,14 @@ class Runtime:
         )
 
     async def remove(self, container_id: str, *, force: bool = False) -> None:
-        """Remove the container (`force`: also a running one); gone already is fine."""
+        """Remove the container; gone already is fine. `force` also removes a running
+        one, killing it at once (SIGKILL): `stop` it first to give it a grace period."""
+        params: dict[str, Any] = {"force": force, "v": True}
+        if force:
+            params["timeout"] = 0
 
         def run() -> None:
-            resp = self._client.api.delete(
-                f"/containers/{self._id(container_id)}", params={"force": force, "v": True}
-            )
+            resp = self._client.api.delete(f"/containers/{self._id(container_id)}", params=params)
             if resp.status_code != 404:
                 resp.raise_for_status()
 

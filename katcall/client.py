@@ -33,7 +33,9 @@ class Client:
 
     def _channel(self, endpoint: str) -> grpc.Channel:
         if endpoint not in self._channels:
-            self._channels[endpoint] = grpc.secure_channel(endpoint, self._creds, options=rpc.KEEPALIVE_OPTIONS)
+            self._channels[endpoint] = grpc.secure_channel(
+                endpoint, self._creds, options=rpc.KEEPALIVE_OPTIONS
+            )
         return self._channels[endpoint]
 
     def close(self) -> None:
@@ -74,7 +76,9 @@ class Client:
 def describe(err: grpc.RpcError) -> str:
     code = err.code()  # type: ignore[attr-defined]
     details = err.details() or ""  # type: ignore[attr-defined]
-    if code == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in details or "Connection refused" in details):
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in details or "Connection refused" in details
+    ):
         return "connection refused (is kat-agent running there?)"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "timed out waiting for the leader"

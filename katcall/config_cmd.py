@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from internal import clientconfig
@@ -16,7 +15,10 @@ def _path(args: argparse.Namespace) -> Path:
 
 def cmd_get_contexts(args: argparse.Namespace) -> int:
     cfg = clientconfig.load(_path(args))
-    rows = [["*" if n == cfg.current else "", n, ",".join(c.endpoints)] for n, c in sorted(cfg.contexts.items())]
+    rows = [
+        ["*" if n == cfg.current else "", n, ",".join(c.endpoints)]
+        for n, c in sorted(cfg.contexts.items())
+    ]
     print(output.table(["CURRENT", "NAME", "ENDPOINTS"], rows))
     return 0
 
@@ -52,7 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="manage cluster contexts in the katcall config")
     csub = p.add_subparsers(dest="config_cmd", required=True)
     csub.add_parser("get-contexts", help="list contexts").set_defaults(func=cmd_get_contexts)
-    csub.add_parser("current-context", help="print the current context").set_defaults(func=cmd_current)
+    csub.add_parser("current-context", help="print the current context").set_defaults(
+        func=cmd_current
+    )
     u = csub.add_parser("use-context", help="make a context current")
     u.add_argument("name")
     u.set_defaults(func=cmd_use_context)

@@ -25,15 +25,24 @@ def _node_rows(nodes: list[kat_pb2.Node], wide: bool) -> str:
         status = NODE_CONDITION(st.condition).removeprefix("CONDITION_")
         if n.spec.unschedulable:
             status += ",SchedulingDisabled"
-        roles = [r for r, on in (("leader", st.leader), ("etcd", st.etcd_member)) if on] or ["agent"]
-        seen = output.age(now - st.last_heartbeat.seconds) + " ago" if st.last_heartbeat.seconds else "never"
+        roles = [r for r, on in (("leader", st.leader), ("etcd", st.etcd_member)) if on] or [
+            "agent"
+        ]
+        seen = (
+            output.age(now - st.last_heartbeat.seconds) + " ago"
+            if st.last_heartbeat.seconds
+            else "never"
+        )
         row = [n.metadata.name, status, ",".join(roles), st.advertise_address, st.subnet, seen]
         if wide:
             row += [
                 output.quantity_cpu(st.allocatable.cpu_millis),
                 output.quantity_memory(st.allocatable.memory_bytes),
                 ",".join(f"{k}={v}" for k, v in sorted(n.metadata.labels.items())) or "<none>",
-                ",".join(f"{t.key}={t.value}:{kat_pb2.Taint.Effect.Name(t.effect)}" for t in n.spec.taints)
+                ",".join(
+                    f"{t.key}={t.value}:{kat_pb2.Taint.Effect.Name(t.effect)}"
+                    for t in n.spec.taints
+                )
                 or "<none>",
             ]
         rows.append(row)
@@ -45,7 +54,11 @@ def _token_rows(items: list[kat_pb2.JoinToken], wide: bool) -> str:
     rows = []
     for t in items:
         left = t.expires.seconds - now
-        state = "revoked" if t.revoked else ("expired" if left <= 0 else f"expires in {output.age(left)}")
+        state = (
+            "revoked"
+            if t.revoked
+            else ("expired" if left <= 0 else f"expires in {output.age(left)}")
+        )
         uses = f"{t.uses}/{t.max_uses}" if t.max_uses else f"{t.uses}"
         rows.append([t.id, state, uses, t.description])
     return output.table(["ID", "STATE", "USES", "DESCRIPTION"], rows)
@@ -68,7 +81,9 @@ def _event_rows(items: list[kat_pb2.Event], wide: bool) -> str:
 
 def _namespace_rows(items: list[kat_pb2.Namespace], wide: bool) -> str:
     now = time.time()
-    rows = [[n.metadata.name, output.age(now - n.metadata.creation_timestamp.seconds)] for n in items]
+    rows = [
+        [n.metadata.name, output.age(now - n.metadata.creation_timestamp.seconds)] for n in items
+    ]
     return output.table(["NAME", "AGE"], rows)
 
 
@@ -79,13 +94,25 @@ RESOURCES: dict[str, tuple[Lister, Tabler]] = {
     "nodes": (lambda c, a: list(c.call("ListNodes", kat_pb2.ListRequest()).items), _node_rows),
     "tokens": (lambda c, a: list(c.call("ListTokens", kat_pb2.ListRequest()).items), _token_rows),
     "events": (
-        lambda c, a: list(c.call("ListEvents", kat_pb2.ListEventsRequest(namespace=a.namespace)).items),
+        lambda c, a: list(
+            c.call("ListEvents", kat_pb2.ListEventsRequest(namespace=a.namespace)).items
+        ),
         _event_rows,
     ),
-    "namespaces": (lambda c, a: list(c.call("ListNamespaces", kat_pb2.ListRequest()).items), _namespace_rows),
+    "namespaces": (
+        lambda c, a: list(c.call("ListNamespaces", kat_pb2.ListRequest()).items),
+        _namespace_rows,
+    ),
 }
-ALIASES = {"node": "nodes", "no": "nodes", "token": "tokens", "event": "events", "ev": "events",
-           "namespace": "namespaces", "ns": "namespaces"}
+ALIASES = {
+    "node": "nodes",
+    "no": "nodes",
+    "token": "tokens",
+    "event": "events",
+    "ev": "events",
+    "namespace": "namespaces",
+    "ns": "namespaces",
+}
 
 
 def register_resource(name: str, lister: Lister, tabler: Tabler, *aliases: str) -> None:
@@ -97,7 +124,9 @@ def register_resource(name: str, lister: Lister, tabler: Tabler, *aliases: str) 
 def _resource(name: str) -> str:
     resolved = ALIASES.get(name, name)
     if resolved not in RESOURCES:
-        raise SystemExit(f"error: unknown resource type {name!r} (known: {', '.join(sorted(RESOURCES))})")
+        raise SystemExit(
+            f"error: unknown resource type {name!r} (known: {', '.join(sorted(RESOURCES))})"
+        )
     return resolved
 
 
@@ -109,7 +138,11 @@ def cmd_get(args: argparse.Namespace) -> int:
     finally:
         client.close()
     if args.name:
-        items = [i for i in items if getattr(getattr(i, "metadata", None), "name", getattr(i, "id", "")) == args.name]
+        items = [
+            i
+            for i in items
+            if getattr(getattr(i, "metadata", None), "name", getattr(i, "id", "")) == args.name
+        ]
         if not items:
             raise SystemExit(f"error: {args.resource} {args.name!r} not found")
     if args.output in ("json", "yaml"):
@@ -127,7 +160,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
     client = connect(args)
     try:
         node = client.call("GetNode", kat_pb2.NodeRequest(name=args.name))
-        events = client.call("ListEvents", kat_pb2.ListEventsRequest(object_name=args.name, limit=20))
+        events = client.call(
+            "ListEvents", kat_pb2.ListEventsRequest(object_name=args.name, limit=20)
+        )
     finally:
         client.close()
     print(output.render([node], "yaml", single=True))

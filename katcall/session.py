@@ -9,8 +9,12 @@ from katcall.client import Client
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--katconfig", help="client config file (default: $KATCONFIG or ~/.kat/config)")
-    parser.add_argument("--context", help="cluster context to use (default: the config's current context)")
+    parser.add_argument(
+        "--katconfig", help="client config file (default: $KATCONFIG or ~/.kat/config)"
+    )
+    parser.add_argument(
+        "--context", help="cluster context to use (default: the config's current context)"
+    )
 
 
 def connect(args: argparse.Namespace) -> Client:

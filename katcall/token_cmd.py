@@ -25,7 +25,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     try:
         resp = client.call(
             "CreateToken",
-            kat_pb2.CreateTokenRequest(ttl_seconds=args.ttl, max_uses=args.max_uses, description=args.description),
+            kat_pb2.CreateTokenRequest(
+                ttl_seconds=args.ttl, max_uses=args.max_uses, description=args.description
+            ),
         )
     finally:
         client.close()
@@ -56,8 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("token", help="create, list and revoke join tokens")
     tsub = p.add_subparsers(dest="token_cmd", required=True)
     c = tsub.add_parser("create", help="create a join token (shown once)")
-    c.add_argument("--ttl", type=parse_duration, default=0, help="lifetime, e.g. 30m, 24h (default 24h)")
-    c.add_argument("--max-uses", type=int, default=0, help="how many joins it allows (default: unlimited)")
+    c.add_argument(
+        "--ttl", type=parse_duration, default=0, help="lifetime, e.g. 30m, 24h (default 24h)"
+    )
+    c.add_argument(
+        "--max-uses", type=int, default=0, help="how many joins it allows (default: unlimited)"
+    )
     c.add_argument("--description", default="")
     c.add_argument("-q", "--quiet", action="store_true", help="print only the token")
     c.set_defaults(func=cmd_create)

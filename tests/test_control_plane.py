@@ -48,11 +48,21 @@ def new_token(c: DevCluster, *args: str) -> str:
     return p.stdout.strip()
 
 
-def try_join(c: DevCluster, token: str, tmp: Path) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+def try_join(c: DevCluster, token: str, tmp: Path) -> subprocess.CompletedProcess[str]:  # noqa: F821
     """A join attempt from node3's namespace with a fresh data dir."""
     return c.exec(
-        "node3", "kat-agent", "join", "--leader", api_address(c), "--token", token,
-        "--data-dir", str(tmp), "--advertise-address", c.address("node3"), timeout=30,
+        "node3",
+        "kat-agent",
+        "join",
+        "--leader",
+        api_address(c),
+        "--token",
+        token,
+        "--data-dir",
+        str(tmp),
+        "--advertise-address",
+        c.address("node3"),
+        timeout=30,
     )
 
 
@@ -67,7 +77,9 @@ def test_three_nodes_ready_with_distinct_subnets(cluster: DevCluster) -> None:
         for b in nets[i + 1 :]:
             assert not a.overlaps(b), f"{a} overlaps {b}"
     # the leader is marked, in the table and in JSON
-    assert [n["metadata"]["name"] for n in nodes if n["status"].get("leader")] == [node_name(cluster, "node1")]
+    assert [n["metadata"]["name"] for n in nodes if n["status"].get("leader")] == [
+        node_name(cluster, "node1")
+    ]
     table = cluster.katcall("get", "nodes", check=True).stdout
     assert "leader" in table and "READY" in table
 
@@ -81,9 +93,15 @@ def test_json_and_yaml_are_canonical(cluster: DevCluster) -> None:
     assert y.startswith("items:")
 
 
-def test_join_refused_for_expired_revoked_and_wrong_tokens(cluster: DevCluster, tmp_path: Path) -> None:
+def test_join_refused_for_expired_revoked_and_wrong_tokens(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
     expired = new_token(cluster, "--ttl", "1s")
-    wait_until(lambda: "expired" in cluster.katcall("token", "list").stdout, timeout=10, what="token expiry")
+    wait_until(
+        lambda: "expired" in cluster.katcall("token", "list").stdout,
+        timeout=10,
+        what="token expiry",
+    )
     p = try_join(cluster, expired, tmp_path / "a")
     assert p.returncode != 0 and "expired" in p.stderr
 
@@ -135,14 +153,24 @@ def _call_list_nodes(c: DevCluster, creds: grpc.ChannelCredentials) -> grpc.Stat
     return grpc.StatusCode.OK
 
 
-def test_api_refuses_clients_without_a_valid_admin_certificate(cluster: DevCluster, tmp_path: Path) -> None:
+def test_api_refuses_clients_without_a_valid_admin_certificate(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
     ctx = _ctx(cluster)
-    assert _call_list_nodes(cluster, grpc.ssl_channel_credentials(ctx.ca, ctx.key, ctx.cert)) == grpc.StatusCode.OK
+    assert (
+        _call_list_nodes(cluster, grpc.ssl_channel_credentials(ctx.ca, ctx.key, ctx.cert))
+        == grpc.StatusCode.OK
+    )
     # no client certificate: the TLS handshake is refused
-    assert _call_list_nodes(cluster, grpc.ssl_channel_credentials(ctx.ca)) == grpc.StatusCode.UNAVAILABLE
+    assert (
+        _call_list_nodes(cluster, grpc.ssl_channel_credentials(ctx.ca))
+        == grpc.StatusCode.UNAVAILABLE
+    )
     # a certificate from another CA
     other = pki.create_ca("other-ca")
-    rogue = pki.issue_certificate(other.cert_pem, other.key_pem, common_name="admin", role=pki.ROLE_ADMIN)
+    rogue = pki.issue_certificate(
+        other.cert_pem, other.key_pem, common_name="admin", role=pki.ROLE_ADMIN
+    )
     creds = grpc.ssl_channel_credentials(ctx.ca, rogue.key_pem, rogue.cert_pem)
     assert _call_list_nodes(cluster, creds) == grpc.StatusCode.UNAVAILABLE
     # a node certificate of this cluster cannot call admin RPCs
@@ -161,7 +189,12 @@ def test_api_refuses_clients_without_a_valid_admin_certificate(cluster: DevClust
 
 
 def test_node_key_files_are_private(cluster: DevCluster) -> None:
-    for key in ("node1/pki/node.key", "node1/pki/ca.key", "node2/pki/node.key", "node1/admin.katconfig"):
+    for key in (
+        "node1/pki/node.key",
+        "node1/pki/ca.key",
+        "node2/pki/node.key",
+        "node1/admin.katconfig",
+    ):
         assert (cluster.dir / key).stat().st_mode & 0o777 == 0o600, key
     assert not (cluster.dir / "node2" / "pki" / "ca.key").exists()
 
@@ -172,8 +205,12 @@ def test_killed_agent_goes_not_ready_and_comes_back_with_its_identity(cluster: D
     cluster.kill("node2")
     killed = time.monotonic()
     # NOT_READY within nodeLossTimeoutSeconds + agentTickSeconds (+ the polling step)
-    wait_until(lambda: condition(cluster, name) == "NOT_READY", timeout=LOSS + TICK + 1, interval=0.2,
-               what=f"{name} NOT_READY")
+    wait_until(
+        lambda: condition(cluster, name) == "NOT_READY",
+        timeout=LOSS + TICK + 1,
+        interval=0.2,
+        what=f"{name} NOT_READY",
+    )
     assert time.monotonic() - killed >= LOSS - 1  # not before the timeout
     cluster.start("node2")
     wait_until(lambda: condition(cluster, name) == "READY", timeout=30, what=f"{name} READY again")
@@ -200,7 +237,9 @@ def test_leader_restart_keeps_nodes_tokens_and_settings(cluster: DevCluster) -> 
     token = new_token(cluster, "--description", "survives-restart")
     cordoned = node_name(cluster, "node3")
     cluster.katcall("cordon", cordoned, check=True)
-    before = {n: (v["metadata"]["uid"], v["status"]["subnet"]) for n, v in nodes_by_name(cluster).items()}
+    before = {
+        n: (v["metadata"]["uid"], v["status"]["subnet"]) for n, v in nodes_by_name(cluster).items()
+    }
     cluster.kill("node1")
     cluster.start("node1")
     wait_until(lambda: cluster.katcall("get", "nodes").returncode == 0, timeout=30, what="API back")

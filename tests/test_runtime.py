@@ -33,6 +33,7 @@ from kat_agent.podman_service import (
     PodmanStorage,
     WorkloadUser,
     ensure_workload_user,
+    ping,
     remove_workload_user,
     workload_username,
 )
@@ -98,7 +99,7 @@ async def poll(
     raise AssertionError(f"{what} not reached within {within:g}s (last: {last!r})")
 
 
-def _rm_containers(sock: Path, root_args: list[str]) -> None:
+def _rm_containers(root_args: list[str]) -> None:
     """Remove every container of the private storage (via the CLI: works even if the
     service is gone)."""
     out = subprocess.run(
@@ -108,6 +109,16 @@ def _rm_containers(sock: Path, root_args: list[str]) -> None:
         subprocess.run(
             ["podman", *root_args, "rm", "-f", "-t", "0", *out], capture_output=True, check=False
         )
+
+
+def _unmount_under(base: Path) -> None:
+    """Podman's overlay driver keeps its directory bind-mounted (<root>/overlay) when a
+    CLI call or a killed service leaves it so; unmount whatever is under `base`."""
+    prefix = f"{base}/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 class Env:
@@ -153,10 +164,11 @@ def env() -> Iterator[Env]:
         e.run(e.rt.import_image(TARBALL, IMAGE, IMPORT_CHANGES))
         yield e
     finally:
-        _rm_containers(e.service.socket_path, e.storage.global_args())
+        _rm_containers(e.storage.global_args())
         e.run(e.rt.close())
         e.run(e.service.stop())
         e.loop.close()
+        _unmount_under(e.base)
         shutil.rmtree(e.base, ignore_errors=True)
 
 
@@ -630,13 +642,21 @@ def test_rootless_workload_user(env: Env) -> None:
         assert user.runtime_dir.stat().st_uid == user.uid
         assert user.runtime_dir.stat().st_mode & 0o777 == 0o700
 
+        # Its own storage next to the module's (as the dev cluster does per node).
+        storage = env.storage.for_user(user)
         service = PodmanService(
-            user.runtime_dir / "podman" / "podman.sock", user=user, containers_conf=env.conf
+            user.runtime_dir / "podman" / "podman.sock",
+            user=user,
+            storage=storage,
+            containers_conf=env.conf,
         )
         env.run(_rootless_body(env, service, user, home_base / "volumes"))
     finally:
         if service is not None:
             env.run(service.stop())
+            for _, path in service.storage.items():
+                shutil.rmtree(path, ignore_errors=True)
+                assert not path.exists()
         if user is not None:
             assert remove_workload_user(ns, name)
             with pytest.raises(KeyError):
@@ -651,6 +671,7 @@ def test_rootless_workload_user(env: Env) -> None:
 async def _rootless_body(env: Env, svc: PodmanService, user: WorkloadUser, volumes: Path) -> None:
     await svc.start()
     await svc.wait_ready(30)
+    assert svc.storage.root is not None and svc.storage.root.stat().st_uid == user.uid
     async with Runtime(svc.socket_path, volume_base_path=volumes, owner=(user.uid, user.gid)) as rt:
         await rt.import_image(TARBALL, IMAGE, IMPORT_CHANGES)
         spec = _spec(
@@ -678,5 +699,53 @@ async def _rootless_body(env: Env, svc: PodmanService, user: WorkloadUser, volum
 
             await poll(written, within=10, what="rootless container wrote its volume")
             assert (data / "who").stat().st_uid == user.uid  # container root = the user
+
+            # The service dies: it is restarted, the container runs on.
+            restarts, pid_before = svc.restarts, svc.pid
+            assert pid_before is not None
+            os.kill(pid_before, signal.SIGKILL)
+
+            async def restarted() -> bool:
+                return svc.restarts > restarts and await rt.ping()
+
+            await poll(restarted, within=15, what="rootless service restarted")
+
+            # The agent crashes: its service dies with it and leaves its socket file.
+            # A new agent's service clears it and adopts the container.
+            await svc.stop()
+            await _crash_leaving_socket(svc)
+            await svc.start()
+            await svc.wait_ready(30)
+            (again,) = await rt.list_managed()
+            assert again.container_id == cid and again.running
         finally:
             await rt.remove(cid, force=True)
+
+
+async def _crash_leaving_socket(svc: PodmanService) -> None:
+    """Run the service's command as a stray process and SIGKILL it, like a service
+    whose agent crashed (PR_SET_PDEATHSIG): its socket file stays, nothing answers."""
+    user = svc.user
+    assert user is not None
+    stray = await asyncio.create_subprocess_exec(
+        *svc.command(),
+        env=svc.environment(),
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
+        process_group=0,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await poll(lambda: ping(svc.socket_path), within=30, what="stray service answers")
+    finally:
+        os.killpg(stray.pid, signal.SIGKILL)
+        await stray.wait()
+    assert svc.socket_path.exists()
+
+    async def silent() -> bool:
+        return not await ping(svc.socket_path)
+
+    await poll(silent, within=10, what="stray service gone")

@@ -3,8 +3,10 @@ Heartbeat (node certificates, on the API port)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
 import uuid
 from datetime import UTC, datetime
 
@@ -12,8 +14,8 @@ import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal import ipam, pki, rpc, tokens
-from internal.events import new_event
 from internal import store as store_mod
+from internal.events import new_event
 from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ def node_name_candidates(requested: str) -> list[str]:
 class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
+        # Joins with one token queue here instead of racing on its use count;
+        # the revision check below still guards against any other writer.
+        self._token_locks: dict[str, asyncio.Lock] = {}
 
     async def Join(
         self, request: kat_pb2.JoinRequest, context: grpc.aio.ServicerContext
@@ -51,7 +56,10 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad CSR: {exc}")
 
-        node = await self._register(request)
+        try:
+            node = await self._register(request)
+        except store_mod.SubnetsExhausted as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"join refused: {exc}")
         name = node.metadata.name
         assert lc.ca_key is not None
         cert = pki.sign_csr(
@@ -64,9 +72,13 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             ip_addresses=[request.advertise_address, "127.0.0.1"],
         )
         await lc.store.record_event(
-            new_event("NodeJoined", f"joined from {request.advertise_address}", kind="Node", name=name)
+            new_event(
+                "NodeJoined", f"joined from {request.advertise_address}", kind="Node", name=name
+            )
         )
-        log.info("node %s joined from %s, subnet %s", name, request.advertise_address, node.status.subnet)
+        log.info(
+            "node %s joined from %s, subnet %s", name, request.advertise_address, node.status.subnet
+        )
         return kat_pb2.JoinResponse(
             node=node,
             certificate_pem=cert,
@@ -78,6 +90,10 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         )
 
     async def _consume_token(self, token_id: str, secret: str) -> None:
+        async with self._token_locks.setdefault(token_id, asyncio.Lock()):
+            await self._consume_token_locked(token_id, secret)
+
+    async def _consume_token_locked(self, token_id: str, secret: str) -> None:
         store = self.lc.store
         for _ in range(10):
             current = await store.get_token(token_id)
@@ -111,13 +127,30 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         self, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.HeartbeatResponse:
         cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        return await self._beat(cn, request, context)
+
+    async def Heartbeats(
+        self,
+        request_iterator: AsyncIterator[kat_pb2.HeartbeatRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[kat_pb2.HeartbeatResponse]:
+        cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        async for request in request_iterator:
+            yield await self._beat(cn, request, context)
+
+    async def _beat(
+        self, cn: str, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.HeartbeatResponse:
         await self.lc.require_leader(context)
         if cn != request.node_name:
             await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"certificate of {cn!r} cannot report as {request.node_name!r}"
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate of {cn!r} cannot report as {request.node_name!r}",
             )
         if not await self.lc.registry.heartbeat(request):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_name!r} is not registered")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"node {request.node_name!r} is not registered"
+            )
         return kat_pb2.HeartbeatResponse(
             tick_seconds=self.lc.spec.agent_tick_seconds,
             leader_node=self.lc.node_name,
@@ -139,12 +172,15 @@ async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: s
         raise RuntimeError(f"no free node name for {requested_name!r}")
     spec = lc.spec
     used = list(await store.list_subnets())
-    subnet = await store.allocate_subnet(
-        name, ipam.free_subnets(spec.cluster_cidr, spec.node_subnet_bits, used)
-    )
+    try:
+        subnet = await store.allocate_subnet(
+            name, ipam.free_subnets(spec.cluster_cidr, spec.node_subnet_bits, used)
+        )
+    except BaseException:
+        await store.delete_node(name, rev)
+        raise
     node.status.subnet = subnet
     rev = await store.update_node(node, rev)
     node.metadata.resource_version = rev
     lc.registry.adopt(node, rev)
     return node
-

@@ -50,7 +50,9 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
     # ------------------------------------------------------------- nodes
 
     @admin
-    async def ListNodes(self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext) -> kat_pb2.NodeList:
+    async def ListNodes(
+        self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.NodeList:
         nodes = self.lc.registry.all()
         if request.label_selector:
             sel = dict(request.label_selector)
@@ -68,7 +70,9 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
         return node
 
     @admin
-    async def GetNode(self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext) -> kat_pb2.Node:
+    async def GetNode(
+        self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.Node:
         return await self._node(request.name, context)
 
     async def _set_unschedulable(
@@ -80,15 +84,21 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
         if await self.lc.registry.mutate(name, apply) is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"node {name!r} not found")
         reason = "NodeCordoned" if value else "NodeUncordoned"
-        await self.lc.store.record_event(new_event(reason, reason[4:].lower(), kind="Node", name=name))
+        await self.lc.store.record_event(
+            new_event(reason, reason[4:].lower(), kind="Node", name=name)
+        )
         return await self._node(name, context)
 
     @admin
-    async def CordonNode(self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext) -> kat_pb2.Node:
+    async def CordonNode(
+        self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.Node:
         return await self._set_unschedulable(request.name, True, context)
 
     @admin
-    async def UncordonNode(self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext) -> kat_pb2.Node:
+    async def UncordonNode(
+        self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.Node:
         return await self._set_unschedulable(request.name, False, context)
 
     # ------------------------------------------------------------- tokens
@@ -98,7 +108,9 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
         self, request: kat_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.CreateTokenResponse:
         if request.ttl_seconds < 0 or request.max_uses < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl and max uses must not be negative")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "ttl and max uses must not be negative"
+            )
         ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else tokens.DEFAULT_TTL
         record, text = tokens.new_token(
             self.lc.ca_hash,
@@ -112,7 +124,9 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
         return kat_pb2.CreateTokenResponse(token=record, join_token=text)
 
     @admin
-    async def ListTokens(self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext) -> kat_pb2.TokenList:
+    async def ListTokens(
+        self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.TokenList:
         return kat_pb2.TokenList(items=[v.msg for v in await self.lc.store.list_tokens()])
 
     @admin
@@ -149,7 +163,9 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
         try:
             await self.lc.store.create_namespace(ns)
         except store_mod.AlreadyExists:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"namespace {request.name!r} already exists")
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"namespace {request.name!r} already exists"
+            )
         return ns
 
     @admin

@@ -26,6 +26,7 @@ class LeaderContext:
     leading: bool = False
     leader_address: str = ""  # the current leader's API address, as last observed
     ca_hash: str = field(default="")
+    _endpoints: tuple[int, list[str]] = (-1, [])
 
     @property
     def spec(self) -> kat_pb2.ClusterConfigurationSpec:
@@ -43,13 +44,17 @@ class LeaderContext:
         await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader elected yet; retry shortly")
 
     def api_endpoints(self) -> list[str]:
-        port = self.spec.api_port
-        members = [
-            f"{n.status.advertise_address}:{port}"
-            for n in self.registry.all()
-            if n.status.etcd_member and n.status.advertise_address
-        ]
-        return members or [self.api_address]
+        """API addresses of the etcd members (cached: every heartbeat answers with them)."""
+        version, endpoints = self._endpoints
+        if version != self.registry.version:
+            port = self.spec.api_port
+            endpoints = sorted(
+                f"{n.status.advertise_address}:{port}"
+                for n in self.registry.stored()
+                if n.status.etcd_member and n.status.advertise_address
+            ) or [self.api_address]
+            self._endpoints = (self.registry.version, endpoints)
+        return endpoints
 
     def peers(self) -> list[kat_pb2.Peer]:
         return [

@@ -48,11 +48,14 @@ class NodeRegistry:
         self._last_seen: dict[str, float] = {}
         self._last_seen_wall: dict[str, datetime] = {}
         self._since = clock()
+        # Bumped on every change to a node record, so derived views can be cached.
+        self.version = 0
 
     async def load(self) -> None:
         """Fill the cache from etcd; liveness starts counting from now."""
         self._nodes = {
-            v.msg.metadata.name: _Cached(v.msg, v.mod_revision) for v in await self._store.list_nodes()
+            v.msg.metadata.name: _Cached(v.msg, v.mod_revision)
+            for v in await self._store.list_nodes()
         }
         self._since = self._clock()
 
@@ -73,12 +76,17 @@ class NodeRegistry:
             node.status.last_heartbeat.FromDatetime(seen)
         return node
 
+    def stored(self) -> list[kat_pb2.Node]:
+        """The cached records themselves, without copying: do not modify them."""
+        return [c.node for c in self._nodes.values()]
+
     def all(self) -> list[kat_pb2.Node]:
         return [n for n in (self.get(name) for name in self.names()) if n is not None]
 
     def adopt(self, node: kat_pb2.Node, revision: int) -> None:
         """Record a node written elsewhere on the leader (a join)."""
         self._nodes[node.metadata.name] = _Cached(node, revision)
+        self.version += 1
 
     async def mutate(
         self, name: str, change: Callable[[kat_pb2.Node], None]
@@ -107,6 +115,7 @@ class NodeRegistry:
                     continue
                 updated.metadata.resource_version = rev
                 self._nodes[name] = _Cached(updated, rev)
+                self.version += 1
                 return updated
             raise RuntimeError(f"node {name}: too many concurrent updates")
 
@@ -117,7 +126,7 @@ class NodeRegistry:
             return False
         self._last_seen[name] = self._clock()
         self._last_seen_wall[name] = datetime.now(UTC)
-        was_ready = self._nodes[name].node.status.condition == READY
+        previous = self._nodes[name].node.status.condition
 
         def apply(node: kat_pb2.Node) -> None:
             st = node.status
@@ -136,8 +145,9 @@ class NodeRegistry:
             node.spec.taints.extend(req.taints)
 
         await self.mutate(name, apply)
-        if not was_ready:
-            await self._event(name, "NodeReady", "node is sending heartbeats again", warning=False)
+        if previous != READY:
+            message = "heartbeats resumed" if previous == NOT_READY else "first heartbeat received"
+            await self._event(name, "NodeReady", message, warning=False)
         return True
 
     def overdue(self) -> list[str]:
@@ -161,7 +171,9 @@ class NodeRegistry:
             await self.mutate(name, apply)
             lost.append(name)
             silent = self._config.node_loss_timeout_seconds
-            await self._event(name, "NodeNotReady", f"no heartbeat for over {silent}s", warning=True)
+            await self._event(
+                name, "NodeNotReady", f"no heartbeat for over {silent}s", warning=True
+            )
             log.warning("node %s is NOT_READY: no heartbeat for over %ss", name, silent)
         return lost
 
@@ -173,4 +185,6 @@ class NodeRegistry:
             await asyncio.sleep(interval)
 
     async def _event(self, node: str, reason: str, message: str, *, warning: bool) -> None:
-        await self._store.record_event(new_event(reason, message, kind="Node", name=node, warning=warning))
+        await self._store.record_event(
+            new_event(reason, message, kind="Node", name=node, warning=warning)
+        )

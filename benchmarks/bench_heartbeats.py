@@ -1,0 +1,209 @@
+"""Leader load under heartbeats, and resident memory of the agents.
+
+Starts a real single-node cluster (`kat-agent init`, real etcd, mTLS) on
+loopback in a temp dir, registers N simulated agents through the real Join RPC
+(each with its own key and certificate), then has every simulated agent send a
+Heartbeat each tick for a while and reports:
+
+  - p50/p99 heartbeat latency seen by the agents,
+  - the leader process's CPU use (kat-agent only, not its etcd child),
+  - resident memory of the leader process and of one real, idle joined agent.
+
+    python3 benchmarks/bench_heartbeats.py [--agents 1000] [--seconds 30]
+
+Targets (issue 3): p99 < 50 ms and < 1 core at 1,000 agents / 1 s tick;
+idle agent < 60 MB; leader without etcd < 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from api.v1alpha1 import kat_pb2, kat_pb2_grpc  # noqa: E402
+from internal import clientconfig, pki, rpc, tokens  # noqa: E402
+
+PORTS = {"apiPort": 19115, "joinPort": 19117, "agentPort": 19116, "etcdClientPort": 12379,
+         "etcdPeerPort": 12380}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"kat-agent did not come up; see {proc.args}")
+        time.sleep(0.1)
+
+
+async def register(join_addr: str, ca: bytes, credential: str, i: int) -> tuple[str, bytes, bytes]:
+    key = pki.generate_private_key()
+    req = kat_pb2.JoinRequest(
+        token=credential, csr_pem=pki.create_csr(key), advertise_address=f"127.0.{i // 250}.{i % 250 + 2}",
+        hostname=f"sim-{i}", capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
+    )
+    opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+    async with grpc.aio.secure_channel(join_addr, rpc.client_credentials(ca), options=opts) as ch:
+        resp = await kat_pb2_grpc.AgentAPIStub(ch).Join(req, timeout=60)
+    return resp.node.metadata.name, resp.certificate_pem, key
+
+
+async def simulate(api: str, ca: bytes, nodes: list[tuple[str, bytes, bytes]], seconds: float,
+                   warmup: float, tick: float) -> list[float]:
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def agent(name: str, cert: bytes, key: bytes) -> None:
+        ch = grpc.aio.secure_channel(api, rpc.client_credentials(ca, cert, key))
+        stub = kat_pb2_grpc.AgentAPIStub(ch)
+        req = kat_pb2.HeartbeatRequest(
+            node_name=name, capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
+            allocatable=kat_pb2.NodeResources(cpu_millis=3900, memory_bytes=7 << 30),
+            labels={"sim": "true"},
+        )
+        await asyncio.sleep(random.random() * tick)
+        stream = stub.Heartbeats()  # what kat-agent uses: one stream per agent
+        try:
+            while (now := loop.time()) - start < warmup + seconds:
+                t0 = time.perf_counter()
+                await stream.write(req)
+                await stream.read()
+                if now - start >= warmup:
+                    latencies.append(time.perf_counter() - t0)
+                await asyncio.sleep(max(0.0, tick - (loop.time() - now)))
+        finally:
+            stream.cancel()
+            await ch.close()
+
+    async with asyncio.TaskGroup() as tg:
+        for n in nodes:
+            tg.create_task(agent(*n))
+    return latencies
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--warmup", type=float, default=8)
+    ap.add_argument("--tick", type=int, default=1)
+    a = ap.parse_args()
+    if not shutil.which("etcd") or not shutil.which("kat-agent"):
+        raise SystemExit("needs etcd and kat-agent on PATH (scripts/setup.sh)")
+    tmp = Path(tempfile.mkdtemp(prefix="kat-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        spec = "\n".join(f"  {k}: {v}" for k, v in PORTS.items())
+        (tmp / "cluster.kat").write_text(
+            "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {name: bench}\n"
+            f"spec:\n{spec}\n  nodeSubnetBits: 10\n  agentTickSeconds: {a.tick}\n  nodeLossTimeoutSeconds: 30\n"
+        )
+        data = tmp / "leader"
+        log = open(tmp / "leader.log", "wb")
+        leader = subprocess.Popen(
+            ["kat-agent", "init", "--config", str(tmp / "cluster.kat"), "--data-dir", str(data),
+             "--advertise-address", "127.0.0.1", "--log-level", "warning"],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+        procs.append(leader)
+        wait_for(data / "admin.katconfig", leader)
+        ctx = clientconfig.load(data / "admin.katconfig").context()
+        ca = ctx.ca
+        # a real token, created through the API like `katcall token create`
+        with grpc.secure_channel(ctx.endpoints[0], rpc.client_credentials(ca, ctx.cert, ctx.key)) as ch:
+            created = kat_pb2_grpc.ClusterAPIStub(ch).CreateToken(kat_pb2.CreateTokenRequest(), timeout=10)
+        token = created.join_token
+        credential = tokens.parse(token).credential
+
+        # one real joined agent, left idle, for its memory figure
+        agent_log = open(tmp / "agent.log", "wb")
+        agent = subprocess.Popen(
+            ["kat-agent", "join", "--leader", "127.0.0.1:19115", "--token", token, "--data-dir",
+             str(tmp / "agent"), "--advertise-address", "127.0.0.1", "--log-level", "warning"],
+            stdout=agent_log, stderr=agent_log, start_new_session=True,
+        )
+        procs.append(agent)
+        wait_for(tmp / "agent" / "agent" / "node.json", agent)
+
+        join_addr = f"127.0.0.1:{PORTS['joinPort']}"
+
+        async def register_all() -> list[tuple[str, bytes, bytes]]:
+            sem = asyncio.Semaphore(32)
+
+            async def one(i: int) -> tuple[str, bytes, bytes]:
+                async with sem:
+                    return await register(join_addr, ca, credential, i)
+
+            return list(await asyncio.gather(*(one(i) for i in range(a.agents))))
+
+        t0 = time.perf_counter()
+        nodes = asyncio.run(register_all())
+        print(f"registered {len(nodes)} simulated agents through Join in {time.perf_counter() - t0:.1f} s")
+
+        cpu0 = [0.0]
+        wall0 = [0.0]
+
+        async def run() -> list[float]:
+            async def mark() -> None:
+                await asyncio.sleep(a.warmup)
+                cpu0[0], wall0[0] = cpu_seconds(leader.pid), time.monotonic()
+
+            marker = asyncio.create_task(mark())
+            lat = await simulate(ctx.endpoints[0], ca, nodes, a.seconds, a.warmup, a.tick)
+            await marker
+            return lat
+
+        lat = asyncio.run(run())
+        cpu = (cpu_seconds(leader.pid) - cpu0[0]) / (time.monotonic() - wall0[0])
+        lat.sort()
+        p50 = statistics.median(lat) * 1000
+        p99 = lat[int(len(lat) * 0.99) - 1] * 1000
+        rate = len(lat) / a.seconds
+        print(f"heartbeats: {a.agents} agents, tick {a.tick}s, {rate:.0f}/s over {a.seconds:.0f}s: "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (target < 50 ms)")
+        print(f"leader CPU (kat-agent process, not etcd): {cpu:.2f} cores (target < 1)")
+        print(f"leader RSS (kat-agent without etcd) with {a.agents + 2} nodes: {rss_mb(leader.pid):.1f} MB "
+              "(target < 150 MB)")
+        print(f"idle joined agent RSS: {rss_mb(agent.pid):.1f} MB (target < 60 MB)")
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
