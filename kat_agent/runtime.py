@@ -41,7 +41,7 @@ import os
 import re
 import signal
 import stat
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -825,7 +825,7 @@ class Runtime:
 
     async def logs(
         self, container_id: str, *, follow: bool = False, tail: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """stdout and stderr as Podman stored them, line by line; with `follow` until
         the container stops (or the caller stops iterating)."""
         what = f"logs of {container_id}"

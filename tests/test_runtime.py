@@ -398,7 +398,7 @@ def test_logs_tail_and_follow(env: Env, created: list[str]) -> None:
         it = env.rt.logs(sleeper, follow=True)
         async with asyncio.timeout(10):
             assert await anext(it) == b"x\n"
-        await it.aclose()  # type: ignore[attr-defined]
+        await it.aclose()
 
     env.run(body())
 
