@@ -37,8 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc  # noqa: E402
 from internal import clientconfig, pki, rpc, tokens  # noqa: E402
 
-PORTS = {"apiPort": 19115, "joinPort": 19117, "agentPort": 19116, "etcdClientPort": 12379,
-         "etcdPeerPort": 12380}
+PORTS = {
+    "apiPort": 19115,
+    "joinPort": 19117,
+    "agentPort": 19116,
+    "etcdClientPort": 12379,
+    "etcdPeerPort": 12380,
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -65,8 +70,11 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 async def register(join_addr: str, ca: bytes, credential: str, i: int) -> tuple[str, bytes, bytes]:
     key = pki.generate_private_key()
     req = kat_pb2.JoinRequest(
-        token=credential, csr_pem=pki.create_csr(key), advertise_address=f"127.0.{i // 250}.{i % 250 + 2}",
-        hostname=f"sim-{i}", capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
+        token=credential,
+        csr_pem=pki.create_csr(key),
+        advertise_address=f"127.0.{i // 250}.{i % 250 + 2}",
+        hostname=f"sim-{i}",
+        capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
     )
     opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
     async with grpc.aio.secure_channel(join_addr, rpc.client_credentials(ca), options=opts) as ch:
@@ -74,8 +82,14 @@ async def register(join_addr: str, ca: bytes, credential: str, i: int) -> tuple[
     return resp.node.metadata.name, resp.certificate_pem, key
 
 
-async def simulate(api: str, ca: bytes, nodes: list[tuple[str, bytes, bytes]], seconds: float,
-                   warmup: float, tick: float) -> list[float]:
+async def simulate(
+    api: str,
+    ca: bytes,
+    nodes: list[tuple[str, bytes, bytes]],
+    seconds: float,
+    warmup: float,
+    tick: float,
+) -> list[float]:
     latencies: list[float] = []
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -84,7 +98,8 @@ async def simulate(api: str, ca: bytes, nodes: list[tuple[str, bytes, bytes]], s
         ch = grpc.aio.secure_channel(api, rpc.client_credentials(ca, cert, key))
         stub = kat_pb2_grpc.AgentAPIStub(ch)
         req = kat_pb2.HeartbeatRequest(
-            node_name=name, capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
+            node_name=name,
+            capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
             allocatable=kat_pb2.NodeResources(cpu_millis=3900, memory_bytes=7 << 30),
             labels={"sim": "true"},
         )
@@ -128,26 +143,56 @@ def main() -> int:
         data = tmp / "leader"
         log = open(tmp / "leader.log", "wb")
         leader = subprocess.Popen(
-            ["kat-agent", "init", "--config", str(tmp / "cluster.kat"), "--data-dir", str(data),
-             "--advertise-address", "127.0.0.1", "--log-level", "warning"],
-            stdout=log, stderr=log, start_new_session=True,
+            [
+                "kat-agent",
+                "init",
+                "--config",
+                str(tmp / "cluster.kat"),
+                "--data-dir",
+                str(data),
+                "--advertise-address",
+                "127.0.0.1",
+                "--log-level",
+                "warning",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         procs.append(leader)
         wait_for(data / "admin.katconfig", leader)
         ctx = clientconfig.load(data / "admin.katconfig").context()
         ca = ctx.ca
         # a real token, created through the API like `katcall token create`
-        with grpc.secure_channel(ctx.endpoints[0], rpc.client_credentials(ca, ctx.cert, ctx.key)) as ch:
-            created = kat_pb2_grpc.ClusterAPIStub(ch).CreateToken(kat_pb2.CreateTokenRequest(), timeout=10)
+        with grpc.secure_channel(
+            ctx.endpoints[0], rpc.client_credentials(ca, ctx.cert, ctx.key)
+        ) as ch:
+            created = kat_pb2_grpc.ClusterAPIStub(ch).CreateToken(
+                kat_pb2.CreateTokenRequest(), timeout=10
+            )
         token = created.join_token
         credential = tokens.parse(token).credential
 
         # one real joined agent, left idle, for its memory figure
         agent_log = open(tmp / "agent.log", "wb")
         agent = subprocess.Popen(
-            ["kat-agent", "join", "--leader", "127.0.0.1:19115", "--token", token, "--data-dir",
-             str(tmp / "agent"), "--advertise-address", "127.0.0.1", "--log-level", "warning"],
-            stdout=agent_log, stderr=agent_log, start_new_session=True,
+            [
+                "kat-agent",
+                "join",
+                "--leader",
+                "127.0.0.1:19115",
+                "--token",
+                token,
+                "--data-dir",
+                str(tmp / "agent"),
+                "--advertise-address",
+                "127.0.0.1",
+                "--log-level",
+                "warning",
+            ],
+            stdout=agent_log,
+            stderr=agent_log,
+            start_new_session=True,
         )
         procs.append(agent)
         wait_for(tmp / "agent" / "agent" / "node.json", agent)
@@ -165,7 +210,9 @@ def main() -> int:
 
         t0 = time.perf_counter()
         nodes = asyncio.run(register_all())
-        print(f"registered {len(nodes)} simulated agents through Join in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"registered {len(nodes)} simulated agents through Join in {time.perf_counter() - t0:.1f} s"
+        )
 
         cpu0 = [0.0]
         wall0 = [0.0]
@@ -186,11 +233,15 @@ def main() -> int:
         p50 = statistics.median(lat) * 1000
         p99 = lat[int(len(lat) * 0.99) - 1] * 1000
         rate = len(lat) / a.seconds
-        print(f"heartbeats: {a.agents} agents, tick {a.tick}s, {rate:.0f}/s over {a.seconds:.0f}s: "
-              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (target < 50 ms)")
+        print(
+            f"heartbeats: {a.agents} agents, tick {a.tick}s, {rate:.0f}/s over {a.seconds:.0f}s: "
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (target < 50 ms)"
+        )
         print(f"leader CPU (kat-agent process, not etcd): {cpu:.2f} cores (target < 1)")
-        print(f"leader RSS (kat-agent without etcd) with {a.agents + 2} nodes: {rss_mb(leader.pid):.1f} MB "
-              "(target < 150 MB)")
+        print(
+            f"leader RSS (kat-agent without etcd) with {a.agents + 2} nodes: {rss_mb(leader.pid):.1f} MB "
+            "(target < 150 MB)"
+        )
         print(f"idle joined agent RSS: {rss_mb(agent.pid):.1f} MB (target < 60 MB)")
         return 0
     finally:

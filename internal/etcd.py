@@ -459,7 +459,8 @@ class EtcdClient:
             w.close()
         for ep in self._endpoints:
             ep.close()  # also ends running calls and watch streams at once
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Queued calls still run and fail with "closed" rather than vanish as cancelled.
+        self._executor.shutdown(wait=False)
 
     # ------------------------------------------------------------ plumbing
 

@@ -4,8 +4,10 @@ leadership moves, and carrying on when it is unreachable (detached operation).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import Callable
 
 import grpc
 
@@ -103,6 +105,13 @@ class Agent:
         self.capacity, self.allocatable = machine_resources()
         self.connected = asyncio.Event()
         self._stream: grpc.aio.StreamStreamCall | None = None
+        # The node runtime reports its instances here and asks for an early
+        # beat when one changes, so the leader hears of it without waiting a tick.
+        self.instances: Callable[[], list[kat_pb2.Instance]] = list
+        self._wake = asyncio.Event()
+
+    def beat_now(self) -> None:
+        self._wake.set()
 
     def heartbeat_request(self) -> kat_pb2.HeartbeatRequest:
         return kat_pb2.HeartbeatRequest(
@@ -111,6 +120,7 @@ class Agent:
             allocatable=self.allocatable,
             labels=self.labels,
             advertise_address=self.identity.advertise_address,
+            instances=self.instances(),
         )
 
     async def heartbeat_once(self) -> kat_pb2.HeartbeatResponse | None:
@@ -160,7 +170,11 @@ class Agent:
                 ok = await self.heartbeat_once()
                 # After a failure try the next endpoint soon, but never spin.
                 wait = self.tick if ok else min(1.0, self.tick)
-                await asyncio.sleep(max(0.0, wait - (loop.time() - started)))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), max(0.0, wait - (loop.time() - started))
+                    )
         finally:
             if self._stream is not None:
                 self._stream.cancel()

@@ -22,6 +22,7 @@ from internal.fileutil import write_atomic
 from kat_agent import bootstrap
 from kat_agent.agent import Agent, machine_resources
 from kat_agent.datadir import DataDir, NodeIdentity
+from kat_agent.node.main import run_node
 
 if TYPE_CHECKING:
     from internal.etcd_process import EtcdProcess
@@ -284,6 +285,7 @@ async def serve(
         if store is not None:
             tg.create_task(run_member(dd, identity, store, config), name="member")
         tg.create_task(agent.run(), name="agent")
+        tg.create_task(run_node(dd, identity, agent, config), name="node-runtime")
 
 
 async def run_member(
@@ -325,8 +327,12 @@ async def run_member(
         lc.leading = True
         lc.leader_address = api
         log.info("%s is the leader", identity.name)
+        from kat_agent.leader.controllers import run_controllers
+
         try:
-            await registry.run_health()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(registry.run_health(), name="node-health")
+                tg.create_task(run_controllers(lc), name="controllers")
         finally:
             lc.leading = False
             log.warning("%s stopped leading", identity.name)

@@ -147,12 +147,14 @@ import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     c = tomllib.load(f)
 u = set(c.get("containers", {}).get("default_ulimits", []))
-ok = c.get("engine", {}).get("runtime") == "runc" and {"nofile=1024:1024", "nproc=1024:1024"} <= u
+e = c.get("engine", {})
+ok = e.get("runtime") == "runc" and {"nofile=1024:1024", "nproc=1024:1024"} <= u
+ok = ok and e.get("exit_command_delay") == 10
 sys.exit(0 if ok else 1)
 EOF
 }
 if conf_ok; then
-  log "$CONF: runc + ulimits already set"
+  log "$CONF: runc + ulimits + exit_command_delay already set"
 else
   mkdir -p /etc/containers
   if [[ -f $CONF ]]; then
@@ -167,8 +169,10 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 
 [engine]
 runtime = "runc"
+# Each exec (health checks) otherwise leaves its conmon waiting 300 s.
+exit_command_delay = 10
 EOF
-  log "wrote $CONF (runc, nofile/nproc 1024)"
+  log "wrote $CONF (runc, nofile/nproc 1024, exit_command_delay 10)"
 fi
 
 # ---------------------------------------------------------------------------------------

@@ -113,11 +113,11 @@ def make_etcd_process(
     kw.setdefault("heartbeat_interval_ms", 50)
     kw.setdefault("election_timeout_ms", 500)
     kw.setdefault("restart_backoff", (0.2, 1.0))
+    kw.setdefault("client_urls", [f"https://127.0.0.1:{free_port()}"])
+    kw.setdefault("peer_urls", [f"https://127.0.0.1:{free_port()}"])
     return EtcdProcess(
         name=name,
         data_dir=Path(directory) / "etcd",
-        client_urls=[f"https://127.0.0.1:{free_port()}"],
-        peer_urls=[f"https://127.0.0.1:{free_port()}"],
         tls=EtcdTLS(pkif.ca_cert, pkif.etcd_cert, pkif.etcd_key),
         **kw,
     )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from internal.etcd import EtcdClient, EtcdUnavailable
 from internal.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
-from tests.helpers import PkiFiles, env_of, requires_etcd, wait_until
+from tests.helpers import PkiFiles, env_of, free_port, requires_etcd, wait_until
 
 pytestmark = requires_etcd
 
@@ -149,3 +151,74 @@ async def test_etcd_dies_with_its_parent(tmp_path: Path, pki_dir: PkiFiles) -> N
             await parent.wait()
         if child and _alive(child):  # the test failed: do not leave etcd behind
             os.kill(child, signal.SIGKILL)
+
+
+async def test_a_second_member_joins_an_existing_cluster_and_leaves(etcd_factory: Factory) -> None:
+    # etcd's strict reconfiguration check would refuse the removal until the
+    # members have been connected for 5 s ("unhealthy cluster").
+    first = etcd_factory(name="m1", extra_args=["--strict-reconfig-check=false"])
+    async with first, first.client() as client:
+        peer = f"https://127.0.0.1:{free_port()}"
+        added, members = await client.member_add([peer])
+        assert added.peer_urls == (peer,) and len(members) == 2
+        initial = {m.name or "m2": list(m.peer_urls) for m in members}
+        second = etcd_factory(
+            name="m2", peer_urls=[peer], initial_cluster=initial, initial_cluster_state="existing"
+        )
+        async with second:
+            names = sorted(m.name for m in await client.member_list())
+            assert names == ["m1", "m2"]
+            await client.put("/shared", b"1")
+            async with second.client() as via_second:
+                kv = await via_second.get("/shared")
+                assert kv is not None and kv.value == b"1"
+            await client.member_remove(added.id)
+            assert [m.name for m in await client.member_list()] == ["m1"]
+
+
+@pytest.mark.async_timeout(40)
+async def test_client_fails_over_when_a_member_of_three_dies(
+    etcd_factory: Factory, pki_dir: PkiFiles
+) -> None:
+    peers = {f"m{i}": f"https://127.0.0.1:{free_port()}" for i in range(3)}
+    members = [
+        etcd_factory(name=n, peer_urls=[u], initial_cluster=peers, initial_cluster_state="new")
+        for n, u in peers.items()
+    ]
+    try:
+        for m in members:
+            await m.start()
+        await asyncio.gather(*(m.wait_healthy(20) for m in members))
+        endpoints = [e for m in members for e in m.client_endpoints]
+        env = env_of(members[0], pki_dir)
+        client = EtcdClient(
+            endpoints,
+            ca_file=env.ca_file,
+            cert_file=env.cert_file,
+            key_file=env.key_file,
+            timeout=1,
+        )
+        async with client:
+            start = await client.revision() + 1
+            events = client.watch("/fo/", prefix=True, start_revision=start)
+            async with contextlib.aclosing(events):
+                await client.put("/fo/a", b"1")
+                assert [e.kv.key for e in await anext(events)] == ["/fo/a"]
+                dead = next(m for m in members if client.current_endpoint in m.client_endpoints)
+                await dead.stop()
+
+                async def write_b() -> bool:
+                    try:
+                        await client.put("/fo/b", b"2")  # a write is not retried within a call
+                    except EtcdUnavailable:
+                        return False
+                    return True
+
+                await wait_until(write_b, message="a write through a live member")
+                assert client.current_endpoint not in dead.client_endpoints
+                kv = await client.get("/fo/b")
+                assert kv is not None and kv.value == b"2"
+                batch = await asyncio.wait_for(anext(events), 15)
+                assert [e.kv.key for e in batch] == ["/fo/b"]  # the watch moved over too
+    finally:
+        await asyncio.gather(*(m.stop() for m in members))

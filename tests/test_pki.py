@@ -30,6 +30,7 @@ def test_ca_certificate(ca: pki.CertAndKey) -> None:
     info = pki.cert_info(ca.cert_pem)
     assert info.is_ca
     assert info.common_name == "test-ca"
+    assert info.dns_names == (pki.CA_SERVER_NAME,)
     assert info.not_after - info.not_before > dt.timedelta(days=3000)
     pki.verify_certificate(ca.cert_pem, ca.cert_pem)  # self-signed
 
@@ -217,5 +218,24 @@ async def test_mtls_handshake_identity_and_foreign_ca(pki_dir: PkiFiles) -> None
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await kat_pb2_grpc.NodeAgentStub(channel).Status(kat_pb2.Empty(), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(None)
+
+
+async def test_ca_can_serve_itself_for_the_pinned_join(pki_dir: PkiFiles) -> None:
+    ca = pki_dir.ca()
+    server = grpc.aio.server()
+    kat_pb2_grpc.add_NodeAgentServicer_to_server(_Echo(), server)
+    creds = grpc.ssl_server_credentials([(ca.key_pem, ca.cert_pem)])
+    port = server.add_secure_port(f"127.0.0.1:{free_port()}", creds)
+    await server.start()
+    try:
+        client = grpc.ssl_channel_credentials(ca.cert_pem)
+        options = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", client, options=options) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await kat_pb2_grpc.NodeAgentStub(ch).Status(kat_pb2.Empty(), timeout=5)
+        # TLS succeeded: the call reached the servicer, which wants a client certificate.
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
     finally:
         await server.stop(None)

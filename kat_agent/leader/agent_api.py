@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import grpc
@@ -147,6 +147,8 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"certificate of {cn!r} cannot report as {request.node_name!r}",
             )
+        for listener in self.lc.instance_listeners:
+            await listener(request.node_name, request.instances)
         if not await self.lc.registry.heartbeat(request):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"node {request.node_name!r} is not registered"
@@ -156,6 +158,21 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             leader_node=self.lc.node_name,
             api_endpoints=self.lc.api_endpoints(),
         )
+
+    async def WatchAssignments(
+        self, request: kat_pb2.AssignmentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kat_pb2.AssignmentSet]:
+        from kat_agent.leader.assignments import stream_assignments
+
+        cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        await self.lc.require_leader(context)
+        if cn != request.node_name:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate of {cn!r} cannot watch assignments of {request.node_name!r}",
+            )
+        async for update in stream_assignments(self.lc, request.node_name, context):
+            yield update
 
 
 async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: str) -> kat_pb2.Node:

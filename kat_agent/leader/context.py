@@ -3,6 +3,7 @@ CA material and whether this process currently leads."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -27,6 +28,11 @@ class LeaderContext:
     leader_address: str = ""  # the current leader's API address, as last observed
     ca_hash: str = field(default="")
     _endpoints: tuple[int, list[str]] = (-1, [])
+    # Called with (node name, instance states) for every heartbeat, before the
+    # node record is updated; the workload controllers subscribe here.
+    instance_listeners: list[Callable[[str, Sequence[kat_pb2.Instance]], Awaitable[None]]] = field(
+        default_factory=list
+    )
 
     @property
     def spec(self) -> kat_pb2.ClusterConfigurationSpec:

@@ -1,0 +1,1 @@
+"""The node side of workloads: assignments, containers, health checks, logs."""
