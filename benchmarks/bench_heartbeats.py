@@ -137,8 +137,9 @@ def main() -> int:
     try:
         spec = "\n".join(f"  {k}: {v}" for k, v in PORTS.items())
         (tmp / "cluster.kat").write_text(
-            "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {name: bench}\n"
-            f"spec:\n{spec}\n  nodeSubnetBits: 10\n  agentTickSeconds: {a.tick}\n  nodeLossTimeoutSeconds: 30\n"
+            "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\n"
+            f"metadata: {{name: bench}}\nspec:\n{spec}\n  nodeSubnetBits: 10\n"
+            f"  agentTickSeconds: {a.tick}\n  nodeLossTimeoutSeconds: 30\n"
         )
         data = tmp / "leader"
         log = open(tmp / "leader.log", "wb")
@@ -211,7 +212,8 @@ def main() -> int:
         t0 = time.perf_counter()
         nodes = asyncio.run(register_all())
         print(
-            f"registered {len(nodes)} simulated agents through Join in {time.perf_counter() - t0:.1f} s"
+            f"registered {len(nodes)} simulated agents through Join "
+            f"in {time.perf_counter() - t0:.1f} s"
         )
 
         cpu0 = [0.0]
@@ -239,7 +241,8 @@ def main() -> int:
         )
         print(f"leader CPU (kat-agent process, not etcd): {cpu:.2f} cores (target < 1)")
         print(
-            f"leader RSS (kat-agent without etcd) with {a.agents + 2} nodes: {rss_mb(leader.pid):.1f} MB "
+            f"leader RSS (kat-agent without etcd) with {a.agents + 2} nodes: "
+            f"{rss_mb(leader.pid):.1f} MB "
             "(target < 150 MB)"
         )
         print(f"idle joined agent RSS: {rss_mb(agent.pid):.1f} MB (target < 60 MB)")

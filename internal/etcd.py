@@ -791,8 +791,10 @@ class EtcdClient:
             if self._closed:
                 raise EtcdError("etcd client is closed")
             reason = failure
+            idx = self._index_of(watcher)
             if isinstance(failure, grpc.RpcError):
-                reason = self._translate(failure, what, self._index_of(watcher))
+                reason = self._translate(failure, what, idx)
+            self._mark_failed(idx)  # whatever broke the stream, resume elsewhere if we can
             log.warning(
                 "%s: stream broke (%s); resuming from revision %d in %.1fs",
                 what,

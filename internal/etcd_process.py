@@ -260,7 +260,10 @@ class EtcdProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # etcd insists on a private data directory
         self._stopping = False
-        self._proc = await self._spawn()
+        try:
+            self._proc = await self._spawn()
+        except OSError as exc:
+            raise EtcdStartError(f"cannot run {self.binary}: {exc}") from None
         self._supervisor = asyncio.create_task(self._supervise(), name=f"etcd-{self.name}")
 
     async def _spawn(self) -> asyncio.subprocess.Process:

@@ -109,6 +109,7 @@ class Agent:
         # beat when one changes, so the leader hears of it without waiting a tick.
         self.instances: Callable[[], list[kat_pb2.Instance]] = list
         self._wake = asyncio.Event()
+        self.leader_node = ""  # the leader's node name, as its last answer said
 
     def beat_now(self) -> None:
         self._wake.set()
@@ -137,6 +138,7 @@ class Agent:
             await self._stream_failed(err)
             return None
         assert isinstance(resp, kat_pb2.HeartbeatResponse)
+        self.leader_node = resp.leader_node
         if not self.connected.is_set():
             log.info("connected to leader %s", resp.leader_node)
         self.connected.set()

@@ -17,8 +17,6 @@ from internal.etcd import EtcdClient, EtcdUnavailable
 from internal.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
 from tests.helpers import PkiFiles, env_of, free_port, requires_etcd, wait_until
 
-pytestmark = requires_etcd
-
 Factory = Callable[..., EtcdProcess]
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,6 +31,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@requires_etcd
 async def test_starts_healthy_with_tls_and_logs_to_data_dir(etcd_factory: Factory) -> None:
     proc = etcd_factory()
     async with proc:
@@ -50,6 +49,7 @@ async def test_starts_healthy_with_tls_and_logs_to_data_dir(etcd_factory: Factor
     assert "kat: starting etcd" in log and '"msg":"serving client traffic securely"' in log
 
 
+@requires_etcd
 async def test_restarted_after_sigkill_keeping_data(
     etcd_factory: Factory, pki_dir: PkiFiles
 ) -> None:
@@ -67,6 +67,7 @@ async def test_restarted_after_sigkill_keeping_data(
     assert "exited" not in proc.log_tail()  # our own messages go to our log, not etcd's
 
 
+@requires_etcd
 async def test_stop_terminates_and_frees_ports(etcd_factory: Factory) -> None:
     proc = etcd_factory()
     await proc.start()
@@ -101,6 +102,7 @@ def test_missing_binary_is_a_clear_error(
         EtcdProcess(**args)  # type: ignore[arg-type]
 
 
+@requires_etcd
 async def test_start_failure_reports_the_log(etcd_factory: Factory) -> None:
     proc = etcd_factory()
     port = int(proc.client_urls[0].rsplit(":", 1)[1])
@@ -115,6 +117,7 @@ async def test_start_failure_reports_the_log(etcd_factory: Factory) -> None:
             await proc.stop()
 
 
+@requires_etcd
 @pytest.mark.async_timeout(30)
 async def test_etcd_dies_with_its_parent(tmp_path: Path, pki_dir: PkiFiles) -> None:
     script = textwrap.dedent(
@@ -153,6 +156,7 @@ async def test_etcd_dies_with_its_parent(tmp_path: Path, pki_dir: PkiFiles) -> N
             os.kill(child, signal.SIGKILL)
 
 
+@requires_etcd
 async def test_a_second_member_joins_an_existing_cluster_and_leaves(etcd_factory: Factory) -> None:
     # etcd's strict reconfiguration check would refuse the removal until the
     # members have been connected for 5 s ("unhealthy cluster").
@@ -176,6 +180,7 @@ async def test_a_second_member_joins_an_existing_cluster_and_leaves(etcd_factory
             assert [m.name for m in await client.member_list()] == ["m1"]
 
 
+@requires_etcd
 @pytest.mark.async_timeout(40)
 async def test_client_fails_over_when_a_member_of_three_dies(
     etcd_factory: Factory, pki_dir: PkiFiles
@@ -221,4 +226,5 @@ async def test_client_fails_over_when_a_member_of_three_dies(
                 batch = await asyncio.wait_for(anext(events), 15)
                 assert [e.kv.key for e in batch] == ["/fo/b"]  # the watch moved over too
     finally:
-        await asyncio.gather(*(m.stop() for m in members))
+        # Short grace: a leader whose peers stop with it waits ~5 s trying to hand over.
+        await asyncio.gather(*(m.stop(grace=1) for m in members))
