@@ -15,6 +15,8 @@ ROLE_NODE = "kat:node"
 
 # Trailing metadata key a non-leader sets to the leader's API address.
 LEADER_KEY = "kat-leader"
+# Trailing metadata key the leader sets to the API endpoints of all members.
+ENDPOINTS_KEY = "kat-endpoints"
 
 KEEPALIVE_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.keepalive_time_ms", 10_000),

@@ -4,6 +4,8 @@ Key layout (values are serialized protobuf unless noted):
 
     /kat/config/cluster                         ClusterConfiguration
     /kat/config/cluster-uid                     cluster UID, UTF-8 text, written once
+    /kat/pki/ca                                 CAMaterial: the cluster and etcd CAs with
+                                                their keys, for members that may lead
     /kat/leader                                 ClusterInfo (leader_node, leader_api_address)
                                                 on the leader's lease (internal/election.py)
     /kat/nodes/<name>                           Node
@@ -61,6 +63,7 @@ M = TypeVar("M", bound=Message)
 ROOT = "/kat/"
 CLUSTER_CONFIG_KEY = "/kat/config/cluster"
 CLUSTER_UID_KEY = "/kat/config/cluster-uid"
+CA_MATERIAL_KEY = "/kat/pki/ca"
 LEADER_KEY = "/kat/leader"
 NODES = "/kat/nodes/"
 SUBNETS = "/kat/ipam/subnets/"
@@ -429,6 +432,27 @@ class Store:
             return await self.create(CLUSTER_CONFIG_KEY, config)
         return await self.update(CLUSTER_CONFIG_KEY, config, expected_revision)
 
+    async def get_ca_material(self) -> kat_pb2.CAMaterial | None:
+        found = await self.get(CA_MATERIAL_KEY, kat_pb2.CAMaterial)
+        return found.msg if found else None
+
+    async def ensure_ca_material(self, material: kat_pb2.CAMaterial) -> kat_pb2.CAMaterial:
+        """Store the CA material unless some is stored; returns the stored one."""
+        with contextlib.suppress(AlreadyExists):
+            await self.create(CA_MATERIAL_KEY, material)
+            return material
+        stored = await self.get_ca_material()
+        assert stored is not None
+        return stored
+
+    async def replace_ca_material(self, material: kat_pb2.CAMaterial) -> None:
+        """Overwrite the CA material (after a restore gave etcd a new CA)."""
+        current = await self.get(CA_MATERIAL_KEY, kat_pb2.CAMaterial)
+        if current is None:
+            await self.create(CA_MATERIAL_KEY, material)
+        else:
+            await self.update(CA_MATERIAL_KEY, material, current.mod_revision)
+
     async def get_cluster_uid(self) -> str | None:
         kv = await self._etcd.get(CLUSTER_UID_KEY)
         return None if kv is None else kv.value.decode()
@@ -509,12 +533,17 @@ class Store:
         """Delete the namespace record only; see `purge_namespace`."""
         return await self.delete(namespace_key(name), expected_revision)
 
-    async def purge_namespace(self, name: str, expected_revision: int | None = None) -> int:
+    async def purge_namespace(
+        self, name: str, expected_revision: int | None = None, *, instances: bool = True
+    ) -> int:
         """Delete the namespace and everything in it (workloads, revisions,
-        instances, events) in one transaction; returns how many keys went."""
+        instances, events) in one transaction; returns how many keys went.
+        With `instances=False` the instance records stay, for the controllers to
+        stop them on their nodes before removing them."""
         txn = self.txn().delete(namespace_key(name), expected_revision)
         for prefix in (WORKLOADS, REVISIONS, INSTANCES, EVENTS):
-            txn.delete_prefix(f"{prefix}{name}/")
+            if prefix != INSTANCES or instances:
+                txn.delete_prefix(f"{prefix}{_seg(name, 'namespace')}/")
         return (await txn.commit()).deleted
 
     # ------------------------------------------------------------ workloads
@@ -547,6 +576,39 @@ class Store:
         txn.delete_prefix(revisions_prefix(namespace, name))
         result = await txn.commit()
         return result.deleted > 0
+
+    async def commit_workload(
+        self,
+        workload: kat_pb2.Workload,
+        expected_revision: int | None,
+        revision: kat_pb2.WorkloadRevision | None = None,
+        keep: int = 10,
+    ) -> int:
+        """Store a workload (create when `expected_revision` is None, else update the
+        record read at that revision) together with its new stored revision, and prune
+        revisions beyond the newest `keep`, all in one transaction. Returns the new mod
+        revision of the workload."""
+        meta = workload.metadata
+        key = workload_key(meta.namespace, meta.name)
+        txn = self.txn()
+        if expected_revision is None:
+            txn.create(key, workload)
+        else:
+            txn.update(key, workload, expected_revision)
+        if revision is not None:
+            txn.create(revision_key(meta.namespace, meta.name, revision.revision), revision)
+            existing = await self._etcd.get_prefix(
+                revisions_prefix(meta.namespace, meta.name), keys_only=True
+            )
+            for kv in existing.kvs[: max(0, len(existing.kvs) + 1 - keep)]:
+                txn.delete(kv.key)
+        return (await txn.commit()).revision
+
+    def watch_workloads(
+        self, namespace: str | None = None, start_revision: int | None = None
+    ) -> AsyncIterator[WatchEvent[kat_pb2.Workload]]:
+        """Changes to the workloads of one namespace, or of all (None)."""
+        return self.watch(workloads_prefix(namespace), kat_pb2.Workload, start_revision)
 
     async def add_workload_revision(
         self, namespace: str, name: str, revision: kat_pb2.WorkloadRevision

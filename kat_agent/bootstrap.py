@@ -28,9 +28,31 @@ class JoinError(Exception):
 
 def ensure_cluster_pki(dd: DataDir) -> pki.CertAndKey:
     """The cluster CA and etcd's own CA (created once, then reused)."""
-    ca = pki.ensure_ca(dd.ca_cert, dd.ca_key, "kat-ca")
-    pki.ensure_ca(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key", "kat-etcd-ca")
-    return ca
+    ensure_etcd_ca(dd)
+    return pki.ensure_ca(dd.ca_cert, dd.ca_key, "kat-ca")
+
+
+def ensure_etcd_ca(dd: DataDir) -> pki.CertAndKey:
+    return pki.ensure_ca(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key", "kat-etcd-ca")
+
+
+def ca_material(dd: DataDir) -> kat_pb2.CAMaterial:
+    """The CA material of this data dir, to replicate to members through etcd."""
+    return kat_pb2.CAMaterial(
+        ca_cert_pem=dd.ca_cert.read_bytes(),
+        ca_key_pem=dd.ca_key.read_bytes(),
+        etcd_ca_cert_pem=(dd.etcd_pki / "ca.crt").read_bytes(),
+        etcd_ca_key_pem=(dd.etcd_pki / "ca.key").read_bytes(),
+    )
+
+
+def write_ca_material(dd: DataDir, material: kat_pb2.CAMaterial, *, etcd: bool = True) -> None:
+    """Install replicated CA material (a member that may lead needs the keys)."""
+    pki.write_certificate(dd.ca_cert, material.ca_cert_pem)
+    pki.write_private_key(dd.ca_key, material.ca_key_pem)
+    if etcd:
+        pki.write_certificate(dd.etcd_pki / "ca.crt", material.etcd_ca_cert_pem)
+        pki.write_private_key(dd.etcd_pki / "ca.key", material.etcd_ca_key_pem)
 
 
 def ensure_etcd_certs(dd: DataDir, node_name: str, advertise: str) -> None:

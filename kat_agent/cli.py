@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from kat_agent.daemon import NodeOptions, StartupError, run_init, run_join
+from kat_agent.daemon import NodeOptions, StartupError, backup_now, run_init, run_join
 
 DEFAULT_DATA_DIR = Path("/var/lib/kat")
 
@@ -64,11 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="start a new cluster on this node (or resume it)")
     init.add_argument("--config", type=Path, help="cluster.kat (read once, on a new data dir)")
     init.add_argument("--etcd-binary", default=None, help="etcd executable (default: etcd on PATH)")
+    init.add_argument(
+        "--restore-from",
+        type=Path,
+        default=None,
+        help="start from an etcd snapshot (fresh data dir)",
+    )
     _common(init)
     join = sub.add_parser("join", help="join this node to a cluster (or resume it)")
     join.add_argument("--leader", required=True, help="leader address, host:port")
     join.add_argument("--token", required=True, help="join token from `katcall token create`")
+    join.add_argument(
+        "--etcd-member", action="store_true", help="also run an etcd member (for HA: 3 or 5 in all)"
+    )
+    join.add_argument("--etcd-binary", default=None, help="etcd executable (default: etcd on PATH)")
     _common(join)
+    backup = sub.add_parser("backup", help="write an etcd snapshot of this member now")
+    backup.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    backup.add_argument("--output", type=Path, default=None, help="file (default: in backupPath)")
+    backup.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    backup.add_argument("--log-format", default="text", choices=["text", "json"])
     return parser
 
 
@@ -78,15 +95,20 @@ async def _run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    if args.command == "backup":
+        path = await backup_now(NodeOptions(data_dir=args.data_dir), args.output)
+        print(f"snapshot written to {path}")
+        return
     opts = NodeOptions(
         data_dir=args.data_dir,
         advertise_address=args.advertise_address,
         node_name=args.node_name,
         labels=args.labels,
         etcd_binary=getattr(args, "etcd_binary", None),
+        etcd_member=getattr(args, "etcd_member", False),
     )
     if args.command == "init":
-        await run_init(args.config, opts)
+        await run_init(args.config, opts, args.restore_from)
     else:
         await run_join(args.leader, args.token, opts)
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import shutil
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -14,10 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
-
-from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal import clientconfig, pki, resources, rpc, tokens
+from api.v1alpha1 import kat_pb2
+from internal import clientconfig, pki, resources, tokens
 from internal.fileutil import write_atomic
 from kat_agent import bootstrap
 from kat_agent.agent import Agent, machine_resources
@@ -25,12 +26,9 @@ from kat_agent.datadir import DataDir, NodeIdentity
 from kat_agent.node.main import run_node
 
 if TYPE_CHECKING:
-    from internal.etcd_process import EtcdProcess
+    from internal.store import Store
 
 log = logging.getLogger(__name__)
-
-
-LEADER_TTL_SECONDS = 10
 
 
 class StartupError(Exception):
@@ -44,6 +42,7 @@ class NodeOptions:
     node_name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     etcd_binary: str | None = None
+    etcd_member: bool = False
 
 
 def default_advertise_address() -> str:
@@ -66,33 +65,31 @@ def load_local_config(dd: DataDir) -> kat_pb2.ClusterConfiguration:
     return cfg
 
 
+def _initial_cluster_file(dd: DataDir) -> Path:
+    # The etcd members a joining member starts with (only read on its first start).
+    return dd.root / "agent" / "etcd-initial-cluster.json"
+
+
 # ---------------------------------------------------------------- init
 
 
-async def run_init(config_path: Path | None, opts: NodeOptions) -> None:
-    from internal.etcd import EtcdClient
-    from internal.etcd_process import EtcdStartError
-    from internal.store import Store
+async def run_init(
+    config_path: Path | None, opts: NodeOptions, restore_from: Path | None = None
+) -> None:
+    from kat_agent.member import MemberStartError, member_store
 
     dd = DataDir(opts.data_dir)
     dd.create()
     identity = NodeIdentity.load(dd.identity_file)
-    if identity is None and _config_copy(dd).exists():
+    if identity is not None:
         config = load_local_config(dd)
-    elif identity is None:
-        if config_path is None:
-            raise StartupError("init needs --config cluster.kat on a new data dir")
-        try:
-            config = resources.load_cluster_config(config_path)
-        except resources.ValidationError as exc:
-            raise StartupError(str(exc)) from None
-        write_atomic(_config_copy(dd), config.SerializeToString(), 0o600)
+        if config_path is not None or restore_from is not None:
+            log.info("data dir %s is initialised; resuming (init options are not reread)", dd.root)
+    elif _config_copy(dd).exists():
+        config = load_local_config(dd)
     else:
-        config = load_local_config(dd)
-        if config_path is not None:
-            log.info(
-                "data dir %s is initialised; resuming (cluster.kat is only read once)", dd.root
-            )
+        config = _read_cluster_kat(config_path)
+        write_atomic(_config_copy(dd), config.SerializeToString(), 0o600)
     advertise = (
         identity.advertise_address
         if identity
@@ -100,68 +97,54 @@ async def run_init(config_path: Path | None, opts: NodeOptions) -> None:
     )
     name = identity.name if identity else (opts.node_name or socket.gethostname())
 
-    ca = bootstrap.ensure_cluster_pki(dd)
-    bootstrap.ensure_etcd_certs(dd, name, advertise)
-    etcd = etcd_process_for(dd, config.spec, name, advertise, opts.etcd_binary)
-    async with contextlib.AsyncExitStack() as stack:
-        await etcd.start()
-        stack.push_async_callback(etcd.stop)
-        try:
-            await etcd.wait_healthy()
-        except EtcdStartError as exc:
-            raise StartupError(f"etcd did not start: {exc}") from None
-        client = EtcdClient(
-            [etcd.local_endpoint],
-            ca_file=etcd.tls.ca_file,
-            cert_file=etcd.tls.client_cert_file,
-            key_file=etcd.tls.client_key_file,
-        )
-        stack.push_async_callback(client.close)
-        store = Store(client)
-        if identity is None:
-            identity, join_token = await first_init(dd, store, config, ca, name, advertise, opts)
-            leader = identity.api_endpoints[0]
-            print(f"KAT cluster initialised. Node {identity.name} leads at {leader}.", flush=True)
-            print(f"katcall config (admin, keep it private): {dd.admin_config}", flush=True)
-            print("Join other nodes with:", flush=True)
-            print(
-                f"  kat-agent join --leader {identity.api_endpoints[0]} --token {join_token}",
-                flush=True,
-            )
-        else:
-            log.info("resuming node %s from %s", identity.name, dd.root)
-        await serve(dd, identity, store, opts)
-
-
-async def first_init(
-    dd: DataDir,
-    store: object,
-    config: kat_pb2.ClusterConfiguration,
-    ca: pki.CertAndKey,
-    name: str,
-    advertise: str,
-    opts: NodeOptions,
-) -> tuple[NodeIdentity, str]:
-    from internal.store import AlreadyExists, Store
-    from kat_agent.leader.agent_api import register_node
-    from kat_agent.leader.cluster_api import new_namespace
-    from kat_agent.leader.context import LeaderContext
-    from kat_agent.leader.nodes import NodeRegistry
-
-    assert isinstance(store, Store)
-    stored = await store.get_cluster_config()
-    if stored is None:
-        await store.put_cluster_config(config)
+    restoring = identity is None and restore_from is not None
+    if restoring:
+        assert restore_from is not None
+        bootstrap.ensure_etcd_ca(dd)  # the snapshot brings the cluster CA
+        bootstrap.ensure_etcd_certs(dd, name, advertise)
+        await restore_snapshot(dd, restore_from, config.spec, name, advertise)
     else:
-        config = stored.msg
-    cluster_uid = await store.ensure_cluster_uid(str(uuid.uuid4()))
-    with contextlib.suppress(AlreadyExists):
-        await store.create_namespace(new_namespace("default"))
-    spec = config.spec
-    registry = NodeRegistry(store, spec)
-    api = f"{advertise}:{spec.api_port}"
-    lc = LeaderContext(store, config, cluster_uid, name, api, ca.cert_pem, ca.key_pem, registry)
+        bootstrap.ensure_cluster_pki(dd)
+        bootstrap.ensure_etcd_certs(dd, name, advertise)
+    try:
+        async with member_store(dd, config.spec, name, advertise, opts.etcd_binary) as store:
+            if identity is None:
+                if restoring:
+                    identity, join_token = await restored_init(dd, store, name, advertise, opts)
+                    print(f"KAT cluster restored from {restore_from}.", flush=True)
+                else:
+                    identity, join_token = await first_init(
+                        dd, store, config, name, advertise, opts
+                    )
+                    print("KAT cluster initialised.", flush=True)
+                leader = identity.api_endpoints[0]
+                print(f"Node {identity.name} leads at {leader}.", flush=True)
+                print(f"katcall config (admin, keep it private): {dd.admin_config}", flush=True)
+                print("Join other nodes with:", flush=True)
+                print(f"  kat-agent join --leader {leader} --token {join_token}", flush=True)
+            else:
+                log.info("resuming node %s from %s", identity.name, dd.root)
+            await serve(dd, identity, store, opts)
+    except MemberStartError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _read_cluster_kat(config_path: Path | None) -> kat_pb2.ClusterConfiguration:
+    if config_path is None:
+        raise StartupError("init needs --config cluster.kat on a new data dir")
+    try:
+        return resources.load_cluster_config(config_path)
+    except resources.ValidationError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot read {config_path}: {exc.strerror}") from None
+
+
+def _new_node(
+    name_hint: str, advertise: str, spec: kat_pb2.ClusterConfigurationSpec, opts: NodeOptions
+) -> kat_pb2.Node:
     node = kat_pb2.Node(api_version=resources.API_VERSION, kind="Node")
+    node.metadata.name = name_hint
     node.metadata.uid = str(uuid.uuid4())
     node.metadata.labels.update(opts.labels)
     node.metadata.creation_timestamp.FromDatetime(datetime.now(UTC))
@@ -172,19 +155,39 @@ async def first_init(
     node.status.etcd_member = True
     node.status.agent_port = spec.agent_port
     node.status.condition = kat_pb2.NodeStatus.UNKNOWN
-    node = await register_node(lc, node, name)
-    name = node.metadata.name
-    bootstrap.issue_node_certificate(dd, ca, name, advertise)
+    return node
 
+
+def _leader_context(
+    dd: DataDir, store: Store, config: kat_pb2.ClusterConfiguration, uid: str, name: str, api: str
+) -> object:
+    from kat_agent.leader.context import LeaderContext
+    from kat_agent.leader.nodes import NodeRegistry
+
+    ca = pki.read_pair(dd.ca_cert, dd.ca_key)
+    registry = NodeRegistry(store, config.spec)
+    return LeaderContext(store, config, uid, name, api, ca.cert_pem, ca.key_pem, registry)
+
+
+async def _finish_local_identity(
+    dd: DataDir,
+    store: Store,
+    config: kat_pb2.ClusterConfiguration,
+    node: kat_pb2.Node,
+    cluster_uid: str,
+    advertise: str,
+) -> tuple[NodeIdentity, str]:
+    """Node and admin certificates, the katcall config, a join token, node.json."""
+    spec = config.spec
+    ca = pki.read_pair(dd.ca_cert, dd.ca_key)
+    name = node.metadata.name
+    api = f"{advertise}:{spec.api_port}"
+    bootstrap.issue_node_certificate(dd, ca, name, advertise)
     admin = bootstrap.issue_admin_certificate(ca)
     cfg = clientconfig.ClientConfig()
-    cfg.upsert(
-        clientconfig.Context(
-            config.metadata.name or "kat", [api], ca.cert_pem, admin.cert_pem, admin.key_pem
-        )
-    )
+    context = config.metadata.name or "kat"
+    cfg.upsert(clientconfig.Context(context, [api], ca.cert_pem, admin.cert_pem, admin.key_pem))
     clientconfig.save(cfg, dd.admin_config)
-
     record, join_token = tokens.new_token(
         pki.ca_hash(ca.cert_pem),
         spec.join_port,
@@ -205,31 +208,102 @@ async def first_init(
     return identity, join_token
 
 
-def etcd_process_for(
+async def first_init(
     dd: DataDir,
-    spec: kat_pb2.ClusterConfigurationSpec,
+    store: Store,
+    config: kat_pb2.ClusterConfiguration,
     name: str,
     advertise: str,
-    binary: str | None,
-) -> EtcdProcess:
-    from internal.etcd_process import EtcdProcess, EtcdTLS
+    opts: NodeOptions,
+) -> tuple[NodeIdentity, str]:
+    from internal.store import AlreadyExists
+    from kat_agent.leader.agent_api import register_node
+    from kat_agent.leader.cluster_api import new_namespace
 
-    p = dd.etcd_pki
-    tls = EtcdTLS(
-        ca_file=p / "ca.crt",
-        cert_file=p / "server.crt",
-        key_file=p / "server.key",
-        client_cert_file=p / "client.crt",
-        client_key_file=p / "client.key",
+    stored = await store.get_cluster_config()
+    if stored is None:
+        await store.put_cluster_config(config)
+    else:
+        config = stored.msg
+    cluster_uid = await store.ensure_cluster_uid(str(uuid.uuid4()))
+    await store.ensure_ca_material(bootstrap.ca_material(dd))
+    with contextlib.suppress(AlreadyExists):
+        await store.create_namespace(new_namespace("default"))
+    api = f"{advertise}:{config.spec.api_port}"
+    lc = _leader_context(dd, store, config, cluster_uid, name, api)
+    node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)  # type: ignore[arg-type]
+    return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
+
+
+def _check_restore_inputs(dd: DataDir, snapshot: Path) -> None:
+    if dd.etcd_data.exists() and any(dd.etcd_data.iterdir()):
+        raise StartupError(f"{dd.etcd_data} is not empty; restore into a fresh data dir")
+    if not snapshot.is_file():
+        raise StartupError(f"snapshot {snapshot} not found")
+
+
+async def restore_snapshot(
+    dd: DataDir, snapshot: Path, spec: kat_pb2.ClusterConfigurationSpec, name: str, advertise: str
+) -> None:
+    """Turn an etcd snapshot into this node's etcd data dir, as a one-member cluster."""
+    await asyncio.to_thread(_check_restore_inputs, dd, snapshot)
+    etcdctl = shutil.which("etcdctl")
+    if etcdctl is None:
+        raise StartupError("etcdctl is needed to restore a snapshot (Debian package etcd-client)")
+    peer = f"https://{advertise}:{spec.etcd_peer_port}"
+    proc = await asyncio.create_subprocess_exec(
+        etcdctl,
+        "snapshot",
+        "restore",
+        str(snapshot),
+        f"--data-dir={dd.etcd_data}",
+        f"--name={name}",
+        f"--initial-cluster={name}={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        "--initial-cluster-token=kat",
+        env={**os.environ, "ETCDCTL_API": "3"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    return EtcdProcess(
-        name=name,
-        data_dir=dd.etcd_data,
-        client_urls=[f"https://{advertise}:{spec.etcd_client_port}"],
-        peer_urls=[f"https://{advertise}:{spec.etcd_peer_port}"],
-        tls=tls,
-        binary=binary,
-    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise StartupError(f"restoring {snapshot} failed: {out.decode(errors='replace').strip()}")
+    dd.etcd_data.chmod(0o700)
+
+
+async def restored_init(
+    dd: DataDir, store: Store, name: str, advertise: str, opts: NodeOptions
+) -> tuple[NodeIdentity, str]:
+    """Take over a restored cluster: its CA, configuration and records; this node
+    becomes its only etcd member (other members must join again)."""
+    material = await store.get_ca_material()
+    stored = await store.get_cluster_config()
+    cluster_uid = await store.get_cluster_uid()
+    if material is None or stored is None or cluster_uid is None:
+        raise StartupError("the snapshot holds no KAT cluster (no CA, configuration or UID)")
+    bootstrap.write_ca_material(dd, material, etcd=False)
+    material.etcd_ca_cert_pem = (dd.etcd_pki / "ca.crt").read_bytes()
+    material.etcd_ca_key_pem = (dd.etcd_pki / "ca.key").read_bytes()
+    await store.replace_ca_material(material)
+    config = stored.msg
+    write_atomic(_config_copy(dd), config.SerializeToString(), 0o600)
+    for other in await store.list_nodes():
+        if other.msg.status.etcd_member and other.msg.metadata.name != name:
+            other.msg.status.etcd_member = False
+            await store.update_node(other.msg, other.mod_revision)
+    existing = await store.get_node(name)
+    if existing is not None:
+        node = existing.msg
+        node.status.advertise_address = advertise
+        node.status.etcd_member = True
+        await store.update_node(node, existing.mod_revision)
+    else:
+        from kat_agent.leader.agent_api import register_node
+
+        api = f"{advertise}:{config.spec.api_port}"
+        lc = _leader_context(dd, store, config, cluster_uid, name, api)
+        node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)  # type: ignore[arg-type]
+    return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
 
 # ---------------------------------------------------------------- join
@@ -240,45 +314,91 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
     dd.create()
     identity = NodeIdentity.load(dd.identity_file)
     if identity is None:
-        advertise = opts.advertise_address or default_advertise_address()
-        capacity, _ = machine_resources()
-        req = kat_pb2.JoinRequest(
-            advertise_address=advertise,
-            hostname=opts.node_name or socket.gethostname(),
-            labels=opts.labels,
-            capacity=capacity,
-        )
-        try:
-            resp = await bootstrap.join_cluster(dd, leader, token, req)
-        except bootstrap.JoinError as exc:
-            raise StartupError(str(exc)) from None
-        identity = NodeIdentity(
-            name=resp.node.metadata.name,
-            uid=resp.node.metadata.uid,
-            cluster_uid=resp.cluster_uid,
-            advertise_address=advertise,
-            api_endpoints=list(resp.api_endpoints),
-            subnet=resp.node.status.subnet,
-        )
-        write_atomic(_config_copy(dd), resp.configuration.SerializeToString(), 0o600)
-        identity.save(dd.identity_file)
-        print(
-            f"joined cluster {resp.cluster_uid} as node {identity.name} (subnet {identity.subnet})",
-            flush=True,
-        )
+        identity = await _join(dd, leader, token, opts)
     else:
         log.info(
             "resuming node %s from %s (already joined; token not needed)", identity.name, dd.root
         )
-    await serve(dd, identity, None, opts)
+    if not identity.etcd_member:
+        await serve(dd, identity, None, opts)
+        return
+    from kat_agent.member import MemberStartError, member_store
+
+    config = load_local_config(dd)
+    initial: dict[str, str] = {}
+    if _initial_cluster_file(dd).exists():
+        initial = json.loads(_initial_cluster_file(dd).read_text())
+    try:
+        async with member_store(
+            dd,
+            config.spec,
+            identity.name,
+            identity.advertise_address,
+            opts.etcd_binary,
+            initial_cluster=initial or None,
+            state="existing",
+        ) as store:
+            material = await store.get_ca_material()
+            if material is not None and not dd.ca_key.exists():
+                bootstrap.write_ca_material(dd, material)
+            await serve(dd, identity, store, opts)
+    except MemberStartError as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> NodeIdentity:
+    advertise = opts.advertise_address or default_advertise_address()
+    capacity, _ = machine_resources()
+    req = kat_pb2.JoinRequest(
+        advertise_address=advertise,
+        hostname=opts.node_name or socket.gethostname(),
+        labels=opts.labels,
+        capacity=capacity,
+        etcd_member=opts.etcd_member,
+    )
+    etcd_keys = (b"", b"")
+    if opts.etcd_member:
+        etcd_keys = (pki.generate_private_key(), pki.generate_private_key())
+        req.etcd_server_csr_pem = pki.create_csr(etcd_keys[0])
+        req.etcd_client_csr_pem = pki.create_csr(etcd_keys[1])
+    try:
+        resp = await bootstrap.join_cluster(dd, leader, token, req)
+    except bootstrap.JoinError as exc:
+        raise StartupError(str(exc)) from None
+    if opts.etcd_member:
+        p = dd.etcd_pki
+        pki.write_certificate(p / "ca.crt", resp.etcd_ca_pem)
+        pki.write_private_key(p / "server.key", etcd_keys[0])
+        pki.write_certificate(p / "server.crt", resp.etcd_server_certificate_pem)
+        pki.write_private_key(p / "client.key", etcd_keys[1])
+        pki.write_certificate(p / "client.crt", resp.etcd_client_certificate_pem)
+        write_atomic(
+            _initial_cluster_file(dd), json.dumps(dict(resp.etcd_initial_cluster)).encode()
+        )
+    identity = NodeIdentity(
+        name=resp.node.metadata.name,
+        uid=resp.node.metadata.uid,
+        cluster_uid=resp.cluster_uid,
+        advertise_address=advertise,
+        api_endpoints=list(resp.api_endpoints),
+        subnet=resp.node.status.subnet,
+        etcd_member=opts.etcd_member,
+    )
+    write_atomic(_config_copy(dd), resp.configuration.SerializeToString(), 0o600)
+    identity.save(dd.identity_file)
+    role = " (etcd member)" if opts.etcd_member else ""
+    print(f"joined cluster {resp.cluster_uid} as node {identity.name}{role}", flush=True)
+    return identity
 
 
 # ---------------------------------------------------------------- serving
 
 
 async def serve(
-    dd: DataDir, identity: NodeIdentity, store: object | None, opts: NodeOptions
+    dd: DataDir, identity: NodeIdentity, store: Store | None, opts: NodeOptions
 ) -> None:
+    from kat_agent.member import run_member
+
     config = load_local_config(dd)
     agent = Agent(dd, identity, config.spec.agent_tick_seconds, opts.labels)
     async with asyncio.TaskGroup() as tg:
@@ -288,61 +408,27 @@ async def serve(
         tg.create_task(run_node(dd, identity, agent, config), name="node-runtime")
 
 
-async def run_member(
-    dd: DataDir, identity: NodeIdentity, store: object, config: kat_pb2.ClusterConfiguration
-) -> None:
-    """API server, election and leader-only controllers on an etcd member."""
-    from internal.election import Election, LeaderInfo
-    from internal.store import Store
-    from kat_agent.leader.agent_api import AgentAPI
-    from kat_agent.leader.cluster_api import ClusterAPI
-    from kat_agent.leader.context import LeaderContext
-    from kat_agent.leader.nodes import NodeRegistry
+async def backup_now(opts: NodeOptions, output: Path | None) -> Path:
+    """`kat-agent backup`: a snapshot of this member's etcd, taken locally."""
+    from internal.etcd import EtcdClient
 
-    assert isinstance(store, Store)
-    stored = await store.get_cluster_config()
-    config = stored.msg if stored else config
-    cluster_uid = await store.get_cluster_uid() or identity.cluster_uid
-    spec = config.spec
-    ca_cert = dd.ca_cert.read_bytes()
-    ca_key = dd.ca_key.read_bytes() if dd.ca_key.exists() else None
-    api = f"{identity.advertise_address}:{spec.api_port}"
-    registry = NodeRegistry(store, spec)
-    lc = LeaderContext(store, config, cluster_uid, identity.name, api, ca_cert, ca_key, registry)
-    lc.ca_hash = pki.ca_hash(ca_cert)
+    dd = DataDir(opts.data_dir)
+    identity = NodeIdentity.load(dd.identity_file)
+    if identity is None or not identity.etcd_member:
+        raise StartupError(f"{dd.root} holds no etcd member; run this on a member node")
+    spec = load_local_config(dd).spec
+    p = dd.etcd_pki
+    client = EtcdClient(
+        [f"127.0.0.1:{spec.etcd_client_port}"],
+        ca_file=p / "ca.crt",
+        cert_file=p / "client.crt",
+        key_file=p / "client.key",
+    )
+    from kat_agent.leader.backups import snapshot_name
 
-    server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
-    kat_pb2_grpc.add_ClusterAPIServicer_to_server(ClusterAPI(lc), server)
-    kat_pb2_grpc.add_AgentAPIServicer_to_server(AgentAPI(lc), server)
-    node_cert, node_key = dd.node_cert.read_bytes(), dd.node_key.read_bytes()
-    server.add_secure_port(api, rpc.mtls_server_credentials(node_cert, node_key, ca_cert))
-    if ca_key is not None:
-        join = f"{identity.advertise_address}:{spec.join_port}"
-        server.add_secure_port(join, rpc.tls_server_credentials(ca_cert, ca_key))
-    await server.start()
-    log.info("API serving on %s (join port %s)", api, spec.join_port)
-
-    async def lead() -> None:
-        await registry.load()
-        lc.leading = True
-        lc.leader_address = api
-        log.info("%s is the leader", identity.name)
-        from kat_agent.leader.controllers import run_controllers
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(registry.run_health(), name="node-health")
-                tg.create_task(run_controllers(lc), name="controllers")
-        finally:
-            lc.leading = False
-            log.warning("%s stopped leading", identity.name)
-
-    def on_leader(info: LeaderInfo | None) -> None:
-        lc.leader_address = info.api_address if info else ""
-
-    election = Election(store, identity.name, api, ttl=LEADER_TTL_SECONDS, on_change=on_leader)
+    path = output or Path(spec.backup_path) / snapshot_name(datetime.now(UTC))
     try:
-        await election.run(lead)
+        await client.snapshot(path)
     finally:
-        await election.resign()
-        await server.stop(grace=1)
+        await client.close()
+    return path

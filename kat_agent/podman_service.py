@@ -438,11 +438,17 @@ class PodmanService:
         binary: str | Path | None = None,
         log_level: str = "warning",
         restart_backoff: tuple[float, float] = (0.5, 30.0),
+        netns: Path | None = None,
     ) -> None:
         found = str(binary) if binary else shutil.which("podman")
         if not found:
             raise PodmanServiceError("`podman` is not on PATH (apt-get install podman)")
         self.binary = found
+        # A network namespace (/var/run/netns/NAME) to run the service in, entered with
+        # nsenter (root only): its bridge networks and their firewall rules live there.
+        self.netns = netns
+        if netns is not None and user is not None:
+            raise PodmanServiceError("netns is for root's Podman service only")
         self.socket_path = Path(socket_path)
         if len(str(self.socket_path)) > MAX_SOCKET_PATH:
             raise PodmanServiceError(
@@ -475,7 +481,9 @@ class PodmanService:
         return self._proc is not None and self._proc.returncode is None
 
     def command(self) -> list[str]:
+        enter = ["nsenter", f"--net={self.netns}"] if self.netns is not None else []
         return [
+            *enter,
             self.binary,
             *self.storage.global_args(),
             f"--log-level={self.log_level}",

@@ -41,7 +41,14 @@ import os
 import re
 import signal
 import stat
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -288,6 +295,10 @@ class ObservedContainer:
     image: str
     oom_killed: bool
     labels: Mapping[str, str]
+    # The container's address as Podman assigned it ("" without a network of its own,
+    # e.g. rootless slirp4netns); with several networks, the one named in PREFERRED_NETWORK
+    # if present, else the first in name order.
+    ip: str = ""
 
     @property
     def running(self) -> bool:
@@ -319,7 +330,21 @@ class ObservedContainer:
             image=str(data.get("ImageName") or config.get("Image") or ""),
             oom_killed=bool(st.get("OOMKilled")),
             labels=labels,
+            ip=_address(data.get("NetworkSettings") or {}),
         )
+
+
+PREFERRED_NETWORK = "kat"
+
+
+def _address(settings: Mapping[str, Any]) -> str:
+    networks = settings.get("Networks") or {}
+    names = sorted(networks, key=lambda n: (n != PREFERRED_NETWORK, n))
+    for name in names:
+        ip = (networks.get(name) or {}).get("IPAddress")
+        if ip:
+            return str(ip)
+    return str(settings.get("IPAddress") or "")
 
 
 @dataclass(frozen=True)
@@ -388,6 +413,11 @@ class _Response:
             return data.decode(errors="replace").strip() or f"HTTP {self.status}"
         return f"HTTP {self.status}"
 
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        """The request side of a hijacked connection (stdin of an exec)."""
+        return self._writer
+
     def close(self) -> None:
         self._writer.close()
 
@@ -405,6 +435,15 @@ async def _frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, byte
             del buf[: 8 + size]
     if buf:
         yield 1, bytes(buf)
+
+
+def _tag_params(ref: str) -> dict[str, str]:
+    """repo and tag of an image reference (the tag is "latest" when none is given)."""
+    repo, tag = ref, "latest"
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last and "@" not in last:
+        repo, tag = ref.rsplit(":", 1)
+    return {"repo": repo, "tag": tag}
 
 
 # ---------------------------------------------------------------- the runtime
@@ -455,12 +494,16 @@ class Runtime:
         what: str,
         params: Mapping[str, Any] | None = None,
         body: Any = None,
+        upgrade: bool = False,
     ) -> _Response:
+        """One request on a connection of its own. `upgrade` asks Podman to hijack the
+        connection (exec with stdin): after the answer it carries raw data both ways."""
         query = f"?{urlencode(params, doseq=True)}" if params else ""
         payload = b"" if body is None else json.dumps(body).encode()
+        connection = "Upgrade\r\nUpgrade: tcp" if upgrade else "close"
         head = (
             f"{method} {self._prefix}{path}{query} HTTP/1.1\r\nHost: podman\r\n"
-            f"Connection: close\r\nContent-Type: application/json\r\n"
+            f"Connection: {connection}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n"
         )
         try:
@@ -569,6 +612,97 @@ class Runtime:
             return await self._blocking(f"import {tarball} as {reference}", run)
         except OSError as exc:
             raise ContainerRuntimeError(ErrorKind.OTHER, f"import {tarball}: {exc}") from exc
+
+    async def save_image(self, ref: str, dest: Path) -> None:
+        """Write image `ref` to `dest` as an OCI archive (to copy it to another store)."""
+
+        def run() -> None:
+            resp = self._client.api.get(
+                f"/images/{quote(ref, safe='')}/get", params={"format": "oci-archive"}, stream=True
+            )
+            resp.raise_for_status()
+            with open(dest, "wb") as f:
+                for chunk in resp.iter_content(1 << 20):
+                    f.write(chunk)
+
+        try:
+            await self._blocking(f"save image {ref}", run, ErrorKind.IMAGE_NOT_FOUND)
+        except OSError as exc:
+            raise ContainerRuntimeError(ErrorKind.OTHER, f"save image {ref}: {exc}") from exc
+
+    async def load_image(self, src: Path, ref: str) -> None:
+        """Load an archive written by `save_image` and make sure it is known as `ref`."""
+
+        def run() -> list[str]:
+            with open(src, "rb") as f:
+                resp = self._client.api.post(
+                    "/images/load", data=f, headers={"Content-Type": "application/x-tar"}
+                )
+            resp.raise_for_status()
+            body = resp.json() if resp.content.strip() else {}
+            return [str(n) for n in (body.get("Names") or [])] if isinstance(body, dict) else []
+
+        try:
+            names = await self._blocking(f"load image {ref}", run)
+        except OSError as exc:
+            raise ContainerRuntimeError(ErrorKind.OTHER, f"load image {ref}: {exc}") from exc
+        if not await self.image_exists(ref) and names:
+            await self._call_json(
+                "POST",
+                f"images/{quote(names[0], safe='')}/tag",
+                what=f"tag {names[0]} as {ref}",
+                params=_tag_params(ref),
+                ok=(200, 201),
+            )
+        if not await self.image_exists(ref):
+            raise ContainerRuntimeError(
+                ErrorKind.IMAGE_NOT_FOUND, f"load image {ref}: not present after loading {src}"
+            )
+
+    # ------------------------------------------------------------ networks
+
+    async def ensure_network(
+        self, name: str, subnet: str, gateway: str, interface: str = ""
+    ) -> None:
+        """A bridge network `name` on `subnet` with `gateway` (the bridge's address;
+        Podman's IPAM gives containers the others). No Podman DNS (KAT serves its own).
+        An existing network with another subnet is replaced when no container uses it;
+        otherwise ContainerRuntimeError(INVALID)."""
+        what = f"network {name}"
+        status, found = await self._call_json(
+            "GET", f"networks/{quote(name, safe='')}/json", what=what, ok=(200, 404)
+        )
+        if status == 200 and isinstance(found, dict):
+            have = [s.get("subnet") for s in found.get("subnets") or []]
+            if have == [subnet]:
+                return
+            users = await self._call_json(
+                "GET",
+                "containers/json",
+                what=what,
+                params={"all": "true", "filters": json.dumps({"network": [name]})},
+            )
+            if users[1]:
+                raise ContainerRuntimeError(
+                    ErrorKind.INVALID,
+                    f"{what} has subnet {have} instead of {subnet} and is still in use",
+                )
+            log.warning("%s had subnet %s; recreating it with %s", what, have, subnet)
+            await self._call_json(
+                "DELETE", f"networks/{quote(name, safe='')}", what=what, ok=(200, 204, 404)
+            )
+        body: dict[str, Any] = {
+            "name": name,
+            "driver": "bridge",
+            "subnets": [{"subnet": subnet, "gateway": gateway}],
+            "dns_enabled": False,
+            "internal": False,
+        }
+        if interface:
+            body["network_interface"] = interface
+        status, _ = await self._call_json(
+            "POST", "networks/create", what=what, body=body, ok=(200, 201, 409)
+        )
 
     # ------------------------------------------------------------ create and start
 
@@ -906,3 +1040,80 @@ class Runtime:
                 os.kill(pid, signal.SIGKILL)
             except OSError as exc:
                 log.warning("%s: could not kill exec process %d: %s", what, pid, exc)
+
+    async def exec_stream(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        on_output: Callable[[int, bytes], Awaitable[None]],
+        *,
+        stdin: AsyncIterator[bytes] | None = None,
+        tty: bool = False,
+    ) -> int:
+        """Run `command` in the container for a person (`katcall exec`): its output is
+        passed to `on_output(stream, data)` as it comes (1 stdout, 2 stderr; with `tty`
+        everything is 1), `stdin` is fed to it and closed when exhausted (none: closed at
+        once). Returns the exit code. Cancelling kills the process in the container."""
+        what = f"exec {list(command)} in {container_id}"
+        _, created = await self._call_json(
+            "POST",
+            f"containers/{self._id(container_id)}/exec",
+            what=what,
+            body={
+                "AttachStdin": True,
+                "AttachStdout": True,
+                "AttachStderr": True,
+                "Tty": tty,
+                "Cmd": list(command),
+            },
+        )
+        exec_id = quote(str(created["Id"]), safe="")
+        resp: _Response | None = None
+        feeder: asyncio.Task[None] | None = None
+        try:
+            resp = await self._request(
+                "POST",
+                f"exec/{exec_id}/start",
+                what=what,
+                body={"Detach": False, "Tty": tty},
+                upgrade=True,
+            )
+            if resp.status not in (101, 200):
+                raise _error(what, resp.status, await resp.error_message(), ErrorKind.OTHER)
+            feeder = asyncio.create_task(_feed(resp.writer, stdin))
+            if tty:
+                async for chunk in resp.chunks():
+                    await on_output(1, chunk)
+            else:
+                async for stream, payload in _frames(resp.chunks()):
+                    await on_output(2 if stream == 2 else 1, payload)
+            while True:
+                _, info = await self._call_json("GET", f"exec/{exec_id}/json", what=what)
+                if not info.get("Running"):
+                    return int(info.get("ExitCode") or 0)
+                await asyncio.sleep(0.02)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._kill_exec(exec_id, what))
+            raise
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+                with contextlib.suppress(BaseException):
+                    await feeder
+            if resp is not None:
+                resp.close()
+
+
+async def _feed(writer: asyncio.StreamWriter, data: AsyncIterator[bytes] | None) -> None:
+    """Copy `data` to the hijacked connection, then half-close it (EOF on stdin)."""
+    try:
+        if data is not None:
+            async for chunk in data:
+                if chunk:
+                    writer.write(chunk)
+                    await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (OSError, RuntimeError):  # the process ended and Podman closed the connection
+        pass

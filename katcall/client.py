@@ -26,8 +26,15 @@ class CallError(Exception):
 
 
 class Client:
-    def __init__(self, ctx: clientconfig.Context) -> None:
+    def __init__(
+        self,
+        ctx: clientconfig.Context,
+        on_endpoints: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.ctx = ctx
+        # Told when the cluster names API endpoints the context does not list
+        # (a member joined or left), so the saved config follows failovers.
+        self._on_endpoints = on_endpoints
         self._creds = rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
         self._channels: dict[str, grpc.Channel] = {}
 
@@ -44,7 +51,20 @@ class Client:
 
     def call(self, method: str, request: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """Call ClusterAPI.<method>, trying endpoints in order and following redirects."""
-        return self._with_leader(lambda stub: getattr(stub, method)(request, timeout=timeout))
+        response, call = self._with_leader(
+            lambda stub: getattr(stub, method).with_call(request, timeout=timeout)
+        )
+        self._learn(call.trailing_metadata())
+        return response
+
+    def _learn(self, trailing: Any) -> None:
+        for key, value in trailing or ():
+            if key == rpc.ENDPOINTS_KEY and value:
+                endpoints = str(value).split(",")
+                if sorted(endpoints) != sorted(self.ctx.endpoints):
+                    self.ctx.endpoints = endpoints
+                    if self._on_endpoints is not None:
+                        self._on_endpoints(endpoints)
 
     def stream(self, method: str, request: Any, timeout: float | None = None) -> Any:
         """Start a server-streaming ClusterAPI call on the leader."""
@@ -54,6 +74,7 @@ class Client:
         queue = list(self.ctx.endpoints)
         tried: list[str] = []
         last: grpc.RpcError | None = None
+        answered: grpc.RpcError | None = None  # the most telling error: from a live server
         while queue and len(tried) < 8:
             endpoint = queue.pop(0)
             tried.append(endpoint)
@@ -63,10 +84,14 @@ class Client:
                 last = err
                 if err.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
                     raise CallError(describe(err), err.code()) from None  # type: ignore[attr-defined]
+                if "failed to connect" not in (err.details() or ""):  # type: ignore[attr-defined]
+                    answered = err
                 leader = rpc.leader_from_error(err)
                 if leader and leader not in tried:
                     queue.insert(0, leader)
         assert last is not None
+        if answered is not None:
+            raise CallError(describe(answered), grpc.StatusCode.UNAVAILABLE)
         raise CallError(
             f"cannot reach the cluster at {', '.join(tried)}: {describe(last)}",
             grpc.StatusCode.UNAVAILABLE,

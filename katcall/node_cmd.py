@@ -21,7 +21,34 @@ def _set(method: str, verb: str) -> object:
     return run
 
 
+def cmd_remove(args: argparse.Namespace) -> int:
+    client = connect(args)
+    try:
+        client.call("RemoveNode", kat_pb2.NodeRequest(name=args.node))
+    finally:
+        client.close()
+    print(f"node/{args.node} removed")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    client = connect(args)
+    try:
+        resp = client.call("Backup", kat_pb2.BackupRequest(), timeout=300)
+    finally:
+        client.close()
+    print(f"snapshot {resp.path} ({resp.size_bytes} bytes) written on the leader")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    node = sub.add_parser("node", help="node membership")
+    nsub = node.add_subparsers(dest="node_cmd", required=True)
+    rm = nsub.add_parser("remove", help="remove a node (and its etcd member) from the cluster")
+    rm.add_argument("node")
+    rm.set_defaults(func=cmd_remove)
+    b = sub.add_parser("backup", help="take an etcd snapshot on the leader now")
+    b.set_defaults(func=cmd_backup)
     for name, method, verb, help_ in (
         ("cordon", "CordonNode", "cordoned", "stop scheduling onto a node"),
         ("uncordon", "UncordonNode", "uncordoned", "allow scheduling onto a node again"),

@@ -18,5 +18,13 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
 
 
 def connect(args: argparse.Namespace) -> Client:
-    cfg = clientconfig.load(clientconfig.resolve_path(getattr(args, "katconfig", None)))
-    return Client(cfg.context(getattr(args, "context", None)))
+    path = clientconfig.resolve_path(getattr(args, "katconfig", None))
+    ctx = clientconfig.load(path).context(getattr(args, "context", None))
+
+    def remember(endpoints: list[str]) -> None:
+        fresh = clientconfig.load(path)
+        if ctx.name in fresh.contexts:
+            fresh.contexts[ctx.name].endpoints = endpoints
+            clientconfig.save(fresh, path)
+
+    return Client(ctx, on_endpoints=remember)

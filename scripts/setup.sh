@@ -25,7 +25,7 @@ export DEBIAN_FRONTEND=noninteractive
 # 1. Debian packages
 # ---------------------------------------------------------------------------------------
 PACKAGES=(
-  etcd-server podman runc uidmap slirp4netns fuse-overlayfs busybox-static
+  etcd-server etcd-client podman runc uidmap slirp4netns fuse-overlayfs busybox-static
   wireguard-tools wireguard-go iproute2 iptables util-linux git docker-registry
   make procps psmisc ca-certificates python3 python3-pip
 )

@@ -61,9 +61,14 @@ def leaders(cs: list[Candidate]) -> list[Candidate]:
     return [c for c in cs if c.election.is_leader]
 
 
+def one_leader_working(cs: list[Candidate]) -> bool:
+    found = leaders(cs)
+    return len(found) == 1 and found[0].running
+
+
 async def test_exactly_one_of_two_leads(etcd: EtcdEnv) -> None:
     async with candidates(etcd, 2, ttl=2) as cs:
-        await wait_until(lambda: len(leaders(cs)) == 1, message="a leader")
+        await wait_until(lambda: one_leader_working(cs), message="a leader")
         (leader,) = leaders(cs)
         follower = next(c for c in cs if c is not leader)
         await wait_until(lambda: follower.election.current_leader() is not None)
@@ -83,7 +88,7 @@ async def test_exactly_one_of_two_leads(etcd: EtcdEnv) -> None:
 
 async def test_lost_lease_hands_over_and_cancels_the_old_work(etcd: EtcdEnv) -> None:
     async with candidates(etcd, 2, ttl=2) as cs:
-        await wait_until(lambda: len(leaders(cs)) == 1, message="a leader")
+        await wait_until(lambda: one_leader_working(cs), message="a leader")
         (old,) = leaders(cs)
         new = next(c for c in cs if c is not old)
         lease = old.election.lease_id
@@ -102,7 +107,7 @@ async def test_lost_lease_hands_over_and_cancels_the_old_work(etcd: EtcdEnv) -> 
 
 async def test_resign_hands_over_at_once(etcd: EtcdEnv) -> None:
     async with candidates(etcd, 2, ttl=10) as cs:
-        await wait_until(lambda: len(leaders(cs)) == 1, message="a leader")
+        await wait_until(lambda: one_leader_working(cs), message="a leader")
         (old,) = leaders(cs)
         new = next(c for c in cs if c is not old)
         t = time.monotonic()
@@ -163,5 +168,7 @@ async def test_leader_stops_at_once_when_keepalives_cannot_get_through(
             assert c.cancelled == 1 and not c.election.is_leader
         finally:
             os.kill(pid, signal.SIGCONT)
-        await wait_until(lambda: c.election.is_leader, within=15, message="leading again")
+        await wait_until(
+            lambda: c.election.is_leader and c.running, within=15, message="leading again"
+        )
         assert c.terms == 2

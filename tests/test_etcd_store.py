@@ -4,8 +4,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -328,3 +330,13 @@ async def test_unavailable_is_raised_quickly(
             await Store(client).create_node(node("n1"))
         assert time.monotonic() - t < 2.5
         assert proc.client_endpoints[0] in str(err.value)
+
+
+async def test_snapshot_to_a_private_file(etcd: EtcdEnv, tmp_path: Path) -> None:
+    async with open_store(etcd) as store:
+        await store.create_node(node("n1"))
+        path = tmp_path / "backups" / "snap.db"
+        size = await store.etcd.snapshot(path)
+        assert size > 0 and path.stat().st_size == size
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds every secret in etcd
+        assert [p.name for p in path.parent.iterdir()] == ["snap.db"]

@@ -67,7 +67,7 @@ class WorkloadSource(_message.Message):
     def __init__(self, image: _Optional[str] = ..., git: _Optional[_Union[GitSource, _Mapping]] = ..., cache_image: _Optional[str] = ...) -> None: ...
 
 class UpdateStrategy(_message.Message):
-    __slots__ = ("type", "max_surge")
+    __slots__ = ("type", "max_surge", "progress_deadline_seconds")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[UpdateStrategy.Type]
@@ -78,9 +78,11 @@ class UpdateStrategy(_message.Message):
     SIMULTANEOUS: UpdateStrategy.Type
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_SURGE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     type: UpdateStrategy.Type
     max_surge: str
-    def __init__(self, type: _Optional[_Union[UpdateStrategy.Type, str]] = ..., max_surge: _Optional[str] = ...) -> None: ...
+    progress_deadline_seconds: int
+    def __init__(self, type: _Optional[_Union[UpdateStrategy.Type, str]] = ..., max_surge: _Optional[str] = ..., progress_deadline_seconds: _Optional[int] = ...) -> None: ...
 
 class RestartPolicy(_message.Message):
     __slots__ = ("condition", "max_restarts", "reset_seconds")
@@ -302,7 +304,7 @@ class Condition(_message.Message):
     def __init__(self, type: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., last_transition_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WorkloadStatus(_message.Message):
-    __slots__ = ("observed_generation", "desired_instances", "ready_instances", "available_instances", "updated_instances", "conditions", "instances", "current_revision")
+    __slots__ = ("observed_generation", "desired_instances", "ready_instances", "available_instances", "updated_instances", "conditions", "instances", "current_revision", "template_generation")
     OBSERVED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     DESIRED_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     READY_INSTANCES_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +313,7 @@ class WorkloadStatus(_message.Message):
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     CURRENT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_GENERATION_FIELD_NUMBER: _ClassVar[int]
     observed_generation: int
     desired_instances: int
     ready_instances: int
@@ -319,7 +322,8 @@ class WorkloadStatus(_message.Message):
     conditions: _containers.RepeatedCompositeFieldContainer[Condition]
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     current_revision: int
-    def __init__(self, observed_generation: _Optional[int] = ..., desired_instances: _Optional[int] = ..., ready_instances: _Optional[int] = ..., available_instances: _Optional[int] = ..., updated_instances: _Optional[int] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., current_revision: _Optional[int] = ...) -> None: ...
+    template_generation: int
+    def __init__(self, observed_generation: _Optional[int] = ..., desired_instances: _Optional[int] = ..., ready_instances: _Optional[int] = ..., available_instances: _Optional[int] = ..., updated_instances: _Optional[int] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., current_revision: _Optional[int] = ..., template_generation: _Optional[int] = ...) -> None: ...
 
 class Workload(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec", "status")
@@ -360,7 +364,7 @@ class Bundle(_message.Message):
     def __init__(self, workload: _Optional[_Union[Workload, _Mapping]] = ..., virtual_load_balancer: _Optional[_Union[VirtualLoadBalancer, _Mapping]] = ..., job_definition: _Optional[_Union[JobDefinition, _Mapping]] = ..., build_definition: _Optional[_Union[BuildDefinition, _Mapping]] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("id", "workload", "namespace", "node", "generation", "phase", "ready", "restart_count", "container_id", "ip", "exit_code", "message", "started_at", "finished_at", "job_run", "resource_version")
+    __slots__ = ("id", "workload", "namespace", "node", "generation", "phase", "ready", "restart_count", "container_id", "ip", "exit_code", "message", "started_at", "finished_at", "job_run", "resource_version", "purge_volumes", "policy_restart_count")
     class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PHASE_UNSPECIFIED: _ClassVar[Instance.Phase]
@@ -399,6 +403,8 @@ class Instance(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     JOB_RUN_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PURGE_VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     id: str
     workload: str
     namespace: str
@@ -415,7 +421,9 @@ class Instance(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     job_run: str
     resource_version: int
-    def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., namespace: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., phase: _Optional[_Union[Instance.Phase, str]] = ..., ready: _Optional[bool] = ..., restart_count: _Optional[int] = ..., container_id: _Optional[str] = ..., ip: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_run: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
+    purge_volumes: bool
+    policy_restart_count: int
+    def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., namespace: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., phase: _Optional[_Union[Instance.Phase, str]] = ..., ready: _Optional[bool] = ..., restart_count: _Optional[int] = ..., container_id: _Optional[str] = ..., ip: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_run: _Optional[str] = ..., resource_version: _Optional[int] = ..., purge_volumes: _Optional[bool] = ..., policy_restart_count: _Optional[int] = ...) -> None: ...
 
 class ServicePort(_message.Message):
     __slots__ = ("name", "container_port", "protocol")
@@ -1038,6 +1046,18 @@ class BackupRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CAMaterial(_message.Message):
+    __slots__ = ("ca_cert_pem", "ca_key_pem", "etcd_ca_cert_pem", "etcd_ca_key_pem")
+    CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    ETCD_CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    ETCD_CA_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    ca_cert_pem: bytes
+    ca_key_pem: bytes
+    etcd_ca_cert_pem: bytes
+    etcd_ca_key_pem: bytes
+    def __init__(self, ca_cert_pem: _Optional[bytes] = ..., ca_key_pem: _Optional[bytes] = ..., etcd_ca_cert_pem: _Optional[bytes] = ..., etcd_ca_key_pem: _Optional[bytes] = ...) -> None: ...
+
 class BackupResponse(_message.Message):
     __slots__ = ("path", "size_bytes", "taken_at")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -1053,7 +1073,7 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("token", "csr_pem", "advertise_address", "hostname", "labels", "etcd_member", "capacity", "wireguard_public_key", "node_name")
+    __slots__ = ("token", "csr_pem", "advertise_address", "hostname", "labels", "etcd_member", "capacity", "wireguard_public_key", "node_name", "etcd_server_csr_pem", "etcd_client_csr_pem")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1070,6 +1090,8 @@ class JoinRequest(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     WIREGUARD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ETCD_SERVER_CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    ETCD_CLIENT_CSR_PEM_FIELD_NUMBER: _ClassVar[int]
     token: str
     csr_pem: bytes
     advertise_address: str
@@ -1079,7 +1101,9 @@ class JoinRequest(_message.Message):
     capacity: NodeResources
     wireguard_public_key: str
     node_name: str
-    def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., advertise_address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., etcd_member: _Optional[bool] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., wireguard_public_key: _Optional[str] = ..., node_name: _Optional[str] = ...) -> None: ...
+    etcd_server_csr_pem: bytes
+    etcd_client_csr_pem: bytes
+    def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., advertise_address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., etcd_member: _Optional[bool] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., wireguard_public_key: _Optional[str] = ..., node_name: _Optional[str] = ..., etcd_server_csr_pem: _Optional[bytes] = ..., etcd_client_csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("node_name", "advertise_address", "subnet", "wireguard_public_key", "wireguard_port")
@@ -1096,7 +1120,14 @@ class Peer(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., advertise_address: _Optional[str] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., wireguard_port: _Optional[int] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node", "certificate_pem", "ca_pem", "configuration", "peers", "api_endpoints", "etcd_endpoints", "cluster_uid")
+    __slots__ = ("node", "certificate_pem", "ca_pem", "configuration", "peers", "api_endpoints", "etcd_endpoints", "cluster_uid", "etcd_ca_pem", "etcd_server_certificate_pem", "etcd_client_certificate_pem", "etcd_initial_cluster")
+    class EtcdInitialClusterEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_PEM_FIELD_NUMBER: _ClassVar[int]
@@ -1105,6 +1136,10 @@ class JoinResponse(_message.Message):
     API_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     ETCD_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_UID_FIELD_NUMBER: _ClassVar[int]
+    ETCD_CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    ETCD_SERVER_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    ETCD_CLIENT_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    ETCD_INITIAL_CLUSTER_FIELD_NUMBER: _ClassVar[int]
     node: Node
     certificate_pem: bytes
     ca_pem: bytes
@@ -1113,7 +1148,11 @@ class JoinResponse(_message.Message):
     api_endpoints: _containers.RepeatedScalarFieldContainer[str]
     etcd_endpoints: _containers.RepeatedScalarFieldContainer[str]
     cluster_uid: str
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ...) -> None: ...
+    etcd_ca_pem: bytes
+    etcd_server_certificate_pem: bytes
+    etcd_client_certificate_pem: bytes
+    etcd_initial_cluster: _containers.ScalarMap[str, str]
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address")

@@ -15,6 +15,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal import ipam, pki, rpc, tokens
 from internal import store as store_mod
+from internal.etcd import EtcdError
 from internal.events import new_event
 from kat_agent.leader.context import LeaderContext
 
@@ -27,6 +28,14 @@ def node_name_candidates(requested: str) -> list[str]:
     """DNS-label node names to try in order: the requested one, then numbered."""
     base = _LABEL_BAD.sub("-", requested.lower()).strip("-")[:50] or "node"
     return [base] + [f"{base}-{i}" for i in range(2, 1000)]
+
+
+MAX_ETCD_MEMBERS = 7
+MEMBER_START_WAIT = 60.0
+
+
+class MembershipError(Exception):
+    pass
 
 
 class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
@@ -71,15 +80,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             dns_names=[name, "localhost"],
             ip_addresses=[request.advertise_address, "127.0.0.1"],
         )
-        await lc.store.record_event(
-            new_event(
-                "NodeJoined", f"joined from {request.advertise_address}", kind="Node", name=name
-            )
-        )
-        log.info(
-            "node %s joined from %s, subnet %s", name, request.advertise_address, node.status.subnet
-        )
-        return kat_pb2.JoinResponse(
+        resp = kat_pb2.JoinResponse(
             node=node,
             certificate_pem=cert,
             ca_pem=lc.ca_cert,
@@ -88,6 +89,94 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             api_endpoints=lc.api_endpoints(),
             cluster_uid=lc.cluster_uid,
         )
+        what = "etcd member" if request.etcd_member else "node"
+        await lc.store.record_event(
+            new_event(
+                "NodeJoined",
+                f"{what} joined from {request.advertise_address}",
+                kind="Node",
+                name=name,
+            )
+        )
+        log.info(
+            "%s %s joined from %s, subnet %s",
+            what,
+            name,
+            request.advertise_address,
+            node.status.subnet,
+        )
+        # Last: with a second member added, etcd needs it running to commit writes.
+        if request.etcd_member:
+            try:
+                await self._add_etcd_member(request, name, resp)
+            except MembershipError as exc:
+                await lc.registry.forget(name)
+                await lc.store.release_subnet(node.status.subnet, name)
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"join refused: {exc}")
+        return resp
+
+    async def _add_etcd_member(
+        self, request: kat_pb2.JoinRequest, name: str, resp: kat_pb2.JoinResponse
+    ) -> None:
+        """Sign the new member's etcd certificates and add it to the etcd cluster.
+
+        One change at a time, and only once every member added before has
+        started; etcd itself refuses an addition that would cost quorum."""
+        lc = self.lc
+        if lc.etcd_ca is None:
+            raise MembershipError("this leader holds no etcd CA")
+        etcd = lc.store.etcd
+        async with lc.membership_lock:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + MEMBER_START_WAIT
+            while True:
+                members = await etcd.member_list()
+                pending = [m.peer_urls[0] for m in members if not m.name and m.peer_urls]
+                if not pending:
+                    break
+                if loop.time() > deadline:
+                    raise MembershipError(
+                        f"etcd member {pending[0]} was added but has not started; "
+                        "membership changes one at a time"
+                    )
+                await asyncio.sleep(0.5)
+            if len(members) >= MAX_ETCD_MEMBERS:
+                raise MembershipError(f"the cluster already has {len(members)} etcd members")
+            adv = request.advertise_address
+            ca = lc.etcd_ca
+            resp.etcd_ca_pem = ca.cert_pem
+            resp.etcd_server_certificate_pem = pki.sign_csr(
+                ca.cert_pem,
+                ca.key_pem,
+                request.etcd_server_csr_pem,
+                common_name=name,
+                role=pki.ROLE_ETCD,
+                dns_names=[name, "localhost"],
+                ip_addresses=[adv, "127.0.0.1"],
+            )
+            resp.etcd_client_certificate_pem = pki.sign_csr(
+                ca.cert_pem,
+                ca.key_pem,
+                request.etcd_client_csr_pem,
+                common_name=f"kat-agent-{name}",
+                role=pki.ROLE_ETCD,
+            )
+            peer = f"https://{adv}:{lc.spec.etcd_peer_port}"
+            while True:
+                try:
+                    _, everyone = await etcd.member_add([peer])
+                    break
+                except EtcdError as exc:
+                    # etcd counts a member as healthy only after it has been
+                    # connected for a few seconds: a member that just joined
+                    # makes the next addition wait, not fail.
+                    if "unhealthy cluster" not in str(exc) or loop.time() > deadline:
+                        raise MembershipError(f"etcd refused to add member {peer}: {exc}") from None
+                await asyncio.sleep(1.0)
+            for m in everyone:
+                if m.peer_urls:
+                    resp.etcd_initial_cluster[m.name or name] = m.peer_urls[0]
+            resp.etcd_endpoints.extend(f"{u}" for m in everyone for u in m.client_urls)
 
     async def _consume_token(self, token_id: str, secret: str) -> None:
         async with self._token_locks.setdefault(token_id, asyncio.Lock()):

@@ -30,7 +30,9 @@ def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         who = await rpc.require_role(context, rpc.ROLE_ADMIN)
         await self.lc.require_leader(context)
         try:
-            return await fn(self, request, context)
+            response = await fn(self, request, context)
+            context.set_trailing_metadata(((rpc.ENDPOINTS_KEY, ",".join(self.lc.api_endpoints())),))
+            return response
         except EtcdUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
         except store_mod.StaleWrite as exc:
@@ -100,6 +102,58 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
         self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.Node:
         return await self._set_unschedulable(request.name, False, context)
+
+    @admin
+    async def RemoveNode(
+        self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.Empty:
+        lc = self.lc
+        node = lc.registry.get(request.name)
+        if node is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.name!r} not found")
+        assert node is not None
+        if request.name == lc.node_name:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{request.name} is the leader; stop its agent so another member takes over, "
+                "then remove it",
+            )
+        async with lc.membership_lock:
+            if node.status.etcd_member:
+                problem = await self._remove_etcd_member(request.name)
+                if problem:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+            await lc.registry.forget(request.name)
+            if node.status.subnet:
+                await lc.store.release_subnet(node.status.subnet, request.name)
+        await lc.store.record_event(
+            new_event("NodeRemoved", "removed from the cluster", kind="Node", name=request.name)
+        )
+        return kat_pb2.Empty()
+
+    async def _remove_etcd_member(self, name: str) -> str:
+        """Take the node's etcd member out, unless that would cost quorum;
+        returns the reason for refusing, or ""."""
+        etcd = self.lc.store.etcd
+        members = await etcd.member_list()
+        member = next((m for m in members if m.name == name), None)
+        if member is None:
+            return ""
+        ready = {
+            n.metadata.name
+            for n in self.lc.registry.stored()
+            if n.status.condition == kat_pb2.NodeStatus.READY
+        }
+        others = [m for m in members if m.id != member.id]
+        healthy = sum(1 for m in others if m.name in ready)
+        needed = len(others) // 2 + 1
+        if healthy < needed:
+            return (
+                f"removing etcd member {name} would leave {healthy} healthy of {len(others)} "
+                f"members, fewer than the {needed} needed for quorum; bring members back first"
+            )
+        await etcd.member_remove(member.id)
+        return ""
 
     # ------------------------------------------------------------- tokens
 
@@ -194,6 +248,18 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
             api_endpoints=lc.api_endpoints(),
             configuration=lc.config,
         )
+
+    @admin
+    async def Backup(
+        self, request: kat_pb2.BackupRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.BackupResponse:
+        from kat_agent.leader.backups import take_backup
+
+        try:
+            return await take_backup(self.lc.store, self.lc.spec)
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"backup failed: {exc}")
+        raise AssertionError("unreachable")
 
 
 def new_namespace(name: str) -> kat_pb2.Namespace:

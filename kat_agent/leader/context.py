@@ -3,14 +3,17 @@ CA material and whether this process currently leads."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
 from api.v1alpha1 import kat_pb2
-from internal import rpc
+from internal import pki, rpc
+from internal.etcd import EtcdError
 from internal.store import Store
+from kat_agent.datadir import DataDir
 from kat_agent.leader.nodes import NodeRegistry
 
 
@@ -33,6 +36,15 @@ class LeaderContext:
     instance_listeners: list[Callable[[str, Sequence[kat_pb2.Instance]], Awaitable[None]]] = field(
         default_factory=list
     )
+    # This node's own identity (the leader's client certificate towards agents).
+    node_cert: bytes = b""
+    node_key: bytes = b""
+    etcd_ca: pki.CertAndKey | None = None
+    data_dir: DataDir | None = None
+    # Set while the local etcd member sees no raft leader (quorum lost).
+    quorum_problem: str = ""
+    # etcd membership changes (joins of members, removals) one at a time.
+    membership_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def spec(self) -> kat_pb2.ClusterConfigurationSpec:
@@ -47,7 +59,32 @@ class LeaderContext:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"not the leader; the leader is {self.leader_address}"
             )
+        if self.quorum_problem:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.quorum_problem)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader elected yet; retry shortly")
+
+    async def watch_quorum(self, interval: float = 1.0) -> None:
+        """Keep `quorum_problem` current, so that callers hear "no quorum"
+        instead of waiting on writes that cannot commit."""
+        while True:
+            try:
+                status = await asyncio.wait_for(self.store.etcd.status(), interval * 2)
+                has_leader = status.has_leader
+            except (EtcdError, TimeoutError):
+                has_leader = False
+            if has_leader:
+                self.quorum_problem = ""
+            else:
+                try:
+                    members = len(await asyncio.wait_for(self.store.etcd.member_list(), interval))
+                except (EtcdError, TimeoutError):
+                    members = 0
+                known = f" of {members}" if members else ""
+                self.quorum_problem = (
+                    f"no quorum: etcd on {self.node_name} cannot reach a majority{known} "
+                    "of its members; the cluster is read-only until enough members return"
+                )
+            await asyncio.sleep(interval)
 
     def api_endpoints(self) -> list[str]:
         """API addresses of the etcd members (cached: every heartbeat answers with them)."""

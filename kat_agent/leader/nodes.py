@@ -76,6 +76,15 @@ class NodeRegistry:
             node.status.last_heartbeat.FromDatetime(seen)
         return node
 
+    async def forget(self, name: str) -> None:
+        """Delete the node's record (it leaves the cluster)."""
+        async with self._lock(name):
+            await self._store.delete_node(name)
+            self._nodes.pop(name, None)
+            self._last_seen.pop(name, None)
+            self._last_seen_wall.pop(name, None)
+            self.version += 1
+
     def stored(self) -> list[kat_pb2.Node]:
         """The cached records themselves, without copying: do not modify them."""
         return [c.node for c in self._nodes.values()]

@@ -1,0 +1,156 @@
+"""What runs on an etcd member: the supervised etcd, the store on it, and the
+API server, election and leader-only work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Literal
+
+import grpc
+
+from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal import pki, rpc
+from internal.etcd import EtcdClient
+from internal.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
+from internal.store import Store
+from kat_agent.datadir import DataDir, NodeIdentity
+
+log = logging.getLogger(__name__)
+
+
+class MemberStartError(Exception):
+    pass
+
+
+def leader_ttl(spec: kat_pb2.ClusterConfigurationSpec) -> int:
+    """The election lease: short enough that failover fits within a node-loss
+    timeout, at least 3 s so that a busy leader does not lose it by accident."""
+    return max(3, min(10, spec.node_loss_timeout_seconds))
+
+
+def etcd_process_for(
+    dd: DataDir,
+    spec: kat_pb2.ClusterConfigurationSpec,
+    name: str,
+    advertise: str,
+    binary: str | None,
+    initial_cluster: Mapping[str, str] | None = None,
+    state: Literal["new", "existing"] = "new",
+) -> EtcdProcess:
+    p = dd.etcd_pki
+    tls = EtcdTLS(
+        ca_file=p / "ca.crt",
+        cert_file=p / "server.crt",
+        key_file=p / "server.key",
+        client_cert_file=p / "client.crt",
+        client_key_file=p / "client.key",
+    )
+    return EtcdProcess(
+        name=name,
+        data_dir=dd.etcd_data,
+        client_urls=[f"https://{advertise}:{spec.etcd_client_port}"],
+        peer_urls=[f"https://{advertise}:{spec.etcd_peer_port}"],
+        tls=tls,
+        binary=binary,
+        initial_cluster=dict(initial_cluster) if initial_cluster else None,
+        initial_cluster_state=state,
+    )
+
+
+@contextlib.asynccontextmanager
+async def member_store(
+    dd: DataDir,
+    spec: kat_pb2.ClusterConfigurationSpec,
+    name: str,
+    advertise: str,
+    binary: str | None,
+    initial_cluster: Mapping[str, str] | None = None,
+    state: Literal["new", "existing"] = "new",
+) -> AsyncIterator[Store]:
+    """A running, healthy local etcd member and a Store on it; stopped on exit."""
+    etcd = etcd_process_for(dd, spec, name, advertise, binary, initial_cluster, state)
+    await etcd.start()
+    try:
+        try:
+            await etcd.wait_healthy()
+        except EtcdStartError as exc:
+            raise MemberStartError(f"etcd did not start: {exc}") from None
+        client = EtcdClient(
+            [etcd.local_endpoint],
+            ca_file=etcd.tls.ca_file,
+            cert_file=etcd.tls.client_cert_file,
+            key_file=etcd.tls.client_key_file,
+        )
+        try:
+            yield Store(client)
+        finally:
+            await client.close()
+    finally:
+        await etcd.stop()
+
+
+async def run_member(
+    dd: DataDir, identity: NodeIdentity, store: Store, config: kat_pb2.ClusterConfiguration
+) -> None:
+    """API server, election and leader-only controllers on an etcd member."""
+    from internal.election import Election, LeaderInfo
+    from kat_agent.leader.agent_api import AgentAPI
+    from kat_agent.leader.backups import run_backups
+    from kat_agent.leader.cluster_api import ClusterAPI
+    from kat_agent.leader.context import LeaderContext
+    from kat_agent.leader.controllers import run_controllers
+    from kat_agent.leader.nodes import NodeRegistry
+
+    stored = await store.get_cluster_config()
+    config = stored.msg if stored else config
+    cluster_uid = await store.get_cluster_uid() or identity.cluster_uid
+    spec = config.spec
+    ca_cert = dd.ca_cert.read_bytes()
+    ca_key = dd.ca_key.read_bytes() if dd.ca_key.exists() else None
+    api = f"{identity.advertise_address}:{spec.api_port}"
+    registry = NodeRegistry(store, spec)
+    lc = LeaderContext(store, config, cluster_uid, identity.name, api, ca_cert, ca_key, registry)
+    lc.ca_hash = pki.ca_hash(ca_cert)
+    lc.node_cert, lc.node_key = dd.node_cert.read_bytes(), dd.node_key.read_bytes()
+    lc.etcd_ca = pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key")
+    lc.data_dir = dd
+
+    server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
+    kat_pb2_grpc.add_ClusterAPIServicer_to_server(ClusterAPI(lc), server)
+    kat_pb2_grpc.add_AgentAPIServicer_to_server(AgentAPI(lc), server)
+    server.add_secure_port(api, rpc.mtls_server_credentials(lc.node_cert, lc.node_key, ca_cert))
+    if ca_key is not None:
+        join = f"{identity.advertise_address}:{spec.join_port}"
+        server.add_secure_port(join, rpc.tls_server_credentials(ca_cert, ca_key))
+    await server.start()
+    log.info("API serving on %s (join port %s)", api, spec.join_port)
+
+    async def lead() -> None:
+        await registry.load()
+        lc.leading = True
+        lc.leader_address = api
+        log.info("%s is the leader", identity.name)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(registry.run_health(), name="node-health")
+                tg.create_task(run_controllers(lc), name="controllers")
+                tg.create_task(run_backups(lc), name="backups")
+        finally:
+            lc.leading = False
+            log.warning("%s stopped leading", identity.name)
+
+    def on_leader(info: LeaderInfo | None) -> None:
+        lc.leader_address = info.api_address if info else ""
+
+    election = Election(store, identity.name, api, ttl=leader_ttl(spec), on_change=on_leader)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(lc.watch_quorum(), name="quorum")
+            tg.create_task(election.run(lead), name="election")
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(election.resign(), 3)
+        await server.stop(grace=1)

@@ -1,0 +1,107 @@
+"""What the leader wants this node to run: the `WatchAssignments` stream, and the last
+snapshot kept in the data dir (`agent/assignments.pb`) for an agent that restarts while
+the leader is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from api.v1alpha1 import kat_pb2
+from internal import rpc
+from internal.fileutil import write_atomic
+from kat_agent.agent import Agent
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "assignments.pb"
+BACKOFF = (0.2, 5.0)
+
+
+class SnapshotStore:
+    """The last AssignmentSet received, on disk (0600, written atomically)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / SNAPSHOT_FILE
+        self._last: bytes | None = None
+
+    def load(self) -> kat_pb2.AssignmentSet | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        snapshot = kat_pb2.AssignmentSet()
+        try:
+            snapshot.ParseFromString(data)
+        except Exception as exc:  # noqa: BLE001 - a damaged file is as good as none
+            log.error("ignoring unreadable %s: %s", self.path, exc)
+            return None
+        self._last = data
+        return snapshot
+
+    def save(self, snapshot: kat_pb2.AssignmentSet) -> None:
+        data = snapshot.SerializeToString(deterministic=True)
+        if data == self._last:
+            return
+        write_atomic(self.path, data, 0o600)
+        self._last = data
+
+
+async def watch_assignments(
+    agent: Agent,
+    on_snapshot: Callable[[kat_pb2.AssignmentSet], None],
+    backoff: tuple[float, float] = BACKOFF,
+) -> None:
+    """Follow the leader's WatchAssignments stream for ever, handing every snapshot to
+    `on_snapshot`. The stream is opened once the heartbeat loop has found the leader
+    (`agent.connected`), on the same channel (`agent.link`). When it breaks: back off and
+    reopen; a non-leader's UNAVAILABLE naming the leader moves the link there. Nothing
+    is torn down meanwhile: the node keeps running what it has (detached operation)."""
+    low, high = backoff
+    delay = low
+    request = kat_pb2.AssignmentsRequest(node_name=agent.identity.name)
+    while True:
+        await agent.connected.wait()
+        call = agent.link.stub().WatchAssignments(request)
+        received = False
+        try:
+            async for snapshot in call:
+                if not received:
+                    log.info(
+                        "assignments stream open (%d assignments, revision %d)",
+                        len(snapshot.assignments),
+                        snapshot.revision,
+                    )
+                received = True
+                delay = low
+                on_snapshot(snapshot)
+            log.warning("the leader ended the assignments stream; reopening")
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
+            trailing = err.trailing_metadata() if isinstance(err, grpc.aio.AioRpcError) else None
+            leader = rpc.leader_from_status(code, trailing)
+            details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            log.log(
+                logging.WARNING if received else logging.INFO,
+                "assignments stream failed (%s): %s",
+                code.name if code else "error",
+                details,
+            )
+            if leader:
+                agent.link.failed(leader)
+        finally:
+            call.cancel()
+        # Jitter spreads the reconnects of many nodes after a leader change.
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(high, delay * 2)
+
+
+async def close_quietly(call: object) -> None:  # pragma: no cover - helper for callers
+    with contextlib.suppress(Exception):
+        call.cancel()  # type: ignore[attr-defined]
