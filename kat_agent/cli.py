@@ -54,6 +54,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--node-name", default="", help="requested node name (default: the hostname)")
     p.add_argument("--labels", type=parse_labels, default={}, help="node labels, k=v,k2=v2")
+    p.add_argument(
+        "--rootless",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run each workload as its own user with rootless Podman (the default; "
+        "--no-rootless or env KAT_ROOTLESS=0: all workloads in root's Podman)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
 
@@ -106,6 +113,7 @@ async def _run(args: argparse.Namespace) -> None:
         labels=args.labels,
         etcd_binary=getattr(args, "etcd_binary", None),
         etcd_member=getattr(args, "etcd_member", False),
+        rootless=getattr(args, "rootless", None),
     )
     if args.command == "init":
         await run_init(args.config, opts, args.restore_from)

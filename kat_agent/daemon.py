@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+DEFAULT_CLUSTER_KAT = (
+    b"apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {name: kat}\n"
+)
+
+
 class StartupError(Exception):
     """A problem that stops the agent from starting, worded for the operator."""
 
@@ -42,6 +47,8 @@ class NodeOptions:
     node_name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     etcd_binary: str | None = None
+    # Workloads as their own users with rootless Podman; None: env KAT_ROOTLESS, default on.
+    rootless: bool | None = None
     etcd_member: bool = False
 
 
@@ -87,6 +94,10 @@ async def run_init(
             log.info("data dir %s is initialised; resuming (init options are not reread)", dd.root)
     elif _config_copy(dd).exists():
         config = load_local_config(dd)
+    elif restore_from is not None and config_path is None:
+        # The snapshot holds the real configuration; until etcd runs, its
+        # ports are taken to be the defaults (pass --config if they differ).
+        config = resources.load_cluster_config(DEFAULT_CLUSTER_KAT, "defaults")
     else:
         config = _read_cluster_kat(config_path)
         write_atomic(_config_copy(dd), config.SerializeToString(), 0o600)
@@ -405,7 +416,9 @@ async def serve(
         if store is not None:
             tg.create_task(run_member(dd, identity, store, config), name="member")
         tg.create_task(agent.run(), name="agent")
-        tg.create_task(run_node(dd, identity, agent, config), name="node-runtime")
+        tg.create_task(
+            run_node(dd, identity, agent, config, rootless=opts.rootless), name="node-runtime"
+        )
 
 
 async def backup_now(opts: NodeOptions, output: Path | None) -> Path:

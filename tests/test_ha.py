@@ -72,9 +72,7 @@ def test_losing_one_member_changes_nothing_two_loses_quorum(cluster: DevCluster)
     assert p.returncode != 0 and time.monotonic() - started < 60  # answered, not hung
     for name in others:
         cluster.start(key_of(cluster, name))
-    wait_until(
-        lambda: cluster.katcall("get", "nodes").returncode == 0, timeout=60, what="recovery"
-    )
+    wait_until(lambda: cluster.katcall("get", "nodes").returncode == 0, timeout=60, what="recovery")
     wait_until(lambda: len(cluster.ready_nodes()) == 3, timeout=60, what="all READY")
 
 
@@ -105,7 +103,9 @@ def test_leader_failover_loses_no_acknowledged_write(cluster: DevCluster) -> Non
         cluster.kill(key_of(cluster, old))
         killed = time.monotonic()
         served = wait_until(
-            lambda: cluster.katcall("get", "nodes", timeout=20).returncode == 0 and time.monotonic(),
+            lambda: (
+                cluster.katcall("get", "nodes", timeout=20).returncode == 0 and time.monotonic()
+            ),
             timeout=LEADER_TTL + 15,
             interval=0.2,
             what="an API answer after the leader was killed",
@@ -129,12 +129,18 @@ def test_leader_failover_loses_no_acknowledged_write(cluster: DevCluster) -> Non
     assert {n: v["status"]["subnet"] for n, v in after.items()} == {
         n: v["status"]["subnet"] for n, v in before.items()
     }
-    wait_until(lambda: nodes(cluster)[old]["status"]["condition"] == "NOT_READY", timeout=30,
-               what="the killed node NOT_READY")
+    wait_until(
+        lambda: nodes(cluster)[old]["status"]["condition"] == "NOT_READY",
+        timeout=30,
+        what="the killed node NOT_READY",
+    )
     # the deposed leader comes back as a follower
     cluster.start(key_of(cluster, old))
-    wait_until(lambda: nodes(cluster)[old]["status"]["condition"] == "READY", timeout=60,
-               what="old leader READY again")
+    wait_until(
+        lambda: nodes(cluster)[old]["status"]["condition"] == "READY",
+        timeout=60,
+        what="old leader READY again",
+    )
     assert leader(cluster) == new
 
 
@@ -144,3 +150,17 @@ def test_removing_members_keeps_quorum_rules(cluster: DevCluster) -> None:
     assert p.returncode != 0 and "is the leader" in p.stderr
     p = cluster.katcall("node", "remove", "no-such-node")
     assert p.returncode != 0 and "not found" in p.stderr
+
+
+def test_removing_a_follower_member(cluster: DevCluster) -> None:
+    wait_until(lambda: len(cluster.ready_nodes()) == 3, timeout=60, what="all READY")
+    lead = leader(cluster)
+    follower = next(n for n in nodes(cluster) if n != lead)
+    wait_until(
+        lambda: cluster.katcall("node", "remove", follower, timeout=60).returncode == 0,
+        timeout=60,
+        what=f"removal of {follower}",
+    )
+    assert follower not in nodes(cluster)
+    assert leader(cluster) == lead
+    assert "NodeRemoved" in cluster.katcall("get", "events", check=True).stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal import rpc, tokens
 from internal import store as store_mod
-from internal.etcd import EtcdUnavailable
+from internal.etcd import EtcdError, EtcdUnavailable
 from internal.events import new_event
 from kat_agent.leader.context import LeaderContext
 
@@ -152,8 +153,17 @@ class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
                 f"removing etcd member {name} would leave {healthy} healthy of {len(others)} "
                 f"members, fewer than the {needed} needed for quorum; bring members back first"
             )
-        await etcd.member_remove(member.id)
-        return ""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            try:
+                await etcd.member_remove(member.id)
+                return ""
+            except EtcdError as exc:
+                # refused for a few seconds after peers (re)connect: wait, do not fail
+                if "unhealthy cluster" not in str(exc) or loop.time() > deadline:
+                    return f"etcd refused to remove member {name}: {exc}"
+            await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------- tokens
 

@@ -14,6 +14,7 @@ from internal import pki, rpc
 from internal.etcd import EtcdError
 from internal.store import Store
 from kat_agent.datadir import DataDir
+from kat_agent.leader.assignments import AssignmentBook
 from kat_agent.leader.nodes import NodeRegistry
 
 
@@ -36,6 +37,9 @@ class LeaderContext:
     instance_listeners: list[Callable[[str, Sequence[kat_pb2.Instance]], Awaitable[None]]] = field(
         default_factory=list
     )
+    # What each node should run, published by the workload controllers and
+    # streamed to the nodes (kat_agent/leader/assignments.py).
+    assignments: AssignmentBook = field(default_factory=AssignmentBook)
     # This node's own identity (the leader's client certificate towards agents).
     node_cert: bytes = b""
     node_key: bytes = b""

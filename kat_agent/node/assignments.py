@@ -5,7 +5,6 @@ the leader is unreachable."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -100,8 +99,3 @@ async def watch_assignments(
         # Jitter spreads the reconnects of many nodes after a leader change.
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(high, delay * 2)
-
-
-async def close_quietly(call: object) -> None:  # pragma: no cover - helper for callers
-    with contextlib.suppress(Exception):
-        call.cancel()  # type: ignore[attr-defined]

@@ -1,16 +1,100 @@
-"""Entry point of the node runtime, started by every kat-agent."""
+"""Entry point of the node runtime, started by every kat-agent next to its heartbeat
+loop: the reconciler (kat_agent/node/instances.py), the assignments stream from the
+leader, and the NodeAgent API (logs, exec, status)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 
 from api.v1alpha1 import kat_pb2
 from kat_agent.agent import Agent
 from kat_agent.datadir import DataDir, NodeIdentity
+from kat_agent.node.assignments import watch_assignments
+from kat_agent.node.instances import NodeRuntime
+from kat_agent.node.node_api import NodeAgentService, start_node_api
+from kat_agent.node.podmans import NodeSettings
+
+log = logging.getLogger(__name__)
+
+SUPERVISE_BACKOFF = (1.0, 30.0)
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run `run` for ever: log and restart it (with back-off) when it fails, so that a
+    broken part of the node runtime never takes the agent's heartbeats down with it."""
+    low, high = SUPERVISE_BACKOFF
+    delay = low
+    loop = asyncio.get_running_loop()
+    while True:
+        began = loop.time()
+        try:
+            await run()
+            log.error("%s ended unexpectedly; restarting in %.0fs", name, delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; restarting in %.0fs", name, delay)
+        if loop.time() - began > 60:
+            delay = low
+        await asyncio.sleep(delay)
+        delay = min(high, delay * 2)
+
+
+async def serve_node_api(dd: DataDir, address: str, runtime: NodeRuntime, agent: Agent) -> None:
+    service = NodeAgentService(runtime, lambda: agent.leader_node, agent.heartbeat_request)
+    server = await start_node_api(
+        service,
+        address,
+        dd.node_cert.read_bytes(),
+        dd.node_key.read_bytes(),
+        dd.ca_cert.read_bytes(),
+    )
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(grace=1)
 
 
 async def run_node(
-    dd: DataDir, identity: NodeIdentity, agent: Agent, config: kat_pb2.ClusterConfiguration
+    dd: DataDir,
+    identity: NodeIdentity,
+    agent: Agent,
+    config: kat_pb2.ClusterConfiguration,
+    *,
+    rootless: bool | None = None,
 ) -> None:
-    """Placeholder until the node runtime lands: idles."""
-    await asyncio.Event().wait()
+    """The node runtime of one kat-agent. `rootless` None: env KAT_ROOTLESS (default on)."""
+    settings = NodeSettings.for_node(dd, identity, config, rootless)
+    log.info(
+        "node runtime: %s workloads, subnet %s, volumes under %s",
+        "rootless" if settings.rootless else "root",
+        settings.subnet or "(none)",
+        settings.volume_base_path,
+    )
+    address = f"{identity.advertise_address}:{config.spec.agent_port}"
+    await serve_node(settings, dd, agent, address)
+
+
+async def serve_node(
+    settings: NodeSettings,
+    dd: DataDir,
+    agent: Agent,
+    address: str,
+    runtime: NodeRuntime | None = None,
+) -> None:
+    """The three parts of the node runtime, each restarted on failure: the reconciler,
+    the assignments stream feeding it, and the NodeAgent API on `address`."""
+    runtime = runtime or NodeRuntime(settings, agent.beat_now)
+    agent.instances = runtime.report
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(supervise("node runtime", runtime.run), name="node-runtime")
+        tg.create_task(
+            supervise("assignments stream", lambda: watch_assignments(agent, runtime.offer)),
+            name="node-assignments",
+        )
+        tg.create_task(
+            supervise("NodeAgent API", lambda: serve_node_api(dd, address, runtime, agent)),
+            name="node-api",
+        )

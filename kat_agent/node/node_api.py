@@ -1,0 +1,191 @@
+"""The NodeAgent service every agent serves on `<advertise address>:<agentPort>` (mTLS
+with the node's certificate): logs, exec and status of this node's instances, for the
+leader only. A caller must present a `kat:node` certificate whose common name is the
+node the last heartbeat answer named as leader (`agent.leader_node`); the leader relays
+`katcall logs/exec` here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal import rpc
+from kat_agent.node.instances import NodeRuntime
+from kat_agent.node.podmans import Backend
+from kat_agent.runtime import ContainerRuntimeError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+MAX_EXEC_QUEUE = 64
+
+
+class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        leader_node: Callable[[], str],
+        status: Callable[[], kat_pb2.HeartbeatRequest],
+    ) -> None:
+        self.runtime = runtime
+        self.leader_node = leader_node
+        self.status = status
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        leader = self.leader_node()
+        if not leader or cn != leader:
+            who = f"the leader ({leader})" if leader else "the leader (not known yet)"
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"only {who} may use this node's agent API; {cn!r} is not the leader",
+            )
+
+    async def _targets(
+        self, context: grpc.aio.ServicerContext, namespace: str, workload: str, instance_id: str
+    ) -> list[tuple[str, Backend, str]]:
+        if not (instance_id or workload):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "name an instance_id or a workload"
+            )
+        found = self.runtime.find(namespace, workload, instance_id)
+        if not found:
+            what = f"instance {instance_id}" if instance_id else f"workload {namespace}/{workload}"
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"{what} has no container on node {self.runtime.settings.node_name}",
+            )
+        return [(st.id, backend, cid) for st, backend, cid in found]
+
+    async def Status(
+        self, request: kat_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.HeartbeatRequest:
+        await self._authorize(context)
+        return self.status()
+
+    async def Logs(
+        self, request: kat_pb2.LogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kat_pb2.LogChunk]:
+        await self._authorize(context)
+        targets = await self._targets(
+            context, request.namespace, request.workload, request.instance_id
+        )
+        tail = request.tail if request.tail > 0 else None
+        try:
+            if not request.follow or len(targets) == 1:
+                for iid, backend, cid in targets:
+                    async for data in backend.runtime.logs(cid, follow=request.follow, tail=tail):
+                        yield kat_pb2.LogChunk(instance_id=iid, data=data)
+                return
+            # Following several instances: interleave as lines come.
+            queue: asyncio.Queue[kat_pb2.LogChunk | None] = asyncio.Queue(256)
+
+            async def pump(iid: str, backend: Backend, cid: str) -> None:
+                try:
+                    async for data in backend.runtime.logs(cid, follow=True, tail=tail):
+                        await queue.put(kat_pb2.LogChunk(instance_id=iid, data=data))
+                finally:
+                    await queue.put(None)
+
+            tasks = [asyncio.create_task(pump(*t)) for t in targets]
+            try:
+                left = len(tasks)
+                while left:
+                    item = await queue.get()
+                    if item is None:
+                        left -= 1
+                        continue
+                    yield item
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for t in tasks:
+                    if not t.cancelled() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+        except ContainerRuntimeError as exc:
+            code = (
+                grpc.StatusCode.NOT_FOUND
+                if exc.kind is ErrorKind.NOT_FOUND
+                else grpc.StatusCode.UNAVAILABLE
+            )
+            await context.abort(code, str(exc))
+
+    async def Exec(
+        self,
+        request_iterator: AsyncIterator[kat_pb2.ExecRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[kat_pb2.ExecResponse]:
+        await self._authorize(context)
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.command:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry the command"
+            )
+        assert first is not None
+        targets = await self._targets(context, first.namespace, first.workload, first.instance_id)
+        if len(targets) > 1:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"workload {first.namespace}/{first.workload} has {len(targets)} instances "
+                "on this node: name one with instance_id",
+            )
+        _, backend, cid = targets[0]
+
+        async def stdin() -> AsyncIterator[bytes]:
+            if first.stdin:
+                yield first.stdin
+            async for msg in request_iterator:
+                if msg.stdin:
+                    yield msg.stdin
+
+        out: asyncio.Queue[kat_pb2.ExecResponse | None] = asyncio.Queue(MAX_EXEC_QUEUE)
+
+        async def on_output(stream: int, data: bytes) -> None:
+            msg = kat_pb2.ExecResponse(stderr=data) if stream == 2 else None
+            await out.put(msg or kat_pb2.ExecResponse(stdout=data))
+
+        async def run() -> int:
+            try:
+                return await backend.runtime.exec_stream(
+                    cid, list(first.command), on_output, stdin=stdin(), tty=first.tty
+                )
+            finally:
+                await out.put(None)
+
+        task = asyncio.create_task(run())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+            code = await task
+        except ContainerRuntimeError as exc:
+            status = {
+                ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+                ErrorKind.NOT_RUNNING: grpc.StatusCode.FAILED_PRECONDITION,
+            }.get(exc.kind, grpc.StatusCode.UNAVAILABLE)
+            await context.abort(status, str(exc))
+            return
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        yield kat_pb2.ExecResponse(exited=True, exit_code=code)
+
+
+async def start_node_api(
+    service: NodeAgentService, address: str, cert: bytes, key: bytes, ca: bytes
+) -> grpc.aio.Server:
+    """Serve NodeAgent on `address` (host:port) with mTLS; returns the started server."""
+    server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
+    kat_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
+    port = server.add_secure_port(address, rpc.mtls_server_credentials(cert, key, ca))
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    log.info("NodeAgent API serving on %s", address)
+    return server
