@@ -16,6 +16,7 @@ from internal import store as store_mod
 from internal.etcd import EtcdError, EtcdUnavailable
 from internal.events import new_event
 from kat_agent.leader.context import LeaderContext
+from kat_agent.leader.workload_api import WorkloadAPI
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-class ClusterAPI(kat_pb2_grpc.ClusterAPIServicer):
+class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
 

@@ -197,6 +197,7 @@ class NodeRuntime:
         self._started = False
         self.ready = asyncio.Event()  # Podman is up and the first adoption is done
         self.version = 0
+        self.resync_count = 0
         self._reported = 0
         self._pump: asyncio.Task[None] | None = None
 
@@ -376,6 +377,7 @@ class NodeRuntime:
                     st.vanished = st.assignment is not None
                     st.wake.set()
                     self._changed()
+        self.resync_count += 1
 
     # ------------------------------------------------------------ the worker
 
