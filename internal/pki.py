@@ -22,8 +22,6 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from internal.fileutil import write_atomic
 
 ROLE_ADMIN = "kat:admin"
 ROLE_NODE = "kat:node"
@@ -426,37 +426,14 @@ def key_matches_certificate(cert_pem: bytes, key_pem: bytes) -> bool:
 # ---------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write through a temp file in the same directory, renamed into place.
-    mkstemp creates it O_EXCL with mode 0600 and the final mode is set before
-    any byte is written, so a key is never readable by others, not even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_private_key(path: Path, key_pem: bytes) -> None:
     """Write a private key, mode 0600."""
-    _write_atomic(Path(path), key_pem, 0o600)
+    write_atomic(Path(path), key_pem, 0o600)
 
 
 def write_certificate(path: Path, cert_pem: bytes) -> None:
     """Write a certificate (or CSR), mode 0644."""
-    _write_atomic(Path(path), cert_pem, 0o644)
+    write_atomic(Path(path), cert_pem, 0o644)
 
 
 def write_pair(cert_path: Path, key_path: Path, pair: CertAndKey) -> None:

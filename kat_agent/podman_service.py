@@ -371,6 +371,16 @@ def remove_workload_user(namespace: str, name: str, *, grace: float = 5.0) -> bo
 # ---------------------------------------------------------------- the service
 
 
+SETPRIV = shutil.which("setpriv")
+
+
+def _death_signal_prefix() -> list[str]:
+    """`setpriv --pdeathsig KILL --` (util-linux): the service dies with the agent.
+    Setting it in a preexec_fn instead runs Python in the forked child, which crashes
+    (SIGSEGV) now and then in a process with gRPC's threads running."""
+    return [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
+
+
 def _child_setup(parent_pid: int) -> Callable[[], None]:
     # Runs after the uid/gid switch (subprocess does that first), so the death signal
     # set here is not cleared again by a credential change.
@@ -493,8 +503,16 @@ class PodmanService:
             self.url,
         ]
 
+    # What a workload user's service (whose environment is otherwise minimal) takes over
+    # from the agent's: where the registries are (the dev cluster's registries.conf; it
+    # must be readable by the user, podman fails on an unreadable one). CONTAINERS_CONF
+    # comes from `containers_conf`.
+    PASS_TO_USERS: ClassVar[tuple[str, ...]] = ("CONTAINERS_REGISTRIES_CONF",)
+
     def environment(self) -> dict[str, str]:
         env = self.user.env() if self.user else dict(os.environ)
+        if self.user:
+            env.update({k: os.environ[k] for k in self.PASS_TO_USERS if os.environ.get(k)})
         if self.containers_conf:
             env["CONTAINERS_CONF"] = str(self.containers_conf)
         return env
@@ -564,6 +582,7 @@ class PodmanService:
             out.write(f"--- kat: starting {' '.join(self.command())}\n".encode())
             out.flush()
             proc = await asyncio.create_subprocess_exec(
+                *_death_signal_prefix(),
                 *self.command(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
@@ -574,7 +593,8 @@ class PodmanService:
                 user=user.uid if user else None,
                 group=user.gid if user else None,
                 extra_groups=[] if user else None,
-                preexec_fn=_child_setup(os.getpid()),
+                # Only where setpriv is missing (not seen on Debian).
+                preexec_fn=None if SETPRIV else _child_setup(os.getpid()),
             )
         finally:
             out.close()

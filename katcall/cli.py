@@ -19,7 +19,9 @@ from katcall.session import add_global_options
 # Command modules, in the order they appear in `katcall --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "katcall.validate_cmd",
+    "katcall.apply_cmd",
     "katcall.get_cmd",
+    "katcall.workload_cmd",
     "katcall.node_cmd",
     "katcall.token_cmd",
     "katcall.config_cmd",

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from api.v1alpha1 import kat_pb2
+from internal.quantity import format_cpu
 from katcall import output
 from katcall.client import Client
 from katcall.session import connect
@@ -36,8 +37,8 @@ def _node_rows(nodes: list[kat_pb2.Node], wide: bool) -> str:
         row = [n.metadata.name, status, ",".join(roles), st.advertise_address, st.subnet, seen]
         if wide:
             row += [
-                output.quantity_cpu(st.allocatable.cpu_millis),
-                output.quantity_memory(st.allocatable.memory_bytes),
+                format_cpu(st.allocatable.cpu_millis),
+                output.approx_memory(st.allocatable.memory_bytes),
                 ",".join(f"{k}={v}" for k, v in sorted(n.metadata.labels.items())) or "<none>",
                 ",".join(
                     f"{t.key}={t.value}:{kat_pb2.Taint.Effect.Name(t.effect)}"
@@ -154,8 +155,20 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+Describer = Callable[[argparse.Namespace], int]
+DESCRIBERS: dict[str, Describer] = {}
+
+
+def register_describer(resource: str, describer: Describer) -> None:
+    """`katcall describe RESOURCE NAME` for another resource (its canonical name)."""
+    DESCRIBERS[resource] = describer
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
-    if _resource(args.resource) != "nodes":
+    resource = _resource(args.resource)
+    if resource in DESCRIBERS:
+        return DESCRIBERS[resource](args)
+    if resource != "nodes":
         raise SystemExit(f"error: describe does not support {args.resource!r} yet")
     client = connect(args)
     try:
@@ -177,8 +190,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default="")
     p.add_argument("-n", "--namespace", default="")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
     p.set_defaults(func=cmd_get)
     d = sub.add_parser("describe", help="show one resource in detail, with its recent events")
     d.add_argument("resource")
     d.add_argument("name")
+    d.add_argument("-n", "--namespace", default="")
     d.set_defaults(func=cmd_describe)

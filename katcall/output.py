@@ -46,11 +46,8 @@ def age(seconds: float) -> str:
     return f"{s // 86400}d"
 
 
-def quantity_cpu(millis: int) -> str:
-    return f"{millis // 1000}" if millis % 1000 == 0 else f"{millis}m"
-
-
-def quantity_memory(n: int) -> str:
+def approx_memory(n: int) -> str:
+    """Memory rounded for a table ("23.3Gi"); internal.quantity.format_memory is exact."""
     for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
         if n >= size:
             return f"{n / size:.1f}{unit}".replace(".0", "")

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds the local example image localhost/busybox:latest without any registry: a root
-# filesystem with /bin/busybox (from Debian's busybox-static) and a link for every applet,
-# packed with tar and loaded with `podman import`.
+# Builds the local example image without any registry: a root filesystem with /bin/busybox
+# (from Debian's busybox-static) and a link for every applet, packed with tar and loaded
+# with `podman import` as localhost/busybox:latest, and tagged with the name the examples
+# use, registry.kat.local/busybox:latest. A single node finds that name here, in its local
+# storage; scripts/dev-cluster pushes the image into its own registry, from which its nodes
+# pull it under the same name.
 #
 #   scripts/build-images.sh [--force]
 #
@@ -14,6 +17,7 @@
 set -euo pipefail
 
 IMAGE=localhost/busybox:latest
+ALIASES=(registry.kat.local/busybox:latest)
 read -r -a PODMAN_CMD <<<"${PODMAN:-podman}"
 force=0
 [[ ${1:-} == --force ]] && force=1
@@ -33,8 +37,25 @@ if [[ $(id -u) -ne 0 && -z ${KAT_IMAGE_DIR:-} && $force == 0 && -r $SYSTEM_TARBA
   TARBALL=$SYSTEM_TARBALL
 fi
 
+tag_aliases() {
+  local alias
+  for alias in "${ALIASES[@]}"; do
+    "${PODMAN_CMD[@]}" tag "$IMAGE" "$alias"
+  done
+}
+
 if ((!force)) && "${PODMAN_CMD[@]}" image exists "$IMAGE" 2>/dev/null && [[ -s $TARBALL ]]; then
-  log "$IMAGE: already present"
+  id=$("${PODMAN_CMD[@]}" image inspect --format '{{.Id}}' "$IMAGE")
+  stale=0
+  for alias in "${ALIASES[@]}"; do
+    [[ $("${PODMAN_CMD[@]}" image inspect --format '{{.Id}}' "$alias" 2>/dev/null) == "$id" ]] || stale=1
+  done
+  if ((stale)); then
+    tag_aliases
+    log "$IMAGE: already present; tagged ${ALIASES[*]}"
+  else
+    log "$IMAGE (${ALIASES[*]}): already present"
+  fi
   exit 0
 fi
 
@@ -86,4 +107,5 @@ fi
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --message 'KAT local busybox image (scripts/build-images.sh)' \
   "$TARBALL" "$IMAGE" >/dev/null
-log "$IMAGE: imported ($("${PODMAN_CMD[@]}" image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12))"
+tag_aliases
+log "$IMAGE (${ALIASES[*]}): imported ($("${PODMAN_CMD[@]}" image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12))"

@@ -7,7 +7,8 @@
 #
 # Environment:
 #   KAT_SETUP_FORCE_PIP=1       reinstall the Python package even if it looks up to date
-#   KAT_SETUP_SKIP_IMAGES=1     do not build localhost/busybox:latest
+#   KAT_SETUP_SKIP_IMAGES=1     do not build the example image (localhost/busybox:latest,
+#                               also tagged registry.kat.local/busybox:latest)
 #   KAT_SETUP_FORCE_APT=1       run apt-get update/install even if all packages are present
 set -euo pipefail
 
@@ -83,7 +84,7 @@ for tool in ip nsenter etcd etcdctl wg wireguard-go podman runc busybox; do
     done
   fi
 done
-for tool in ip nsenter etcd podman runc; do
+for tool in ip nsenter etcd podman runc docker-registry; do
   command -v "$tool" >/dev/null || die "$tool not found on PATH after installing packages"
 done
 

@@ -288,7 +288,7 @@ class FakeLeader(kat_pb2_grpc.AgentAPIServicer):
         sent = 0  # nothing until the test publishes
         while True:
             async with self.cond:
-                await self.cond.wait_for(lambda: self.revision > sent)
+                await self.cond.wait_for(lambda s=sent: self.revision > s)
                 sent, snapshot = self.revision, self.snapshot
             yield snapshot
 
@@ -555,7 +555,7 @@ def test_report_phases() -> None:
     inst = st.report(NODE)
     assert inst is not None and inst.message == "health check failed"
     # Not assigned any more and no container: not reported at all.
-    st.observed, st.assignment = None, None
+    st.observed, st.assignment, st.health_failed = None, None, ""
     assert st.report(NODE) is None
     # Adopted before any snapshot: the workload type comes from the container's label.
     st.observed = _observed("exited", 0, **{"kat.dws.rip/workload-type": "JOB"})
@@ -825,6 +825,7 @@ async def test_detached_operation_and_saved_snapshot(
         stray_id = await _run_stray(env, stray)
         await node.start()
         await poll(lambda: stray_id not in env.container_ids(), what="stray removed")
+        await poll(lambda: len(node.rt.report()) == 1, what="stray-1 no longer reported")
         (reported,) = node.rt.report()
         assert (reported.id, reported.container_id) == ("det-1", inst.container_id)
         assert reported.phase == P.RUNNING
@@ -939,6 +940,17 @@ async def test_logs_exec_status_through_node_agent(
                 assert err_info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+def _private_dir(prefix: str) -> Path:
+    """A temp dir others may traverse (a workload user needs to reach its home)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    d.chmod(0o755)
+    return d
+
+
+def _proc_status(pid: int) -> str:
+    return Path(f"/proc/{pid}/status").read_text()
+
+
 async def _has(data: Awaitable[bytes], needle: bytes) -> bool:
     return needle in await data
 
@@ -953,8 +965,7 @@ async def test_rootless_workload_user(
 ) -> None:
     ns, name = f"kt{secrets.token_hex(2)}", "rl"
     cluster.users.append((ns, name))  # type: ignore[attr-defined]
-    homes = Path(tempfile.mkdtemp(prefix="kat-nt-homes-"))
-    homes.chmod(0o755)
+    homes = _private_dir("kat-nt-homes-")
     try:
         a = assignment("rl-1", name, ["sleep", "3600"], ns=ns)
         async with cluster(rootless=True, home_base=homes) as (leader, node):
@@ -969,7 +980,7 @@ async def test_rootless_workload_user(
             rt = backends[user].runtime
             doc = await rt.inspect(inst.container_id)
             uid = backends[user].user.uid  # type: ignore[union-attr]
-            status = Path(f"/proc/{doc['State']['Pid']}/status").read_text()
+            status = _proc_status(int(doc["State"]["Pid"]))
             assert f"Uid:\t{uid}\t" in status  # runs as the workload user, not root
             # Not in root's storage.
             assert inst.container_id not in env.container_ids()
