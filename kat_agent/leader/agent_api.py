@@ -44,6 +44,11 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         # Joins with one token queue here instead of racing on its use count;
         # the revision check below still guards against any other writer.
         self._token_locks: dict[str, asyncio.Lock] = {}
+        # The answer to a heartbeat only changes with the node set: built once per change.
+        self._beat_response: tuple[int, kat_pb2.HeartbeatResponse] = (
+            -1,
+            kat_pb2.HeartbeatResponse(),
+        )
 
     async def Join(
         self, request: kat_pb2.JoinRequest, context: grpc.aio.ServicerContext
@@ -242,11 +247,15 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"node {request.node_name!r} is not registered"
             )
-        return kat_pb2.HeartbeatResponse(
-            tick_seconds=self.lc.spec.agent_tick_seconds,
-            leader_node=self.lc.node_name,
-            api_endpoints=self.lc.api_endpoints(),
-        )
+        version, response = self._beat_response
+        if version != self.lc.registry.version:
+            response = kat_pb2.HeartbeatResponse(
+                tick_seconds=self.lc.spec.agent_tick_seconds,
+                leader_node=self.lc.node_name,
+                api_endpoints=self.lc.api_endpoints(),
+            )
+            self._beat_response = (self.lc.registry.version, response)
+        return response
 
     async def WatchAssignments(
         self, request: kat_pb2.AssignmentsRequest, context: grpc.aio.ServicerContext

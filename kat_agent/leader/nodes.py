@@ -47,6 +47,9 @@ class NodeRegistry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_seen: dict[str, float] = {}
         self._last_seen_wall: dict[str, datetime] = {}
+        # Each node's last heartbeat, serialized: most beats repeat the last one
+        # exactly, and those need no work beyond noting the time.
+        self._last_beat: dict[str, bytes] = {}
         self._since = clock()
         # Bumped on every change to a node record, so derived views can be cached.
         self.version = 0
@@ -83,6 +86,7 @@ class NodeRegistry:
             self._nodes.pop(name, None)
             self._last_seen.pop(name, None)
             self._last_seen_wall.pop(name, None)
+            self._last_beat.pop(name, None)
             self.version += 1
 
     def stored(self) -> list[kat_pb2.Node]:
@@ -136,6 +140,9 @@ class NodeRegistry:
         self._last_seen[name] = self._clock()
         self._last_seen_wall[name] = datetime.now(UTC)
         previous = self._nodes[name].node.status.condition
+        beat = req.SerializeToString(deterministic=True)
+        if previous == READY and self._last_beat.get(name) == beat:
+            return True
 
         def apply(node: kat_pb2.Node) -> None:
             st = node.status
@@ -154,6 +161,7 @@ class NodeRegistry:
             node.spec.taints.extend(req.taints)
 
         await self.mutate(name, apply)
+        self._last_beat[name] = beat
         if previous != READY:
             message = "heartbeats resumed" if previous == NOT_READY else "first heartbeat received"
             await self._event(name, "NodeReady", message, warning=False)
