@@ -44,6 +44,9 @@ _LIVE_REPORTS = frozenset({_Inst.BUILDING, _Inst.PULLING, _Inst.STARTING, _Inst.
 JOB_HISTORY = 3  # runs of a JOB whose instances are kept (the newest ones)
 MAX_ID_PREFIX = 57  # instance ids are DNS labels: <workload, cut to 57>-<5 chars>
 _MAX_LISTED = 5  # instance ids named in one aggregated event
+# The exit code given to the restart policy for a FAILED report that is not an exit (the
+# container could not be created or started): a failure, never a success.
+_NO_EXIT = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,21 +223,32 @@ def observe_instance(
             rec.phase = report.phase
         return Observation(rec, events)
 
-    # The container exited (or failed its health checks): apply the restart policy.
+    # The container exited (or failed its health checks, or could not be started at all:
+    # FAILED without an exit): apply the restart policy.
     rec.ready = False
     rec.exit_code = report.exit_code
     exited = _time(report, "finished_at") or now
     started = _time(report, "started_at") or exited
+    no_exit = (
+        report.phase == _Inst.FAILED and not report.exit_code and report.finished_at.seconds == 0
+    )
+    code = _NO_EXIT if no_exit else report.exit_code
     d = rollout.decide_restart(
         policy,
         restart_count=rec.policy_restart_count,
         started_at=started,
         exited_at=exited,
         now=now,
-        exit_code=report.exit_code,
+        exit_code=code,
         run_to_completion=run_to_completion,
     )
-    why = f"{report.message}; {d.reason}" if report.message else d.reason
+    exited_text = f"exited with code {code}"
+    if no_exit:
+        why = d.reason.replace(exited_text, report.message or "failed to start", 1)
+    elif report.message and report.message != exited_text:
+        why = f"{report.message}; {d.reason}"
+    else:
+        why = d.reason
     if d.action is _Restart.GIVE_UP:
         rec.phase = d.phase
         rec.policy_restart_count = d.restart_count

@@ -568,14 +568,30 @@ class Store:
         )
 
     async def delete_workload(
-        self, namespace: str, name: str, expected_revision: int | None = None
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None = None,
+        *,
+        stop: Iterable[tuple[kat_pb2.Instance, int]] = (),
     ) -> bool:
         """Delete the workload and its stored revisions (its instances stay for
-        the controller to stop and remove)."""
+        the controller to stop and remove). `stop`: instance records to write in
+        the same transaction (as they should be, with the revision each was read
+        at), e.g. marked TERMINATING."""
         txn = self.txn().delete(workload_key(namespace, name), expected_revision)
         txn.delete_prefix(revisions_prefix(namespace, name))
+        for inst, rev in stop:
+            txn.update(instance_key(inst.namespace, inst.workload, inst.id), inst, rev)
         result = await txn.commit()
         return result.deleted > 0
+
+    async def update_instances(self, changes: Iterable[tuple[kat_pb2.Instance, int]]) -> int:
+        """Write several instance records (each read at the given revision) atomically."""
+        txn = self.txn()
+        for inst, rev in changes:
+            txn.update(instance_key(inst.namespace, inst.workload, inst.id), inst, rev)
+        return (await txn.commit()).revision
 
     async def commit_workload(
         self,

@@ -272,8 +272,14 @@ def _exec_requests(first: kat_pb2.ExecRequest, stdin: bool) -> Iterator[kat_pb2.
 
 def cmd_exec(args: argparse.Namespace) -> int:
     command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    if "--" in command:  # options given after the workload name: `exec web -i -- cat`
+        cut = command.index("--")
+        late = argparse.ArgumentParser(prog="katcall exec", add_help=False)
+        late.add_argument("--instance", default=args.instance)
+        late.add_argument("-i", "--stdin", action="store_true", default=args.stdin)
+        late.add_argument("-n", "--namespace", default=args.namespace)
+        late.parse_args(command[:cut], namespace=args)
+        command = command[cut + 1 :]
     if not command:
         print("error: give the command after --, e.g. katcall exec web -- ls /", file=sys.stderr)
         return 2

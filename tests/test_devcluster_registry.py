@@ -11,6 +11,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def _listening(addr: str) -> bool:
     """Whether a socket of this host listens on addr (from /proc/net/tcp: connecting is
     no test, the sandbox may answer connections to addresses that are gone)."""
     host, port = addr.rsplit(":", 1)
-    want = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{int(port):04X}"
+    raw = int.from_bytes(socket.inet_aton(host), sys.byteorder)  # as the kernel prints it
+    want = f"{raw:08X}:{int(port):04X}"
     for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         f = ln.split()
         if f[1] == want and f[3] == "0A":

@@ -393,6 +393,10 @@ class NodeHarness:
     async def stop(self) -> None:
         for t in self.tasks:
             t.cancel()
+        done, pending = await asyncio.wait(self.tasks, timeout=15)
+        if pending:
+            for t in asyncio.all_tasks():
+                t.print_stack()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks = []
 

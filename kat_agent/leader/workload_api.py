@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 ALL_NAMESPACES = "*"
 KEPT_REVISIONS = 10
 _RETRIES = 5
+_TXN_INSTANCES = 100  # instance writes per transaction (etcd allows 128 operations)
 _LOGS_TIMEOUT = 60.0  # a non-follow logs call through the leader
 
 Req = TypeVar("Req")
@@ -178,6 +179,27 @@ def _revision(
     stored.creation_timestamp.CopyFrom(wl.metadata.creation_timestamp)
     rev.created.FromDatetime(now)
     return rev
+
+
+def terminating(
+    records: list[store_mod.Versioned[kat_pb2.Instance]], why: str, purge: bool
+) -> list[tuple[kat_pb2.Instance, int]]:
+    """The instance records of a deleted workload marked TERMINATING (their nodes stop
+    them; the controller then removes the records), with the revisions they were read at.
+    Records that already say so are left out."""
+    out = []
+    for v in records:
+        inst = v.msg
+        if inst.phase == kat_pb2.Instance.TERMINATING and (inst.purge_volumes or not purge):
+            continue
+        changed = kat_pb2.Instance()
+        changed.CopyFrom(inst)
+        changed.phase = kat_pb2.Instance.TERMINATING
+        changed.ready = False
+        changed.message = why
+        changed.purge_volumes = inst.purge_volumes or purge
+        out.append((changed, v.mod_revision))
+    return out
 
 
 # ------------------------------------------------------------------ the servicer mixin
@@ -463,57 +485,43 @@ class WorkloadAPI:
         self, request: kat_pb2.DeleteWorkloadRequest, context: _Ctx
     ) -> kat_pb2.Empty:
         store = self.lc.store
-        namespace = request.namespace or DEFAULT_NAMESPACE
+        namespace, name = request.namespace or DEFAULT_NAMESPACE, request.name
         who = caller(context)
-        async with self._lock(namespace, request.name):
-            if not await store.delete_workload(namespace, request.name):
-                await context.abort(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"workload {_ref(namespace, request.name)} not found",
+        why = f"stopping: its workload was deleted by {who}"
+        async with self._lock(namespace, name):
+            for _ in range(_RETRIES):
+                current = await store.get_workload(namespace, name)
+                if current is None:
+                    await context.abort(
+                        grpc.StatusCode.NOT_FOUND, f"workload {_ref(namespace, name)} not found"
+                    )
+                    raise AssertionError("unreachable")
+                stop = terminating(
+                    await store.list_instances(namespace, name), why, request.purge_volumes
                 )
-            stopping = await self._stop_instances(
-                namespace, request.name, f"its workload was deleted by {who}", request.purge_volumes
-            )
+                # The workload goes in the same transaction as (the last of) its instances
+                # turn TERMINATING, so the controller never sees them half done.
+                first, last = stop[:-_TXN_INSTANCES], stop[-_TXN_INSTANCES:]
+                try:
+                    for i in range(0, len(first), _TXN_INSTANCES):
+                        await store.update_instances(first[i : i + _TXN_INSTANCES])
+                    await store.delete_workload(namespace, name, current.mod_revision, stop=last)
+                    break
+                except store_mod.StaleWrite:
+                    continue  # the controller changed something meanwhile: read again
+            else:
+                await context.abort(
+                    grpc.StatusCode.ABORTED, f"workload {_ref(namespace, name)} keeps changing"
+                )
         purge = ", volumes purged" if request.purge_volumes else ""
         await self._event(
             "Deleted",
-            f"deleted by {who}; stopping {stopping} instances{purge}",
+            f"deleted by {who}; stopping {len(stop)} instances{purge}",
             kind="Workload",
-            name=request.name,
+            name=name,
             namespace=namespace,
         )
         return kat_pb2.Empty()
-
-    async def _stop_instances(self, namespace: str, workload: str, why: str, purge: bool) -> int:
-        """Mark the instances of a deleted workload TERMINATING (their nodes stop them and
-        the controller removes the records); returns how many."""
-        store = self.lc.store
-        count = 0
-        for v in await store.list_instances(namespace, workload):
-            inst, rev = v.msg, v.mod_revision
-            for _ in range(_RETRIES):
-                try:
-                    if inst.phase == kat_pb2.Instance.PENDING or not inst.node:
-                        await store.delete_instance(namespace, workload, inst.id, rev)
-                        break
-                    if inst.phase == kat_pb2.Instance.TERMINATING and (
-                        inst.purge_volumes or not purge
-                    ):
-                        break
-                    if inst.phase != kat_pb2.Instance.TERMINATING:
-                        count += 1
-                    inst.phase = kat_pb2.Instance.TERMINATING
-                    inst.ready = False
-                    inst.message = f"stopping: {why}"
-                    inst.purge_volumes = inst.purge_volumes or purge
-                    await store.update_instance(inst, rev)
-                    break
-                except store_mod.StaleWrite:
-                    fresh = await store.get_instance(namespace, workload, inst.id)
-                    if fresh is None:
-                        break
-                    inst, rev = fresh.msg, fresh.mod_revision
-        return count
 
     @_admin
     async def RollbackWorkload(
