@@ -7,8 +7,6 @@ import functools
 from collections.abc import Sequence
 
 import grpc
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 ROLE_ADMIN = "kat:admin"
 ROLE_NODE = "kat:node"
@@ -54,20 +52,50 @@ def client_credentials(
     )
 
 
+def parse_subject(subject: str) -> dict[str, str]:
+    """Attributes of an RFC 4514 subject string such as "CN=vm-2,O=kat:node"."""
+    attrs: dict[str, str] = {}
+    part, parts, escaped = "", [], False
+    for ch in subject:
+        if escaped:
+            part += ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            parts.append(part)
+            part = ""
+        else:
+            part += ch
+    parts.append(part)
+    for p in parts:
+        key, sep, value = p.partition("=")
+        if sep:
+            attrs.setdefault(key.strip().upper(), value)
+    return attrs
+
+
 @functools.lru_cache(maxsize=4096)
-def _identity_from_pem(pem: bytes) -> tuple[str, str]:
-    cert = x509.load_pem_x509_certificate(pem)
-    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    org = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    return (str(cn[0].value) if cn else "", str(org[0].value) if org else "")
+def _identity_from_subject(subject: bytes) -> tuple[str, str]:
+    attrs = parse_subject(subject.decode(errors="replace"))
+    return attrs.get("CN", ""), attrs.get("O", "")
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
-    """(common name, role) of the verified client certificate, or None."""
-    pems = context.auth_context().get("x509_pem_cert")
+    """(common name, role) of the verified client certificate, or None.
+
+    gRPC hands over the verified subject; reading it needs no certificate
+    parser, which keeps `cryptography` out of an agent's memory."""
+    auth = context.auth_context()
+    subjects = auth.get("x509_subject")
+    if subjects:
+        return _identity_from_subject(subjects[0])
+    pems = auth.get("x509_pem_cert")
     if not pems:
         return None
-    return _identity_from_pem(pems[0])
+    from internal import pki
+
+    return tuple(pki.peer_identity(pems[0]))  # type: ignore[return-value]
 
 
 async def require_role(context: grpc.aio.ServicerContext, role: str) -> str:

@@ -95,3 +95,11 @@ def test_output_helpers() -> None:
     assert output.approx_memory(64 << 20) == "64Mi"
     assert output.approx_memory(int(1.5 * (1 << 30))) == "1.5Gi"
     assert output.table(["A", "BB"], [["x", "y"]]).splitlines() == ["A   BB", "x   y"]
+
+
+def test_peer_subject_parsing() -> None:
+    from internal.rpc import parse_subject
+
+    assert parse_subject("CN=vm-2,O=kat:node") == {"CN": "vm-2", "O": "kat:node"}
+    assert parse_subject("O=kat:admin,CN=a\\,b") == {"O": "kat:admin", "CN": "a,b"}
+    assert parse_subject("") == {}
