@@ -287,6 +287,7 @@ class _Step:
     unschedulable: list[str] = field(default_factory=list)
     unschedulable_reason: str = ""
     stopped: dict[str, list[str]] = field(default_factory=dict)  # reason -> ids
+    taken: set[str] = field(default_factory=set)  # ids given to new instances
 
     def alive(self) -> list[kat_pb2.Instance]:
         return [r for r in self.records.values() if r.phase != _Inst.TERMINATING]
@@ -313,11 +314,18 @@ class _Step:
 
 
 def _new_instance(
-    w: kat_pb2.Workload, generation: int, new_id: Callable[[], str], job_run: str = ""
+    step: _Step, generation: int, new_id: Callable[[], str], job_run: str = ""
 ) -> kat_pb2.Instance:
-    meta = w.metadata
+    """A new PENDING instance with an id no other instance of the workload has."""
+    meta = step.workload.metadata
+    prefix = meta.name[:MAX_ID_PREFIX].rstrip("-")
+    while True:
+        inst_id = f"{prefix}-{new_id()}"
+        if inst_id not in step.original and inst_id not in step.taken:
+            break
+    step.taken.add(inst_id)
     return _Inst(
-        id=f"{meta.name[:MAX_ID_PREFIX].rstrip('-')}-{new_id()}",
+        id=inst_id,
         workload=meta.name,
         namespace=meta.namespace,
         generation=generation,
@@ -516,7 +524,7 @@ def _service(
     for inst_id in rs.stop:
         step.stop(inst_id, _stop_reason(step.records.get(inst_id), generation))
     pending = [r for r in step.alive() if r.phase == _Inst.PENDING]
-    new = [_new_instance(w, generation, new_id) for _ in range(rs.create)]
+    new = [_new_instance(step, generation, new_id) for _ in range(rs.create)]
     if pending or new:
         _place(step, cluster, profile, pending, new)
     if rs.state is rollout.RolloutState.PROGRESSING:
@@ -551,7 +559,7 @@ def _daemon(
         step.stop(inst_id, _stop_reason(step.records.get(inst_id), generation))
     waiting = [r for r in step.alive() if r.phase == _Inst.PENDING]
     targets = [(r, r.node) for r in waiting] + [
-        (_new_instance(w, generation, new_id), node) for node in ds.create_on
+        (_new_instance(step, generation, new_id), node) for node in ds.create_on
     ]
     for inst, node in targets:
         if inst.id not in step.records:
@@ -616,7 +624,7 @@ def _job(
         for inst_id in js_step.stop:
             step.stop(inst_id, f"job run {js_step.state.value.lower()}: {js_step.reason}")
         pending.extend(r for r in members if r.phase == _Inst.PENDING and r.id in step.records)
-        new.extend(_new_instance(w, generation, new_id, run) for _ in range(js_step.create))
+        new.extend(_new_instance(step, generation, new_id, run) for _ in range(js_step.create))
         step.plan.wake(js_step.retry_at)
         if js_step.state is jobs.RunState.RUNNING:
             step.plan.wake(js_step.deadline_at)

@@ -122,6 +122,10 @@ def progress_line(w: kat_pb2.Workload) -> str:
     pending = [i for i in alive if i.phase == _Inst.PENDING]
     if pending:
         line += f"; {len(pending)} pending: {pending[0].message}"
+    else:
+        stuck = [i for i in alive if not i.ready and i.message]
+        if stuck:
+            line += f"; {stuck[0].id}: {stuck[0].message}"
     return line
 
 
@@ -132,6 +136,8 @@ def rollout_outcome(w: kat_pb2.Workload, generation: int) -> tuple[bool, str] | 
         return None
     cond = {c.type: c for c in st.conditions}
     if w.spec.type == kat_pb2.WorkloadSpec.JOB:
+        if not any(i.generation >= generation for i in st.instances):
+            return None  # no run of this generation yet (a scheduled job waits for its tick)
         done = cond.get("Complete")
         if done is not None and done.status == "True":
             return True, done.message

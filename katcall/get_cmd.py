@@ -131,8 +131,22 @@ def _resource(name: str) -> str:
     return resolved
 
 
+Watcher = Callable[[argparse.Namespace], int]
+WATCHERS: dict[str, Watcher] = {}
+
+
+def register_watcher(resource: str, watcher: Watcher) -> None:
+    """`katcall get RESOURCE -w` for a resource (its canonical name)."""
+    WATCHERS[resource] = watcher
+
+
 def cmd_get(args: argparse.Namespace) -> int:
-    lister, tabler = RESOURCES[_resource(args.resource)]
+    resource = _resource(args.resource)
+    if getattr(args, "watch", False):
+        if resource not in WATCHERS:
+            raise SystemExit(f"error: --watch supports {', '.join(sorted(WATCHERS))}")
+        return WATCHERS[resource](args)
+    lister, tabler = RESOURCES[resource]
     client = connect(args)
     try:
         items = lister(client, args)
@@ -191,6 +205,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default="")
     p.add_argument("-n", "--namespace", default="")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
+    p.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
     p.set_defaults(func=cmd_get)
     d = sub.add_parser("describe", help="show one resource in detail, with its recent events")
     d.add_argument("resource")

@@ -127,6 +127,54 @@ def _list_instances(c: Client, a: argparse.Namespace) -> list:
     return list(c.call("ListInstances", req).items)
 
 
+def _watch(args: argparse.Namespace, rows: Callable[[kat_pb2.Workload], list[str]]) -> int:
+    """Follow WatchWorkloads, printing `rows(workload)` lines that were not printed last."""
+    client = connect(args)
+    shown: dict[str, str] = {}
+    try:
+        stream = client.stream("WatchWorkloads", kat_pb2.WatchRequest(namespace=_namespace(args)))
+        try:
+            for ev in stream:
+                for line in rows(ev.workload):
+                    key = line.split()[0] if line.split() else line
+                    if shown.get(key) != line:
+                        shown[key] = line
+                        print(line, flush=True)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                return 0
+            return _rpc_error(err)
+        finally:
+            stream.cancel()
+    finally:
+        client.close()
+    return 0
+
+
+def _watch_workloads(args: argparse.Namespace) -> int:
+    wide = args.output == "wide"
+    print(_workload_rows([], wide))
+    return _watch(
+        args,
+        lambda w: (
+            []
+            if args.name and w.metadata.name != args.name
+            else (_workload_rows([w], wide).split("\n")[1:])
+        ),
+    )
+
+
+def _watch_instances(args: argparse.Namespace) -> int:
+    wide = args.output == "wide"
+    print(_instance_rows([], wide))
+
+    def rows(w: kat_pb2.Workload) -> list[str]:
+        insts = [i for i in w.status.instances if not args.name or i.id == args.name]
+        return [line for line in _instance_rows(insts, wide).split("\n")[1 : len(insts) + 1]]
+
+    return _watch(args, rows)
+
+
 # ------------------------------------------------------------------ describe
 
 
@@ -371,6 +419,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     get_cmd.register_resource("workloads", _list_workloads, _workload_rows, "workload", "wl")
     get_cmd.register_resource("instances", _list_instances, _instance_rows, "instance", "inst")
     get_cmd.register_describer("workloads", cmd_describe_workload)
+    get_cmd.register_watcher("workloads", _watch_workloads)
+    get_cmd.register_watcher("instances", _watch_instances)
 
     lg = sub.add_parser("logs", help="print the logs of a workload's instances")
     lg.add_argument("workload")

@@ -366,8 +366,7 @@ class SimAgent:
 
     def reports(self, now: float) -> list[kat_pb2.Instance]:
         return [
-            c.report(self.world.behavior(c.instance), now)
-            for c in list(self.containers.values())
+            c.report(self.world.behavior(c.instance), now) for c in list(self.containers.values())
         ]
 
     def _apply(self, snap: kat_pb2.AssignmentSet) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,20 @@ def test_apply_spreads_replicas_waits_and_second_apply_is_a_noop(
     assert w.status.observed_generation == 1
     table = leader.katcall("get", "workloads", check=True).stdout
     assert "web" in table and "3/3" in table
+
+    watched = tmp_path / "watch.out"
+    with watched.open("w") as sink:
+        watch = subprocess.Popen(
+            ["katcall", "--katconfig", str(leader.katconfig), "get", "instances", "-w"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        poll(lambda: watched.read_text().count("RUNNING") >= 3, what="get instances -w")
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    assert watched.read_text().startswith("NAME ")
 
     code, out, _ = apply(leader, tmp_path / "web", files)
     assert code == 0 and "workload/web unchanged" in out

@@ -585,11 +585,23 @@ class WorkloadAPI:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"namespace {name!r} not found")
         assert current is not None
         workloads = len(await store.list_workloads(name))
-        # Instance records stay: the controller stops them on their nodes, then removes them.
+        who = caller(context)
+        # Instance records stay, TERMINATING: their nodes stop them, then the controller
+        # removes the records.
         await store.purge_namespace(name, current.mod_revision, instances=False)
+        for _ in range(_RETRIES):
+            stop = terminating(
+                await store.list_instances(name), f"stopping: namespace deleted by {who}", False
+            )
+            try:
+                for i in range(0, len(stop), _TXN_INSTANCES):
+                    await store.update_instances(stop[i : i + _TXN_INSTANCES])
+                break
+            except store_mod.StaleWrite:
+                continue  # the controller got there first for some: read again
         await self._event(
             "Deleted",
-            f"deleted by {caller(context)} with its {workloads} workloads",
+            f"deleted by {who} with its {workloads} workloads",
             kind="Namespace",
             name=name,
         )

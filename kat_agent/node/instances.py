@@ -200,6 +200,7 @@ class NodeRuntime:
         self.resync_count = 0
         self._reported = 0
         self._pump: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()  # stopping idle user services
 
     # ------------------------------------------------------------ reporting
 
@@ -215,6 +216,8 @@ class NodeRuntime:
 
     def _changed(self) -> None:
         self.version += 1
+        if not self._started:
+            return  # starting or shutting down: the next heartbeat carries it
         self._on_change()
         # The heartbeat loop may be between reading report() and clearing its wake-up
         # flag, which would swallow this change until the next tick: ask again shortly
@@ -324,7 +327,9 @@ class NodeRuntime:
             if self._pump is not None:
                 self._pump.cancel()
                 tasks.append(self._pump)
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for t in self._releases:
+                t.cancel()
+            await asyncio.gather(*tasks, *self._releases, return_exceptions=True)
             await self.pool.close()
 
     # ------------------------------------------------------------ observing
@@ -410,10 +415,11 @@ class NodeRuntime:
                 delay = min(RETRY_BACKOFF[1], delay * 2)
             else:
                 delay = RETRY_BACKOFF[0]
-            try:
-                await asyncio.wait_for(st.wake.wait(), timeout)
-            except TimeoutError:
-                pass
+            # (asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation
+            # that arrives together with the wake-up.)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await st.wake.wait()
 
     def _forget(self, st: InstanceState) -> None:
         self._cancel_watchers(st)
@@ -422,12 +428,26 @@ class NodeRuntime:
         self._changed()
         backend = st.backend
         if backend is not None and backend.user is not None:
-            in_use = any(
-                o.backend is backend or (o.namespace, o.workload) == (st.namespace, st.workload)
-                for o in self.states.values()
+            task = asyncio.get_running_loop().create_task(
+                self._release_when_idle(backend, st.namespace, st.workload)
             )
-            if not in_use:
-                asyncio.get_running_loop().create_task(self.pool.release(backend))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    def _backend_in_use(self, backend: Backend, namespace: str, workload: str) -> bool:
+        return any(
+            o.backend is backend or (o.namespace, o.workload) == (namespace, workload)
+            for o in self.states.values()
+        )
+
+    async def _release_when_idle(self, backend: Backend, namespace: str, workload: str) -> None:
+        """Stop a workload user's Podman service once none of its instances has been on
+        this node for `idle_service_seconds` (a re-apply soon after finds it running)."""
+        if self._backend_in_use(backend, namespace, workload):
+            return
+        await asyncio.sleep(self.settings.idle_service_seconds)
+        if not self._backend_in_use(backend, namespace, workload):
+            await self.pool.release(backend)
 
     async def _step(self, st: InstanceState) -> Step:
         if not self._applied:
@@ -640,6 +660,7 @@ class NodeRuntime:
                 continue
             if not obs.running:
                 break
+            await asyncio.sleep(delay)  # Podman answered early: do not spin
         if st.observed is not None and st.observed.container_id == cid:
             st.observed = obs
             st.epoch += 1

@@ -13,9 +13,10 @@ Podman's rootless default network (slirp4netns): they have no address of their o
 node's subnet, and the IP reported is whatever Podman reports ("" for slirp4netns).
 
 Where things live:
-- root's socket: /run/kat/<tag>/podman.sock (tag: a hash of the data dir, so several
-  agents on one machine do not meet);
-- a workload user's socket: /run/user/<uid>/kat-<tag>.sock;
+- root's socket: <data-dir>/agent/podman/podman.sock (or /run/kat/<hash of the data
+  dir>/podman.sock when that path is too long for a unix socket), its log next to it;
+- a workload user's socket: /run/user/<uid>/kat-<tag>.sock (tag: a hash of the directory
+  of root's socket, so several agents on one machine do not meet);
 - a workload user's storage: when the node has a storage of its own (KAT_PODMAN_ROOT,
   as in the dev cluster) <home>/kat-storage/<tag>/{root,tmp,networks} with runroot
   /run/user/<uid>/kat-<tag>; otherwise the user's default storage in its home. Not under
@@ -41,6 +42,7 @@ from kat_agent.datadir import DataDir, NodeIdentity
 from kat_agent.podman_service import (
     DEFAULT_HOME_BASE,
     GECOS_PREFIX,
+    MAX_SOCKET_PATH,
     RUNTIME_DIR_BASE,
     USERNAME_PREFIX,
     PodmanService,
@@ -80,6 +82,7 @@ class NodeSettings:
     home_base: Path = DEFAULT_HOME_BASE  # homes of the workload users
     grace_seconds: float = 10.0  # SIGTERM to SIGKILL when stopping a container
     resync_seconds: float = 10.0  # full comparison with what Podman reports
+    idle_service_seconds: float = 60.0  # a workload user's service outlives its last instance
     network: str = NETWORK_NAME
     network_interface: str = NETWORK_INTERFACE
     data_root: Path | None = None  # the data dir (made traversable for rootless volumes)
@@ -98,12 +101,15 @@ class NodeSettings:
         environ: Mapping[str, str] | None = None,
     ) -> NodeSettings:
         env = os.environ if environ is None else environ
-        digest = hashlib.sha256(str(dd.root.absolute()).encode()).hexdigest()[:12]
+        run_dir = dd.root.absolute() / "agent" / "podman"
+        if len(str(run_dir / "podman.sock")) > MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(dd.root.absolute()).encode()).hexdigest()[:12]
+            run_dir = RUN_BASE / digest
         conf = env.get("CONTAINERS_CONF")
         return cls(
             node_name=identity.name,
             state_dir=dd.root / "agent",
-            run_dir=RUN_BASE / digest,
+            run_dir=run_dir,
             subnet=identity.subnet,
             storage=PodmanStorage.from_env(env),
             rootless=rootless_from_env(env) if rootless is None else rootless,
@@ -298,9 +304,10 @@ class PodmanPool:
         async with self._lock(backend.key):
             if self._users.get(backend.key) is not backend:
                 return
-            del self._users[backend.key]
-            await backend.runtime.close()
+            # Stopped before it is forgotten: if this is cancelled, close() stops it.
             await backend.service.stop()
+            await backend.runtime.close()
+            del self._users[backend.key]
             log.info("stopped the Podman service of %s (no containers left)", backend.key)
 
     # ------------------------------------------------------------ images
