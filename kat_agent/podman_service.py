@@ -374,11 +374,19 @@ def remove_workload_user(namespace: str, name: str, *, grace: float = 5.0) -> bo
 SETPRIV = shutil.which("setpriv")
 
 
-def _death_signal_prefix() -> list[str]:
-    """`setpriv --pdeathsig KILL --` (util-linux): the service dies with the agent.
-    Setting it in a preexec_fn instead runs Python in the forked child, which crashes
-    (SIGSEGV) now and then in a process with gRPC's threads running."""
-    return [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
+def _setpriv_prefix(user: WorkloadUser | None) -> list[str]:
+    """`setpriv [--reuid U --regid G --clear-groups] --pdeathsig KILL --` (util-linux):
+    switch to the workload user and die with the agent, done by setpriv after the
+    exec. Python would do either in the forked child (a preexec_fn, or user=/group=),
+    which rules out vfork: a plain fork then runs gRPC's fork handlers in the child of
+    an agent with gRPC threads running, and that child crashes now and then (SIGSEGV,
+    or SIGABRT "Check failed: next_worker->state == KICKED")."""
+    if not SETPRIV:
+        return []
+    who = []
+    if user is not None:
+        who = [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+    return [SETPRIV, *who, "--pdeathsig", "KILL", "--"]
 
 
 def _child_setup(parent_pid: int) -> Callable[[], None]:
@@ -581,8 +589,11 @@ class PodmanService:
         try:
             out.write(f"--- kat: starting {' '.join(self.command())}\n".encode())
             out.flush()
+            # Python switches users and sets the death signal itself only where
+            # setpriv is missing (not seen on Debian); see _setpriv_prefix.
+            switch = user is not None and not SETPRIV
             proc = await asyncio.create_subprocess_exec(
-                *_death_signal_prefix(),
+                *_setpriv_prefix(user),
                 *self.command(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
@@ -590,10 +601,9 @@ class PodmanService:
                 env=self.environment(),
                 cwd=str(user.home) if user else "/",
                 process_group=0,
-                user=user.uid if user else None,
-                group=user.gid if user else None,
-                extra_groups=[] if user else None,
-                # Only where setpriv is missing (not seen on Debian).
+                user=user.uid if switch and user else None,
+                group=user.gid if switch and user else None,
+                extra_groups=[] if switch else None,
                 preexec_fn=None if SETPRIV else _child_setup(os.getpid()),
             )
         finally:

@@ -700,9 +700,8 @@ class Runtime:
         }
         if interface:
             body["network_interface"] = interface
-        status, _ = await self._call_json(
-            "POST", "networks/create", what=what, body=body, ok=(200, 201, 409)
-        )
+        # 409: made meanwhile (by another agent of this storage)
+        await self._call_json("POST", "networks/create", what=what, body=body, ok=(200, 201, 409))
 
     # ------------------------------------------------------------ create and start
 

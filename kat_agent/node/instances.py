@@ -201,6 +201,8 @@ class NodeRuntime:
         self._reported = 0
         self._pump: asyncio.Task[None] | None = None
         self._releases: set[asyncio.Task[None]] = set()  # stopping idle user services
+        self._to_save: kat_pb2.AssignmentSet | None = None
+        self._saver: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ reporting
 
@@ -235,14 +237,22 @@ class NodeRuntime:
     # ------------------------------------------------------------ desired state
 
     def offer(self, snapshot: kat_pb2.AssignmentSet) -> None:
-        """A full snapshot from the leader: saved, then reconciled against."""
-        try:
-            self.snapshots.save(snapshot)
-        except OSError as exc:
-            log.error("cannot save the assignments to %s: %s", self.snapshots.path, exc)
+        """A full snapshot from the leader: reconciled against at once, and saved (in
+        the background, the newest one wins) for a restart without the leader."""
         self._desired = snapshot
         if self._started:
             self._apply(snapshot)
+        self._to_save = snapshot
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.get_running_loop().create_task(self._save())
+
+    async def _save(self) -> None:
+        while (snapshot := self._to_save) is not None:
+            self._to_save = None
+            try:
+                await asyncio.to_thread(self.snapshots.save, snapshot)
+            except OSError as exc:
+                log.error("cannot save the assignments to %s: %s", self.snapshots.path, exc)
 
     def _apply(self, snapshot: kat_pb2.AssignmentSet) -> None:
         node = self.settings.node_name
@@ -299,7 +309,10 @@ class NodeRuntime:
                 await asyncio.sleep(delay)
                 delay = min(RETRY_BACKOFF[1], delay * 2)
         try:
-            await self.resync()
+            for _ in range(5):  # a container removed while listing fails the list
+                if await self.resync():
+                    break
+                await asyncio.sleep(0.2)
             adopted = [st for st in self.states.values() if st.observed is not None]
             if adopted:
                 log.info("found %d container(s) of earlier runs", len(adopted))
@@ -327,6 +340,8 @@ class NodeRuntime:
             if self._pump is not None:
                 self._pump.cancel()
                 tasks.append(self._pump)
+            if self._saver is not None:
+                tasks.append(self._saver)  # let the last save finish
             for t in self._releases:
                 t.cancel()
             await asyncio.gather(*tasks, *self._releases, return_exceptions=True)
@@ -334,15 +349,18 @@ class NodeRuntime:
 
     # ------------------------------------------------------------ observing
 
-    async def resync(self) -> None:
+    async def resync(self) -> bool:
         """Compare with everything Podman reports: find containers (adoption at start),
-        notice ones that vanished or changed behind KAT's back."""
+        notice ones that vanished or changed behind KAT's back. False if a Podman
+        could not be asked."""
+        complete = True
         for backend in self.pool.backends():
             epochs = {iid: st.epoch for iid, st in self.states.items()}
             try:
                 found = await backend.runtime.list_managed()
             except ContainerRuntimeError as exc:
                 log.warning("cannot list the containers of %s: %s", backend.key, exc)
+                complete = False
                 continue
             seen: dict[str, ObservedContainer] = {}
             for c in found:
@@ -383,6 +401,7 @@ class NodeRuntime:
                     st.wake.set()
                     self._changed()
         self.resync_count += 1
+        return complete
 
     # ------------------------------------------------------------ the worker
 

@@ -50,7 +50,7 @@ from kat_agent.podman_service import (
     WorkloadUser,
     ensure_workload_user,
 )
-from kat_agent.runtime import DEFAULT_VOLUME_BASE, Runtime
+from kat_agent.runtime import DEFAULT_VOLUME_BASE, ContainerRuntimeError, ErrorKind, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,19 @@ class PodmanPool:
             network = None
             if s.subnet:
                 subnet, gateway = _gateway(s.subnet)
-                await rt.ensure_network(s.network, subnet, gateway, s.network_interface)
-                network = s.network
+                try:
+                    await rt.ensure_network(s.network, subnet, gateway, s.network_interface)
+                    network = s.network
+                except ContainerRuntimeError as exc:
+                    if exc.kind is ErrorKind.UNAVAILABLE:
+                        raise
+                    log.error(
+                        "cannot set up network %s on %s (%s): containers get Podman's "
+                        "default network instead",
+                        s.network,
+                        subnet,
+                        exc,
+                    )
         except BaseException:
             await svc.stop()
             raise
