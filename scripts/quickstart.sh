@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start (or resume) a single-node KAT cluster on this machine and show it.
+# Start (or resume) a single-node KAT cluster on this machine, run the example
+# web service on it (examples/web, 3 replicas) and show it.
 #   KAT_DATA_DIR   data dir (default /var/lib/kat)
 #   KAT_CONFIG     cluster.kat to init with (default examples/cluster.kat)
 # The agent runs in the background; its log is $KAT_DATA_DIR/agent.log and
@@ -45,3 +46,6 @@ mkdir -p ~/.kat
 katcall --katconfig ~/.kat/config config merge "$DATA/admin.katconfig" --use >/dev/null
 grep -h "kat-agent join" "$DATA/agent.log" | tail -n 1 || true
 katcall get nodes
+echo
+katcall apply -f examples/web --wait --timeout 5m
+katcall get instances
