@@ -130,8 +130,10 @@ class Agent:
         try:
             if self._stream is None:
                 self._stream = self.link.stub().Heartbeats()
-            await asyncio.wait_for(self._stream.write(self.heartbeat_request()), timeout)
-            resp = await asyncio.wait_for(self._stream.read(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            async with asyncio.timeout(timeout):
+                await self._stream.write(self.heartbeat_request())
+                resp = await self._stream.read()
             if resp is grpc.aio.EOF:
                 raise ConnectionError("leader closed the heartbeat stream")
         except (grpc.RpcError, TimeoutError, ConnectionError, asyncio.InvalidStateError) as err:
@@ -169,14 +171,14 @@ class Agent:
         try:
             while True:
                 started = loop.time()
+                # Cleared before the beat: a beat_now() during it asks for another.
+                self._wake.clear()
                 ok = await self.heartbeat_once()
                 # After a failure try the next endpoint soon, but never spin.
                 wait = self.tick if ok else min(1.0, self.tick)
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), max(0.0, wait - (loop.time() - started))
-                    )
+                    async with asyncio.timeout(max(0.0, wait - (loop.time() - started))):
+                        await self._wake.wait()
         finally:
             if self._stream is not None:
                 self._stream.cancel()

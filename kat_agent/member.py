@@ -152,5 +152,6 @@ async def run_member(
             tg.create_task(election.run(lead), name="election")
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(election.resign(), 3)
+            async with asyncio.timeout(3):
+                await election.resign()
         await server.stop(grace=1)

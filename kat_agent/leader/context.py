@@ -72,7 +72,8 @@ class LeaderContext:
         instead of waiting on writes that cannot commit."""
         while True:
             try:
-                status = await asyncio.wait_for(self.store.etcd.status(), interval * 2)
+                async with asyncio.timeout(interval * 2):
+                    status = await self.store.etcd.status()
                 has_leader = status.has_leader
             except (EtcdError, TimeoutError):
                 has_leader = False
@@ -80,7 +81,8 @@ class LeaderContext:
                 self.quorum_problem = ""
             else:
                 try:
-                    members = len(await asyncio.wait_for(self.store.etcd.member_list(), interval))
+                    async with asyncio.timeout(interval):
+                        members = len(await self.store.etcd.member_list())
                 except (EtcdError, TimeoutError):
                     members = 0
                 known = f" of {members}" if members else ""

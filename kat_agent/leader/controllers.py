@@ -121,7 +121,8 @@ class WorkloadController:
             if wake_at is not None:
                 timeout = min(timeout, max(0.0, (wake_at - datetime.now(UTC)).total_seconds()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 wake_at = await self.reconcile_once()
