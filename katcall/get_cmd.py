@@ -54,7 +54,7 @@ def _token_rows(items: list[kat_pb2.JoinToken], wide: bool) -> str:
     now = time.time()
     rows = []
     for t in items:
-        left = t.expires.seconds - now
+        left = t.expires.seconds + t.expires.nanos / 1e9 - now
         state = (
             "revoked"
             if t.revoked
