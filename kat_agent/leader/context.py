@@ -32,6 +32,7 @@ class LeaderContext:
     leader_address: str = ""  # the current leader's API address, as last observed
     ca_hash: str = field(default="")
     _endpoints: tuple[int, list[str]] = (-1, [])
+    _peers: tuple[int, list[kat_pb2.Peer]] = (-1, [])
     # Called with (node name, instance states) for every heartbeat, before the
     # node record is updated; the workload controllers subscribe here.
     instance_listeners: list[Callable[[str, Sequence[kat_pb2.Instance]], Awaitable[None]]] = field(
@@ -106,13 +107,18 @@ class LeaderContext:
         return endpoints
 
     def peers(self) -> list[kat_pb2.Peer]:
-        return [
-            kat_pb2.Peer(
-                node_name=n.metadata.name,
-                advertise_address=n.status.advertise_address,
-                subnet=n.status.subnet,
-                wireguard_public_key=n.status.wireguard_public_key,
-                wireguard_port=self.spec.wireguard_port,
-            )
-            for n in self.registry.all()
-        ]
+        """Every node as an overlay peer (cached per change of the node set)."""
+        version, peers = self._peers
+        if version != self.registry.version:
+            peers = [
+                kat_pb2.Peer(
+                    node_name=n.metadata.name,
+                    advertise_address=n.status.advertise_address,
+                    subnet=n.status.subnet,
+                    wireguard_public_key=n.status.wireguard_public_key,
+                    wireguard_port=self.spec.wireguard_port,
+                )
+                for n in self.registry.stored()
+            ]
+            self._peers = (self.registry.version, peers)
+        return peers

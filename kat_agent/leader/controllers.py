@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _ID_CHARS = string.ascii_lowercase + string.digits
 _NODE_POLL_SECONDS = 0.25  # how often the in-memory node registry is checked for changes
 _RETRY_SECONDS = 1.0  # after a failed pass (etcd trouble)
+RESYNC_SECONDS = 5
 
 
 def new_instance_suffix() -> str:
@@ -114,7 +115,10 @@ class WorkloadController:
             await self.lc.assignments.close()
 
     async def _loop(self) -> None:
-        resync = float(max(1, self.lc.spec.agent_tick_seconds))
+        # Changes wake the loop (workload watch, heartbeat reports, node changes) and
+        # timers set wake_at; the periodic pass is only a safety net, and with
+        # hundreds of nodes it is not free.
+        resync = float(max(RESYNC_SECONDS, self.lc.spec.agent_tick_seconds))
         wake_at: datetime | None = None
         while True:
             timeout = resync
