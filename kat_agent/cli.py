@@ -113,6 +113,7 @@ async def _run(args: argparse.Namespace) -> None:
         labels=args.labels,
         etcd_binary=getattr(args, "etcd_binary", None),
         etcd_member=getattr(args, "etcd_member", False),
+        reexec_after_join=True,
         rootless=getattr(args, "rootless", None),
     )
     if args.command == "init":

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,9 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from api.v1alpha1 import kat_pb2
-from internal import clientconfig, pki, resources, tokens
 from internal.fileutil import write_atomic
-from kat_agent import bootstrap
 from kat_agent.agent import Agent, machine_resources
 from kat_agent.datadir import DataDir, NodeIdentity
 from kat_agent.node.main import run_node
@@ -50,6 +49,8 @@ class NodeOptions:
     # Workloads as their own users with rootless Podman; None: env KAT_ROOTLESS, default on.
     rootless: bool | None = None
     etcd_member: bool = False
+    # Only the real command line re-executes itself after a join (not tests or embedders).
+    reexec_after_join: bool = False
 
 
 def default_advertise_address() -> str:
@@ -83,6 +84,8 @@ def _initial_cluster_file(dd: DataDir) -> Path:
 async def run_init(
     config_path: Path | None, opts: NodeOptions, restore_from: Path | None = None
 ) -> None:
+    from internal import resources
+    from kat_agent import bootstrap
     from kat_agent.member import MemberStartError, member_store
 
     dd = DataDir(opts.data_dir)
@@ -141,6 +144,8 @@ async def run_init(
 
 
 def _read_cluster_kat(config_path: Path | None) -> kat_pb2.ClusterConfiguration:
+    from internal import resources
+
     if config_path is None:
         raise StartupError("init needs --config cluster.kat on a new data dir")
     try:
@@ -154,6 +159,8 @@ def _read_cluster_kat(config_path: Path | None) -> kat_pb2.ClusterConfiguration:
 def _new_node(
     name_hint: str, advertise: str, spec: kat_pb2.ClusterConfigurationSpec, opts: NodeOptions
 ) -> kat_pb2.Node:
+    from internal import resources
+
     node = kat_pb2.Node(api_version=resources.API_VERSION, kind="Node")
     node.metadata.name = name_hint
     node.metadata.uid = str(uuid.uuid4())
@@ -172,6 +179,7 @@ def _new_node(
 def _leader_context(
     dd: DataDir, store: Store, config: kat_pb2.ClusterConfiguration, uid: str, name: str, api: str
 ) -> object:
+    from internal import pki
     from kat_agent.leader.context import LeaderContext
     from kat_agent.leader.nodes import NodeRegistry
 
@@ -189,6 +197,9 @@ async def _finish_local_identity(
     advertise: str,
 ) -> tuple[NodeIdentity, str]:
     """Node and admin certificates, the katcall config, a join token, node.json."""
+    from internal import clientconfig, pki, tokens
+    from kat_agent import bootstrap
+
     spec = config.spec
     ca = pki.read_pair(dd.ca_cert, dd.ca_key)
     name = node.metadata.name
@@ -228,6 +239,7 @@ async def first_init(
     opts: NodeOptions,
 ) -> tuple[NodeIdentity, str]:
     from internal.store import AlreadyExists
+    from kat_agent import bootstrap
     from kat_agent.leader.agent_api import register_node
     from kat_agent.leader.cluster_api import new_namespace
 
@@ -287,6 +299,8 @@ async def restored_init(
 ) -> tuple[NodeIdentity, str]:
     """Take over a restored cluster: its CA, configuration and records; this node
     becomes its only etcd member (other members must join again)."""
+    from kat_agent import bootstrap
+
     material = await store.get_ca_material()
     stored = await store.get_cluster_config()
     cluster_uid = await store.get_cluster_uid()
@@ -326,6 +340,13 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
     identity = NodeIdentity.load(dd.identity_file)
     if identity is None:
         identity = await _join(dd, leader, token, opts)
+        if not identity.etcd_member and opts.reexec_after_join:
+            # Start over as the resumed agent: the join's key generation and
+            # certificate code (cryptography) then never stays resident.
+            log.info("joined; restarting as node %s", identity.name)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "kat_agent.cli", *sys.argv[1:]])
     else:
         log.info(
             "resuming node %s from %s (already joined; token not needed)", identity.name, dd.root
@@ -333,6 +354,7 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
     if not identity.etcd_member:
         await serve(dd, identity, None, opts)
         return
+    from kat_agent import bootstrap
     from kat_agent.member import MemberStartError, member_store
 
     config = load_local_config(dd)
@@ -358,6 +380,9 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
 
 
 async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> NodeIdentity:
+    from internal import pki
+    from kat_agent import bootstrap
+
     advertise = opts.advertise_address or default_advertise_address()
     capacity, _ = machine_resources()
     req = kat_pb2.JoinRequest(
@@ -408,12 +433,13 @@ async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> Node
 async def serve(
     dd: DataDir, identity: NodeIdentity, store: Store | None, opts: NodeOptions
 ) -> None:
-    from kat_agent.member import run_member
-
     config = load_local_config(dd)
     agent = Agent(dd, identity, config.spec.agent_tick_seconds, opts.labels)
     async with asyncio.TaskGroup() as tg:
         if store is not None:
+            # imported here: agents that run no etcd member never load etcd or PKI code
+            from kat_agent.member import run_member
+
             tg.create_task(run_member(dd, identity, store, config), name="member")
         tg.create_task(agent.run(), name="agent")
         tg.create_task(
