@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from api.v1alpha1 import kat_pb2
 from kat_agent.node.assignments import SnapshotStore
+from kat_agent.node.build import Builder
 from kat_agent.node.podmans import Backend, NodeSettings, PodmanPool
 from kat_agent.podman_service import PodmanServiceError
 from kat_agent.runtime import (
@@ -189,6 +190,7 @@ class NodeRuntime:
     ) -> None:
         self.settings = settings
         self.pool = pool or PodmanPool(settings)
+        self.builder = Builder(settings)  # images from spec.source.git
         self.snapshots = SnapshotStore(settings.state_dir)
         self.states: dict[str, InstanceState] = {}
         self._on_change = on_change
@@ -538,14 +540,19 @@ class NodeRuntime:
             self._set_activity(st, P.PULLING, "")
             backend = await self.pool.backend_for(inst.namespace, inst.workload)
             st.backend = backend
-            if not spec.source.image:
-                raise ContainerRuntimeError(
-                    ErrorKind.INVALID,
-                    "this workload has no image (building from git is not supported by this node)",
-                )
-            await self.pool.ensure_image(backend, spec.source.image)
+            image = spec.source.image
+            if not image and spec.source.HasField("git"):
+                # Built into root's storage (once per workload and commit), then made
+                # available to the backend like a pulled image.
+                self._set_activity(st, P.BUILDING, f"building from {spec.source.git.repository}")
+                image = await self.builder.image_for(a.bundle)
+                log.info("instance %s: image %s built from git", st.id, image)
+                self._set_activity(st, P.PULLING, "")
+            if not image:
+                raise ContainerRuntimeError(ErrorKind.INVALID, "this workload has no image")
+            await self.pool.ensure_image(backend, image)
             self._set_activity(st, P.STARTING, "")
-            ispec = InstanceSpec.from_proto(inst, spec, network=backend.network)
+            ispec = InstanceSpec.from_proto(inst, spec, image=image, network=backend.network)
             labels = {
                 LABEL_RESTARTS: str(inst.restart_count),
                 LABEL_TYPE: kat_pb2.WorkloadSpec.Type.Name(spec.type),
