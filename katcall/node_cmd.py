@@ -21,6 +21,20 @@ def _set(method: str, verb: str) -> object:
     return run
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    client = connect(args)
+    try:
+        client.call(
+            "DrainNode",
+            kat_pb2.DrainRequest(name=args.node, timeout_seconds=args.timeout),
+            timeout=args.timeout + 15,
+        )
+    finally:
+        client.close()
+    print(f"node/{args.node} drained")
+    return 0
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     client = connect(args)
     try:
@@ -42,6 +56,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("drain", help="cordon a node and move its instances elsewhere")
+    d.add_argument("node")
+    d.add_argument(
+        "--timeout", type=int, default=120, help="seconds to wait for it to empty (0: do not wait)"
+    )
+    d.set_defaults(func=cmd_drain)
     node = sub.add_parser("node", help="node membership")
     nsub = node.add_subparsers(dest="node_cmd", required=True)
     rm = nsub.add_parser("remove", help="remove a node (and its etcd member) from the cluster")

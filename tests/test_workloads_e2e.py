@@ -251,6 +251,19 @@ def test_agent_restart_keeps_containers(cluster: DevCluster) -> None:
     assert {i["id"]: i["containerId"] for i in running_ready(cluster, "web")} == before
 
 
+def test_drain_moves_instances_off_a_node(cluster: DevCluster) -> None:
+    ready = running_ready(cluster, "web")
+    name = ready[0]["node"]
+    key = next(n["key"] for n in cluster.state()["nodes"] if n["name"] == name)
+    p = cluster.katcall("drain", name, "--timeout", "90", timeout=120)
+    assert p.returncode == 0, p.stderr
+    wait_until(lambda: len(running_ready(cluster, "web")) == 3, timeout=60, what="web ready")
+    assert all(i["node"] != name for i in running_ready(cluster, "web"))
+    assert not container_ids(cluster, key)
+    assert "SchedulingDisabled" in cluster.katcall("get", "nodes", check=True).stdout
+    cluster.katcall("uncordon", name, check=True)
+
+
 def test_lost_node_instances_move_and_stale_copies_go(cluster: DevCluster) -> None:
     ready = running_ready(cluster, "web")
     leader = cluster.node("node1")["name"]

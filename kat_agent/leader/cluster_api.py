@@ -106,6 +106,68 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
         return await self._set_unschedulable(request.name, False, context)
 
     @admin
+    async def DrainNode(
+        self, request: kat_pb2.DrainRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.Node:
+        """Cordon the node and move its instances away: each running copy of a
+        SERVICE or JOB goes TERMINATING, so the controller places a replacement
+        elsewhere and the node stops the copy (SIGTERM, grace). DAEMON_SERVICE
+        copies stay: they belong to the node. Waits up to timeout_seconds (0: not
+        at all) for the node to run none of them any more."""
+        lc = self.lc
+        node = await self._set_unschedulable(request.name, True, context)
+        daemon = kat_pb2.WorkloadSpec.DAEMON_SERVICE
+        daemons = {
+            (w.msg.metadata.namespace, w.msg.metadata.name)
+            for w in await lc.store.list_workloads()
+            if w.msg.spec.type == daemon
+        }
+        done = (kat_pb2.Instance.SUCCEEDED, kat_pb2.Instance.FAILED, kat_pb2.Instance.TERMINATING)
+
+        def movable(v: store_mod.Versioned[kat_pb2.Instance]) -> bool:
+            i = v.msg
+            return i.phase not in done and (i.namespace, i.workload) not in daemons
+
+        for _ in range(5):
+            moving = [v for v in await lc.store.list_instances(node=request.name) if movable(v)]
+            if not moving:
+                break
+            for v in moving:
+                v.msg.phase = kat_pb2.Instance.TERMINATING
+                v.msg.message = f"node {request.name} drained"
+            try:
+                await lc.store.update_instances((v.msg, v.mod_revision) for v in moving)
+            except store_mod.StaleWrite:
+                continue  # the controller wrote meanwhile: read again
+            await lc.store.record_event(
+                new_event(
+                    "NodeDrained",
+                    f"moving {len(moving)} instance(s) away",
+                    kind="Node",
+                    name=request.name,
+                )
+            )
+            lc.registry.touch()  # wakes the controllers now, not at their next resync
+            break
+        if request.timeout_seconds > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + request.timeout_seconds
+            while any(
+                v.msg.phase != kat_pb2.Instance.SUCCEEDED
+                and v.msg.phase != kat_pb2.Instance.FAILED
+                and (v.msg.namespace, v.msg.workload) not in daemons
+                for v in await lc.store.list_instances(node=request.name)
+            ):
+                if loop.time() > deadline:
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"node {request.name} still runs instances after "
+                        f"{request.timeout_seconds}s; they are being moved",
+                    )
+                await asyncio.sleep(0.5)
+        return node
+
+    @admin
     async def RemoveNode(
         self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.Empty:

@@ -89,6 +89,10 @@ class NodeRegistry:
             self._last_beat.pop(name, None)
             self.version += 1
 
+    def touch(self) -> None:
+        """Mark the node set as changed, so that whoever watches `version` looks again."""
+        self.version += 1
+
     def stored(self) -> list[kat_pb2.Node]:
         """The cached records themselves, without copying: do not modify them."""
         return [c.node for c in self._nodes.values()]
