@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -70,7 +71,8 @@ def test_apply_web_runs_three_ready_instances_on_several_nodes(cluster: DevClust
     # the service answers from inside the node network
     i = ready[0]
     node = next(n["key"] for n in cluster.state()["nodes"] if n["name"] == i["node"])
-    out = cluster.exec(node, "wget", "-q", "-O", "-", f"http://{i['ip']}:8080/", timeout=20)
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://{i['ip']}:8080/').read())"
+    out = cluster.exec(node, sys.executable, "-c", fetch, timeout=20)
     assert "hello from" in out.stdout
 
 
