@@ -26,6 +26,7 @@ from kat_agent.node.main import run_node
 
 if TYPE_CHECKING:
     from internal.store import Store
+    from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def _new_node(
 
 def _leader_context(
     dd: DataDir, store: Store, config: kat_pb2.ClusterConfiguration, uid: str, name: str, api: str
-) -> object:
+) -> LeaderContext:
     from internal import pki
     from kat_agent.leader.context import LeaderContext
     from kat_agent.leader.nodes import NodeRegistry
@@ -254,7 +255,7 @@ async def first_init(
         await store.create_namespace(new_namespace("default"))
     api = f"{advertise}:{config.spec.api_port}"
     lc = _leader_context(dd, store, config, cluster_uid, name, api)
-    node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)  # type: ignore[arg-type]
+    node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)
     return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
 
@@ -327,7 +328,7 @@ async def restored_init(
 
         api = f"{advertise}:{config.spec.api_port}"
         lc = _leader_context(dd, store, config, cluster_uid, name, api)
-        node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)  # type: ignore[arg-type]
+        node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)
     return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
 
