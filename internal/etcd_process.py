@@ -11,31 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import urlsplit
 
+from internal.child_process import RestartingChild, child_setup
 from internal.etcd import EtcdClient
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-try:
-    # Resolved here, not in the child: only a plain libc call runs between fork and exec.
-    _prctl: Callable[..., int] | None = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
-
 DEFAULT_QUOTA_BYTES = 2 * 1024**3
-STABLE_AFTER = 60.0  # seconds of running after which the restart back-off resets
 
 
 class EtcdStartError(RuntimeError):
@@ -103,17 +94,7 @@ def _endpoint(url: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    def setup() -> None:
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return setup
-
-
-class EtcdProcess:
+class EtcdProcess(RestartingChild):
     """One etcd member: its command line, the child process and a supervisor
     that restarts it with back-off when it dies.
 
@@ -232,15 +213,6 @@ class EtcdProcess:
             *self.extra_args,
         ]
 
-    def log_tail(self, max_bytes: int = 2000) -> str:
-        try:
-            with open(self.log_file, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_bytes))
-                return f.read().decode(errors="replace").strip()
-        except OSError:
-            return ""
-
     def client(self, *, timeout: float = 2.0) -> EtcdClient:
         """A client for this member's local endpoint, with the probe certificate."""
         return EtcdClient(
@@ -279,40 +251,15 @@ class EtcdProcess:
                 stdout=log_out,
                 stderr=log_out,
                 process_group=0,
-                preexec_fn=_child_setup(os.getpid()),
+                preexec_fn=child_setup(os.getpid()),
             )
         finally:
             log_out.close()  # the child has its own copy
         log.info("started etcd %s (pid %d), log in %s", self.name, proc.pid, self.log_file)
         return proc
 
-    async def _supervise(self) -> None:
-        low, high = self.restart_backoff
-        delay = low
-        while True:
-            proc = self._proc
-            assert proc is not None
-            started = time.monotonic()
-            code = await proc.wait()
-            if self._stopping:
-                return
-            if time.monotonic() - started >= STABLE_AFTER:
-                delay = low
-            log.error(
-                "etcd %s (pid %d) exited with status %s; restarting in %.1fs. Last log lines:\n%s",
-                self.name,
-                proc.pid,
-                code,
-                delay,
-                self.log_tail(1000),
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, high)
-            try:
-                self._proc = await self._spawn()
-                self.restarts += 1
-            except OSError as exc:
-                log.error("could not restart etcd %s: %s", self.name, exc)
+    def _describe(self) -> str:
+        return f"etcd {self.name}"
 
     async def wait_healthy(self, max_seconds: float = 30.0) -> None:
         """Wait until the member answers a linearizable read; raise EtcdStartError

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import logging
@@ -39,11 +38,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, ClassVar, NamedTuple
 
+from internal.child_process import RestartingChild, child_setup
 from internal.fileutil import write_atomic
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,6 @@ RUNTIME_DIR_BASE = Path("/run/user")
 USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_RUNROOT = 50  # podman: "the specified runroot is longer than 50 characters"
 MAX_SOCKET_PATH = 107  # sun_path
-STABLE_AFTER = 60.0  # seconds of running after which the restart back-off resets
-
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl: Callable[..., int] | None = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
 
 
 class PodmanServiceError(RuntimeError):
@@ -389,18 +382,6 @@ def _setpriv_prefix(user: WorkloadUser | None) -> list[str]:
     return [SETPRIV, *who, "--pdeathsig", "KILL", "--"]
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    # Runs after the uid/gid switch (subprocess does that first), so the death signal
-    # set here is not cleared again by a credential change.
-    def setup() -> None:
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return setup
-
-
 async def ping(socket_path: Path, max_seconds: float = 1.0) -> bool:
     """True if a Podman API answers `GET /_ping` with 200 on `socket_path`."""
     try:
@@ -433,7 +414,7 @@ def _listener_pid(socket_path: Path) -> int | None:
     return pid or None
 
 
-class PodmanService:
+class PodmanService(RestartingChild):
     """`podman system service --time=0 unix://<socket_path>`, as root (with `storage`)
     or as a workload user (rootless; `storage` optional, e.g. `storage.for_user(...)`),
     restarted with back-off when it dies. Its output goes to `log_file` (default: next
@@ -525,17 +506,6 @@ class PodmanService:
             env["CONTAINERS_CONF"] = str(self.containers_conf)
         return env
 
-    def log_tail(self, max_bytes: int = 2000) -> str:
-        try:
-            with open(self.log_file, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_bytes))
-                return f.read().decode(errors="replace").strip()
-        except OSError:
-            return ""
-
-    # ------------------------------------------------------------ lifecycle
-
     async def start(self) -> None:
         """Prepare directories, clear a stale socket and start the service and its
         supervisor; see `wait_ready`."""
@@ -604,7 +574,7 @@ class PodmanService:
                 user=user.uid if switch and user else None,
                 group=user.gid if switch and user else None,
                 extra_groups=[] if switch else None,
-                preexec_fn=None if SETPRIV else _child_setup(os.getpid()),
+                preexec_fn=None if SETPRIV else child_setup(os.getpid()),
             )
         finally:
             out.close()
@@ -612,35 +582,16 @@ class PodmanService:
         log.info("started Podman service%s on %s (pid %d)", who, self.socket_path, proc.pid)
         return proc
 
-    async def _supervise(self) -> None:
-        low, high = self.restart_backoff
-        delay = low
-        while True:
-            proc = self._proc
-            assert proc is not None
-            started = time.monotonic()
-            code = await proc.wait()
-            if self._stopping:
-                return
-            await self._end_group(proc.pid, 2.0)
-            if time.monotonic() - started >= STABLE_AFTER:
-                delay = low
-            log.error(
-                "Podman service on %s (pid %d) exited with status %s; restarting in %.1fs:\n%s",
-                self.socket_path,
-                proc.pid,
-                code,
-                delay,
-                self.log_tail(1000),
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, high)
-            try:
-                await asyncio.to_thread(self._prepare)
-                self._proc = await self._spawn()
-                self.restarts += 1
-            except (OSError, PodmanServiceError) as exc:
-                log.error("could not restart the Podman service on %s: %s", self.socket_path, exc)
+    _restart_errors = (OSError, PodmanServiceError)
+
+    def _describe(self) -> str:
+        return f"Podman service on {self.socket_path}"
+
+    async def _after_exit(self, proc: asyncio.subprocess.Process) -> None:
+        await self._end_group(proc.pid, 2.0)
+
+    async def _before_restart(self) -> None:
+        await asyncio.to_thread(self._prepare)
 
     async def wait_ready(self, max_seconds: float = 30.0) -> None:
         """Wait until the API answers on the socket; raise PodmanServiceError (with
