@@ -162,8 +162,8 @@ def test_removing_a_follower_member(cluster: DevCluster) -> None:
         what=f"removal of {follower}",
     )
     assert follower not in nodes(cluster)
-    # Removing the member that led etcd's raft can move KAT's leadership too (the
-    # leader's lease renewals pause during the raft election); a leader remains.
+    # Seen once: KAT's leadership moved too (likely when the removed member led
+    # etcd's raft). What must hold is that a leader remains.
     after = wait_until(lambda: leader(cluster), timeout=30, what="a leader after the removal")
     assert after != follower
     assert len(clientconfig.load(cluster.katconfig).context().endpoints) == 2  # type: ignore[arg-type]
