@@ -183,3 +183,33 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+# ---------------------------------------------------------------- Podman
+
+BUSYBOX_IMAGE = "localhost/busybox:latest"
+BUSYBOX_TARBALL = Path("/usr/local/share/kat/images/busybox-rootfs.tar")
+# What ENVIRONMENT.md says works here, plus a short exit_command_delay: Podman keeps the
+# conmon of every API exec session for that long (default 300 s).
+TEST_CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+
+[engine]
+runtime = "runc"
+exit_command_delay = 1
+"""
+
+
+def podman_unavailable(*tools: str) -> str | None:
+    """Why tests with private Podman services cannot run here, or None."""
+    if shutil.which("podman") is None:
+        return "podman is not installed (apt-get install podman)"
+    if os.geteuid() != 0:
+        return "needs root: Podman services with their own storage, and workload users"
+    if not BUSYBOX_TARBALL.is_file():
+        return f"{BUSYBOX_TARBALL} missing (run scripts/build-images.sh)"
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"`{tool}` not found"
+    return None

@@ -49,39 +49,29 @@ from kat_agent.runtime import (
     InstanceSpec,
     ObservedContainer,
 )
-from tests.helpers import free_port
+from tests.helpers import (
+    BUSYBOX_IMAGE,
+    BUSYBOX_TARBALL,
+    TEST_CONTAINERS_CONF,
+    free_port,
+    podman_unavailable,
+)
 
 T = TypeVar("T")
 P = kat_pb2.Instance
 
-IMAGE = "localhost/busybox:latest"
-TARBALL = Path("/usr/local/share/kat/images/busybox-rootfs.tar")
+IMAGE = BUSYBOX_IMAGE
+TARBALL = BUSYBOX_TARBALL
 NODE = "node-a"
 LEADER = "leader"
 NS = "kt"
 SUBNET = "10.100.4.0/23"
 GRACE = 2.0
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-
-[engine]
-runtime = "runc"
-exit_command_delay = 1
-"""
+CONTAINERS_CONF = TEST_CONTAINERS_CONF
 
 
 def _unavailable() -> str | None:
-    if shutil.which("podman") is None:
-        return "podman is not installed (apt-get install podman)"
-    if os.geteuid() != 0:
-        return "needs root: Podman services with their own storage, network namespaces, users"
-    if not TARBALL.is_file():
-        return f"{TARBALL} missing (run scripts/build-images.sh)"
-    for tool in ("ip", "nsenter"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` not found"
-    return None
+    return podman_unavailable("ip", "nsenter")
 
 
 needs_podman = pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")

@@ -51,35 +51,26 @@ from kat_agent.runtime import (
     MountSpec,
     Runtime,
 )
+from tests.helpers import (
+    BUSYBOX_IMAGE,
+    BUSYBOX_TARBALL,
+    TEST_CONTAINERS_CONF,
+    podman_unavailable,
+)
 
 T = TypeVar("T")
 
-IMAGE = "localhost/busybox:latest"
-TARBALL = Path("/usr/local/share/kat/images/busybox-rootfs.tar")
+IMAGE = BUSYBOX_IMAGE
+TARBALL = BUSYBOX_TARBALL
 IMPORT_CHANGES = [
     'CMD ["/bin/sh"]',
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 ]
-# What ENVIRONMENT.md says works here, plus a short exec_command_delay: Podman keeps the
-# conmon of every API exec session for that long (default 300 s).
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-
-[engine]
-runtime = "runc"
-exit_command_delay = 1
-"""
+CONTAINERS_CONF = TEST_CONTAINERS_CONF
 
 
 def _unavailable() -> str | None:
-    if shutil.which("podman") is None:
-        return "podman is not installed (apt-get install podman)"
-    if os.geteuid() != 0:
-        return "needs root: runs Podman services with their own storage and creates users"
-    if not TARBALL.is_file():
-        return f"{TARBALL} missing (run scripts/build-images.sh)"
-    return None
+    return podman_unavailable()
 
 
 needs_podman = pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")
