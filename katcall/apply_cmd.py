@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {args.path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    client = connect(args)
-    try:
+    with connect(args) as client:
         try:
             resp = client.call("Apply", kat_pb2.ApplyRequest(bundle=data, dry_run=args.dry_run))
         except CallError as exc:
@@ -73,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
         if not args.wait or args.dry_run or not resp.HasField("workload"):
             return 0
         return wait_for_rollout(client, resp.workload, args.timeout)
-    finally:
-        client.close()
 
 
 def print_result(resp: kat_pb2.ApplyResponse, dry_run: bool) -> None:

@@ -49,6 +49,12 @@ class Client:
         for ch in self._channels.values():
             ch.close()
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def call(self, method: str, request: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """Call ClusterAPI.<method>, trying endpoints in order and following redirects."""
         response, call = self._with_leader(

@@ -147,11 +147,8 @@ def cmd_get(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: --watch supports {', '.join(sorted(WATCHERS))}")
         return WATCHERS[resource](args)
     lister, tabler = RESOURCES[resource]
-    client = connect(args)
-    try:
+    with connect(args) as client:
         items = lister(client, args)
-    finally:
-        client.close()
     if args.name:
         items = [
             i
@@ -184,14 +181,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
         return DESCRIBERS[resource](args)
     if resource != "nodes":
         raise SystemExit(f"error: describe does not support {args.resource!r} yet")
-    client = connect(args)
-    try:
+    with connect(args) as client:
         node = client.call("GetNode", kat_pb2.NodeRequest(name=args.name))
         events = client.call(
             "ListEvents", kat_pb2.ListEventsRequest(object_name=args.name, limit=20)
         )
-    finally:
-        client.close()
     print(output.render([node], "yaml", single=True))
     print("events:")
     print(_event_rows(list(events.items), False) if events.items else "  <none>")

@@ -10,11 +10,8 @@ from katcall.session import connect
 
 def _set(method: str, verb: str) -> object:
     def run(args: argparse.Namespace) -> int:
-        client = connect(args)
-        try:
+        with connect(args) as client:
             client.call(method, kat_pb2.NodeRequest(name=args.node))
-        finally:
-            client.close()
         print(f"node/{args.node} {verb}")
         return 0
 
@@ -22,35 +19,26 @@ def _set(method: str, verb: str) -> object:
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
-    client = connect(args)
-    try:
+    with connect(args) as client:
         client.call(
             "DrainNode",
             kat_pb2.DrainRequest(name=args.node, timeout_seconds=args.timeout),
             timeout=args.timeout + 15,
         )
-    finally:
-        client.close()
     print(f"node/{args.node} drained")
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    client = connect(args)
-    try:
+    with connect(args) as client:
         client.call("RemoveNode", kat_pb2.NodeRequest(name=args.node))
-    finally:
-        client.close()
     print(f"node/{args.node} removed")
     return 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    client = connect(args)
-    try:
+    with connect(args) as client:
         resp = client.call("Backup", kat_pb2.BackupRequest(), timeout=300)
-    finally:
-        client.close()
     print(f"snapshot {resp.path} ({resp.size_bytes} bytes) written on the leader")
     return 0
 

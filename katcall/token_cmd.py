@@ -21,16 +21,13 @@ def parse_duration(text: str) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    client = connect(args)
-    try:
+    with connect(args) as client:
         resp = client.call(
             "CreateToken",
             kat_pb2.CreateTokenRequest(
                 ttl_seconds=args.ttl, max_uses=args.max_uses, description=args.description
             ),
         )
-    finally:
-        client.close()
     if args.quiet:
         print(resp.join_token)
     else:
@@ -40,11 +37,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    client = connect(args)
-    try:
+    with connect(args) as client:
         client.call("RevokeToken", kat_pb2.RevokeTokenRequest(id=args.id))
-    finally:
-        client.close()
     print(f"token {args.id} revoked")
     return 0
 

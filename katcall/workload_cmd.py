@@ -129,9 +129,8 @@ def _list_instances(c: Client, a: argparse.Namespace) -> list:
 
 def _watch(args: argparse.Namespace, rows: Callable[[kat_pb2.Workload], list[str]]) -> int:
     """Follow WatchWorkloads, printing `rows(workload)` lines that were not printed last."""
-    client = connect(args)
     shown: dict[str, str] = {}
-    try:
+    with connect(args) as client:
         stream = client.stream("WatchWorkloads", kat_pb2.WatchRequest(namespace=_namespace(args)))
         try:
             for ev in stream:
@@ -146,8 +145,6 @@ def _watch(args: argparse.Namespace, rows: Callable[[kat_pb2.Workload], list[str
             return _rpc_error(err)
         finally:
             stream.cancel()
-    finally:
-        client.close()
     return 0
 
 
@@ -180,16 +177,13 @@ def _watch_instances(args: argparse.Namespace) -> int:
 
 def cmd_describe_workload(args: argparse.Namespace) -> int:
     ns = args.namespace or "default"
-    client = connect(args)
-    try:
+    with connect(args) as client:
         w = client.call("GetWorkload", kat_pb2.ObjectRef(namespace=ns, name=args.name))
         revisions = client.call("ListRevisions", kat_pb2.ObjectRef(namespace=ns, name=args.name))
         events = client.call(
             "ListEvents",
             kat_pb2.ListEventsRequest(namespace=ns, object_name=args.name, limit=20),
         )
-    finally:
-        client.close()
     print(describe_workload(w, list(revisions.items), list(events.items)))
     return 0
 
@@ -281,8 +275,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     )
     out = sys.stdout.buffer
     partial: dict[str, bytes] = {}
-    client = connect(args)
-    try:
+    with connect(args) as client:
         stream = client.stream("Logs", req)
         try:
             for chunk in stream:
@@ -303,8 +296,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 if rest:
                     out.write(f"[{inst}] ".encode() + rest + b"\n")
             out.flush()
-    finally:
-        client.close()
     return 0
 
 
@@ -337,9 +328,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         instance_id=args.instance or "",
         command=command,
     )
-    client = connect(args)
     code = 0
-    try:
+    with connect(args) as client:
         responses = client.stream("Exec", _exec_requests(first, args.stdin))
         try:
             for resp in responses:
@@ -353,8 +343,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
                     code = resp.exit_code
         except grpc.RpcError as err:
             return _rpc_error(err)
-    finally:
-        client.close()
     return code
 
 
@@ -363,8 +351,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     kind = args.kind
-    client = connect(args)
-    try:
+    with connect(args) as client:
         if kind in ("workload", "workloads", "wl"):
             req = kat_pb2.DeleteWorkloadRequest(
                 namespace=args.namespace or "default",
@@ -381,24 +368,19 @@ def cmd_delete(args: argparse.Namespace) -> int:
             print(f"namespace/{args.name} deleted")
         else:
             raise CallError(f"cannot delete {kind!r}: use workload or namespace")
-    finally:
-        client.close()
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     if args.kind not in ("workload", "workloads", "wl"):
         raise CallError(f"cannot roll back {args.kind!r}: only workloads have revisions")
-    client = connect(args)
-    try:
+    with connect(args) as client:
         w = client.call(
             "RollbackWorkload",
             kat_pb2.RollbackRequest(
                 namespace=args.namespace or "default", name=args.name, to_revision=args.to_revision
             ),
         )
-    finally:
-        client.close()
     print(f"workload/{args.name} rolled back (now generation {w.metadata.generation})")
     return 0
 
@@ -406,11 +388,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     if args.kind not in ("namespace", "ns"):
         raise CallError(f"cannot create {args.kind!r} (use `katcall apply -f` for workloads)")
-    client = connect(args)
-    try:
+    with connect(args) as client:
         client.call("CreateNamespace", kat_pb2.NamespaceRequest(name=args.name))
-    finally:
-        client.close()
     print(f"namespace/{args.name} created")
     return 0
 
