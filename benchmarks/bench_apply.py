@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.v1alpha1 import kat_pb2  # noqa: E402
-from internal import bundle, clientconfig  # noqa: E402
+from internal.manifests import bundle
+from internal.security import clientconfig
 from katcall.client import Client  # noqa: E402
 from tests.devcluster import DevCluster, wait_until  # noqa: E402
 

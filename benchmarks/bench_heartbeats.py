@@ -35,7 +35,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc  # noqa: E402
-from internal import clientconfig, pki, rpc, tokens  # noqa: E402
+from internal.core import tokens
+from internal.security import clientconfig, pki, rpc
 
 PORTS = {
     "apiPort": 19115,

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.v1alpha1 import kat_pb2  # noqa: E402
-from internal import rollout, scheduler  # noqa: E402
+from internal.core import rollout, scheduler
 
 RUNNING = kat_pb2.Instance.RUNNING
 NODES = 1000

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from internal import bundle, resources  # noqa: E402 - needs the path set above
+from internal.manifests import bundle, resources  # noqa: E402 - needs the path set above
 
 TARGET_MS = 20.0
 

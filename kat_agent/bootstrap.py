@@ -11,8 +11,9 @@ import ssl
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal import pki, rpc, tokens
-from kat_agent.datadir import DataDir
+from internal.core import tokens
+from internal.host.datadir import DataDir
+from internal.security import pki, rpc
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from api.v1alpha1 import kat_pb2
-from internal.fileutil import write_atomic
-from kat_agent.agent import Agent, machine_resources
-from kat_agent.datadir import DataDir, NodeIdentity
+from internal.host.datadir import DataDir, NodeIdentity
+from internal.host.files import write_atomic
+from kat_agent.node.agent import Agent, machine_resources
 from kat_agent.node.main import run_node
 
 if TYPE_CHECKING:
-    from internal.store import Store
+    from internal.state.store import Store
     from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _initial_cluster_file(dd: DataDir) -> Path:
 async def run_init(
     config_path: Path | None, opts: NodeOptions, restore_from: Path | None = None
 ) -> None:
-    from internal import resources
+    from internal.manifests import resources
     from kat_agent import bootstrap
     from kat_agent.member import MemberStartError, member_store
 
@@ -145,7 +145,7 @@ async def run_init(
 
 
 def _read_cluster_kat(config_path: Path | None) -> kat_pb2.ClusterConfiguration:
-    from internal import resources
+    from internal.manifests import resources
 
     if config_path is None:
         raise StartupError("init needs --config cluster.kat on a new data dir")
@@ -160,7 +160,7 @@ def _read_cluster_kat(config_path: Path | None) -> kat_pb2.ClusterConfiguration:
 def _new_node(
     name_hint: str, advertise: str, spec: kat_pb2.ClusterConfigurationSpec, opts: NodeOptions
 ) -> kat_pb2.Node:
-    from internal import resources
+    from internal.manifests import resources
 
     node = kat_pb2.Node(api_version=resources.API_VERSION, kind="Node")
     node.metadata.name = name_hint
@@ -180,7 +180,7 @@ def _new_node(
 def _leader_context(
     dd: DataDir, store: Store, config: kat_pb2.ClusterConfiguration, uid: str, name: str, api: str
 ) -> LeaderContext:
-    from internal import pki
+    from internal.security import pki
     from kat_agent.leader.context import LeaderContext
     from kat_agent.leader.nodes import NodeRegistry
 
@@ -198,7 +198,8 @@ async def _finish_local_identity(
     advertise: str,
 ) -> tuple[NodeIdentity, str]:
     """Node and admin certificates, the katcall config, a join token, node.json."""
-    from internal import clientconfig, pki, tokens
+    from internal.core import tokens
+    from internal.security import clientconfig, pki
     from kat_agent import bootstrap
 
     spec = config.spec
@@ -239,7 +240,7 @@ async def first_init(
     advertise: str,
     opts: NodeOptions,
 ) -> tuple[NodeIdentity, str]:
-    from internal.store import AlreadyExists
+    from internal.state.store import AlreadyExists
     from kat_agent import bootstrap
     from kat_agent.leader.agent_api import register_node
     from kat_agent.leader.cluster_api import new_namespace
@@ -381,7 +382,7 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
 
 
 async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> NodeIdentity:
-    from internal import pki
+    from internal.security import pki
     from kat_agent import bootstrap
 
     advertise = opts.advertise_address or default_advertise_address()
@@ -450,7 +451,7 @@ async def serve(
 
 async def backup_now(opts: NodeOptions, output: Path | None) -> Path:
     """`kat-agent backup`: a snapshot of this member's etcd, taken locally."""
-    from internal.etcd import EtcdClient
+    from internal.state.etcd import EtcdClient
 
     dd = DataDir(opts.data_dir)
     identity = NodeIdentity.load(dd.identity_file)

@@ -12,11 +12,11 @@ from typing import Literal
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal import pki, rpc
-from internal.etcd import EtcdClient
-from internal.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
-from internal.store import Store
-from kat_agent.datadir import DataDir, NodeIdentity
+from internal.host.datadir import DataDir, NodeIdentity
+from internal.security import pki, rpc
+from internal.state.etcd import EtcdClient
+from internal.state.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
+from internal.state.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ async def run_member(
     dd: DataDir, identity: NodeIdentity, store: Store, config: kat_pb2.ClusterConfiguration
 ) -> None:
     """API server, election and leader-only controllers on an etcd member."""
-    from internal.election import Election, LeaderInfo
+    from internal.state.election import Election, LeaderInfo
     from kat_agent.leader.agent_api import AgentAPI
     from kat_agent.leader.backups import run_backups
     from kat_agent.leader.cluster_api import ClusterAPI

@@ -1,7 +1,8 @@
 """`katcall apply -f DIR|FILE [--dry-run] [--wait] [--timeout 5m]`.
 
-The bundle is packed the same way `katcall validate` checks it (internal/bundle.py) and sent
-to the leader, which validates it again, stores it and answers at once. `--wait` then follows
+The bundle is packed the same way `katcall validate` checks it
+(internal/manifests/bundle.py) and sent to the leader, which validates it again,
+stores it and answers at once. `--wait` then follows
 the workload's status until the rollout is done (every desired instance RUNNING and ready, or
 the job run SUCCEEDED), printing a progress line whenever it changes.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from api.v1alpha1 import kat_pb2
-from internal import bundle
+from internal.manifests import bundle
 from katcall.client import CallError, Client
 from katcall.session import connect
 from katcall.token_cmd import parse_duration

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from internal.clientconfig import ConfigError
+from internal.security.clientconfig import ConfigError
 from katcall.client import CallError
 from katcall.session import add_global_options
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from api.v1alpha1 import kat_pb2_grpc
-from internal import clientconfig, rpc
+from internal.security import clientconfig, rpc
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from internal import clientconfig
+from internal.security import clientconfig
 from katcall import output
 
 

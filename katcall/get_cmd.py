@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from api.v1alpha1 import kat_pb2
-from internal.quantity import format_cpu
+from internal.manifests.quantity import format_cpu
 from katcall import output
 from katcall.client import Client
 from katcall.session import connect

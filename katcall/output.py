@@ -47,7 +47,7 @@ def age(seconds: float) -> str:
 
 
 def approx_memory(n: int) -> str:
-    """Memory rounded for a table ("23.3Gi"); internal.quantity.format_memory is exact."""
+    """Memory rounded for a table ("23.3Gi"); internal.manifests.quantity.format_memory is exact."""
     for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
         if n >= size:
             return f"{n / size:.1f}{unit}".replace(".0", "")

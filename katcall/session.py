@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from internal import clientconfig
+from internal.security import clientconfig
 from katcall.client import Client
 
 

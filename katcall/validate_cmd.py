@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from internal import bundle, resources
+from internal.manifests import bundle, resources
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _USTAR_START, _USTAR_END = 257, 262  # where a tar header says "ustar"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from internal.etcd_process import EtcdProcess
+from internal.state.etcd_process import EtcdProcess
 from tests.helpers import (
     HAVE_ETCD,
     NO_ETCD_REASON,

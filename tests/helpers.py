@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from internal import pki
-from internal.etcd import EtcdClient
-from internal.etcd_process import EtcdProcess, EtcdTLS
+from internal.security import pki
+from internal.state.etcd import EtcdClient
+from internal.state.etcd_process import EtcdProcess, EtcdTLS
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from internal import resources
+from internal.manifests import resources
 
 API = "kat.dws.rip/v1alpha1"
 DELETE = object()

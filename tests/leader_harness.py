@@ -33,7 +33,8 @@ from typing import Any
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal import clientconfig, pki, rpc, tokens
+from internal.core import tokens
+from internal.security import clientconfig, pki, rpc
 from tests.helpers import LoopThread, free_port
 
 P = kat_pb2.Instance

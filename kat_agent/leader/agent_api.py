@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal import ipam, pki, rpc, tokens
-from internal import store as store_mod
-from internal.etcd import EtcdError
-from internal.events import new_event
+from internal.core import ipam, tokens
+from internal.core.events import new_event
+from internal.security import pki, rpc
+from internal.state import store as store_mod
+from internal.state.etcd import EtcdError
 from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)

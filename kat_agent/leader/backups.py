@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
-from internal.events import new_event
-from internal.store import Store
+from internal.core.events import new_event
+from internal.state.store import Store
 from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)

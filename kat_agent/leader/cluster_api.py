@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal import rpc, tokens
-from internal import store as store_mod
-from internal.etcd import EtcdError, EtcdUnavailable
-from internal.events import new_event
+from internal.core import tokens
+from internal.core.events import new_event
+from internal.security import rpc
+from internal.state import store as store_mod
+from internal.state.etcd import EtcdError, EtcdUnavailable
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.workload_api import WorkloadAPI
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import grpc
 
 from api.v1alpha1 import kat_pb2
-from internal import pki, rpc
-from internal.etcd import EtcdError
-from internal.store import Store
-from kat_agent.datadir import DataDir
+from internal.host.datadir import DataDir
+from internal.security import pki, rpc
+from internal.state.etcd import EtcdError
+from internal.state.store import Store
 from kat_agent.leader.assignments import AssignmentBook
 from kat_agent.leader.nodes import NodeRegistry
 

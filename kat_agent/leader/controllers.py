@@ -3,7 +3,7 @@ loss). Started when leadership is won, cancelled when it is lost.
 
 One loop does it all, in passes: read the workloads and instance records from etcd, the
 nodes from the registry and what the agents last reported (kept in memory by a heartbeat
-listener), plan each workload with the pure `internal.reconcile`, write what changed
+listener), plan each workload with the pure `internal.core.reconcile`, write what changed
 (guarded by revisions: a conflicting write is skipped and redone by the next pass), and
 publish the assignments each node should run (`lc.assignments`). A pass runs when
 something changed (a workload was applied or deleted, an agent reported a different
@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
-from internal import reconcile, rollout, scheduler
-from internal import store as store_mod
-from internal.etcd import EtcdError
+from internal.core import reconcile, rollout, scheduler
+from internal.state import store as store_mod
+from internal.state.etcd import EtcdError
 from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)

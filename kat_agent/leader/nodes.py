@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from api.v1alpha1 import kat_pb2
-from internal import store as store_mod
-from internal.events import new_event
-from internal.store import Store
+from internal.core.events import new_event
+from internal.state import store as store_mod
+from internal.state.store import Store
 
 log = logging.getLogger(__name__)
 

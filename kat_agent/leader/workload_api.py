@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal import bundle as bundle_mod
-from internal import resources, rpc
-from internal import store as store_mod
-from internal.changes import bundle_changes
-from internal.defaults import DEFAULT_NAMESPACE
-from internal.etcd import EtcdUnavailable
-from internal.events import new_event
-from internal.reconcile import same_instances, same_spec
+from internal.core.events import new_event
+from internal.core.reconcile import same_instances, same_spec
+from internal.manifests import bundle as bundle_mod
+from internal.manifests import resources
+from internal.manifests.changes import bundle_changes
+from internal.manifests.defaults import DEFAULT_NAMESPACE
+from internal.security import rpc
+from internal.state import store as store_mod
+from internal.state.etcd import EtcdUnavailable
 
 if TYPE_CHECKING:
     from kat_agent.leader.context import LeaderContext

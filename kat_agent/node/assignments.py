@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 
 from api.v1alpha1 import kat_pb2
-from internal import rpc
-from internal.fileutil import write_atomic
-from kat_agent.agent import Agent
+from internal.host.files import write_atomic
+from internal.security import rpc
+from kat_agent.node.agent import Agent
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ import shutil
 from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
-from kat_agent.node.podmans import NodeSettings
-from kat_agent.runtime import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.runtime import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.services import NodeSettings
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from api.v1alpha1 import kat_pb2
-from kat_agent.agent import Agent
-from kat_agent.datadir import DataDir, NodeIdentity
+from internal.host.datadir import DataDir, NodeIdentity
+from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
 from kat_agent.node.node_api import NodeAgentService, start_node_api
-from kat_agent.node.podmans import NodeSettings
+from kat_agent.node.podman.services import NodeSettings
 
 log = logging.getLogger(__name__)
 

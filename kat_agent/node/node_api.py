@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal import rpc
+from internal.security import rpc
 from kat_agent.node.instances import NodeRuntime
-from kat_agent.node.podmans import Backend
-from kat_agent.runtime import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.runtime import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.services import Backend
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,88 @@
+"""Layout of a node's data directory and the node identity kept in it.
+
+<data-dir>/
+  pki/ca.crt               cluster CA certificate (every node)
+  pki/ca.key               cluster CA key (etcd members that may lead)
+  pki/node.crt, node.key   this node's identity (role kat:node)
+  pki/etcd/...             etcd's own CA, server and client certificates
+  etcd/                    etcd data
+  agent/node.json          node name, uid, cluster uid, API endpoints
+  admin.katconfig          katcall config written by `init` (0600)
+  backups/, volumes/
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from internal.host.files import write_atomic
+
+
+@dataclass(frozen=True)
+class DataDir:
+    root: Path
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.pki / "ca.key"
+
+    @property
+    def node_cert(self) -> Path:
+        return self.pki / "node.crt"
+
+    @property
+    def node_key(self) -> Path:
+        return self.pki / "node.key"
+
+    @property
+    def etcd_pki(self) -> Path:
+        return self.pki / "etcd"
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.root / "etcd"
+
+    @property
+    def identity_file(self) -> Path:
+        return self.root / "agent" / "node.json"
+
+    @property
+    def admin_config(self) -> Path:
+        return self.root / "admin.katconfig"
+
+    def create(self) -> None:
+        for d in (self.root, self.pki, self.root / "agent"):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o700)
+
+
+@dataclass
+class NodeIdentity:
+    """Who this node is in its cluster; survives restarts."""
+
+    name: str
+    uid: str
+    cluster_uid: str
+    advertise_address: str
+    api_endpoints: list[str] = field(default_factory=list)
+    subnet: str = ""
+    etcd_member: bool = False
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps(asdict(self), indent=2).encode(), 0o600)
+
+    @classmethod
+    def load(cls, path: Path) -> NodeIdentity | None:
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))

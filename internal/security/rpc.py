@@ -1,0 +1,127 @@
+"""gRPC plumbing shared by the leader, the agents and katcall: TLS credentials,
+caller identity, and the "not the leader" redirect."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import grpc
+
+ROLE_ADMIN = "kat:admin"
+ROLE_NODE = "kat:node"
+
+# Trailing metadata key a non-leader sets to the leader's API address.
+LEADER_KEY = "kat-leader"
+# Trailing metadata key the leader sets to the API endpoints of all members.
+ENDPOINTS_KEY = "kat-endpoints"
+
+KEEPALIVE_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect soon after a leader restarts (gRPC's default backs off to 2 min).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+)
+SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+)
+
+
+def mtls_server_credentials(cert: bytes, key: bytes, ca: bytes) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def tls_server_credentials(cert: bytes, key: bytes) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(key, cert)], require_client_auth=False)
+
+
+def client_credentials(
+    ca: bytes, cert: bytes | None = None, key: bytes | None = None
+) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+def parse_subject(subject: str) -> dict[str, str]:
+    """Attributes of an RFC 4514 subject string such as "CN=vm-2,O=kat:node"."""
+    attrs: dict[str, str] = {}
+    part, parts, escaped = "", [], False
+    for ch in subject:
+        if escaped:
+            part += ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            parts.append(part)
+            part = ""
+        else:
+            part += ch
+    parts.append(part)
+    for p in parts:
+        key, sep, value = p.partition("=")
+        if sep:
+            attrs.setdefault(key.strip().upper(), value)
+    return attrs
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_from_subject(subject: bytes) -> tuple[str, str]:
+    attrs = parse_subject(subject.decode(errors="replace"))
+    return attrs.get("CN", ""), attrs.get("O", "")
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
+    """(common name, role) of the verified client certificate, or None.
+
+    gRPC hands over the verified subject; reading it needs no certificate
+    parser, which keeps `cryptography` out of an agent's memory."""
+    auth = context.auth_context()
+    subjects = auth.get("x509_subject")
+    if subjects:
+        return _identity_from_subject(subjects[0])
+    pems = auth.get("x509_pem_cert")
+    if not pems:
+        return None
+    from internal.security import pki
+
+    return tuple(pki.peer_identity(pems[0]))  # type: ignore[return-value]
+
+
+async def require_role(context: grpc.aio.ServicerContext, role: str) -> str:
+    """Abort the call unless the caller holds a certificate with `role`; returns its CN."""
+    ident = peer_identity(context)
+    if ident is None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+    assert ident is not None
+    cn, have = ident
+    if have != role:
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"certificate {cn!r} has role {have or 'none'!r}; this call needs {role!r}",
+        )
+    return cn
+
+
+def leader_from_status(code: grpc.StatusCode | None, trailing: object) -> str | None:
+    """The leader address a non-leader named in its UNAVAILABLE answer."""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    for key, value in trailing or ():  # type: ignore[attr-defined]
+        if key == LEADER_KEY and value:
+            return str(value)
+    return None
+
+
+def leader_from_error(err: grpc.RpcError) -> str | None:
+    return leader_from_status(err.code(), err.trailing_metadata())  # type: ignore[attr-defined]

@@ -1,0 +1,185 @@
+"""The agent role, on every node: heartbeats to the leader, following it when
+leadership moves, and carrying on when it is unreachable (detached operation)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+import grpc
+
+from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal.host.datadir import DataDir, NodeIdentity
+from internal.security import rpc
+
+log = logging.getLogger(__name__)
+
+# Kept back from the machine's capacity for the system and KAT itself.
+RESERVED_CPU_MILLIS = 100
+RESERVED_MEMORY_BYTES = 256 * 1024 * 1024
+
+
+def machine_resources() -> tuple[kat_pb2.NodeResources, kat_pb2.NodeResources]:
+    cpu = (os.cpu_count() or 1) * 1000
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+                break
+    capacity = kat_pb2.NodeResources(cpu_millis=cpu, memory_bytes=mem)
+    allocatable = kat_pb2.NodeResources(
+        cpu_millis=max(0, cpu - RESERVED_CPU_MILLIS),
+        memory_bytes=max(0, mem - RESERVED_MEMORY_BYTES),
+    )
+    return capacity, allocatable
+
+
+class LeaderLink:
+    """An mTLS channel to whichever API endpoint currently leads."""
+
+    def __init__(self, endpoints: list[str], ca: bytes, cert: bytes, key: bytes) -> None:
+        self.endpoints = list(endpoints)
+        self._creds = rpc.client_credentials(ca, cert, key)
+        self._index = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._target = ""
+
+    def _open(self, target: str) -> grpc.aio.Channel:
+        if self._channel is None or target != self._target:
+            if self._channel is not None:
+                asyncio.get_running_loop().create_task(self._channel.close())
+            self._channel = grpc.aio.secure_channel(
+                target, self._creds, options=rpc.KEEPALIVE_OPTIONS
+            )
+            self._target = target
+        return self._channel
+
+    def stub(self) -> kat_pb2_grpc.AgentAPIStub:
+        return kat_pb2_grpc.AgentAPIStub(
+            self._open(self.endpoints[self._index % len(self.endpoints)])
+        )
+
+    def failed(self, leader: str | None) -> None:
+        """Move to the leader a non-leader named, or to the next endpoint."""
+        if leader:
+            if leader not in self.endpoints:
+                self.endpoints.append(leader)
+            self._index = self.endpoints.index(leader)
+        else:
+            self._index += 1
+
+    def update_endpoints(self, endpoints: list[str]) -> None:
+        current = self._target
+        merged = list(dict.fromkeys([*endpoints, *self.endpoints]))
+        self.endpoints = merged
+        if current in merged:
+            self._index = merged.index(current)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+class Agent:
+    def __init__(
+        self,
+        datadir: DataDir,
+        identity: NodeIdentity,
+        tick_seconds: int,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.datadir = datadir
+        self.identity = identity
+        self.tick = tick_seconds
+        self.labels = dict(labels or {})
+        self.link = LeaderLink(
+            identity.api_endpoints,
+            datadir.ca_cert.read_bytes(),
+            datadir.node_cert.read_bytes(),
+            datadir.node_key.read_bytes(),
+        )
+        self.capacity, self.allocatable = machine_resources()
+        self.connected = asyncio.Event()
+        self._stream: grpc.aio.StreamStreamCall | None = None
+        # The node runtime reports its instances here and asks for an early
+        # beat when one changes, so the leader hears of it without waiting a tick.
+        self.instances: Callable[[], list[kat_pb2.Instance]] = list
+        self._wake = asyncio.Event()
+        self.leader_node = ""  # the leader's node name, as its last answer said
+
+    def beat_now(self) -> None:
+        self._wake.set()
+
+    def heartbeat_request(self) -> kat_pb2.HeartbeatRequest:
+        return kat_pb2.HeartbeatRequest(
+            node_name=self.identity.name,
+            capacity=self.capacity,
+            allocatable=self.allocatable,
+            labels=self.labels,
+            advertise_address=self.identity.advertise_address,
+            instances=self.instances(),
+        )
+
+    async def heartbeat_once(self) -> kat_pb2.HeartbeatResponse | None:
+        """One beat on the long-lived heartbeat stream, reopening it as needed."""
+        timeout = max(2.0, self.tick)
+        try:
+            if self._stream is None:
+                self._stream = self.link.stub().Heartbeats()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            async with asyncio.timeout(timeout):
+                await self._stream.write(self.heartbeat_request())
+                resp = await self._stream.read()
+            if resp is grpc.aio.EOF:
+                raise ConnectionError("leader closed the heartbeat stream")
+        except (grpc.RpcError, TimeoutError, ConnectionError, asyncio.InvalidStateError) as err:
+            await self._stream_failed(err)
+            return None
+        assert isinstance(resp, kat_pb2.HeartbeatResponse)
+        self.leader_node = resp.leader_node
+        if not self.connected.is_set():
+            log.info("connected to leader %s", resp.leader_node)
+        self.connected.set()
+        if resp.api_endpoints and list(resp.api_endpoints) != self.identity.api_endpoints:
+            self.link.update_endpoints(list(resp.api_endpoints))
+            self.identity.api_endpoints = list(resp.api_endpoints)
+            self.identity.save(self.datadir.identity_file)
+        if resp.tick_seconds > 0:
+            self.tick = resp.tick_seconds
+        return resp
+
+    async def _stream_failed(self, err: BaseException) -> None:
+        stream, self._stream = self._stream, None
+        code, trailing, details = None, None, str(err) or type(err).__name__
+        if stream is not None:
+            if stream.done():
+                code, trailing = await stream.code(), await stream.trailing_metadata()
+                details = await stream.details() or details
+            else:
+                stream.cancel()
+        level = logging.WARNING if self.connected.is_set() else logging.DEBUG
+        log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
+        self.connected.clear()
+        self.link.failed(rpc.leader_from_status(code, trailing))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                started = loop.time()
+                # Cleared before the beat: a beat_now() during it asks for another.
+                self._wake.clear()
+                ok = await self.heartbeat_once()
+                # After a failure try the next endpoint soon, but never spin.
+                wait = self.tick if ok else min(1.0, self.tick)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wait - (loop.time() - started))):
+                        await self._wake.wait()
+        finally:
+            if self._stream is not None:
+                self._stream.cancel()
+            await self.link.close()

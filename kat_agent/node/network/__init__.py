@@ -1,0 +1,1 @@
+"""The node's network: overlay, cluster DNS and ingress."""

@@ -1,0 +1,363 @@
+"""The Podman services of one node and which of them runs a workload.
+
+Root mode: one root Podman service with the node's storage (`PodmanStorage.from_env`)
+runs every container; new containers join the bridge network `kat` on the node's subnet
+(gateway = the subnet's first address, the others handed out by Podman's IPAM).
+
+Rootless mode (the default, SPEC section 8): each workload runs as its own user
+`kat_wl_<namespace>_<name>` (`ensure_workload_user`) with a Podman service of its own,
+started on first use. The root service still runs: it is the node's image cache. An image
+a workload user lacks is pulled once into root's storage (or found there) and copied to
+the user's storage (save/load), so a node pulls each image once. Rootless containers use
+Podman's rootless default network (slirp4netns): they have no address of their own on the
+node's subnet, and the IP reported is whatever Podman reports ("" for slirp4netns).
+
+Where things live:
+- root's socket: <data-dir>/agent/podman/podman.sock (or /run/kat/<hash of the data
+  dir>/podman.sock when that path is too long for a unix socket), its log next to it;
+- a workload user's socket: /run/user/<uid>/kat-<tag>.sock (tag: a hash of the directory
+  of root's socket, so several agents on one machine do not meet);
+- a workload user's storage: when the node has a storage of its own (KAT_PODMAN_ROOT,
+  as in the dev cluster) <home>/kat-storage/<tag>/{root,tmp,networks} with runroot
+  /run/user/<uid>/kat-<tag>; otherwise the user's default storage in its home. Not under
+  the data dir: that is 0700 root, and the user could not reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import pwd
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from api.v1alpha1 import kat_pb2
+from internal.host.datadir import DataDir, NodeIdentity
+from kat_agent.node.podman.runtime import (
+    DEFAULT_VOLUME_BASE,
+    ContainerRuntimeError,
+    ErrorKind,
+    Runtime,
+)
+from kat_agent.node.podman.service import (
+    DEFAULT_HOME_BASE,
+    GECOS_PREFIX,
+    MAX_SOCKET_PATH,
+    RUNTIME_DIR_BASE,
+    USERNAME_PREFIX,
+    PodmanService,
+    PodmanStorage,
+    WorkloadUser,
+    ensure_workload_user,
+)
+
+log = logging.getLogger(__name__)
+
+NETWORK_NAME = "kat"
+NETWORK_INTERFACE = "kat0"
+RUN_BASE = Path("/run/kat")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def rootless_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """KAT_ROOTLESS=0 (or false/no/off) turns rootless workloads off; default on."""
+    env = os.environ if environ is None else environ
+    return env.get("KAT_ROOTLESS", "").strip().lower() not in FALSE_WORDS
+
+
+@dataclass
+class NodeSettings:
+    """What the node runtime needs to know about its node."""
+
+    node_name: str
+    state_dir: Path  # <data-dir>/agent: the saved assignments
+    run_dir: Path  # root's Podman socket and log
+    subnet: str = ""  # the node's overlay subnet; "" = no `kat` network
+    storage: PodmanStorage = field(default_factory=PodmanStorage)
+    rootless: bool = True
+    volume_base_path: Path = DEFAULT_VOLUME_BASE
+    containers_conf: Path | None = None
+    netns: Path | None = None  # run root's Podman in this network namespace (tests)
+    home_base: Path = DEFAULT_HOME_BASE  # homes of the workload users
+    grace_seconds: float = 10.0  # SIGTERM to SIGKILL when stopping a container
+    resync_seconds: float = 10.0  # full comparison with what Podman reports
+    idle_service_seconds: float = 60.0  # a workload user's service outlives its last instance
+    network: str = NETWORK_NAME
+    network_interface: str = NETWORK_INTERFACE
+    data_root: Path | None = None  # the data dir (made traversable for rootless volumes)
+
+    @property
+    def tag(self) -> str:
+        return hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:10]
+
+    @classmethod
+    def for_node(
+        cls,
+        dd: DataDir,
+        identity: NodeIdentity,
+        config: kat_pb2.ClusterConfiguration,
+        rootless: bool | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> NodeSettings:
+        env = os.environ if environ is None else environ
+        run_dir = dd.root.absolute() / "agent" / "podman"
+        if len(str(run_dir / "podman.sock")) > MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(dd.root.absolute()).encode()).hexdigest()[:12]
+            run_dir = RUN_BASE / digest
+        conf = env.get("CONTAINERS_CONF")
+        return cls(
+            node_name=identity.name,
+            state_dir=dd.root / "agent",
+            run_dir=run_dir,
+            subnet=identity.subnet,
+            storage=PodmanStorage.from_env(env),
+            rootless=rootless_from_env(env) if rootless is None else rootless,
+            volume_base_path=Path(config.spec.volume_base_path or DEFAULT_VOLUME_BASE),
+            containers_conf=Path(conf) if conf else None,
+            data_root=dd.root,
+        )
+
+
+@dataclass
+class Backend:
+    """One Podman service and the Runtime on its socket."""
+
+    key: str  # "root" or the workload user's name
+    runtime: Runtime
+    service: PodmanService
+    user: WorkloadUser | None = None
+    network: str | None = None  # the network new containers join
+
+    @property
+    def rootless(self) -> bool:
+        return self.user is not None
+
+
+def _gateway(subnet: str) -> tuple[str, str]:
+    net = ipaddress.ip_network(subnet, strict=False)
+    return str(net), str(net.network_address + 1)
+
+
+def _own_storage_parents(storage: PodmanStorage, user: WorkloadUser) -> None:
+    """The directories between the user's home and its storage belong to the user."""
+    home = user.home
+    for _, path in storage.items():
+        for d in reversed(path.parents):
+            if home in d.parents:
+                d.mkdir(mode=0o700, exist_ok=True)
+                os.chown(d, user.uid, user.gid)
+
+
+class PodmanPool:
+    """Root's Podman service and, in rootless mode, one per workload user."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self._root: Backend | None = None
+        self._users: dict[str, Backend] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def root(self) -> Backend:
+        if self._root is None:
+            raise RuntimeError("the Podman pool is not started")
+        return self._root
+
+    def backends(self) -> list[Backend]:
+        return [b for b in (self._root, *self._users.values()) if b is not None]
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    # ------------------------------------------------------------ root
+
+    async def start(self) -> None:
+        """Start root's service, set up the `kat` network, find the workload users that
+        already have containers on this node (adoption)."""
+        s = self.settings
+        await asyncio.to_thread(self._prepare_dirs)
+        svc = PodmanService(
+            s.run_dir / "podman.sock",
+            storage=s.storage,
+            containers_conf=s.containers_conf,
+            netns=s.netns,
+        )
+        await svc.start()
+        try:
+            await svc.wait_ready(60)
+            rt = Runtime(svc.socket_path, volume_base_path=s.volume_base_path)
+            network = None
+            if s.subnet:
+                subnet, gateway = _gateway(s.subnet)
+                try:
+                    await rt.ensure_network(s.network, subnet, gateway, s.network_interface)
+                    network = s.network
+                except ContainerRuntimeError as exc:
+                    if exc.kind is ErrorKind.UNAVAILABLE:
+                        raise
+                    log.error(
+                        "cannot set up network %s on %s (%s): containers get Podman's "
+                        "default network instead",
+                        s.network,
+                        subnet,
+                        exc,
+                    )
+        except BaseException:
+            await svc.stop()
+            raise
+        self._root = Backend("root", rt, svc, None, network)
+        for user in await asyncio.to_thread(self._users_with_storage):
+            try:
+                await self._user_backend(user)
+            except Exception as exc:  # noqa: BLE001 - one broken user must not stop the node
+                log.error("cannot start the Podman service of %s: %s", user.username, exc)
+
+    def _prepare_dirs(self) -> None:
+        s = self.settings
+        s.run_dir.mkdir(parents=True, exist_ok=True)
+        s.run_dir.chmod(0o700)
+        (s.state_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        if s.rootless:
+            self._make_volume_base_reachable()
+
+    def _make_volume_base_reachable(self) -> None:
+        """Workload users must traverse the directories above their volumes. The data
+        dir is 0700; volumes under it (the default /var/lib/kat/volumes) get o+x on it
+        (traverse only: nothing in it becomes listable or readable)."""
+        root = self.settings.data_root
+        base = self.settings.volume_base_path
+        if root is None:
+            return
+        base.mkdir(parents=True, exist_ok=True)
+        root = root.absolute()
+        for d in (base.absolute(), *base.absolute().parents):
+            if d != root and root not in d.parents:
+                continue
+            mode = d.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                d.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+                log.info("made %s traversable (o+x) for rootless workload volumes", d)
+
+    # ------------------------------------------------------------ workload users
+
+    def user_storage(self, user: WorkloadUser) -> PodmanStorage:
+        s = self.settings
+        if s.storage.root is None:
+            return PodmanStorage()  # the user's default storage in its home
+        base = user.home / "kat-storage" / s.tag
+        return PodmanStorage(
+            root=base / "root",
+            runroot=RUNTIME_DIR_BASE / str(user.uid) / f"kat-{s.tag}",
+            tmpdir=base / "tmp",
+            network_config_dir=base / "networks",
+        )
+
+    def _has_storage(self, user: WorkloadUser) -> bool:
+        storage = self.user_storage(user)
+        if storage.root is not None:
+            return storage.root.is_dir()
+        return (user.home / ".local" / "share" / "containers" / "storage").is_dir()
+
+    def _users_with_storage(self) -> list[WorkloadUser]:
+        found = []
+        for pw in pwd.getpwall():
+            if pw.pw_name.startswith(USERNAME_PREFIX) and pw.pw_gecos.startswith(GECOS_PREFIX):
+                user = WorkloadUser(pw.pw_uid, pw.pw_gid, pw.pw_name)
+                with contextlib.suppress(OSError, KeyError):
+                    if self._has_storage(user):
+                        found.append(user)
+        return found
+
+    async def backend_for(self, namespace: str, workload: str) -> Backend:
+        """Where a new container of this workload runs."""
+        if not self.settings.rootless:
+            return self.root
+        user = await asyncio.to_thread(
+            ensure_workload_user, namespace, workload, home_base=self.settings.home_base
+        )
+        return await self._user_backend(user)
+
+    async def _user_backend(self, user: WorkloadUser) -> Backend:
+        async with self._lock(user.username):
+            have = self._users.get(user.username)
+            if have is not None:
+                return have
+            s = self.settings
+            sock = RUNTIME_DIR_BASE / str(user.uid) / f"kat-{s.tag}.sock"
+            storage = self.user_storage(user)
+            await asyncio.to_thread(_own_storage_parents, storage, user)
+            svc = PodmanService(
+                sock,
+                storage=storage,
+                user=user,
+                containers_conf=s.containers_conf,
+                log_file=s.run_dir / f"podman-{user.username}.log",
+            )
+            await svc.start()
+            try:
+                await svc.wait_ready(60)
+            except BaseException:
+                await svc.stop()
+                raise
+            rt = Runtime(
+                svc.socket_path, volume_base_path=s.volume_base_path, owner=(user.uid, user.gid)
+            )
+            backend = Backend(user.username, rt, svc, user, None)
+            self._users[user.username] = backend
+            log.info("Podman service of workload user %s ready", user.username)
+            return backend
+
+    async def release(self, backend: Backend) -> None:
+        """Stop a workload user's service (it has no container on this node any more)."""
+        if backend.user is None:
+            return
+        async with self._lock(backend.key):
+            if self._users.get(backend.key) is not backend:
+                return
+            # Stopped before it is forgotten: if this is cancelled, close() stops it.
+            await backend.service.stop()
+            await backend.runtime.close()
+            del self._users[backend.key]
+            log.info("stopped the Podman service of %s (no containers left)", backend.key)
+
+    # ------------------------------------------------------------ images
+
+    async def ensure_image(self, backend: Backend, ref: str) -> None:
+        """Make image `ref` available to `backend`: from local storage, else pulled into
+        root's storage and, for a workload user, copied from there."""
+        if backend.user is None:
+            await backend.runtime.ensure_image(ref)
+            return
+        if await backend.runtime.image_exists(ref):
+            return
+        async with self._lock(f"image {backend.key} {ref}"):
+            if await backend.runtime.image_exists(ref):
+                return
+            await self.root.runtime.ensure_image(ref)
+            name = hashlib.sha256(f"{backend.key} {ref}".encode()).hexdigest()[:16]
+            tmp = self.settings.state_dir / "tmp" / f"image-{name}.tar"
+            try:
+                await self.root.runtime.save_image(ref, tmp)
+                await backend.runtime.load_image(tmp, ref)
+            finally:
+                tmp.unlink(missing_ok=True)
+            log.info("copied image %s to the storage of %s", ref, backend.key)
+
+    # ------------------------------------------------------------ end
+
+    async def close(self) -> None:
+        """Stop every service; the containers keep running (conmon holds them)."""
+        for backend in list(self._users.values()):
+            await backend.runtime.close()
+            await backend.service.stop()
+        self._users.clear()
+        if self._root is not None:
+            await self._root.runtime.close()
+            await self._root.service.stop()
+            self._root = None
