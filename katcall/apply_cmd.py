@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     with connect(args) as client:
         try:
-            resp = client.call("Apply", kat_pb2.ApplyRequest(bundle=data, dry_run=args.dry_run))
+            resp = client.apply(kat_pb2.ApplyRequest(bundle=data, dry_run=args.dry_run))
         except CallError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 problems = str(exc).splitlines()
@@ -197,8 +197,8 @@ def wait_for_rollout(client: Client, applied: kat_pb2.Workload, timeout: float) 
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        stream = client.stream(
-            "WatchWorkloads", kat_pb2.WatchRequest(namespace=meta.namespace), timeout=left
+        stream = client.watch_workloads(
+            kat_pb2.WatchRequest(namespace=meta.namespace), timeout=left
         )
         try:
             ok, why = follow(stream, meta.namespace, meta.name, meta.generation, emit)

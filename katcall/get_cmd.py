@@ -92,16 +92,14 @@ Lister = Callable[[Client, argparse.Namespace], list]
 Tabler = Callable[[list, bool], str]
 
 RESOURCES: dict[str, tuple[Lister, Tabler]] = {
-    "nodes": (lambda c, a: list(c.call("ListNodes", kat_pb2.ListRequest()).items), _node_rows),
-    "tokens": (lambda c, a: list(c.call("ListTokens", kat_pb2.ListRequest()).items), _token_rows),
+    "nodes": (lambda c, a: list(c.list_nodes(kat_pb2.ListRequest()).items), _node_rows),
+    "tokens": (lambda c, a: list(c.list_tokens(kat_pb2.ListRequest()).items), _token_rows),
     "events": (
-        lambda c, a: list(
-            c.call("ListEvents", kat_pb2.ListEventsRequest(namespace=a.namespace)).items
-        ),
+        lambda c, a: list(c.list_events(kat_pb2.ListEventsRequest(namespace=a.namespace)).items),
         _event_rows,
     ),
     "namespaces": (
-        lambda c, a: list(c.call("ListNamespaces", kat_pb2.ListRequest()).items),
+        lambda c, a: list(c.list_namespaces(kat_pb2.ListRequest()).items),
         _namespace_rows,
     ),
 }
@@ -182,10 +180,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if resource != "nodes":
         raise SystemExit(f"error: describe does not support {args.resource!r} yet")
     with connect(args) as client:
-        node = client.call("GetNode", kat_pb2.NodeRequest(name=args.name))
-        events = client.call(
-            "ListEvents", kat_pb2.ListEventsRequest(object_name=args.name, limit=20)
-        )
+        node = client.get_node(kat_pb2.NodeRequest(name=args.name))
+        events = client.list_events(kat_pb2.ListEventsRequest(object_name=args.name, limit=20))
     print(output.render([node], "yaml", single=True))
     print("events:")
     print(_event_rows(list(events.items), False) if events.items else "  <none>")

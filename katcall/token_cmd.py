@@ -22,8 +22,7 @@ def parse_duration(text: str) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        resp = client.call(
-            "CreateToken",
+        resp = client.create_token(
             kat_pb2.CreateTokenRequest(
                 ttl_seconds=args.ttl, max_uses=args.max_uses, description=args.description
             ),
@@ -38,7 +37,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        client.call("RevokeToken", kat_pb2.RevokeTokenRequest(id=args.id))
+        client.revoke_token(kat_pb2.RevokeTokenRequest(id=args.id))
     print(f"token {args.id} revoked")
     return 0
 

@@ -119,19 +119,19 @@ def _instance_rows(items: list[kat_pb2.Instance], wide: bool) -> str:
 
 
 def _list_workloads(c: Client, a: argparse.Namespace) -> list:
-    return list(c.call("ListWorkloads", kat_pb2.ListRequest(namespace=_namespace(a))).items)
+    return list(c.list_workloads(kat_pb2.ListRequest(namespace=_namespace(a))).items)
 
 
 def _list_instances(c: Client, a: argparse.Namespace) -> list:
     req = kat_pb2.ListInstancesRequest(namespace=_namespace(a))
-    return list(c.call("ListInstances", req).items)
+    return list(c.list_instances(req).items)
 
 
 def _watch(args: argparse.Namespace, rows: Callable[[kat_pb2.Workload], list[str]]) -> int:
     """Follow WatchWorkloads, printing `rows(workload)` lines that were not printed last."""
     shown: dict[str, str] = {}
     with connect(args) as client:
-        stream = client.stream("WatchWorkloads", kat_pb2.WatchRequest(namespace=_namespace(args)))
+        stream = client.watch_workloads(kat_pb2.WatchRequest(namespace=_namespace(args)))
         try:
             for ev in stream:
                 for line in rows(ev.workload):
@@ -178,10 +178,9 @@ def _watch_instances(args: argparse.Namespace) -> int:
 def cmd_describe_workload(args: argparse.Namespace) -> int:
     ns = args.namespace or "default"
     with connect(args) as client:
-        w = client.call("GetWorkload", kat_pb2.ObjectRef(namespace=ns, name=args.name))
-        revisions = client.call("ListRevisions", kat_pb2.ObjectRef(namespace=ns, name=args.name))
-        events = client.call(
-            "ListEvents",
+        w = client.get_workload(kat_pb2.ObjectRef(namespace=ns, name=args.name))
+        revisions = client.list_revisions(kat_pb2.ObjectRef(namespace=ns, name=args.name))
+        events = client.list_events(
             kat_pb2.ListEventsRequest(namespace=ns, object_name=args.name, limit=20),
         )
     print(describe_workload(w, list(revisions.items), list(events.items)))
@@ -276,7 +275,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     partial: dict[str, bytes] = {}
     with connect(args) as client:
-        stream = client.stream("Logs", req)
+        stream = client.logs(req)
         try:
             for chunk in stream:
                 if args.instance:
@@ -330,7 +329,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     )
     code = 0
     with connect(args) as client:
-        responses = client.stream("Exec", _exec_requests(first, args.stdin))
+        responses = client.exec(_exec_requests(first, args.stdin))
         try:
             for resp in responses:
                 if resp.stdout:
@@ -358,13 +357,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 name=args.name,
                 purge_volumes=args.purge_volumes,
             )
-            client.call("DeleteWorkload", req)
+            client.delete_workload(req)
             note = " (volumes purged)" if args.purge_volumes else ""
             print(f"workload/{args.name} deleted{note}")
         elif kind in ("namespace", "namespaces", "ns"):
             if args.purge_volumes:
                 raise CallError("--purge-volumes applies to workloads only")
-            client.call("DeleteNamespace", kat_pb2.NamespaceRequest(name=args.name))
+            client.delete_namespace(kat_pb2.NamespaceRequest(name=args.name))
             print(f"namespace/{args.name} deleted")
         else:
             raise CallError(f"cannot delete {kind!r}: use workload or namespace")
@@ -375,8 +374,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.kind not in ("workload", "workloads", "wl"):
         raise CallError(f"cannot roll back {args.kind!r}: only workloads have revisions")
     with connect(args) as client:
-        w = client.call(
-            "RollbackWorkload",
+        w = client.rollback_workload(
             kat_pb2.RollbackRequest(
                 namespace=args.namespace or "default", name=args.name, to_revision=args.to_revision
             ),
@@ -389,7 +387,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.kind not in ("namespace", "ns"):
         raise CallError(f"cannot create {args.kind!r} (use `katcall apply -f` for workloads)")
     with connect(args) as client:
-        client.call("CreateNamespace", kat_pb2.NamespaceRequest(name=args.name))
+        client.create_namespace(kat_pb2.NamespaceRequest(name=args.name))
     print(f"namespace/{args.name} created")
     return 0
 
