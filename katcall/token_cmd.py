@@ -43,7 +43,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    args.resource, args.name, args.namespace = "tokens", None, ""
+    args.resource, args.name, args.selector, args.watch = "tokens", None, None, False
     return get_cmd.cmd_get(args)
 
 
@@ -61,7 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-q", "--quiet", action="store_true", help="print only the token")
     c.set_defaults(func=cmd_create)
     ls = tsub.add_parser("list", help="list tokens (never their secrets)")
-    ls.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default="")
     ls.set_defaults(func=cmd_list)
     r = tsub.add_parser("revoke", help="revoke a token by id")
     r.add_argument("id")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,8 +16,9 @@ from internal.core.events import new_event
 from internal.security import rpc
 from internal.state import store as store_mod
 from internal.state.etcd import EtcdError, EtcdUnavailable
+from internal.version import VERSION
 from kat_agent.leader.context import LeaderContext
-from kat_agent.leader.workload_api import WorkloadAPI
+from kat_agent.leader.workload_api import WorkloadAPI, _admin_stream
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,26 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
             events = events[-request.limit :]
         return kat_pb2.EventList(items=events)
 
+    @_admin_stream
+    async def WatchEvents(
+        self, request: kat_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kat_pb2.Event]:
+        """The stored events (oldest first), then each new one as it is recorded; events
+        of cluster-scoped objects go with every namespace, as in ListEvents."""
+        ns = request.namespace
+
+        def wanted(e: kat_pb2.Event) -> bool:
+            return not ns or ns == "*" or e.namespace in ("", ns)
+
+        store = self.lc.store
+        events, revision = await store.list_events_with_revision(None)
+        for e in events:
+            if wanted(e):
+                yield e
+        async for ev in store.watch_events(None, revision + 1):
+            if ev.msg is not None and ev.type is store_mod.EventType.PUT and wanted(ev.msg):
+                yield ev.msg
+
     @admin
     async def GetClusterInfo(
         self, request: kat_pb2.ClusterInfoRequest, context: grpc.aio.ServicerContext
@@ -321,6 +342,7 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
             leader_api_address=lc.api_address,
             api_endpoints=lc.api_endpoints(),
             configuration=lc.config,
+            version=VERSION,
         )
 
     @admin
