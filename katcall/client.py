@@ -17,6 +17,7 @@ import grpc
 from api.v1alpha1 import kat_pb2 as pb
 from api.v1alpha1 import kat_pb2_grpc
 from internal.security import clientconfig, rpc
+from katcall import diagnose
 
 T = TypeVar("T")
 R = TypeVar("R", covariant=True)
@@ -240,8 +241,9 @@ class Client:
         assert last is not None
         if answered is not None:
             raise CallError(describe(answered), grpc.StatusCode.UNAVAILABLE)
+        why = diagnose.unreachable(self.ctx, tried)
         raise CallError(
-            f"cannot reach the cluster at {', '.join(tried)}: {describe(last)}",
+            why or f"cannot reach the cluster at {', '.join(tried)}: {describe(last)}",
             grpc.StatusCode.UNAVAILABLE,
         )
 
