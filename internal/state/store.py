@@ -45,10 +45,10 @@ from typing import Generic, Literal, TypeVar
 from google.protobuf.message import Message
 
 from api.v1alpha1 import kat_pb2
-from internal.state.etcd import (
+from internal.state.etcd import EtcdClient
+from internal.state.etcd_values import (
     Compare,
     Delete,
-    EtcdClient,
     Get,
     KeyValue,
     KVEvent,

@@ -17,7 +17,7 @@ from internal.core import ipam, tokens
 from internal.core.events import new_event
 from internal.security import pki, rpc
 from internal.state import store as store_mod
-from internal.state.etcd import EtcdError
+from internal.state.etcd_values import EtcdError
 from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)

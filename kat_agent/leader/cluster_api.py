@@ -15,7 +15,7 @@ from internal.core import tokens
 from internal.core.events import new_event
 from internal.security import rpc
 from internal.state import store as store_mod
-from internal.state.etcd import EtcdError, EtcdUnavailable
+from internal.state.etcd_values import EtcdError, EtcdUnavailable
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.workload_api import WorkloadAPI
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from api.v1alpha1 import kat_pb2
 from internal.core import reconcile, rollout, scheduler
 from internal.state import store as store_mod
-from internal.state.etcd import EtcdError
+from internal.state.etcd_values import EtcdError
 from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from internal.manifests.changes import bundle_changes
 from internal.manifests.defaults import DEFAULT_NAMESPACE
 from internal.security import rpc
 from internal.state import store as store_mod
-from internal.state.etcd import EtcdUnavailable
+from internal.state.etcd_values import EtcdUnavailable
 
 if TYPE_CHECKING:
     from kat_agent.leader.context import LeaderContext

@@ -13,8 +13,9 @@ import pytest
 
 from api.v1alpha1 import kat_pb2
 from internal.state import store as st
-from internal.state.etcd import EtcdClient, EtcdUnavailable
+from internal.state.etcd import EtcdClient
 from internal.state.etcd_process import EtcdProcess
+from internal.state.etcd_values import EtcdUnavailable
 from internal.state.store import Store
 from tests.helpers import EtcdEnv, PkiFiles, env_of, free_port, requires_etcd, wait_until
 
