@@ -240,7 +240,7 @@ async def first_init(
     advertise: str,
     opts: NodeOptions,
 ) -> tuple[NodeIdentity, str]:
-    from internal.state.store import AlreadyExists
+    from internal.state.kv import AlreadyExists
     from kat_agent import bootstrap
     from kat_agent.leader.agent_api import register_node
     from kat_agent.leader.cluster_api import new_namespace

@@ -14,8 +14,8 @@ from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import tokens
 from internal.core.events import new_event
 from internal.security import rpc
-from internal.state import store as store_mod
 from internal.state.etcd_values import EtcdError, EtcdUnavailable
+from internal.state.kv import AlreadyExists, StaleWrite, Versioned
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.workload_api import WorkloadAPI
 
@@ -38,7 +38,7 @@ def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
             return response
         except EtcdUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
-        except store_mod.StaleWrite as exc:
+        except StaleWrite as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"conflicting change, retry: {exc}")
         finally:
             log.debug("audit: %s called %s", who, fn.__name__)
@@ -125,7 +125,7 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
         }
         done = (kat_pb2.Instance.SUCCEEDED, kat_pb2.Instance.FAILED, kat_pb2.Instance.TERMINATING)
 
-        def movable(v: store_mod.Versioned[kat_pb2.Instance]) -> bool:
+        def movable(v: Versioned[kat_pb2.Instance]) -> bool:
             i = v.msg
             return i.phase not in done and (i.namespace, i.workload) not in daemons
 
@@ -138,7 +138,7 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
                 v.msg.message = f"node {request.name} drained"
             try:
                 await lc.store.update_instances((v.msg, v.mod_revision) for v in moving)
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 continue  # the controller wrote meanwhile: read again
             await lc.store.record_event(
                 new_event(
@@ -270,7 +270,7 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
             try:
                 await self.lc.store.update_token(current.msg, current.mod_revision)
                 return current.msg
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 continue
         await context.abort(grpc.StatusCode.ABORTED, "token changed concurrently; retry")
         raise AssertionError("unreachable")
@@ -290,7 +290,7 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
         ns = new_namespace(request.name)
         try:
             await self.lc.store.create_namespace(ns)
-        except store_mod.AlreadyExists:
+        except AlreadyExists:
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS, f"namespace {request.name!r} already exists"
             )

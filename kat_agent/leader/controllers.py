@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
 from internal.core import reconcile, rollout, scheduler
-from internal.state import store as store_mod
 from internal.state.etcd_values import EtcdError
+from internal.state.kv import AlreadyExists, Compacted, StaleWrite, StoreError
 from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class WorkloadController:
                 self.wake()
                 async for _ in self.store.watch_workloads(None, start):
                     self.wake()
-            except store_mod.Compacted:
+            except Compacted:
                 continue
             except EtcdError as exc:
                 log.warning("workload watch failed, retrying: %s", exc)
@@ -130,7 +130,7 @@ class WorkloadController:
             self._wake.clear()
             try:
                 wake_at = await self.reconcile_once()
-            except (EtcdError, store_mod.StoreError) as exc:
+            except (EtcdError, StoreError) as exc:
                 log.warning("workload reconcile failed, retrying: %s", exc)
                 wake_at = datetime.now(UTC) + timedelta(seconds=_RETRY_SECONDS)
 
@@ -274,7 +274,7 @@ class WorkloadController:
             try:
                 inst.resource_version = await store.update_instance(inst, inst.resource_version)
                 final[inst.id] = inst
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 ok = False
 
         async def delete(inst: kat_pb2.Instance) -> None:
@@ -284,14 +284,14 @@ class WorkloadController:
                     inst.namespace, inst.workload, inst.id, inst.resource_version
                 )
                 final.pop(inst.id, None)
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 ok = False
 
         async def create_safe(inst: kat_pb2.Instance) -> None:
             nonlocal ok
             try:
                 await create(inst)
-            except store_mod.AlreadyExists:
+            except AlreadyExists:
                 ok = False
 
         await asyncio.gather(
@@ -305,12 +305,12 @@ class WorkloadController:
             updated.status.CopyFrom(plan.status)
             try:
                 await store.update_workload(updated, workload.metadata.resource_version)
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 ok = False
         for ev in plan.events:
             try:
                 await store.record_event(ev)
-            except (EtcdError, store_mod.StoreError) as exc:
+            except (EtcdError, StoreError) as exc:
                 log.warning("could not record event %s: %s", ev.reason, exc)
         return ok
 

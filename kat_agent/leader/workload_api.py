@@ -27,8 +27,9 @@ from internal.manifests import resources
 from internal.manifests.changes import bundle_changes
 from internal.manifests.defaults import DEFAULT_NAMESPACE
 from internal.security import rpc
-from internal.state import store as store_mod
 from internal.state.etcd_values import EtcdUnavailable
+from internal.state.keys import WORKLOADS, workloads_prefix
+from internal.state.kv import AlreadyExists, Compacted, EventType, StaleWrite, Versioned
 
 if TYPE_CHECKING:
     from kat_agent.leader.context import LeaderContext
@@ -78,7 +79,7 @@ def _admin_stream(
                 yield item
         except EtcdUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
-        except store_mod.Compacted as exc:
+        except Compacted as exc:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
 
     wrapper.__name__ = fn.__name__
@@ -183,7 +184,7 @@ def _revision(
 
 
 def terminating(
-    records: list[store_mod.Versioned[kat_pb2.Instance]], why: str, purge: bool
+    records: list[Versioned[kat_pb2.Instance]], why: str, purge: bool
 ) -> list[tuple[kat_pb2.Instance, int]]:
     """The instance records of a deleted workload marked TERMINATING (their nodes stop
     them; the controller then removes the records), with the revisions they were read at.
@@ -284,7 +285,7 @@ class WorkloadAPI:
                     )
                 try:
                     created.metadata.resource_version = await store.create_namespace(created)
-                except store_mod.AlreadyExists:
+                except AlreadyExists:
                     continue
                 await self._event("Created", f"created by {who}", kind="Namespace", name=name)
                 return kat_pb2.ApplyResponse(
@@ -308,7 +309,7 @@ class WorkloadAPI:
                 updated.metadata.resource_version = await store.update_namespace(
                     updated, current.mod_revision
                 )
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 continue
             return kat_pb2.ApplyResponse(namespace=updated, changed=True, changes=changes)
         await context.abort(grpc.StatusCode.ABORTED, f"namespace {name} keeps changing; retry")
@@ -323,7 +324,7 @@ class WorkloadAPI:
 
                 try:
                     await self.lc.store.create_namespace(new_namespace(namespace))
-                except store_mod.AlreadyExists:
+                except AlreadyExists:
                     pass
             return
         await context.abort(
@@ -385,7 +386,7 @@ class WorkloadAPI:
                         plan.revision,
                         keep=KEPT_REVISIONS,
                     )
-                except (store_mod.StaleWrite, store_mod.AlreadyExists):
+                except (StaleWrite, AlreadyExists):
                     if expected:
                         raise
                     continue  # the controller wrote the status meanwhile: read again
@@ -438,7 +439,7 @@ class WorkloadAPI:
         start = request.since_revision
         if start <= 0:
             items, revision = await store.list_with_revision(
-                store_mod.workloads_prefix(namespace), kat_pb2.Workload
+                workloads_prefix(namespace), kat_pb2.Workload
             )
             for v in items:
                 yield kat_pb2.WorkloadWatchEvent(
@@ -449,11 +450,11 @@ class WorkloadAPI:
             out = kat_pb2.WorkloadWatchEvent(revision=ev.revision)
             if ev.msg is not None:
                 out.workload.CopyFrom(ev.msg)
-            if ev.type is store_mod.EventType.PUT:
+            if ev.type is EventType.PUT:
                 out.type = kat_pb2.WorkloadWatchEvent.PUT
             else:
                 out.type = kat_pb2.WorkloadWatchEvent.DELETE
-                ns, _, name = ev.key.removeprefix(store_mod.WORKLOADS).partition("/")
+                ns, _, name = ev.key.removeprefix(WORKLOADS).partition("/")
                 out.workload.metadata.namespace, out.workload.metadata.name = ns, name
             yield out
 
@@ -508,7 +509,7 @@ class WorkloadAPI:
                         await store.update_instances(first[i : i + _TXN_INSTANCES])
                     await store.delete_workload(namespace, name, current.mod_revision, stop=last)
                     break
-                except store_mod.StaleWrite:
+                except StaleWrite:
                     continue  # the controller changed something meanwhile: read again
             else:
                 await context.abort(
@@ -598,7 +599,7 @@ class WorkloadAPI:
                 for i in range(0, len(stop), _TXN_INSTANCES):
                     await store.update_instances(stop[i : i + _TXN_INSTANCES])
                 break
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 continue  # the controller got there first for some: read again
         await self._event(
             "Deleted",
