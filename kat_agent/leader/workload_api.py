@@ -21,7 +21,7 @@ import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core.events import new_event
-from internal.core.reconcile import same_instances, same_spec
+from internal.core.reconcile_model import same_instances, same_spec
 from internal.manifests import bundle as bundle_mod
 from internal.manifests import resources
 from internal.manifests.changes import bundle_changes
