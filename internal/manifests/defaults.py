@@ -13,6 +13,12 @@ from api.v1alpha1 import kat_pb2
 API_VERSION = "kat.dws.rip/v1alpha1"
 DEFAULT_NAMESPACE = "default"
 
+
+def object_ref(namespace: str, name: str) -> str:
+    """ "<namespace>/<name>", with "" as the default namespace (for messages)."""
+    return f"{namespace or DEFAULT_NAMESPACE}/{name}"
+
+
 REPLICAS = 1
 MAX_SURGE = "1"
 HEALTH_PERIOD_SECONDS = 10

@@ -4,51 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
 
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import tokens
 from internal.core.events import new_event
-from internal.security import rpc
-from internal.state.etcd_values import EtcdError, EtcdUnavailable
+from internal.state.etcd_values import EtcdError
 from internal.state.kv import AlreadyExists, StaleWrite, Versioned
 from kat_agent.leader.context import LeaderContext
+from kat_agent.leader.guards import admin
+from kat_agent.leader.node_proxy import NodeProxyAPI
 from kat_agent.leader.workload_api import WorkloadAPI
 
 log = logging.getLogger(__name__)
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
-
-def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Admin certificate, leadership, and etcd failures mapped to clear codes."""
-
-    async def wrapper(self: ClusterAPI, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        who = await rpc.require_role(context, rpc.ROLE_ADMIN)
-        await self.lc.require_leader(context)
-        try:
-            response = await fn(self, request, context)
-            context.set_trailing_metadata(((rpc.ENDPOINTS_KEY, ",".join(self.lc.api_endpoints())),))
-            return response
-        except EtcdUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
-        except StaleWrite as exc:
-            await context.abort(grpc.StatusCode.ABORTED, f"conflicting change, retry: {exc}")
-        finally:
-            log.debug("audit: %s called %s", who, fn.__name__)
-        raise AssertionError("unreachable")
-
-    wrapper.__name__ = fn.__name__
-    return wrapper
-
-
-class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
+class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
 

@@ -1,5 +1,5 @@
 """The pure parts of the leader's workload handling: one reconcile step of a workload
-(internal/core/reconcile.py), apply planning (workload_api.plan_apply), change lists
+(internal/core/reconcile.py), apply planning (internal/core/apply.py), change lists
 (internal/manifests/changes.py) and the assignment book."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
 from internal.core import reconcile, scheduler
+from internal.core.apply import plan_apply
 from internal.core.assignments import assignments_by_node
 from internal.core.observe import observe_instance
 from internal.core.reconcile_model import NodeFacts, Observed, Plan, job_run_start
 from internal.manifests import resources
 from internal.manifests.changes import bundle_changes
 from kat_agent.leader.assignments import AssignmentBook
-from kat_agent.leader.workload_api import plan_apply
 
 P = kat_pb2.Instance
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
