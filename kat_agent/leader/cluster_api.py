@@ -11,6 +11,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import tokens
 from internal.core.events import new_event
+from internal.manifests.defaults import new_namespace
 from internal.state.etcd_values import EtcdError
 from internal.state.kv import AlreadyExists, StaleWrite, Versioned
 from kat_agent.leader.context import LeaderContext
@@ -260,7 +261,7 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
     async def CreateNamespace(
         self, request: kat_pb2.NamespaceRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.Namespace:
-        ns = new_namespace(request.name)
+        ns = new_namespace(request.name, datetime.now(UTC))
         try:
             await self.lc.store.create_namespace(ns)
         except AlreadyExists:
@@ -307,10 +308,3 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
         except OSError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"backup failed: {exc}")
         raise AssertionError("unreachable")
-
-
-def new_namespace(name: str) -> kat_pb2.Namespace:
-    ns = kat_pb2.Namespace(api_version="kat.dws.rip/v1alpha1", kind="Namespace")
-    ns.metadata.name = name
-    ns.metadata.creation_timestamp.FromDatetime(datetime.now(UTC))
-    return ns

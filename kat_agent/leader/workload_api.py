@@ -23,7 +23,7 @@ from internal.core.apply import plan_apply
 from internal.core.events import new_event
 from internal.manifests import bundle as bundle_mod
 from internal.manifests import resources
-from internal.manifests.defaults import DEFAULT_NAMESPACE, object_ref
+from internal.manifests.defaults import DEFAULT_NAMESPACE, new_namespace, object_ref
 from internal.state.keys import WORKLOADS, workloads_prefix
 from internal.state.kv import AlreadyExists, EventType, StaleWrite, Versioned
 from kat_agent.leader.guards import admin, admin_stream, caller
@@ -136,14 +136,13 @@ class WorkloadAPI:
     async def _apply_namespace(
         self, ns: kat_pb2.Namespace, dry_run: bool, who: str, context: _Ctx
     ) -> kat_pb2.ApplyResponse:
-        from kat_agent.leader.cluster_api import new_namespace
 
         store = self.lc.store
         name = ns.metadata.name
         for _ in range(_RETRIES):
             current = await store.get_namespace(name)
             if current is None:
-                created = new_namespace(name)
+                created = new_namespace(name, datetime.now(UTC))
                 created.metadata.labels.update(ns.metadata.labels)
                 created.metadata.annotations.update(ns.metadata.annotations)
                 changes = [f"create Namespace {name}"]
@@ -188,10 +187,10 @@ class WorkloadAPI:
             return
         if namespace == DEFAULT_NAMESPACE:
             if create:
-                from kat_agent.leader.cluster_api import new_namespace
-
                 try:
-                    await self.lc.store.create_namespace(new_namespace(namespace))
+                    await self.lc.store.create_namespace(
+                        new_namespace(namespace, datetime.now(UTC))
+                    )
                 except AlreadyExists:
                     pass
             return
