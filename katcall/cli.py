@@ -80,6 +80,19 @@ def _grouped_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     return "\n".join(out)
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """parse_args, also taking an optional positional given after options, as kubectl does
+    (`get workloads -n team web`): argparse has already passed over such a positional (as
+    absent) when it meets the options, so a command lists them in `late_positionals`."""
+    args, extras = parser.parse_known_args(argv)
+    for dest in getattr(args, "late_positionals", ()):
+        if getattr(args, dest, None) is None and extras and not extras[0].startswith("-"):
+            setattr(args, dest, extras.pop(0))
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = KatParser(
         prog="katcall",
@@ -98,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     completion_cmd.complete(parser)  # answers the shell and exits when it asks
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

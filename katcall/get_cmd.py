@@ -282,4 +282,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="only items with these labels: key=value[,key=value] (workloads, instances, nodes)",
     )
     p.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
-    p.set_defaults(func=cmd_get)
+    p.set_defaults(func=cmd_get, late_positionals=("name",))
