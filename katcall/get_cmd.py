@@ -101,8 +101,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                 raise SystemExit("error: --watch prints tables only (no -o json|yaml|name)")
             return watch.run(client, args, res, items, sel, wide=wide, with_ns=with_ns)
     if fmt and fmt != "wide":
-        single = bool(args.name)
-        print(output.render(items, fmt, single=single, kind=res.kind))
+        text = output.render(items, fmt, single=bool(args.name), kind=res.kind)
+        print(text, end="" if text.endswith("\n") else "\n")
     elif items:
         print(print_table(res, items, wide, with_ns))
     else:

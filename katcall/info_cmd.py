@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from api.v1alpha1 import kat_pb2
+from internal.security.clientconfig import ConfigError
 from internal.version import VERSION
 from katcall import output
 from katcall.client import CallError
@@ -26,7 +27,7 @@ def versions(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         with connect(args) as client:
             info = client.get_cluster_info(kat_pb2.ClusterInfoRequest())
             nodes = client.list_nodes(kat_pb2.ListRequest()).items
-    except CallError as exc:
+    except (CallError, ConfigError) as exc:
         return doc, str(exc)
     doc["serverVersion"] = {"leader": info.leader_node, "version": info.version or "unknown"}
     doc["nodes"] = [

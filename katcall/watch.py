@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from katcall.get_cmd import Resource
 
 POLL_SECONDS = 2.0
+VOLATILE_COLUMNS = ("AGE", "LAST-HEARTBEAT")
 
 
 class RowPrinter:
@@ -31,7 +32,10 @@ class RowPrinter:
     def __init__(self, headers: Sequence[str]) -> None:
         self.widths = [len(h) for h in headers]
         self.headers = list(headers)
-        self.shown: dict[str, str] = {}
+        # Columns that change with the clock alone; a row whose other cells are the same
+        # is not printed again.
+        self.volatile = {i for i, h in enumerate(headers) if h in VOLATILE_COLUMNS}
+        self.shown: dict[str, tuple[str, ...]] = {}
 
     def line(self, cells: Sequence[str]) -> str:
         return "   ".join(c.ljust(w) for c, w in zip(cells, self.widths, strict=False)).rstrip()
@@ -46,11 +50,11 @@ class RowPrinter:
 
     def show(self, key: str, cells: Sequence[str]) -> str | None:
         """The line to print for `key`'s row, or None when it is unchanged."""
-        text = self.line(cells)
-        if self.shown.get(key) == text:
+        stable = tuple(c for i, c in enumerate(cells) if i not in self.volatile)
+        if self.shown.get(key) == stable:
             return None
-        self.shown[key] = text
-        return text
+        self.shown[key] = stable
+        return self.line(cells)
 
 
 def _poll(
@@ -80,7 +84,10 @@ def run(
     for line in printer.start(first):
         print(line)
     sys.stdout.flush()
-    changes = (res.watcher or _poll)(client, args, sel)
+    if res.watcher is not None:
+        changes = res.watcher(client, args, sel)
+    else:
+        changes = _poll(client, args, res, sel)
     try:
         for item in changes:
             if wanted(item):

@@ -145,6 +145,13 @@ def test_watch_rows_keep_the_header_widths_and_print_only_changes() -> None:
     assert changed is not None and changed.index("RUNNING") == first[0].index("PHASE")
 
 
+def test_watch_rows_ignore_the_clock() -> None:
+    rp = watch.RowPrinter(["NAME", "STATUS", "AGE"])
+    rp.start([("n", ["n1", "READY", "3s"])])
+    assert rp.show("n", ["n1", "READY", "5s"]) is None
+    assert rp.show("n", ["n1", "NOT_READY", "7s"]) is not None
+
+
 def test_config_view_redacts_keys(tmp_path: Path) -> None:
     ctx = clientconfig.Context("home", ["127.0.0.1:1"], b"CA PEM", b"CERT PEM", b"SECRET KEY")
     text = config_cmd.view(clientconfig.ClientConfig({"home": ctx}, "home"))
