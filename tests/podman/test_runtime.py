@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -390,6 +391,24 @@ def test_logs_tail_and_follow(env: Env, created: list[str]) -> None:
         async with asyncio.timeout(10):
             assert await anext(it) == b"x\n"
         await it.aclose()
+
+    env.run(body())
+
+
+@needs_podman
+def test_log_frames_keep_stderr_apart_with_timestamps_and_since(
+    env: Env, created: list[str]
+) -> None:
+    async def body() -> None:
+        script = "echo out1; echo err1 >&2; echo out2"
+        cid = await _start(env.rt, created, _spec("frames", ("sh", "-c", script)))
+        assert await env.rt.wait(cid) == 0
+        frames = [f async for f in env.rt.log_frames(cid)]
+        assert [(s, d) for s, d in frames if s == 1] == [(1, b"out1\n"), (1, b"out2\n")]
+        assert [(s, d) for s, d in frames if s == 2] == [(2, b"err1\n")]
+        stamped = [d async for _, d in env.rt.log_frames(cid, timestamps=True)]
+        assert all(re.match(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", d) for d in stamped), stamped
+        assert [d async for _, d in env.rt.log_frames(cid, since=time.time() + 60)] == []
 
     env.run(body())
 
