@@ -321,8 +321,10 @@ DESCRIBERS: dict[str, Callable[[Client, argparse.Namespace], str]] = {
 def cmd_describe(args: argparse.Namespace) -> int:
     res = get_cmd.resource(args.resource)
     describer = DESCRIBERS.get(res.name)
+    if describer is None and res.name in get_cmd.DESCRIBERS:
+        return get_cmd.DESCRIBERS[res.name](args)
     if describer is None:
-        known = ", ".join(sorted(DESCRIBERS))
+        known = ", ".join(sorted({*DESCRIBERS, *get_cmd.DESCRIBERS}))
         raise SystemExit(f"error: describe supports {known}, not {args.resource!r}")
     with connect(args) as client:
         print(describer(client, args))

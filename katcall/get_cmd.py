@@ -44,12 +44,40 @@ class Resource:
 
 RESOURCES: dict[str, Resource] = {}
 ALIASES: dict[str, str] = {}
+# Describers registered by name (`describe RESOURCE NAME` for a kind describe_cmd does not
+# know); each prints and returns the exit code.
+DESCRIBERS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
-def register_resource(res: Resource, *aliases: str) -> None:
+def register_resource(
+    res: Resource | str,
+    lister: Callable[[Client, argparse.Namespace], list[Item]] | None = None,
+    tabler: Callable[[list[Item], bool], str] | None = None,
+    *aliases: str,
+) -> None:
+    """Add a resource to `get`. The older form, (name, lister(client, args),
+    tabler(items, wide) -> table text, *aliases), is still taken: its table's first line
+    is the header and each further line a row."""
+    if isinstance(res, str):
+        assert lister is not None and tabler is not None
+        old_lister, old_tabler = lister, tabler
+        res = Resource(
+            res,
+            aliases[0] if aliases else res.rstrip("s"),
+            lambda c, a, sel: old_lister(c, a),
+            lambda wide, with_ns: old_tabler([], wide).split("\n")[0].split(),
+            lambda item, wide, with_ns: old_tabler([item], wide).split("\n")[1].split(),
+            key=output.object_name,
+            namespaced=True,
+        )
     RESOURCES[res.name] = res
     for a in (res.kind, *aliases):
         ALIASES[a] = res.name
+
+
+def register_describer(resource: str, describer: Callable[[argparse.Namespace], int]) -> None:
+    """`katcall describe RESOURCE NAME` for a resource (its canonical name)."""
+    DESCRIBERS[resource] = describer
 
 
 def resource(name: str) -> Resource:

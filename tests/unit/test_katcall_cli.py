@@ -182,3 +182,19 @@ def test_describe_node_is_a_readable_table() -> None:
     assert resources["cpu"] == ["cpu", "4", "4", "1", "(25%)"]
     assert "memory     23.5Gi     23.5Gi        1Gi (4%)" in text
     assert "zone=a" in text and "10.100.1.0/24" in text and "web-1" in text
+
+
+def test_resources_registered_the_older_way_still_print() -> None:
+    def tabler(items: list, wide: bool) -> str:
+        rows = [[n.metadata.name, "ok"] for n in items]
+        return output.table(["NAME", "STATE"], rows)
+
+    get_cmd.register_resource("widgets", lambda c, a: [], tabler, "widget")
+    try:
+        res = get_cmd.resource("widget")
+        ns = kat_pb2.Namespace(metadata=kat_pb2.ObjectMeta(name="w1"))
+        assert get_cmd.print_table(res, [ns], False, False).split() == ["NAME", "STATE", "w1", "ok"]
+        assert output.render([ns], "name", kind=res.kind) == "widget/w1"
+    finally:
+        get_cmd.RESOURCES.pop("widgets")
+        get_cmd.ALIASES.pop("widget")
