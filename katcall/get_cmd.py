@@ -49,18 +49,14 @@ ALIASES: dict[str, str] = {}
 DESCRIBERS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
-def register_resource(
-    res: Resource | str,
-    lister: Callable[[Client, argparse.Namespace], list[Item]] | None = None,
-    tabler: Callable[[list[Item], bool], str] | None = None,
-    *aliases: str,
-) -> None:
-    """Add a resource to `get`. The older form, (name, lister(client, args),
-    tabler(items, wide) -> table text, *aliases), is still taken: its table's first line
-    is the header and each further line a row."""
+def register_resource(res: Resource | str, *more: Any) -> None:
+    """Add a resource to `get`: register_resource(Resource(...), *aliases). The older form,
+    (name, lister(client, args), tabler(items, wide) -> table text, *aliases), is still
+    taken: its table's first line is the header and each further line a row."""
+    aliases: tuple[str, ...] = more
     if isinstance(res, str):
-        assert lister is not None and tabler is not None
-        old_lister, old_tabler = lister, tabler
+        old_lister, old_tabler, *rest = more
+        aliases = tuple(rest)
         res = Resource(
             res,
             aliases[0] if aliases else res.rstrip("s"),

@@ -184,6 +184,12 @@ def test_describe_node_is_a_readable_table() -> None:
     assert "zone=a" in text and "10.100.1.0/24" in text and "web-1" in text
 
 
+def test_resource_aliases() -> None:
+    assert get_cmd.resource("wl").name == "workloads"
+    assert get_cmd.resource("inst").name == get_cmd.resource("instance").name == "instances"
+    assert get_cmd.resource("no").name == "nodes" and get_cmd.resource("ns").name == "namespaces"
+
+
 def test_resources_registered_the_older_way_still_print() -> None:
     def tabler(items: list, wide: bool) -> str:
         rows = [[n.metadata.name, "ok"] for n in items]
