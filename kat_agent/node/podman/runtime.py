@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import math
 import os
 import re
 import signal
-import stat
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -51,7 +49,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -60,6 +58,20 @@ from podman.errors import APIError
 
 from api.v1alpha1 import kat_pb2
 from internal.manifests.quantity import parse_cpu, parse_memory
+from kat_agent.node.podman.errors import (
+    ContainerRuntimeError,
+    ErrorKind,
+    from_api_error,
+    podman_error,
+)
+from kat_agent.node.podman.mounts import (
+    DEFAULT_VOLUME_BASE,
+    ClusterStorageVolume,
+    HostPathVolume,
+    MountSpec,
+    VolumePreparer,
+    VolumeSource,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +82,6 @@ LABEL_INSTANCE = LABEL_PREFIX + "instance"
 LABEL_GENERATION = LABEL_PREFIX + "generation"
 LABEL_MANAGED = LABEL_PREFIX + "managed"
 
-DEFAULT_VOLUME_BASE = Path("/var/lib/kat/volumes")
 CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000
 LOG_DRIVER = "k8s-file"
@@ -79,84 +90,7 @@ EXEC_OUTPUT_LIMIT = 64 * 1024
 T = TypeVar("T")
 
 
-class ErrorKind(enum.Enum):
-    IMAGE_NOT_FOUND = "image not found"
-    NAME_CONFLICT = "name conflict"
-    BAD_MOUNT = "bad mount"
-    NOT_FOUND = "container not found"
-    NOT_RUNNING = "container not running"
-    TIMEOUT = "timeout"
-    UNAVAILABLE = "podman unavailable"
-    INVALID = "invalid spec"
-    OTHER = "podman error"
-
-
-class ContainerRuntimeError(RuntimeError):
-    """Anything that went wrong in Podman or in preparing a container for it."""
-
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _classify(status: int | None, message: str, default: ErrorKind) -> ErrorKind:
-    low = message.lower()
-    if status is None:
-        return ErrorKind.UNAVAILABLE
-    if "image not known" in low or "image not found" in low:
-        return ErrorKind.IMAGE_NOT_FOUND
-    if "already in use" in low:
-        return ErrorKind.NAME_CONFLICT
-    if "state improper" in low or "is not running" in low:
-        return ErrorKind.NOT_RUNNING
-    if status == 404:
-        return ErrorKind.NOT_FOUND
-    if "mount" in low or "statfs" in low:
-        return ErrorKind.BAD_MOUNT
-    return default
-
-
-def _error(
-    what: str, status: int | None, message: str, default: ErrorKind
-) -> ContainerRuntimeError:
-    kind = _classify(status, message, default)
-    if kind is ErrorKind.UNAVAILABLE:
-        message = message or "no answer from the Podman service"
-    return ContainerRuntimeError(kind, f"{what}: {message}")
-
-
-def _from_api_error(what: str, exc: APIError, default: ErrorKind) -> ContainerRuntimeError:
-    message = exc.explanation or str(exc)
-    if exc.status_code is None and exc.__cause__ is not None:
-        message = f"{message}: {exc.__cause__}"
-    return _error(what, exc.status_code, message, default)
-
-
 # ---------------------------------------------------------------- what to run
-
-
-@dataclass(frozen=True)
-class ClusterStorageVolume:
-    """simpleClusterStorage: a directory per namespace, workload and volume."""
-
-
-@dataclass(frozen=True)
-class HostPathVolume:
-    """hostMount; ensure_type is a HostMount.EnsureType name, "" for unspecified."""
-
-    path: Path
-    ensure_type: str = ""
-
-
-VolumeSource = ClusterStorageVolume | HostPathVolume
-
-
-@dataclass(frozen=True)
-class MountSpec:
-    volume: str
-    mount_path: str
-    sub_path: str = ""
-    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -462,8 +396,7 @@ class Runtime:
         api_timeout: float = 60.0,
     ) -> None:
         self.socket_path = Path(socket_path)
-        self.volume_base_path = Path(volume_base_path)
-        self.owner = owner
+        self.volumes = VolumePreparer(volume_base_path, owner)
         self._client = PodmanClient(base_url=f"unix://{self.socket_path}", timeout=api_timeout)
         self._prefix = self._client.api.path_prefix  # "/v<version>/libpod/"
 
@@ -484,7 +417,7 @@ class Runtime:
         try:
             return await asyncio.to_thread(fn)
         except APIError as exc:
-            raise _from_api_error(what, exc, default) from exc
+            raise from_api_error(what, exc, default) from exc
 
     async def _request(
         self,
@@ -509,7 +442,7 @@ class Runtime:
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         except OSError as exc:
-            raise _error(
+            raise podman_error(
                 what, None, f"Podman at {self.socket_path}: {exc}", ErrorKind.OTHER
             ) from exc
         try:
@@ -518,14 +451,14 @@ class Runtime:
             status_line = await reader.readline()
             parts = status_line.split()
             if len(parts) < 2 or not parts[1].isdigit():
-                raise _error(what, None, f"bad HTTP answer {status_line!r}", ErrorKind.OTHER)
+                raise podman_error(what, None, f"bad HTTP answer {status_line!r}", ErrorKind.OTHER)
             headers: dict[str, str] = {}
             while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
                 key, _, value = line.decode("latin-1").partition(":")
                 headers[key.strip().lower()] = value.strip()
         except OSError as exc:
             writer.close()
-            raise _error(
+            raise podman_error(
                 what, None, f"Podman at {self.socket_path}: {exc}", ErrorKind.OTHER
             ) from exc
         except BaseException:
@@ -547,7 +480,7 @@ class Runtime:
         resp = await self._request(method, path, what=what, params=params, body=body)
         try:
             if resp.status not in ok:
-                raise _error(what, resp.status, await resp.error_message(), default)
+                raise podman_error(what, resp.status, await resp.error_message(), default)
             return resp.status, await resp.json()
         finally:
             resp.close()
@@ -709,7 +642,9 @@ class Runtime:
         """Create (not start) the container of `spec`; prepares its volumes first."""
         what = f"create container {spec.container_name}"
         try:
-            mounts = await asyncio.to_thread(self._prepare_mounts, spec)
+            mounts = await asyncio.to_thread(
+                self.volumes.bind_mounts, spec.namespace, spec.workload, spec.volumes, spec.mounts
+            )
         except OSError as exc:
             raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {exc}") from exc
         body: dict[str, Any] = {
@@ -762,118 +697,6 @@ class Runtime:
         return created.container_id
 
     # ------------------------------------------------------------ volumes
-
-    def _chown(self, path: Path) -> None:
-        if self.owner is not None:
-            os.chown(path, *self.owner)
-
-    def _mkdirs(self, path: Path, *, own_leaf: bool) -> None:
-        """mkdir -p; the directories made are root's (0755), the last one `owner`'s."""
-        missing = [p for p in (path, *path.parents) if not p.exists()]
-        path.mkdir(parents=True, exist_ok=True)
-        if own_leaf and path in missing:
-            self._chown(path)
-
-    def _host_path(self, name: str, vol: HostPathVolume) -> Path:
-        path = vol.path
-        what = f"hostMount volume {name!r} ({path})"
-        if not path.is_absolute():
-            raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: hostPath must be absolute")
-        try:
-            st: os.stat_result | None = path.stat()
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {exc}") from exc
-        t = vol.ensure_type
-
-        def fail(problem: str) -> ContainerRuntimeError:
-            return ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {problem}")
-
-        if t == "DIRECTORY_OR_CREATE":
-            if st is None:
-                self._mkdirs(path, own_leaf=True)
-            elif not stat.S_ISDIR(st.st_mode):
-                raise fail("exists and is not a directory")
-        elif t == "DIRECTORY":
-            if st is None or not stat.S_ISDIR(st.st_mode):
-                raise fail("is not an existing directory (ensureType DIRECTORY)")
-        elif t == "FILE_OR_CREATE":
-            if st is None:
-                if not path.parent.is_dir():
-                    raise fail(f"its directory {path.parent} does not exist")
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                    self._chown(path)
-            elif not stat.S_ISREG(st.st_mode):
-                raise fail("exists and is not a regular file")
-        elif t == "FILE":
-            if st is None or not stat.S_ISREG(st.st_mode):
-                raise fail("is not an existing regular file (ensureType FILE)")
-        elif t == "SOCKET":
-            if st is None or not stat.S_ISSOCK(st.st_mode):
-                raise fail("is not an existing unix socket (ensureType SOCKET)")
-        elif t == "":
-            if st is None:
-                raise fail("does not exist")
-        else:
-            raise fail(f"unknown ensureType {t}")
-        return path
-
-    def _sub_path(self, base: Path, mount: MountSpec) -> Path:
-        sub = mount.sub_path
-        if not sub:
-            return base
-        what = f"volumeMount {mount.volume!r} at {mount.mount_path}: subPath {sub!r}"
-        pure = PurePosixPath(sub)
-        if pure.is_absolute() or ".." in pure.parts:
-            raise ContainerRuntimeError(
-                ErrorKind.BAD_MOUNT, f"{what} must be relative and without '..'"
-            )
-        target = base / pure
-        if not target.exists() and not target.is_symlink() and base.is_dir():
-            self._mkdirs(target, own_leaf=True)
-        real, real_base = target.resolve(), base.resolve()
-        if real != real_base and real_base not in real.parents:
-            raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what} leads out of its volume")
-        if not real.exists():
-            raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what} does not exist")
-        return target
-
-    def cluster_storage_path(self, namespace: str, workload: str, volume: str) -> Path:
-        return self.volume_base_path / namespace / workload / volume
-
-    def _prepare_mounts(self, spec: InstanceSpec) -> list[dict[str, Any]]:
-        sources: dict[str, Path] = {}
-        for name, vol in spec.volumes.items():
-            if isinstance(vol, HostPathVolume):
-                sources[name] = self._host_path(name, vol)
-            else:
-                path = self.cluster_storage_path(spec.namespace, spec.workload, name)
-                self._mkdirs(path, own_leaf=True)
-                sources[name] = path
-        mounts: list[dict[str, Any]] = []
-        for m in spec.mounts:
-            if m.volume not in sources:
-                raise ContainerRuntimeError(
-                    ErrorKind.BAD_MOUNT, f"volumeMount {m.mount_path}: no volume named {m.volume!r}"
-                )
-            if not m.mount_path.startswith("/"):
-                raise ContainerRuntimeError(
-                    ErrorKind.BAD_MOUNT, f"volumeMount {m.volume!r}: mountPath must be absolute"
-                )
-            source = self._sub_path(sources[m.volume], m)
-            mounts.append(
-                {
-                    "type": "bind",
-                    "source": str(source),
-                    "destination": m.mount_path,
-                    "options": ["rbind", "ro" if m.read_only else "rw"],
-                }
-            )
-        return mounts
-
-    # ------------------------------------------------------------ observe
 
     async def inspect(self, container_id: str) -> dict[str, Any]:
         """Podman's inspect document of one container."""
@@ -973,7 +796,7 @@ class Runtime:
         )
         try:
             if resp.status != 200:
-                raise _error(what, resp.status, await resp.error_message(), ErrorKind.OTHER)
+                raise podman_error(what, resp.status, await resp.error_message(), ErrorKind.OTHER)
             async for _, payload in _frames(resp.chunks()):
                 yield payload
         finally:
@@ -1007,7 +830,9 @@ class Runtime:
                 )
                 try:
                     if resp.status != 200:
-                        raise _error(what, resp.status, await resp.error_message(), ErrorKind.OTHER)
+                        raise podman_error(
+                            what, resp.status, await resp.error_message(), ErrorKind.OTHER
+                        )
                     async for _, payload in _frames(resp.chunks()):
                         output += payload[: max(0, EXEC_OUTPUT_LIMIT - len(output))]
                 finally:
@@ -1078,7 +903,7 @@ class Runtime:
                 upgrade=True,
             )
             if resp.status not in (101, 200):
-                raise _error(what, resp.status, await resp.error_message(), ErrorKind.OTHER)
+                raise podman_error(what, resp.status, await resp.error_message(), ErrorKind.OTHER)
             feeder = asyncio.create_task(_feed(resp.writer, stdin))
             if tty:
                 async for chunk in resp.chunks():
