@@ -31,15 +31,11 @@ from dataclasses import dataclass, field
 from api.v1alpha1 import kat_pb2
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
-from kat_agent.node.podman.runtime import (
-    LABEL_PREFIX,
-    ContainerRuntimeError,
-    ErrorKind,
-    InstanceSpec,
-    ObservedContainer,
-)
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.observe import ObservedContainer
 from kat_agent.node.podman.service import PodmanServiceError
 from kat_agent.node.podman.services import Backend, NodeSettings, PodmanPool
+from kat_agent.node.podman.spec import LABEL_PREFIX, InstanceSpec
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.security import rpc
 from kat_agent.node.instances import NodeRuntime
-from kat_agent.node.podman.runtime import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.services import Backend
 
 log = logging.getLogger(__name__)

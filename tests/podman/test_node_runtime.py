@@ -38,17 +38,17 @@ from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import SNAPSHOT_FILE
 from kat_agent.node.instances import LABEL_RESTARTS, InstanceState, NodeRuntime
 from kat_agent.node.main import serve_node
-from kat_agent.node.podman.runtime import (
+from kat_agent.node.podman.observe import ObservedContainer
+from kat_agent.node.podman.service import PodmanStorage, remove_workload_user, workload_username
+from kat_agent.node.podman.services import NodeSettings, rootless_from_env
+from kat_agent.node.podman.spec import (
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_NAMESPACE,
     LABEL_WORKLOAD,
     InstanceSpec,
-    ObservedContainer,
 )
-from kat_agent.node.podman.service import PodmanStorage, remove_workload_user, workload_username
-from kat_agent.node.podman.services import NodeSettings, rootless_from_env
 from tests.helpers import (
     BUSYBOX_IMAGE,
     BUSYBOX_TARBALL,

@@ -26,20 +26,9 @@ from typing import Any, TypeVar
 import pytest
 
 from api.v1alpha1 import kat_pb2
-from kat_agent.node.podman.runtime import (
-    LABEL_GENERATION,
-    LABEL_INSTANCE,
-    LABEL_MANAGED,
-    LABEL_NAMESPACE,
-    LABEL_WORKLOAD,
-    ClusterStorageVolume,
-    ContainerRuntimeError,
-    ErrorKind,
-    HostPathVolume,
-    InstanceSpec,
-    MountSpec,
-    Runtime,
-)
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.mounts import ClusterStorageVolume, HostPathVolume, MountSpec
+from kat_agent.node.podman.runtime import Runtime
 from kat_agent.node.podman.service import (
     MAX_USERNAME,
     PodmanService,
@@ -50,6 +39,14 @@ from kat_agent.node.podman.service import (
     ping,
     remove_workload_user,
     workload_username,
+)
+from kat_agent.node.podman.spec import (
+    LABEL_GENERATION,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_NAMESPACE,
+    LABEL_WORKLOAD,
+    InstanceSpec,
 )
 from tests.helpers import (
     BUSYBOX_IMAGE,
