@@ -27,28 +27,43 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from api.v1alpha1 import kat_pb2
+from internal.core.node_plan import (
+    LABEL_JOB_RUN,
+    LABEL_RESTARTS,
+    LABEL_TYPE,
+    Action,
+    Adopt,
+    Create,
+    Forget,
+    InstanceView,
+    Memory,
+    PurgeVolumes,
+    Report,
+    StopAndRemove,
+    StopUnhealthy,
+    Watch,
+    health_check,
+    instance_report,
+    label_restarts,
+    plan_instance,
+)
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
-from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
 from kat_agent.node.podman.observe import ObservedContainer
-from kat_agent.node.podman.service import PodmanServiceError
 from kat_agent.node.podman.services import Backend, NodeSettings, PodmanPool
-from kat_agent.node.podman.spec import LABEL_PREFIX, InstanceSpec
+from kat_agent.node.podman.spec import InstanceSpec
 
 log = logging.getLogger(__name__)
 
-LABEL_RESTARTS = LABEL_PREFIX + "restart-count"
-LABEL_TYPE = LABEL_PREFIX + "workload-type"
-LABEL_JOB_RUN = LABEL_PREFIX + "job-run"
 
 P = kat_pb2.Instance
 
 HEALTH_DEFAULTS = {"period": 10, "timeout": 1, "success": 1, "failure": 3}
-NOT_STARTED = ("created", "configured", "initialized")
 RETRY_BACKOFF = (0.5, 10.0)
-TERMINAL = (kat_pb2.Instance.SUCCEEDED, kat_pb2.Instance.FAILED)
 
 
 class Step(enum.Enum):
@@ -60,26 +75,31 @@ class Step(enum.Enum):
 
 @dataclass(eq=False)
 class InstanceState:
+    """One instance as the executor tracks it: the facts (assignment, observed container),
+    the node's memory of it (the fields of node_plan.Memory) and the executor's own
+    bookkeeping (what it is doing, its tasks)."""
+
     id: str
     assignment: kat_pb2.Assignment | None = None
     backend: Backend | None = None
     observed: ObservedContainer | None = None
-    acted_restarts: int | None = None  # the leader's restart count last acted on
+    # node_plan.Memory, field by field (see there)
+    acted_restarts: int | None = None
+    error: str = ""
+    vanished: bool = False
+    failed_at: datetime | None = None
+    health_failed: str = ""
+    ready: bool = False
+    purged: bool = False
+    # the executor's
     activity: int | None = None  # PULLING / STARTING / TERMINATING while doing it
     message: str = ""  # with activity: what is going on
-    error: str = ""  # creating failed: FAILED without a container
-    vanished: bool = False  # no container where one should be (removed behind KAT's back)
-    health_failed: str = ""  # id of the container whose health check failed
-    purged: bool = False  # its workload's volumes were purged (purge_volumes)
-    ready: bool = False  # health check passed (only used with a health check)
     busy: bool = False  # a step is running
     epoch: int = 0  # bumped by every action (resync compares it)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task[None] | None = None
     waiter: tuple[str, asyncio.Task[None]] | None = None
     health: tuple[str, asyncio.Task[None]] | None = None
-
-    # ------------------------------------------------------------ facts
 
     @property
     def namespace(self) -> str:
@@ -93,85 +113,39 @@ class InstanceState:
             return self.assignment.instance.workload
         return self.observed.workload if self.observed else ""
 
-    @property
-    def is_job(self) -> bool:
-        if self.assignment is not None:
-            return self.assignment.bundle.workload.spec.type == kat_pb2.WorkloadSpec.JOB
-        return bool(self.observed and self.observed.labels.get(LABEL_TYPE) == "JOB")
+    def memory(self) -> Memory:
+        return Memory(
+            acted_restarts=self.acted_restarts,
+            error=self.error,
+            vanished=self.vanished,
+            failed_at=self.failed_at,
+            health_failed=self.health_failed,
+            ready=self.ready,
+            purged=self.purged,
+        )
 
-    def health_check(self) -> kat_pb2.HealthCheck | None:
-        if self.assignment is None:
-            return None
-        check = self.assignment.bundle.virtual_load_balancer.spec.health_check
-        return check if check.exec.command else None
+    def remember(self, mem: Memory) -> bool:
+        """Take the plan's memory; True if it changed."""
+        if mem == self.memory():
+            return False
+        for f in dataclasses.fields(Memory):
+            setattr(self, f.name, getattr(mem, f.name))
+        return True
 
-    def container_id(self) -> str:
-        return self.observed.container_id if self.observed else ""
-
-    # ------------------------------------------------------------ report
+    def view(self) -> InstanceView:
+        return InstanceView(self.id, self.assignment, self.observed, self.memory())
 
     def report(self, node: str) -> kat_pb2.Instance | None:
         """The instance as the node sees it; None once the node has nothing of it."""
-        a, obs = self.assignment, self.observed
-        if obs is None and self.activity is None and not self.error and not self.vanished:
-            if a is None or a.instance.phase in (P.TERMINATING, *TERMINAL):
-                return None
-        inst = kat_pb2.Instance(id=self.id, node=node)
-        inst.namespace = self.namespace
-        inst.workload = self.workload
-        if a is not None:
-            inst.generation = a.instance.generation
-            inst.job_run = a.instance.job_run
-        if obs is not None:
-            inst.generation = obs.generation or inst.generation
-            inst.job_run = inst.job_run or obs.labels.get(LABEL_JOB_RUN, "")
-            inst.container_id = obs.container_id
-            inst.ip = obs.ip
-            if obs.started_at:
-                inst.started_at.FromDatetime(obs.started_at)
-            if obs.finished_at:
-                inst.finished_at.FromDatetime(obs.finished_at)
-            if obs.exit_code is not None:
-                inst.exit_code = obs.exit_code
-        inst.restart_count = self.acted_restarts or 0
-        inst.phase, inst.message = self._phase()
-        inst.ready = bool(
-            inst.phase == P.RUNNING
-            and obs is not None
-            and obs.container_id != self.health_failed
-            and (self.ready or self.health_check() is None)
-        )
-        return inst
-
-    def _phase(self) -> tuple[int, str]:
-        obs = self.observed
-        if self.activity is not None:
-            return self.activity, self.message
-        if obs is not None:
-            if obs.running or obs.state == "paused":
-                if obs.container_id == self.health_failed:
-                    return P.RUNNING, "health check failed; stopping"
-                return P.RUNNING, "" if obs.running else obs.state
-            if obs.state == "exited":
-                code = obs.exit_code or 0
-                if obs.container_id == self.health_failed:
-                    return P.FAILED, "health check failed"
-                if code == 0 and self.is_job:
-                    return P.SUCCEEDED, "completed"
-                why = f"exited with code {code}"
-                return P.FAILED, f"{why} (out of memory)" if obs.oom_killed else why
-            if obs.state in NOT_STARTED:
-                return P.STARTING, ""
-            return P.RUNNING, obs.state  # stopping, removing: passing states
-        if self.error:
-            return P.FAILED, self.error
-        if self.vanished:
-            return P.FAILED, "container removed outside KAT"
-        return P.SCHEDULED, ""
+        return instance_report(node, self.view(), self.activity, self.message)
 
 
 def _now() -> float:
     return time.time()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class NodeRuntime:
@@ -369,7 +343,7 @@ class NodeRuntime:
                 if st is None:
                     st = self._new_state(iid)
                     st.backend, st.observed = backend, c
-                    st.acted_restarts = _label_int(c, LABEL_RESTARTS)
+                    st.acted_restarts = label_restarts(c)
                     st.wake.set()
                     self._changed()
                     continue
@@ -380,7 +354,7 @@ class NodeRuntime:
                 if st.observed != c:
                     st.backend, st.observed = backend, c
                     if st.acted_restarts is None:
-                        st.acted_restarts = _label_int(c, LABEL_RESTARTS)
+                        st.acted_restarts = label_restarts(c)
                     st.vanished = False
                     st.wake.set()
                     self._changed()
@@ -392,14 +366,23 @@ class NodeRuntime:
                     and not st.busy
                     and st.epoch == epochs.get(iid)
                 ):
-                    log.warning("container of instance %s is gone", iid)
-                    self._cancel_watchers(st)
-                    st.observed = None
-                    st.vanished = st.assignment is not None
-                    st.wake.set()
-                    self._changed()
+                    self._vanished(st, st.observed.container_id)
         self.resync_count += 1
         return complete
+
+    def _vanished(self, st: InstanceState, cid: str) -> None:
+        """The container `cid` of `st` is gone without KAT removing it: the instance is
+        FAILED ("container removed outside KAT") until the leader asks for a restart."""
+        if st.busy or st.observed is None or st.observed.container_id != cid:
+            return  # being acted on, or already replaced: nothing to notice
+        log.warning("container %s of instance %s is gone", cid[:12], st.id)
+        self._cancel_watchers(st)
+        st.observed = None
+        st.vanished = st.assignment is not None
+        st.ready = False
+        st.epoch += 1
+        st.wake.set()
+        self._changed()
 
     # ------------------------------------------------------------ the worker
 
@@ -467,59 +450,34 @@ class NodeRuntime:
             await self.pool.release(backend)
 
     async def _step(self, st: InstanceState) -> Step:
-        if not self._applied:
-            if st.observed is not None and st.observed.running:
-                self._watch_exit(st)
-            return Step.IDLE  # no desired state known yet: touch nothing
-        a, obs = st.assignment, st.observed
-        if a is None or a.instance.phase == P.TERMINATING:
-            if obs is not None:
-                await self._stop_and_remove(st, P.TERMINATING, "stopping")
-                return Step.PROGRESS
-            if st.error or st.vanished:
-                st.error, st.vanished = "", False
-                self._changed()
-            if a is not None and a.instance.purge_volumes and not st.purged:
-                await self._purge_volumes(st)
-            return Step.DONE if a is None else Step.IDLE
-        want = a.instance.restart_count
-        if st.acted_restarts is not None and want < st.acted_restarts:
-            # The leader reset its count (MAX_COUNT's resetSeconds): follow it.
-            st.acted_restarts = want
+        """Plan (internal/core/node_plan.py) and execute one step of one instance."""
+        plan = plan_instance(st.view(), _utcnow(), desired_known=self._applied)
+        if st.remember(plan.memory):
             self._changed()
-        if obs is None:
-            if a.instance.phase in TERMINAL:
-                # Done as far as the leader knows: never started again.
-                if st.acted_restarts is None:
-                    st.acted_restarts = want
-                return Step.IDLE
-            if st.acted_restarts is not None and want <= st.acted_restarts:
-                if st.error or st.vanished:
-                    return Step.IDLE  # FAILED: waiting for the leader's restart
-            await self._create(st, a)
-            return Step.PROGRESS
-        if st.acted_restarts is None:
-            st.acted_restarts = _label_int(obs, LABEL_RESTARTS)
-            if st.acted_restarts is None:
-                st.acted_restarts = want
-        if obs.generation != a.instance.generation:
-            await self._stop_and_remove(st, P.STARTING, "replacing the container")
-            return Step.PROGRESS
-        if want > st.acted_restarts:
-            await self._stop_and_remove(st, P.STARTING, "restarting")
-            return Step.PROGRESS
-        if obs.running:
-            if obs.container_id == st.health_failed:
+        for action in plan.actions:
+            await self._execute(st, action)
+        if plan.done:
+            return Step.DONE
+        return Step.PROGRESS if plan.progress else Step.IDLE
+
+    async def _execute(self, st: InstanceState, action: Action) -> None:
+        match action:
+            case Create(assignment=a):
+                await self._create(st, a)
+            case StopAndRemove(phase=phase, message=message):
+                await self._stop_and_remove(st, phase, message)
+            case StopUnhealthy():
                 await self._stop_unhealthy(st)
-                return Step.PROGRESS
-            self._watch_exit(st)
-            self._watch_health(st)
-            return Step.IDLE
-        if obs.state in NOT_STARTED:
-            # Created but never started (an agent crash in between): start afresh.
-            await self._stop_and_remove(st, P.STARTING, "")
-            return Step.PROGRESS
-        return Step.IDLE  # exited: reported; the leader decides about a restart
+            case Watch(health=health):
+                self._watch_exit(st)
+                if health:
+                    self._watch_health(st)
+            case PurgeVolumes():
+                await self._purge_volumes(st)
+            case Adopt(container_id=cid, restart_count=count):
+                log.debug("instance %s: adopted container %s (restart %d)", st.id, cid[:12], count)
+            case Forget() | Report():
+                pass  # the worker forgets; reports are made on demand (report())
 
     # ------------------------------------------------------------ actions
 
@@ -676,7 +634,10 @@ class NodeRuntime:
                 obs = await backend.runtime.observe(cid)
             except ContainerRuntimeError as exc:
                 if exc.kind is ErrorKind.NOT_FOUND:
-                    return  # removed: the resync notices
+                    # Removed behind KAT's back (KAT cancels this watcher before it
+                    # removes a container itself): say so now, not at the next resync.
+                    self._vanished(st, cid)
+                    return
                 await asyncio.sleep(delay)  # Podman restarting: wait again
                 delay = min(RETRY_BACKOFF[1], delay * 2)
                 continue
@@ -691,7 +652,7 @@ class NodeRuntime:
             self._changed()
 
     def _watch_health(self, st: InstanceState) -> None:
-        obs, backend, check = st.observed, st.backend, st.health_check()
+        obs, backend, check = st.observed, st.backend, health_check(st.assignment)
         if obs is None or backend is None or check is None:
             return
         if st.health is not None and st.health[0] == obs.container_id and not st.health[1].done():
@@ -775,10 +736,3 @@ class NodeRuntime:
 
 def _task(pair: tuple[str, asyncio.Task[None]] | None) -> asyncio.Task[None] | None:
     return pair[1] if pair is not None else None
-
-
-def _label_int(c: ObservedContainer, label: str) -> int | None:
-    try:
-        return int(c.labels[label])
-    except (KeyError, ValueError):
-        return None

@@ -39,7 +39,7 @@ from kat_agent.node.assignments import SNAPSHOT_FILE
 from kat_agent.node.instances import LABEL_RESTARTS, InstanceState, NodeRuntime
 from kat_agent.node.main import serve_node
 from kat_agent.node.podman.observe import ObservedContainer
-from kat_agent.node.podman.service import PodmanStorage, remove_workload_user, workload_username
+from kat_agent.node.podman.service import PodmanStorage
 from kat_agent.node.podman.services import NodeSettings, rootless_from_env
 from kat_agent.node.podman.spec import (
     LABEL_GENERATION,
@@ -49,6 +49,7 @@ from kat_agent.node.podman.spec import (
     LABEL_WORKLOAD,
     InstanceSpec,
 )
+from kat_agent.node.podman.users import remove_workload_user, workload_username
 from tests.helpers import (
     BUSYBOX_IMAGE,
     BUSYBOX_TARBALL,

@@ -60,3 +60,7 @@ def from_api_error(what: str, exc: APIError, default: ErrorKind) -> ContainerRun
     if exc.status_code is None and exc.__cause__ is not None:
         message = f"{message}: {exc.__cause__}"
     return podman_error(what, exc.status_code, message, default)
+
+
+class PodmanServiceError(RuntimeError):
+    """A Podman service could not be started, or a workload user not be set up."""

@@ -20,6 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from api.v1alpha1 import kat_pb2
+from internal.core.node_plan import (
+    LABEL_GENERATION,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_NAMESPACE,
+    LABEL_WORKLOAD,
+)
 from internal.manifests.quantity import parse_cpu, parse_memory
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.mounts import (
@@ -28,13 +35,6 @@ from kat_agent.node.podman.mounts import (
     MountSpec,
     VolumeSource,
 )
-
-LABEL_PREFIX = "kat.dws.rip/"
-LABEL_WORKLOAD = LABEL_PREFIX + "workload"
-LABEL_NAMESPACE = LABEL_PREFIX + "namespace"
-LABEL_INSTANCE = LABEL_PREFIX + "instance"
-LABEL_GENERATION = LABEL_PREFIX + "generation"
-LABEL_MANAGED = LABEL_PREFIX + "managed"
 
 CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000
