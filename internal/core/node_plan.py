@@ -268,6 +268,23 @@ def _date_failure(mem: Memory, now: datetime) -> Memory:
     return mem
 
 
+def desired_by_id(
+    snapshot: kat_pb2.AssignmentSet, node: str
+) -> tuple[dict[str, kat_pb2.Assignment], list[kat_pb2.Assignment]]:
+    """The snapshot's assignments for `node` by instance id, and those that name another
+    node (never acted on)."""
+    desired: dict[str, kat_pb2.Assignment] = {}
+    foreign: list[kat_pb2.Assignment] = []
+    for a in snapshot.assignments:
+        if not a.instance.id:
+            continue
+        if a.instance.node and a.instance.node != node:
+            foreign.append(a)
+            continue
+        desired[a.instance.id] = a
+    return desired, foreign
+
+
 def node_plan(
     desired: Mapping[str, kat_pb2.Assignment] | None,
     observed: Mapping[str, Container],

@@ -1,19 +1,9 @@
-"""The node's reconciler: the instances the leader assigned (desired) against the
-containers Podman reports (observed), one step at a time per instance.
-
-Contract with the leader (see also README, "Node runtime"):
-- desired state is the last full `AssignmentSet` (from the stream, else the copy saved in
-  the data dir); until there is one, nothing is started or stopped, only observed;
-- an assigned instance without a container is created and started (PULLING, STARTING,
-  RUNNING); one that is TERMINATING or no longer assigned is stopped (SIGTERM, grace,
-  SIGKILL) and removed, and then no longer reported;
-- restarts are the leader's: the node starts a fresh container for an instance only
-  when the assignment's `restart_count` is above the count it last acted on (kept in a
-  container label, so it survives agent restarts). An exited container stays as it is,
-  reported SUCCEEDED (exit 0 of a JOB) or FAILED with its exit code, until then;
-- a failing health check (failureThreshold in a row) stops the container and reports
-  FAILED "health check failed"; the leader applies the restart policy;
-- containers are adopted, never restarted, when the agent restarts (same instance id).
+"""The node's reconciler, an executor: for each instance it observes (assignments from the
+leader, containers from Podman), asks the pure `node_plan` (internal/core/node_plan.py, where
+the contract with the leader is written out) what to do, does it through the container
+runtime (kat_agent/node/podman/runtime.py, or the in-memory fake) and reports. One worker
+task per instance, so a slow pull of one never holds up the others; level-triggered (every
+step looks at the current facts) and restart-safe (containers are adopted by their labels).
 """
 
 from __future__ import annotations
@@ -23,10 +13,8 @@ import contextlib
 import dataclasses
 import enum
 import logging
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from api.v1alpha1 import kat_pb2
@@ -38,32 +26,31 @@ from internal.core.node_plan import (
     Adopt,
     Create,
     Forget,
-    InstanceView,
-    Memory,
     PurgeVolumes,
     Report,
     StopAndRemove,
     StopUnhealthy,
     Watch,
+    desired_by_id,
     health_check,
-    instance_report,
     label_restarts,
     plan_instance,
 )
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
+from kat_agent.node.instance_state import InstanceState, find_containers
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
+from kat_agent.node.podman.mounts import purge_workload_volumes
 from kat_agent.node.podman.observe import ObservedContainer
-from kat_agent.node.podman.services import Backend, NodeSettings, PodmanPool
+from kat_agent.node.podman.runtime import BackendPool, RuntimeBackend
+from kat_agent.node.podman.services import NodeSettings, PodmanPool
 from kat_agent.node.podman.spec import InstanceSpec
+from kat_agent.node.watchers import RETRY_BACKOFF, run_health_checks, wait_for_exit
 
 log = logging.getLogger(__name__)
 
 
 P = kat_pb2.Instance
-
-HEALTH_DEFAULTS = {"period": 10, "timeout": 1, "success": 1, "failure": 3}
-RETRY_BACKOFF = (0.5, 10.0)
 
 
 class Step(enum.Enum):
@@ -71,73 +58,6 @@ class Step(enum.Enum):
     IDLE = "idle"  # converged; wait for a change
     DONE = "done"  # not assigned and no container: forget the instance
     RETRY = "retry"  # failed for a passing reason (Podman restarting): back off
-
-
-@dataclass(eq=False)
-class InstanceState:
-    """One instance as the executor tracks it: the facts (assignment, observed container),
-    the node's memory of it (the fields of node_plan.Memory) and the executor's own
-    bookkeeping (what it is doing, its tasks)."""
-
-    id: str
-    assignment: kat_pb2.Assignment | None = None
-    backend: Backend | None = None
-    observed: ObservedContainer | None = None
-    # node_plan.Memory, field by field (see there)
-    acted_restarts: int | None = None
-    error: str = ""
-    vanished: bool = False
-    failed_at: datetime | None = None
-    health_failed: str = ""
-    ready: bool = False
-    purged: bool = False
-    # the executor's
-    activity: int | None = None  # PULLING / STARTING / TERMINATING while doing it
-    message: str = ""  # with activity: what is going on
-    busy: bool = False  # a step is running
-    epoch: int = 0  # bumped by every action (resync compares it)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task[None] | None = None
-    waiter: tuple[str, asyncio.Task[None]] | None = None
-    health: tuple[str, asyncio.Task[None]] | None = None
-
-    @property
-    def namespace(self) -> str:
-        if self.assignment is not None:
-            return self.assignment.instance.namespace
-        return self.observed.namespace if self.observed else ""
-
-    @property
-    def workload(self) -> str:
-        if self.assignment is not None:
-            return self.assignment.instance.workload
-        return self.observed.workload if self.observed else ""
-
-    def memory(self) -> Memory:
-        return Memory(
-            acted_restarts=self.acted_restarts,
-            error=self.error,
-            vanished=self.vanished,
-            failed_at=self.failed_at,
-            health_failed=self.health_failed,
-            ready=self.ready,
-            purged=self.purged,
-        )
-
-    def remember(self, mem: Memory) -> bool:
-        """Take the plan's memory; True if it changed."""
-        if mem == self.memory():
-            return False
-        for f in dataclasses.fields(Memory):
-            setattr(self, f.name, getattr(mem, f.name))
-        return True
-
-    def view(self) -> InstanceView:
-        return InstanceView(self.id, self.assignment, self.observed, self.memory())
-
-    def report(self, node: str) -> kat_pb2.Instance | None:
-        """The instance as the node sees it; None once the node has nothing of it."""
-        return instance_report(node, self.view(), self.activity, self.message)
 
 
 def _now() -> float:
@@ -156,10 +76,10 @@ class NodeRuntime:
         self,
         settings: NodeSettings,
         on_change: Callable[[], None] = lambda: None,
-        pool: PodmanPool | None = None,
+        pool: BackendPool | None = None,
     ) -> None:
         self.settings = settings
-        self.pool = pool or PodmanPool(settings)
+        self.pool: BackendPool = pool or PodmanPool(settings)
         self.builder = Builder(settings)  # images from spec.source.git
         self.snapshots = SnapshotStore(settings.state_dir)
         self.states: dict[str, InstanceState] = {}
@@ -227,15 +147,9 @@ class NodeRuntime:
                 log.error("cannot save the assignments to %s: %s", self.snapshots.path, exc)
 
     def _apply(self, snapshot: kat_pb2.AssignmentSet) -> None:
-        node = self.settings.node_name
-        desired: dict[str, kat_pb2.Assignment] = {}
-        for a in snapshot.assignments:
-            if not a.instance.id:
-                continue
-            if a.instance.node and a.instance.node != node:
-                log.warning("ignoring instance %s assigned to %s", a.instance.id, a.instance.node)
-                continue
-            desired[a.instance.id] = a
+        desired, foreign = desired_by_id(snapshot, self.settings.node_name)
+        for a in foreign:
+            log.warning("ignoring instance %s assigned to %s", a.instance.id, a.instance.node)
         self._applied = True
         for iid, a in desired.items():
             st = self.states.get(iid) or self._new_state(iid)
@@ -303,7 +217,7 @@ class NodeRuntime:
             self._started = False
             tasks = []
             for st in self.states.values():
-                for t in (st.worker, _task(st.waiter), _task(st.health)):
+                for t in (st.worker, *st.watchers()):
                     if t is not None:
                         t.cancel()
                         tasks.append(t)
@@ -434,13 +348,15 @@ class NodeRuntime:
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
 
-    def _backend_in_use(self, backend: Backend, namespace: str, workload: str) -> bool:
+    def _backend_in_use(self, backend: RuntimeBackend, namespace: str, workload: str) -> bool:
         return any(
             o.backend is backend or (o.namespace, o.workload) == (namespace, workload)
             for o in self.states.values()
         )
 
-    async def _release_when_idle(self, backend: Backend, namespace: str, workload: str) -> None:
+    async def _release_when_idle(
+        self, backend: RuntimeBackend, namespace: str, workload: str
+    ) -> None:
         """Stop a workload user's Podman service once none of its instances has been on
         this node for `idle_service_seconds` (a re-apply soon after finds it running)."""
         if self._backend_in_use(backend, namespace, workload):
@@ -598,22 +514,16 @@ class NodeRuntime:
         if others:
             return  # the last of them purges
         st.purged = True
-        if not ns or not wl or any(c in x for x in (ns, wl) for c in "/\0") or ".." in (ns, wl):
-            return
-        path = self.settings.volume_base_path / ns / wl
-        if path.is_dir():
-            await asyncio.to_thread(shutil.rmtree, path, True)
+        path = await asyncio.to_thread(
+            purge_workload_volumes, self.settings.volume_base_path, ns, wl
+        )
+        if path is not None:
             log.info("purged the volumes of %s/%s (%s)", ns, wl, path)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()  # the namespace's directory, when empty
 
     # ------------------------------------------------------------ watchers
 
     def _cancel_watchers(self, st: InstanceState) -> None:
-        for t in (_task(st.waiter), _task(st.health)):
-            if t is not None:
-                t.cancel()
-        st.waiter = st.health = None
+        st.cancel_watchers()
 
     def _watch_exit(self, st: InstanceState) -> None:
         obs, backend = st.observed, st.backend
@@ -626,25 +536,13 @@ class NodeRuntime:
         )
         st.waiter = (obs.container_id, task)
 
-    async def _wait_exit(self, st: InstanceState, backend: Backend, cid: str) -> None:
-        delay = RETRY_BACKOFF[0]
-        while True:
-            try:
-                await backend.runtime.wait(cid)
-                obs = await backend.runtime.observe(cid)
-            except ContainerRuntimeError as exc:
-                if exc.kind is ErrorKind.NOT_FOUND:
-                    # Removed behind KAT's back (KAT cancels this watcher before it
-                    # removes a container itself): say so now, not at the next resync.
-                    self._vanished(st, cid)
-                    return
-                await asyncio.sleep(delay)  # Podman restarting: wait again
-                delay = min(RETRY_BACKOFF[1], delay * 2)
-                continue
-            if not obs.running:
-                break
-            await asyncio.sleep(delay)  # Podman answered early: do not spin
-        if st.observed is not None and st.observed.container_id == cid:
+    async def _wait_exit(self, st: InstanceState, backend: RuntimeBackend, cid: str) -> None:
+        obs = await wait_for_exit(backend.runtime, cid)
+        if obs is None:
+            # Removed behind KAT's back (KAT cancels this watcher before it removes a
+            # container itself): say so now, not at the next resync.
+            self._vanished(st, cid)
+        elif st.observed is not None and st.observed.container_id == cid:
             st.observed = obs
             st.epoch += 1
             log.info("instance %s: container exited with code %s", st.id, obs.exit_code)
@@ -665,74 +563,34 @@ class NodeRuntime:
     async def _check_health(
         self,
         st: InstanceState,
-        backend: Backend,
+        backend: RuntimeBackend,
         obs: ObservedContainer,
         check: kat_pb2.HealthCheck,
     ) -> None:
-        period = check.period_seconds or HEALTH_DEFAULTS["period"]
-        timeout = check.timeout_seconds or HEALTH_DEFAULTS["timeout"]
-        need_ok = check.success_threshold or HEALTH_DEFAULTS["success"]
-        need_bad = check.failure_threshold or HEALTH_DEFAULTS["failure"]
-        command = list(check.exec.command)
-        started = obs.started_at.timestamp() if obs.started_at else _now()
-        first = check.initial_delay_seconds - (_now() - started)
-        if first > 0:
-            await asyncio.sleep(first)
         cid = obs.container_id
-        good = bad = 0
-        while True:
-            began = time.monotonic()
-            ok: bool | None
-            try:
-                code, output = await backend.runtime.exec(cid, command, timeout)
-                ok = code == 0
-                detail = f"exit code {code}: {output[:200]!r}"
-            except ContainerRuntimeError as exc:
-                if exc.kind in (ErrorKind.NOT_RUNNING, ErrorKind.NOT_FOUND):
-                    return  # it stopped: the exit watcher reports that
-                ok = None if exc.kind is ErrorKind.UNAVAILABLE else False
-                detail = str(exc)
-            if ok:
-                good, bad = good + 1, 0
-                if not st.ready and good >= need_ok:
-                    st.ready = True
-                    log.info("instance %s is ready", st.id)
-                    self._changed()
-            elif ok is False:
-                good, bad = 0, bad + 1
-                log.info(
-                    "instance %s: health check failed (%d/%d): %s", st.id, bad, need_bad, detail
-                )
-                if bad >= need_bad:
-                    if st.observed is not None and st.observed.container_id == cid:
-                        st.health_failed, st.ready = cid, False
-                        st.wake.set()
-                        self._changed()
-                    return
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - began)))
+
+        def ready() -> None:
+            if not st.ready:
+                st.ready = True
+                log.info("instance %s is ready", st.id)
+                self._changed()
+
+        def failed() -> None:
+            if st.observed is not None and st.observed.container_id == cid:
+                st.health_failed, st.ready = cid, False
+                st.wake.set()
+                self._changed()
+
+        what = f"instance {st.id}"
+        await run_health_checks(
+            backend.runtime, obs, check, what=what, on_ready=ready, on_failed=failed
+        )
 
     # ------------------------------------------------------------ for the NodeAgent API
 
     def find(
         self, namespace: str, workload: str, instance_id: str
-    ) -> list[tuple[InstanceState, Backend, str]]:
+    ) -> list[tuple[InstanceState, RuntimeBackend, str]]:
         """Instances with a container matching the request (instance id, else all of
         the workload's), as (state, backend, container id)."""
-        out = []
-        for st in self.states.values():
-            if st.observed is None or st.backend is None:
-                continue
-            if instance_id and st.id != instance_id:
-                continue
-            if namespace and st.namespace != namespace:
-                continue
-            if workload and st.workload != workload:
-                continue
-            if not (instance_id or workload):
-                continue
-            out.append((st, st.backend, st.observed.container_id))
-        return sorted(out, key=lambda x: x[0].id)
-
-
-def _task(pair: tuple[str, asyncio.Task[None]] | None) -> asyncio.Task[None] | None:
-    return pair[1] if pair is not None else None
+        return find_containers(self.states.values(), namespace, workload, instance_id)

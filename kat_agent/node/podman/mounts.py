@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -178,3 +179,21 @@ class VolumePreparer:
                 }
             )
         return binds
+
+
+def purge_workload_volumes(base: Path, namespace: str, workload: str) -> Path | None:
+    """delete --purge-volumes: remove <base>/<namespace>/<workload> (every
+    simpleClusterStorage volume of the workload) and the namespace's directory when it is
+    empty; the path removed, None if there was none (or the names are not plain).
+    Blocking."""
+    names = (namespace, workload)
+    if not all(names) or any(c in x for x in names for c in "/\0") or ".." in names:
+        return None
+    path = base / namespace / workload
+    removed = None
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+        removed = path
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # the namespace's directory, when empty
+    return removed

@@ -75,7 +75,47 @@ class ContainerRuntime(Protocol):
         container_id: str,
         command: Sequence[str],
         timeout: float,  # noqa: ASYNC109 - it also ends the process in the container
-    ) -> tuple[int, bytes]: ...
+    ) -> tuple[int, bytes]:
+        """Run `command` in the container (a health check): (exit code, output)."""
+        ...
+
+    def logs(
+        self, container_id: str, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[bytes]: ...
+
+    async def exec_stream(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        on_output: Callable[[int, bytes], Awaitable[None]],
+        *,
+        stdin: AsyncIterator[bytes] | None = None,
+        tty: bool = False,
+    ) -> int: ...
+
+
+class RuntimeBackend(Protocol):
+    """One Podman service as the reconciler sees it (services.Backend, or the fake's)."""
+
+    @property
+    def key(self) -> str: ...  # "root" or the workload user's name
+    @property
+    def runtime(self) -> ContainerRuntime: ...
+    @property
+    def user(self) -> object | None: ...  # the workload user; None for root's Podman
+    @property
+    def network(self) -> str | None: ...  # the network new containers join
+
+
+class BackendPool(Protocol):
+    """Which Podman service runs what (services.PodmanPool, or the fake's)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def backends(self) -> Sequence[RuntimeBackend]: ...
+    async def backend_for(self, namespace: str, workload: str) -> RuntimeBackend: ...
+    async def ensure_image(self, backend: RuntimeBackend, ref: str) -> None: ...
+    async def release(self, backend: RuntimeBackend) -> None: ...
 
 
 class Runtime:
