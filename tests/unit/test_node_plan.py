@@ -14,7 +14,7 @@ from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
 from internal.core import node_plan as np
-from internal.core import reconcile
+from internal.core.observe import observe_instance
 from kat_agent.node.instances import NodeRuntime
 from kat_agent.node.podman.fake import FakeBehavior, FakePool, FakeRuntime
 from kat_agent.node.podman.observe import ObservedContainer
@@ -186,20 +186,16 @@ def test_the_leader_ends_the_back_off_of_a_dated_failure() -> None:
     assert report is not None
     record = P(id="w-1", node=NODE, phase=P.RUNNING, workload="w", namespace="ns")
     policy = kat_pb2.RestartPolicy(condition=kat_pb2.RestartPolicy.ALWAYS)
-    wait = reconcile.observe_instance(
-        record, report, policy=policy, run_to_completion=False, now=T0
-    )
+    wait = observe_instance(record, report, policy=policy, run_to_completion=False, now=T0)
     assert wait.record.phase == P.STARTING and wait.record.restart_count == 0
     assert wait.record.message.startswith("back-off: container removed outside KAT")
     assert [e.reason for e in wait.events] == ["BackOff"]
     assert wait.events[0].type == kat_pb2.Event.WARNING
     # The same report a little later: the same back-off, no second event ...
-    again = reconcile.observe_instance(
-        wait.record, report, policy=policy, run_to_completion=False, now=T0
-    )
+    again = observe_instance(wait.record, report, policy=policy, run_to_completion=False, now=T0)
     assert again.events == ()
     # ... and once the back-off is over, the restart.
-    done = reconcile.observe_instance(
+    done = observe_instance(
         wait.record, report, policy=policy, run_to_completion=False, now=T0 + timedelta(seconds=2)
     )
     assert done.record.restart_count == 1 and [e.reason for e in done.events] == ["Restarted"]
@@ -208,7 +204,7 @@ def test_the_leader_ends_the_back_off_of_a_dated_failure() -> None:
     second.CopyFrom(report)
     second.restart_count = 1
     second.finished_at.FromDatetime(T0 + timedelta(seconds=3))
-    crash = reconcile.observe_instance(
+    crash = observe_instance(
         done.record, second, policy=policy, run_to_completion=False, now=T0 + timedelta(seconds=3)
     )
     assert crash.record.message.startswith("CrashLoopBackOff: ")
