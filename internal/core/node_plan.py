@@ -258,6 +258,31 @@ def plan_instance(view: InstanceView, now: datetime, *, desired_known: bool) -> 
     return InstancePlan(mem, tuple(actions))
 
 
+def created(mem: Memory, a: kat_pb2.Assignment) -> Memory:
+    """The memory once a container is being created for assignment `a`: acting on its
+    restart count, with no failure, health verdict or readiness yet."""
+    return replace(
+        mem,
+        acted_restarts=a.instance.restart_count,
+        error="",
+        vanished=False,
+        failed_at=None,
+        health_failed="",
+        ready=False,
+    )
+
+
+def node_labels(a: kat_pb2.Assignment) -> dict[str, str]:
+    """The labels that carry the node's memory on the container of `a`."""
+    labels = {
+        LABEL_RESTARTS: str(a.instance.restart_count),
+        LABEL_TYPE: kat_pb2.WorkloadSpec.Type.Name(a.bundle.workload.spec.type),
+    }
+    if a.instance.job_run:
+        labels[LABEL_JOB_RUN] = a.instance.job_run
+    return labels
+
+
 def _date_failure(mem: Memory, now: datetime) -> Memory:
     """A failure without an exit time is dated when first seen, and keeps that date."""
     failing = bool(mem.error or mem.vanished)

@@ -19,9 +19,6 @@ from datetime import UTC, datetime
 
 from api.v1alpha1 import kat_pb2
 from internal.core.node_plan import (
-    LABEL_JOB_RUN,
-    LABEL_RESTARTS,
-    LABEL_TYPE,
     Action,
     Adopt,
     Create,
@@ -31,9 +28,11 @@ from internal.core.node_plan import (
     StopAndRemove,
     StopUnhealthy,
     Watch,
+    created,
     desired_by_id,
     health_check,
     label_restarts,
+    node_labels,
     plan_instance,
 )
 from kat_agent.node.assignments import SnapshotStore
@@ -404,8 +403,7 @@ class NodeRuntime:
     async def _create(self, st: InstanceState, a: kat_pb2.Assignment) -> None:
         inst, spec = a.instance, a.bundle.workload.spec
         st.epoch += 1
-        st.error, st.vanished, st.health_failed, st.ready = "", False, "", False
-        st.acted_restarts = inst.restart_count
+        st.remember(created(st.memory(), a))
         try:
             self._set_activity(st, P.PULLING, "")
             backend = await self.pool.backend_for(inst.namespace, inst.workload)
@@ -423,13 +421,7 @@ class NodeRuntime:
             await self.pool.ensure_image(backend, image)
             self._set_activity(st, P.STARTING, "")
             ispec = InstanceSpec.from_proto(inst, spec, image=image, network=backend.network)
-            labels = {
-                LABEL_RESTARTS: str(inst.restart_count),
-                LABEL_TYPE: kat_pb2.WorkloadSpec.Type.Name(spec.type),
-            }
-            if inst.job_run:
-                labels[LABEL_JOB_RUN] = inst.job_run
-            ispec = dataclasses.replace(ispec, extra_labels=labels)
+            ispec = dataclasses.replace(ispec, extra_labels=node_labels(a))
             try:
                 cid = await backend.runtime.create_and_start(ispec)
             except ContainerRuntimeError as exc:
