@@ -17,8 +17,8 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.security import rpc
 from kat_agent.node.instances import NodeRuntime
-from kat_agent.node.podman.runtime import ContainerRuntimeError, ErrorKind
-from kat_agent.node.podman.services import Backend
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.runtime import RuntimeBackend
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
 
     async def _targets(
         self, context: grpc.aio.ServicerContext, namespace: str, workload: str, instance_id: str
-    ) -> list[tuple[str, Backend, str]]:
+    ) -> list[tuple[str, RuntimeBackend, str]]:
         if not (instance_id or workload):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "name an instance_id or a workload"
@@ -78,7 +78,9 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
         tail = request.tail if request.tail > 0 else None
         since = time.time() - request.since_seconds if request.since_seconds > 0 else None
 
-        def frames(backend: Backend, cid: str, follow: bool) -> AsyncIterator[tuple[int, bytes]]:
+        def frames(
+            backend: RuntimeBackend, cid: str, follow: bool
+        ) -> AsyncIterator[tuple[int, bytes]]:
             return backend.runtime.log_frames(
                 cid, follow=follow, tail=tail, since=since, timestamps=request.timestamps
             )
@@ -92,7 +94,7 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
             # Following several instances: interleave as lines come.
             queue: asyncio.Queue[kat_pb2.LogChunk | None] = asyncio.Queue(256)
 
-            async def pump(iid: str, backend: Backend, cid: str) -> None:
+            async def pump(iid: str, backend: RuntimeBackend, cid: str) -> None:
                 try:
                     async for stream, data in frames(backend, cid, True):
                         chunk = kat_pb2.LogChunk(instance_id=iid, data=data, stderr=stream == 2)
