@@ -408,6 +408,31 @@ def test_log_frames_keep_stderr_apart_with_timestamps_and_since(
 
 
 @needs_podman
+def test_exec_stream_with_a_tty_takes_its_size(env: Env, created: list[str]) -> None:
+    async def body() -> None:
+        cid = await _start(env.rt, created, _spec("tty", ("sleep", "3600")))
+        sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        sizes.put_nowait((30, 100))
+        out = bytearray()
+
+        async def collect(_stream: int, data: bytes) -> None:
+            out.extend(data)
+
+        # The size is set just after the session starts: the shell looks until it sees it.
+        script = (
+            'for i in $(seq 100); do s=$(stty size); [ "$s" = "30 100" ] && break; '
+            'sleep 0.05; done; echo "size $s"'
+        )
+        async with asyncio.timeout(30):
+            code = await env.rt.exec_stream(
+                cid, ["sh", "-c", script], collect, tty=True, sizes=sizes
+            )
+        assert code == 0 and b"size 30 100" in out, bytes(out)
+
+    env.run(body())
+
+
+@needs_podman
 def test_exec_health_checks(env: Env, created: list[str]) -> None:
     async def body() -> None:
         cid = await _start(env.rt, created, _spec("exec", ("sleep", "3600")))
