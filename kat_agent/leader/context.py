@@ -51,6 +51,9 @@ class LeaderContext:
     # etcd membership changes (joins of members, removals) one at a time.
     membership_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def __post_init__(self) -> None:
+        self.registry.on_lost.append(self.assignments.drop)
+
     @property
     def spec(self) -> kat_pb2.ClusterConfigurationSpec:
         return self.config.spec
