@@ -1,6 +1,6 @@
 """katcall's connection to the cluster: mTLS with the admin certificate from
 the chosen context, trying each API endpoint and following a non-leader's
-pointer to the leader."""
+pointer to the leader; unary calls ride through a failover (katcall/failover.py)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,26 @@ import grpc
 
 from api.v1alpha1 import kat_pb2_grpc
 from internal.security import clientconfig, rpc
+from katcall import failover
 
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 15.0
+# How long a new connection may take before the endpoint counts as unreachable: a
+# partitioned node drops packets, and would otherwise hold the call until its deadline.
+CONNECT_TIMEOUT = 3.0
 
 
 class CallError(Exception):
     """A failed call, worded for a person."""
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self, message: str, code: grpc.StatusCode | None = None, *, executed_maybe: bool = True
+    ) -> None:
         super().__init__(message)
         self.code = code
+        # False when no server can have executed the request (none reached, or all refused).
+        self.executed_maybe = executed_maybe
 
 
 class Client:
@@ -30,8 +38,11 @@ class Client:
         self,
         ctx: clientconfig.Context,
         on_endpoints: Callable[[list[str]], None] | None = None,
+        request_timeout: float = failover.DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self.ctx = ctx
+        self.request_timeout = request_timeout
+        self._retry_told = False
         # Told when the cluster names API endpoints the context does not list
         # (a member joined or left), so the saved config follows failovers.
         self._on_endpoints = on_endpoints
@@ -56,12 +67,31 @@ class Client:
         self.close()
 
     def call(self, method: str, request: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
-        """Call ClusterAPI.<method>, trying endpoints in order and following redirects."""
-        response, call = self._with_leader(
-            lambda stub: getattr(stub, method).with_call(request, timeout=timeout)
-        )
-        self._learn(call.trailing_metadata())
-        return response
+        """Call ClusterAPI.<method>, trying endpoints in order and following redirects; while
+        no leader answers, again with back-off for up to `request_timeout` seconds (only when
+        sending the request again is safe, see katcall/failover.py)."""
+        retry = failover.Retry(self.request_timeout, announce=self._announce)
+        while True:
+            budget = max(1.0, min(timeout, retry.left()))
+            try:
+                response, call = self._with_leader(
+                    lambda stub, t=budget: getattr(stub, method).with_call(request, timeout=t)
+                )
+            except CallError as err:
+                if err.code != grpc.StatusCode.UNAVAILABLE or not failover.may_retry(
+                    method, err.executed_maybe
+                ):
+                    raise
+                if not retry.pause(str(err)):
+                    raise
+                continue
+            self._learn(call.trailing_metadata())
+            return response
+
+    def _announce(self, line: str) -> None:
+        if not self._retry_told:  # once per katcall run, not once per call
+            self._retry_told = True
+            failover._stderr(line)
 
     def _learn(self, trailing: Any) -> None:
         for key, value in trailing or ():
@@ -79,28 +109,38 @@ class Client:
     def _with_leader(self, fn: Callable[[kat_pb2_grpc.ClusterAPIStub], T]) -> T:
         queue = list(self.ctx.endpoints)
         tried: list[str] = []
-        last: grpc.RpcError | None = None
-        answered: grpc.RpcError | None = None  # the most telling error: from a live server
+        last = ""
+        answered = ""  # the most telling error: from a live server
+        executed_maybe = False
         while queue and len(tried) < 8:
             endpoint = queue.pop(0)
             tried.append(endpoint)
+            channel = self._channel(endpoint)
             try:
-                return fn(kat_pb2_grpc.ClusterAPIStub(self._channel(endpoint)))
+                grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+            except grpc.FutureTimeoutError:
+                last = f"not reachable within {CONNECT_TIMEOUT:g}s"
+                continue
+            try:
+                return fn(kat_pb2_grpc.ClusterAPIStub(channel))
             except grpc.RpcError as err:
-                last = err
                 if err.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
                     raise CallError(describe(err), err.code()) from None  # type: ignore[attr-defined]
-                if "failed to connect" not in (err.details() or ""):  # type: ignore[attr-defined]
-                    answered = err
+                details = err.details() or ""  # type: ignore[attr-defined]
+                last = describe(err)
+                if not failover.not_executed(details):
+                    executed_maybe = True  # e.g. the connection broke after the request left
+                if "failed to connect" not in details:
+                    answered = last
                 leader = rpc.leader_from_error(err)
                 if leader and leader not in tried:
                     queue.insert(0, leader)
-        assert last is not None
-        if answered is not None:
-            raise CallError(describe(answered), grpc.StatusCode.UNAVAILABLE)
+        if answered:
+            raise CallError(answered, grpc.StatusCode.UNAVAILABLE, executed_maybe=executed_maybe)
         raise CallError(
-            f"cannot reach the cluster at {', '.join(tried)}: {describe(last)}",
+            f"cannot reach the cluster at {', '.join(tried)}: {last}",
             grpc.StatusCode.UNAVAILABLE,
+            executed_maybe=executed_maybe,
         )
 
 

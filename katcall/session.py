@@ -6,6 +6,7 @@ import argparse
 
 from internal.security import clientconfig
 from katcall.client import Client
+from katcall.failover import DEFAULT_REQUEST_TIMEOUT
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +15,14 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--context", help="cluster context to use (default: the config's current context)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="while no leader answers (a failover), keep retrying for this long"
+        f" (default {DEFAULT_REQUEST_TIMEOUT:g})",
     )
 
 
@@ -27,4 +36,5 @@ def connect(args: argparse.Namespace) -> Client:
             fresh.contexts[ctx.name].endpoints = endpoints
             clientconfig.save(fresh, path)
 
-    return Client(ctx, on_endpoints=remember)
+    timeout = getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT)
+    return Client(ctx, on_endpoints=remember, request_timeout=timeout)
