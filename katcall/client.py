@@ -78,7 +78,7 @@ class Client:
                     lambda stub, t=budget: getattr(stub, method).with_call(request, timeout=t)
                 )
             except CallError as err:
-                if err.code != grpc.StatusCode.UNAVAILABLE or not failover.may_retry(
+                if not failover.waits_for_leader(err.code, str(err)) or not failover.may_retry(
                     method, err.executed_maybe
                 ):
                     raise

@@ -63,6 +63,14 @@ def not_executed(details: str) -> bool:
     return any(part in low for part in _REFUSED)
 
 
+def waits_for_leader(code: object, message: str) -> bool:
+    """Whether a failed call is worth another try: UNAVAILABLE, except "no quorum" (a
+    lasting state that the user must hear of at once, not a failover)."""
+    import grpc
+
+    return code == grpc.StatusCode.UNAVAILABLE and "no quorum" not in message.lower()
+
+
 def may_retry(method: str, executed_maybe: bool) -> bool:
     return not executed_maybe or method in REPEATABLE_METHODS
 

@@ -50,3 +50,11 @@ def test_only_safe_calls_are_sent_again() -> None:
     assert not failover.may_retry("RollbackWorkload", executed_maybe=True)
     assert failover.may_retry("Apply", executed_maybe=True)
     assert failover.may_retry("ListNodes", executed_maybe=True)
+
+
+def test_no_quorum_is_said_at_once() -> None:
+    import grpc
+
+    assert failover.waits_for_leader(grpc.StatusCode.UNAVAILABLE, "not the leader; ...")
+    assert not failover.waits_for_leader(grpc.StatusCode.UNAVAILABLE, "no quorum: etcd on vm")
+    assert not failover.waits_for_leader(grpc.StatusCode.NOT_FOUND, "workload x not found")
