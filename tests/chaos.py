@@ -71,7 +71,7 @@ class Bundle:
         self._source = (dir / "workload.kat").read_text()
         self.write()
 
-    def write(self, replicas: int | None = None, greeting: str | None = None) -> Path:
+    def write(self, replicas: int | None = None, greeting: str | None = None) -> Bundle:
         if replicas is not None:
             self.replicas = replicas
         if greeting is not None:
@@ -79,7 +79,7 @@ class Bundle:
         text = self._source.replace("replicas: 3", f"replicas: {self.replicas}")
         text = text.replace("value: hello", f"value: {self.greeting}")
         (self.dir / "workload.kat").write_text(text)
-        return self.dir
+        return self
 
 
 # ------------------------------------------------------------------ observing
@@ -204,6 +204,17 @@ def serving_leaders(c: DevCluster) -> list[str]:
 # ------------------------------------------------------------------ making faults
 
 
+@contextmanager
+def recording(result: Result) -> Iterator[Result]:
+    """Run a fault's steps; an unexpected error is a failed check, and what was measured
+    before it is kept."""
+    try:
+        yield result
+    except Exception as exc:  # noqa: BLE001 - reported in the result
+        result.checks["ran to the end"] = False
+        result.notes.append(repr(exc))
+
+
 def link(c: DevCluster, key: str, up: bool) -> None:
     """The host side of the node's veth, down (a silent partition) or up."""
     veth = c.node(key)["veth"]
@@ -227,7 +238,7 @@ def apply(c: DevCluster, bundle: Bundle, *extra: str, timeout: float = 120) -> t
 def prepare(c: DevCluster, bundle: Bundle) -> None:
     """Apply the workload and wait until every copy runs."""
     c.katcall("get", "nodes", check=True)  # the saved config learns every member
-    rc, out = apply(c, bundle, "--wait", "--timeout", "180", timeout=200)
+    rc, out = apply(c, bundle, "--wait", "--timeout", "3m", timeout=200)
     if rc != 0:
         raise RuntimeError(f"apply --wait failed: {out}")
     if wait_for(lambda: converged(c, bundle.name, bundle.replicas), 60) is None:
@@ -266,36 +277,39 @@ def _reschedulable(c: DevCluster, bundle: Bundle, key: str, result: Result) -> N
 
 def _partition(c: DevCluster, bundle: Bundle, key: str, fault: str, loss_timeout: float) -> Result:
     result = Result(fault)
-    name, replicas = bundle.name, bundle.replicas
-    node = name_of(c, key)
-    mine = len(podman_running(c, key, name))
-    was_leader = leader_name(c) == node
-    with partitioned(c, key):
-        t0 = time.monotonic()
-        if was_leader:
-            t = wait_for(lambda: leader_name(c) not in ("", node), 60)
-            result.checks["a new leader is elected"] = t is not None
-            if t is not None:
-                result.timings["new leader elected"] = t
-        t = wait_for(lambda: ready_on(c, name, exclude=node) >= replicas, 90)
-        took = None if t is None else time.monotonic() - t0
-        result.checks["replaced elsewhere in time"] = took is not None and took <= loss_timeout + 15
-        if took is not None:
-            result.timings["instances replaced elsewhere"] = took
-        kept = len(podman_running(c, key, name))
-        result.checks["partitioned node kept its containers"] = kept >= mine
-        result.notes.append(f"{node}: {mine} copies before, {kept} while partitioned")
-    t = wait_for(lambda: converged(c, name, replicas), 60)
-    result.checks["exactly the desired copies within 30 s"] = t is not None and t <= 30
-    if t is not None:
-        result.timings["exactly the desired copies"] = t
-    if was_leader:
-        t = wait_for(lambda: len(serving_leaders(c)) == 1, 60)
-        result.checks["exactly one leader within 30 s"] = t is not None and t <= 30
+    with recording(result):
+        name, replicas = bundle.name, bundle.replicas
+        node = name_of(c, key)
+        mine = len(podman_running(c, key, name))
+        was_leader = leader_name(c) == node
+        with partitioned(c, key):
+            t0 = time.monotonic()
+            if was_leader:
+                t = wait_for(lambda: leader_name(c) not in ("", node), 60)
+                result.checks["a new leader is elected"] = t is not None
+                if t is not None:
+                    result.timings["new leader elected"] = t
+            t = wait_for(lambda: ready_on(c, name, exclude=node) >= replicas, 90)
+            took = None if t is None else time.monotonic() - t0
+            result.checks["replaced elsewhere in time"] = (
+                took is not None and took <= loss_timeout + 15
+            )
+            if took is not None:
+                result.timings["instances replaced elsewhere"] = took
+            kept = len(podman_running(c, key, name))
+            result.checks["partitioned node kept its containers"] = kept >= mine
+            result.notes.append(f"{node}: {mine} copies before, {kept} while partitioned")
+        t = wait_for(lambda: converged(c, name, replicas), 60)
+        result.checks["exactly the desired copies within 30 s"] = t is not None and t <= 30
         if t is not None:
-            result.timings["exactly one leader"] = t
-    result.notes.append(f"copies per node after healing: {podman_copies(c, name)}")
-    _reschedulable(c, bundle, key, result)
+            result.timings["exactly the desired copies"] = t
+        if was_leader:
+            t = wait_for(lambda: len(serving_leaders(c)) == 1, 60)
+            result.checks["exactly one leader within 30 s"] = t is not None and t <= 30
+            if t is not None:
+                result.timings["exactly one leader"] = t
+        result.notes.append(f"copies per node after healing: {podman_copies(c, name)}")
+        _reschedulable(c, bundle, key, result)
     return result
 
 
@@ -313,23 +327,24 @@ def fault_partition_leader(c: DevCluster, bundle: Bundle, loss_timeout: float = 
 def fault_remove_container(c: DevCluster, bundle: Bundle) -> Result:
     key = follower_with_copy(c, bundle.name)
     result = Result(f"remove a container with podman rm -f ({key})")
-    cid = podman_running(c, key, bundle.name)[0]
-    t0 = time.monotonic()
-    subprocess.run(
-        [*podman_args(c, key), "rm", "-f", "-t", "0", cid],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    t = wait_for(lambda: converged(c, bundle.name, bundle.replicas), 60)
-    took = None if t is None else time.monotonic() - t0
-    result.checks["back (RUNNING, ready) within 15 s"] = took is not None and took <= 15
-    if took is not None:
-        result.timings["container back, ready"] = took
-    else:
-        result.notes.append(f"copies per node: {podman_copies(c, bundle.name)}")
-        # leave the cluster usable for the next fault: a new generation replaces it
-        apply(c, bundle.write(greeting=f"after-rm-{int(time.time())}"), "--wait", timeout=120)
+    with recording(result):
+        cid = podman_running(c, key, bundle.name)[0]
+        t0 = time.monotonic()
+        subprocess.run(
+            [*podman_args(c, key), "rm", "-f", "-t", "0", cid],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        t = wait_for(lambda: converged(c, bundle.name, bundle.replicas), 60)
+        took = None if t is None else time.monotonic() - t0
+        result.checks["back (RUNNING, ready) within 15 s"] = took is not None and took <= 15
+        if took is not None:
+            result.timings["container back, ready"] = took
+        else:
+            result.notes.append(f"copies per node: {podman_copies(c, bundle.name)}")
+            # leave the cluster usable for the next fault: a new generation replaces it
+            apply(c, bundle.write(greeting=f"after-rm-{int(time.time())}"), "--wait", timeout=120)
     return result
 
 
@@ -351,27 +366,28 @@ def _podman_service_pids(c: DevCluster, key: str) -> list[int]:
 def fault_kill_podman(c: DevCluster, bundle: Bundle) -> Result:
     key = follower_with_copy(c, bundle.name)
     result = Result(f"kill a node's Podman service ({key})")
-    pids = _podman_service_pids(c, key)
-    if not pids:
-        result.checks["found the node's Podman service"] = False
-        return result
-    t0 = time.monotonic()
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    t = wait_for(lambda: set(_podman_service_pids(c, key)) - set(pids), 60)
-    result.checks["Podman service restarted"] = t is not None
-    if t is not None:
-        result.timings["Podman service back"] = t
-    t = wait_for(lambda: converged(c, bundle.name, bundle.replicas), 60)
-    took = None if t is None else time.monotonic() - t0
-    result.checks["workload intact (desired copies ready)"] = took is not None
-    if took is not None:
-        result.timings["desired copies ready"] = took
-    # KAT can still act on that node: a new generation rolls out there too
-    rc, out = apply(c, bundle.write(greeting=f"after-podman-{int(time.time())}"), "--wait")
-    result.checks["a rollout still completes"] = rc == 0
-    if rc != 0:
-        result.notes.append(out[-300:])
+    with recording(result):
+        pids = _podman_service_pids(c, key)
+        if not pids:
+            result.checks["found the node's Podman service"] = False
+            return result
+        t0 = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        t = wait_for(lambda: set(_podman_service_pids(c, key)) - set(pids), 60)
+        result.checks["Podman service restarted"] = t is not None
+        if t is not None:
+            result.timings["Podman service back"] = t
+        t = wait_for(lambda: converged(c, bundle.name, bundle.replicas), 60)
+        took = None if t is None else time.monotonic() - t0
+        result.checks["workload intact (desired copies ready)"] = took is not None
+        if took is not None:
+            result.timings["desired copies ready"] = took
+        # KAT can still act on that node: a new generation rolls out there too
+        rc, out = apply(c, bundle.write(greeting=f"after-podman-{int(time.time())}"), "--wait")
+        result.checks["a rollout still completes"] = rc == 0
+        if rc != 0:
+            result.notes.append(out[-300:])
     return result
 
 
@@ -379,36 +395,38 @@ def fault_kill_leader_during_applies(
     c: DevCluster, bundle: Bundle, count: int = 40, kill_after: int = 10
 ) -> Result:
     result = Result(f"kill the leader during {count} applies")
-    lead = leader_name(c)
-    key = next(n["key"] for n in c.state()["nodes"] if n["name"] == lead)
-    start_gen = workload(c, bundle.name).metadata.generation
-    durations: list[float] = []
-    failed: list[str] = []
-    try:
-        for n in range(count):
-            if n == kill_after:
-                c.kill(key)
-                result.notes.append(f"killed the leader {lead} ({key}) after apply {n}")
-            t0 = time.monotonic()
-            rc, out = apply(c, bundle.write(greeting=f"apply-{n}"), timeout=90)
-            durations.append(time.monotonic() - t0)
-            if rc != 0:
-                failed.append(f"apply {n}: {out[-200:]}")
-    finally:
-        c.start(key)
-    w = workload(c, bundle.name)
-    env = {e.name: e.value for e in w.spec.container.env}
-    result.checks[f"all {count} applies succeeded"] = not failed
-    result.checks["none lost (generation and spec)"] = (
-        w.metadata.generation == start_gen + count and env.get("GREETING") == f"apply-{count - 1}"
-    )
-    result.timings["longest apply (the failover)"] = max(durations)
-    result.timings["median apply"] = sorted(durations)[len(durations) // 2]
-    result.notes += failed[:3]
-    back = wait_for(lambda: len(c.ready_nodes()) == len(c.state()["nodes"]), 90)
-    result.checks["killed node back and READY"] = back is not None
-    t = wait_for(lambda: converged(c, bundle.name, bundle.replicas), 120)
-    result.checks["desired copies after the failover"] = t is not None
+    with recording(result):
+        lead = leader_name(c)
+        key = next(n["key"] for n in c.state()["nodes"] if n["name"] == lead)
+        start_gen = workload(c, bundle.name).metadata.generation
+        durations: list[float] = []
+        failed: list[str] = []
+        try:
+            for n in range(count):
+                if n == kill_after:
+                    c.kill(key)
+                    result.notes.append(f"killed the leader {lead} ({key}) after apply {n}")
+                t0 = time.monotonic()
+                rc, out = apply(c, bundle.write(greeting=f"apply-{n}"), timeout=90)
+                durations.append(time.monotonic() - t0)
+                if rc != 0:
+                    failed.append(f"apply {n}: {out[-200:]}")
+        finally:
+            c.start(key)
+        w = workload(c, bundle.name)
+        env = {e.name: e.value for e in w.spec.container.env}
+        result.checks[f"all {count} applies succeeded"] = not failed
+        result.checks["none lost (generation and spec)"] = (
+            w.metadata.generation == start_gen + count
+            and env.get("GREETING") == f"apply-{count - 1}"
+        )
+        result.timings["longest apply (the failover)"] = max(durations)
+        result.timings["median apply"] = sorted(durations)[len(durations) // 2]
+        result.notes += failed[:3]
+        back = wait_for(lambda: len(c.ready_nodes()) == len(c.state()["nodes"]), 90)
+        result.checks["killed node back and READY"] = back is not None
+        t = wait_for(lambda: converged(c, bundle.name, bundle.replicas), 120)
+        result.checks["desired copies after the failover"] = t is not None
     return result
 
 
