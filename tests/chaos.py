@@ -69,6 +69,13 @@ class Bundle:
         self.greeting = "hello"
         shutil.copytree(REPO / "examples" / "web", dir, dirs_exist_ok=True)
         self._source = (dir / "workload.kat").read_text()
+        # A patient health check: on a loaded machine (two cores, several clusters) the
+        # example's 2 s timeout x 3 turns a busy moment into restarts, and the timings
+        # would measure the machine, not KAT's reaction to the fault.
+        vlb = dir / "VirtualLoadBalancer.kat"
+        text = vlb.read_text().replace("periodSeconds: 5", "periodSeconds: 6")
+        text = text.replace("timeoutSeconds: 2", "timeoutSeconds: 6")
+        vlb.write_text(text.replace("failureThreshold: 3", "failureThreshold: 5"))
         self.write()
 
     def write(self, replicas: int | None = None, greeting: str | None = None) -> Bundle:
