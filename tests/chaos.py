@@ -438,11 +438,11 @@ def fault_kill_leader_during_applies(
 
 
 FAULTS: dict[str, Callable[[DevCluster, Bundle], Result]] = {
-    "remove-container": fault_remove_container,
-    "kill-podman": fault_kill_podman,
     "partition-follower": fault_partition_follower,
     "partition-leader": fault_partition_leader,
     "kill-leader-applies": fault_kill_leader_during_applies,
+    "kill-podman": fault_kill_podman,
+    "remove-container": fault_remove_container,
 }
 
 

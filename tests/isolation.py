@@ -8,11 +8,19 @@ import os
 import pwd
 from pathlib import Path
 
-from kat_agent.node.podman.service import GECOS_PREFIX, USERNAME_PREFIX, username_prefix
+from kat_agent.node.podman.service import (
+    DEFAULT_HOME_BASE,
+    GECOS_PREFIX,
+    USERNAME_PREFIX,
+    username_prefix,
+)
 
 
 def foreign_workload_users() -> dict[str, int]:
-    """username -> uid of the workload users of KATs other than the tests'."""
+    """username -> uid of the workload users of KATs other than the tests': the default
+    prefix, with the agent's default home (as a cluster started by the README's
+    quickstart has them). Users with a home elsewhere (e.g. under /tmp) belong to other
+    test sessions, which may come and go while this one runs."""
     ours = username_prefix()
     return {
         pw.pw_name: pw.pw_uid
@@ -20,6 +28,7 @@ def foreign_workload_users() -> dict[str, int]:
         if pw.pw_gecos.startswith(GECOS_PREFIX)
         and pw.pw_name.startswith(USERNAME_PREFIX)
         and not pw.pw_name.startswith(ours)
+        and Path(pw.pw_dir).parent == DEFAULT_HOME_BASE
     }
 
 

@@ -45,6 +45,8 @@ def test_another_kats_workload_user_is_not_adopted(monkeypatch: pytest.MonkeyPat
     homes = Path(tempfile.mkdtemp(prefix="kat-iso-homes-"))
     homes.chmod(0o755)
     ns, name = f"iso{secrets.token_hex(3)}", "web"
+    # "another KAT" keeps its users' homes where the agent does by default
+    monkeypatch.setattr("tests.isolation.DEFAULT_HOME_BASE", homes)
     ours = os.environ["KAT_WORKLOAD_USER_PREFIX"]
     monkeypatch.setenv("KAT_WORKLOAD_USER_PREFIX", svc.USERNAME_PREFIX)
     try:
