@@ -8,7 +8,7 @@ import os
 import pwd
 from pathlib import Path
 
-from kat_agent.node.podman.service import (
+from kat_agent.node.podman.users import (
     DEFAULT_HOME_BASE,
     GECOS_PREFIX,
     USERNAME_PREFIX,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kat_agent.node.podman import service as svc
+from kat_agent.node.podman import users as svc
+from kat_agent.node.podman.errors import PodmanServiceError
 from kat_agent.node.podman.services import NodeSettings, PodmanPool
 from tests.isolation import foreign_workload_users
 
@@ -33,7 +34,7 @@ def test_tests_use_workload_users_of_their_own() -> None:
 
 def test_a_bad_prefix_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAT_WORKLOAD_USER_PREFIX", "Bad-Prefix")
-    with pytest.raises(svc.PodmanServiceError, match="KAT_WORKLOAD_USER_PREFIX"):
+    with pytest.raises(PodmanServiceError, match="KAT_WORKLOAD_USER_PREFIX"):
         svc.workload_username("default", "web")
 
 
