@@ -279,10 +279,11 @@ class Client:
                     queue.insert(0, leader)
         if answered:
             raise CallError(answered, grpc.StatusCode.UNAVAILABLE, executed_maybe=executed_maybe)
-        why = diagnose.unreachable(self.ctx, tried)
+        why, lasting = diagnose.unreachable(self.ctx, tried)
         raise CallError(
             why or f"cannot reach the cluster at {', '.join(tried)}: {last}",
-            grpc.StatusCode.UNAVAILABLE,
+            # a certificate problem is not a failover: it is reported at once, not retried
+            grpc.StatusCode.UNAUTHENTICATED if lasting else grpc.StatusCode.UNAVAILABLE,
             executed_maybe=executed_maybe,
         )
 

@@ -137,14 +137,19 @@ def _refused(endpoint: str, ctx: clientconfig.Context, how: str) -> str:
     )
 
 
-def unreachable(ctx: clientconfig.Context, endpoints: list[str]) -> str | None:
-    """One sentence for a cluster none of whose endpoints could be used, or None."""
+def unreachable(ctx: clientconfig.Context, endpoints: list[str]) -> tuple[str | None, bool]:
+    """One sentence for a cluster none of whose endpoints could be used (or None), and
+    whether the cause lasts: certificates, or nothing listening at any endpoint (a failover
+    leaves some member answering "not the leader" meanwhile), so waiting cannot help."""
     own = own_certificate_problem(ctx)
     if own is not None:
-        return own
+        return own, True
     problems = [p for p in (endpoint_problem(ctx, e) for e in endpoints) if p]
     if not problems:
-        return None
+        return None, False
+    lasting = len(problems) == len(endpoints) and all(
+        p.startswith(("TLS ", "nothing listens")) or "client certificate" in p for p in problems
+    )
     if len(problems) == 1:
-        return problems[0]
-    return "cannot reach the cluster: " + "; ".join(problems)
+        return problems[0], lasting
+    return "cannot reach the cluster: " + "; ".join(problems), lasting
