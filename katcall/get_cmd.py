@@ -61,8 +61,9 @@ def _token_rows(items: list[kat_pb2.JoinToken], wide: bool) -> str:
             else ("expired" if left <= 0 else f"expires in {output.age(left)}")
         )
         uses = f"{t.uses}/{t.max_uses}" if t.max_uses else f"{t.uses}"
-        rows.append([t.id, state, uses, t.description])
-    return output.table(["ID", "STATE", "USES", "DESCRIPTION"], rows)
+        scope = "etcd-member" if t.etcd_member else "worker"
+        rows.append([t.id, state, uses, scope, t.description])
+    return output.table(["ID", "STATE", "USES", "SCOPE", "DESCRIPTION"], rows)
 
 
 def _event_rows(items: list[kat_pb2.Event], wide: bool) -> str:

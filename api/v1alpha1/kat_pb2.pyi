@@ -746,7 +746,7 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[Event.Type, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., object_kind: _Optional[str] = ..., object_name: _Optional[str] = ..., namespace: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class JoinToken(_message.Message):
-    __slots__ = ("id", "secret_sha256", "created", "expires", "max_uses", "uses", "revoked", "description")
+    __slots__ = ("id", "secret_sha256", "created", "expires", "max_uses", "uses", "revoked", "description", "etcd_member")
     ID_FIELD_NUMBER: _ClassVar[int]
     SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
@@ -755,6 +755,7 @@ class JoinToken(_message.Message):
     USES_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ETCD_MEMBER_FIELD_NUMBER: _ClassVar[int]
     id: str
     secret_sha256: str
     created: _timestamp_pb2.Timestamp
@@ -763,7 +764,8 @@ class JoinToken(_message.Message):
     uses: int
     revoked: bool
     description: str
-    def __init__(self, id: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., revoked: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    etcd_member: bool
+    def __init__(self, id: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., revoked: _Optional[bool] = ..., description: _Optional[str] = ..., etcd_member: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("instance", "bundle")
@@ -993,14 +995,16 @@ class DrainRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("ttl_seconds", "max_uses", "description")
+    __slots__ = ("ttl_seconds", "max_uses", "description", "etcd_member")
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_USES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ETCD_MEMBER_FIELD_NUMBER: _ClassVar[int]
     ttl_seconds: int
     max_uses: int
     description: str
-    def __init__(self, ttl_seconds: _Optional[int] = ..., max_uses: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    etcd_member: bool
+    def __init__(self, ttl_seconds: _Optional[int] = ..., max_uses: _Optional[int] = ..., description: _Optional[str] = ..., etcd_member: _Optional[bool] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
     __slots__ = ("token", "join_token")

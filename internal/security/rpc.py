@@ -33,6 +33,14 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 )
 
+# The certificate-less join port: a JoinRequest is a few KB (three CSRs at most).
+JOIN_SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_receive_message_length", 64 * 1024),
+    ("grpc.max_metadata_size", 16 * 1024),
+    ("grpc.max_concurrent_streams", 16),
+)
+JOIN_MAX_CONCURRENT = 64
+
 
 def mtls_server_credentials(cert: bytes, key: bytes, ca: bytes) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
