@@ -197,9 +197,7 @@ def show_join_command(dd: DataDir, command: str) -> None:
         print(f"  {command}", flush=True)
     else:
         print(f"Join command (holds a token; keep it private): {dd.join_command}", flush=True)
-    print(
-        "etcd members need a token from `katcall token create --etcd-member`.", flush=True
-    )
+    print("etcd members need a token from `katcall token create --etcd-member`.", flush=True)
 
 
 async def _finish_local_identity(

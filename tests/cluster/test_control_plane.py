@@ -49,9 +49,7 @@ def new_token(c: DevCluster, *args: str) -> str:
     return p.stdout.strip()
 
 
-def try_join(
-    c: DevCluster, token: str, tmp: Path, *extra: str
-) -> subprocess.CompletedProcess[str]:  # noqa: F821
+def try_join(c: DevCluster, token: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:  # noqa: F821
     """A join attempt from node3's namespace with a fresh data dir."""
     return c.exec(
         "node3",
