@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal.core import hostpaths
 from internal.core.events import new_event
 from internal.core.reconcile import same_instances, same_spec
 from internal.manifests import bundle as bundle_mod
@@ -254,6 +255,14 @@ class WorkloadAPI:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from None
         who = caller(context)
+        if not isinstance(payload, kat_pb2.Namespace):
+            refused = hostpaths.workload_problems(
+                payload.workload.spec, self.lc.spec.host_mount_allowed_paths
+            )
+            if refused:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, str(resources.ValidationError(refused))
+                )
         if isinstance(payload, kat_pb2.Namespace):
             return await self._apply_namespace(payload, request.dry_run, who, context)
         return await self._apply_bundle(

@@ -59,6 +59,7 @@ from podman import PodmanClient
 from podman.errors import APIError
 
 from api.v1alpha1 import kat_pb2
+from internal.core import hostpaths
 from internal.manifests.quantity import parse_cpu, parse_memory
 
 log = logging.getLogger(__name__)
@@ -460,10 +461,15 @@ class Runtime:
         volume_base_path: Path = DEFAULT_VOLUME_BASE,
         owner: tuple[int, int] | None = None,
         api_timeout: float = 60.0,
+        host_mount_allowed: Sequence[str] = (),
+        data_dir: str = hostpaths.DEFAULT_DATA_DIR,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.volume_base_path = Path(volume_base_path)
         self.owner = owner
+        # cluster.kat's hostMountAllowedPaths (empty: no hostMount) and this node's data dir
+        self.host_mount_allowed = tuple(host_mount_allowed)
+        self.data_dir = str(Path(data_dir).absolute())
         self._client = PodmanClient(base_url=f"unix://{self.socket_path}", timeout=api_timeout)
         self._prefix = self._client.api.path_prefix  # "/v<version>/libpod/"
 
@@ -768,24 +774,53 @@ class Runtime:
             os.chown(path, *self.owner)
 
     def _mkdirs(self, path: Path, *, own_leaf: bool) -> None:
-        """mkdir -p; the directories made are root's (0755), the last one `owner`'s."""
+        """mkdir -p; the directories made are root's (0755), the last one `owner`'s,
+        0700: one workload user cannot read another's volume."""
         missing = [p for p in (path, *path.parents) if not p.exists()]
         path.mkdir(parents=True, exist_ok=True)
         if own_leaf and path in missing:
             self._chown(path)
+        if own_leaf and self.owner is not None and path.stat().st_uid == self.owner[0]:
+            path.chmod(0o700)
+
+    def _allowed_host_path(self, what: str, path: Path, create: bool) -> Path:
+        """The symlink-resolved path of a hostMount, if cluster.kat allows it; with
+        `create`, every directory KAT would make must lie inside an allowed prefix."""
+        def check(p: Path) -> None:
+            problem = hostpaths.host_mount_problem(str(p), self.host_mount_allowed, self.data_dir)
+            if problem:
+                raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {problem}")
+
+        check(path)  # lexically first: nothing is looked at outside the allowed paths
+        try:
+            real = Path(os.path.realpath(path))
+        except OSError as exc:
+            raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {exc}") from exc
+        check(real)
+        if create:
+            prefixes = [hostpaths.normalise(a) for a in self.host_mount_allowed]
+            for m in (real, *real.parents):
+                if m.exists():
+                    break
+                if not any(hostpaths.under(str(m), a) and str(m) != a for a in prefixes):
+                    raise ContainerRuntimeError(
+                        ErrorKind.BAD_MOUNT, f"{what}: would create {m} outside the allowed paths"
+                    )
+        return real
 
     def _host_path(self, name: str, vol: HostPathVolume) -> Path:
         path = vol.path
         what = f"hostMount volume {name!r} ({path})"
         if not path.is_absolute():
             raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: hostPath must be absolute")
+        t = vol.ensure_type
+        path = self._allowed_host_path(what, path, t.endswith("_OR_CREATE"))
         try:
             st: os.stat_result | None = path.stat()
         except FileNotFoundError:
             st = None
         except OSError as exc:
             raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {exc}") from exc
-        t = vol.ensure_type
 
         def fail(problem: str) -> ContainerRuntimeError:
             return ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {problem}")
