@@ -24,14 +24,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc  # noqa: E402
+from benchmarks.bench_heartbeats import rss_mb  # noqa: E402
 from internal.security import pki  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 async def _flood(target: str, ca: bytes, joins: int, big: int, concurrency: int) -> dict:
