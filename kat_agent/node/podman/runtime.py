@@ -786,6 +786,7 @@ class Runtime:
     def _allowed_host_path(self, what: str, path: Path, create: bool) -> Path:
         """The symlink-resolved path of a hostMount, if cluster.kat allows it; with
         `create`, every directory KAT would make must lie inside an allowed prefix."""
+
         def check(p: Path) -> None:
             problem = hostpaths.host_mount_problem(str(p), self.host_mount_allowed, self.data_dir)
             if problem:
