@@ -4,6 +4,8 @@ caller identity, and the "not the leader" redirect."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import ssl
 from collections.abc import Sequence
 
 import grpc
@@ -104,6 +106,17 @@ def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
     from internal.security import pki
 
     return tuple(pki.peer_identity(pems[0]))  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=4096)
+def certificate_sha256(pem: bytes) -> str:
+    """Hex SHA-256 of a PEM certificate's DER (the same for any PEM wrapping of it)."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.decode())).hexdigest()
+
+
+def peer_certificate_sha256(context: grpc.aio.ServicerContext) -> str:
+    pems = context.auth_context().get("x509_pem_cert")
+    return certificate_sha256(pems[0]) if pems else ""
 
 
 async def require_role(context: grpc.aio.ServicerContext, role: str) -> str:

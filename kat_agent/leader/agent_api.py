@@ -135,6 +135,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
                     ip_addresses=[request.advertise_address, "127.0.0.1"],
                 )
                 await self._spend(record, secret, +1)
+                node = await self._bind_certificate(name, cert) or node
             except BaseException:
                 await self._unregister(node)
                 raise
@@ -224,6 +225,34 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             except StaleWrite:
                 continue
         raise tokens.TokenError("token is being used concurrently; retry")
+
+    async def _bind_certificate(self, name: str, cert: bytes) -> kat_pb2.Node | None:
+        """Record which certificate this node was given: only that one speaks for it
+        (a removed node's certificate stays refused even if its name is reused)."""
+        digest = rpc.certificate_sha256(cert)
+
+        def bind(node: kat_pb2.Node) -> None:
+            node.status.certificate_sha256 = digest
+
+        return await self.lc.registry.mutate(name, bind)
+
+    async def _require_node(self, context: grpc.aio.ServicerContext, name: str) -> str:
+        """The caller's node name, if its certificate is that of a node in the cluster
+        now: a node removed (or its certificate replaced) is refused on every call."""
+        cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        await self.lc.require_leader(context)
+        if cn != name:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate of {cn!r} cannot speak for {name!r}",
+            )
+        bound = self.lc.registry.bound_certificate(cn)
+        if bound is None or (bound and bound != rpc.peer_certificate_sha256(context)):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",
+            )
+        return cn
 
     async def _unregister(self, node: kat_pb2.Node) -> None:
         """Undo _register: a refused join leaves no node and no subnet behind."""
@@ -330,12 +359,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
     async def _beat(
         self, cn: str, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.HeartbeatResponse:
-        await self.lc.require_leader(context)
-        if cn != request.node_name:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"certificate of {cn!r} cannot report as {request.node_name!r}",
-            )
+        await self._require_node(context, request.node_name)
         for listener in self.lc.instance_listeners:
             await listener(request.node_name, request.instances)
         if not await self.lc.registry.heartbeat(request):
@@ -357,13 +381,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
     ) -> AsyncIterator[kat_pb2.AssignmentSet]:
         from kat_agent.leader.assignments import stream_assignments
 
-        cn = await rpc.require_role(context, rpc.ROLE_NODE)
-        await self.lc.require_leader(context)
-        if cn != request.node_name:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"certificate of {cn!r} cannot watch assignments of {request.node_name!r}",
-            )
+        await self._require_node(context, request.node_name)
         async for update in stream_assignments(self.lc, request.node_name, context):
             yield update
 

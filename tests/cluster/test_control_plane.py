@@ -343,3 +343,49 @@ def c_addr(c: DevCluster) -> str:
     used = {n["address"] for n in c.state()["nodes"]}
     net = ipaddress.ip_network(c.subnet)
     return next(str(h) for h in reversed(list(net.hosts())) if str(h) not in used)
+
+
+def test_a_removed_nodes_certificate_is_refused(cluster: DevCluster) -> None:
+    from internal.core import tokens
+
+    def join_once() -> tuple[str, bytes, bytes]:
+        cred = tokens.parse(new_token(cluster, "--max-uses", "1")).credential
+        key = pki.generate_private_key()
+        req = kat_pb2.JoinRequest(
+            token=cred,
+            csr_pem=pki.create_csr(key),
+            advertise_address=c_addr(cluster),
+            hostname="gone",
+        )
+        ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
+        opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+        target = f"{cluster.address('node1')}:9117"
+        with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=opts) as ch:
+            resp = kat_pb2_grpc.AgentAPIStub(ch).Join(req, timeout=30)
+        return resp.node.metadata.name, key, resp.certificate_pem
+
+    def watch(name: str, key: bytes, cert: bytes) -> grpc.StatusCode:
+        ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
+        creds = grpc.ssl_channel_credentials(ca, key, cert)
+        with grpc.secure_channel(api_address(cluster), creds) as ch:
+            stream = kat_pb2_grpc.AgentAPIStub(ch).WatchAssignments(
+                kat_pb2.AssignmentsRequest(node_name=name), timeout=5
+            )
+            try:
+                next(iter(stream))
+            except grpc.RpcError as err:
+                return err.code()  # type: ignore[attr-defined]
+        return grpc.StatusCode.OK
+
+    name, key, cert = join_once()
+    try:
+        assert watch(name, key, cert) == grpc.StatusCode.OK  # its own certificate works
+        cluster.katcall("node", "remove", name, check=True, timeout=120)
+        assert watch(name, key, cert) == grpc.StatusCode.PERMISSION_DENIED
+        # a new node under the same name does not bring the old certificate back
+        again, key2, cert2 = join_once()
+        assert again == name
+        assert watch(name, key, cert) == grpc.StatusCode.PERMISSION_DENIED
+        assert watch(name, key2, cert2) == grpc.StatusCode.OK
+    finally:
+        cluster.katcall("node", "remove", name, timeout=120)
