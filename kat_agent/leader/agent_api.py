@@ -149,14 +149,6 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             cluster_uid=lc.cluster_uid,
         )
         what = "etcd member" if request.etcd_member else "node"
-        # Last: with a second member added, etcd needs it running to commit writes.
-        if request.etcd_member:
-            try:
-                await self._add_etcd_member(request, name, resp)
-            except MembershipError as exc:
-                await self._unregister(node)
-                await self._spend(record, secret, -1)
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"join refused: {exc}")
         await lc.store.record_event(
             new_event(
                 "NodeJoined",
@@ -172,6 +164,15 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             request.advertise_address,
             node.status.subnet,
         )
+        # Last: with a second member added, etcd needs it running to commit writes
+        # (so nothing is written after this, not even the event above).
+        if request.etcd_member:
+            try:
+                await self._add_etcd_member(request, name, resp)
+            except MembershipError as exc:
+                await self._unregister(node)
+                await self._spend(record, secret, -1)
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"join refused: {exc}")
         return resp
 
     async def _refuse(
