@@ -774,13 +774,13 @@ class Runtime:
             os.chown(path, *self.owner)
 
     def _mkdirs(self, path: Path, *, own_leaf: bool) -> None:
-        """mkdir -p; the directories made are root's (0755), the last one `owner`'s,
-        0700: one workload user cannot read another's volume."""
+        """mkdir -p; the directories made are root's (0755), the last one `owner`'s
+        and 0700 (root's in root mode): no other workload or local user reads it."""
         missing = [p for p in (path, *path.parents) if not p.exists()]
         path.mkdir(parents=True, exist_ok=True)
         if own_leaf and path in missing:
             self._chown(path)
-        if own_leaf and self.owner is not None and path.stat().st_uid == self.owner[0]:
+        if own_leaf and (self.owner is None or path.stat().st_uid == self.owner[0]):
             path.chmod(0o700)
 
     def _allowed_host_path(self, what: str, path: Path, create: bool) -> Path:
