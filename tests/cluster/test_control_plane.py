@@ -281,9 +281,10 @@ def test_no_file_or_process_list_readable_by_others_holds_a_token(cluster: DevCl
     n1 = Path(cluster.node("node1")["data_dir"])
     assert (n1 / "join-command").stat().st_mode & 0o077 == 0
     assert token_re.search((n1 / "join-command").read_bytes())
-    # logs are private
+    # logs are private, and init (whose stdout is node1's log) wrote no token there
     for n in cluster.state()["nodes"]:
         assert Path(n["log"]).stat().st_mode & 0o077 == 0
+        assert not token_re.search(Path(n["log"]).read_bytes()), n["key"]
     # and no agent has a token on its command line (readable by anyone in /proc)
     for n in cluster.state()["nodes"]:
         cmdline = Path(f"/proc/{n['pid']}/cmdline").read_bytes()
