@@ -19,7 +19,7 @@ from internal.core import ipam, tokens
 from internal.core.events import new_event
 from internal.core.ratelimit import FailureLimiter, peer_host
 from internal.security import pki, rpc
-from internal.state.etcd_values import EtcdError
+from internal.state.etcd_values import EtcdError, EtcdUnavailable
 from internal.state.kv import AlreadyExists, StaleWrite, SubnetsExhausted
 from kat_agent.leader.context import LeaderContext
 
@@ -79,6 +79,16 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         )
 
     async def Join(
+        self, request: kat_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.JoinResponse:
+        try:
+            return await self._join(request, context)
+        except EtcdUnavailable as exc:
+            # an answer with a code, not UNKNOWN and a traceback in the log
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
+            raise AssertionError("unreachable") from None
+
+    async def _join(
         self, request: kat_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.JoinResponse:
         """Order matters: the cheap checks that need no state come first, so that a
