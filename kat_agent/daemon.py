@@ -26,7 +26,6 @@ from kat_agent.node.main import run_node
 
 if TYPE_CHECKING:
     from internal.state.store import Store
-    from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)
 
@@ -176,18 +175,6 @@ def _new_node(
     return node
 
 
-def _leader_context(
-    dd: DataDir, store: Store, config: kat_pb2.ClusterConfiguration, uid: str, name: str, api: str
-) -> LeaderContext:
-    from internal.security import pki
-    from kat_agent.leader.context import LeaderContext
-    from kat_agent.leader.nodes import NodeRegistry
-
-    ca = pki.read_pair(dd.ca_cert, dd.ca_key)
-    registry = NodeRegistry(store, config.spec)
-    return LeaderContext(store, config, uid, name, api, ca.cert_pem, ca.key_pem, registry)
-
-
 def show_join_command(dd: DataDir, command: str) -> None:
     """The join command holds a live token: it goes to a 0600 file in the data dir
     and to init's terminal, never into a log (stdout is one when it is not a tty)."""
@@ -255,6 +242,7 @@ async def first_init(
     from internal.state.kv import AlreadyExists
     from kat_agent import bootstrap
     from kat_agent.leader.agent_api import register_node
+    from kat_agent.leader.nodes import NodeRegistry
 
     stored = await store.get_cluster_config()
     if stored is None:
@@ -265,9 +253,9 @@ async def first_init(
     await store.ensure_ca_material(bootstrap.ca_material(dd))
     with contextlib.suppress(AlreadyExists):
         await store.create_namespace(new_namespace("default", datetime.now(UTC)))
-    api = f"{advertise}:{config.spec.api_port}"
-    lc = _leader_context(dd, store, config, cluster_uid, name, api)
-    node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)
+    registry = NodeRegistry(store, config.spec)
+    node = _new_node(name, advertise, config.spec, opts)
+    node = await register_node(store, registry, config.spec, node, name)
     return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
 
@@ -337,10 +325,11 @@ async def restored_init(
         await store.update_node(node, existing.mod_revision)
     else:
         from kat_agent.leader.agent_api import register_node
+        from kat_agent.leader.nodes import NodeRegistry
 
-        api = f"{advertise}:{config.spec.api_port}"
-        lc = _leader_context(dd, store, config, cluster_uid, name, api)
-        node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)
+        registry = NodeRegistry(store, config.spec)
+        node = _new_node(name, advertise, config.spec, opts)
+        node = await register_node(store, registry, config.spec, node, name)
     return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
 
