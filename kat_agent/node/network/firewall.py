@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Sequence
 
 from api.v1alpha1 import kat_pb2
-from kat_agent.node.podman.service import USERNAME_PREFIX
+from kat_agent.node.podman.users import USERNAME_PREFIX
 
 log = logging.getLogger(__name__)
 
