@@ -80,7 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(init)
     join = sub.add_parser("join", help="join this node to a cluster (or resume it)")
     join.add_argument("--leader", required=True, help="leader address, host:port")
-    join.add_argument("--token", required=True, help="join token from `katcall token create`")
+    tok = join.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--token", help="join token from `katcall token create`")
+    tok.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the join token (keeps it out of the process list; make it 0600)",
+    )
     join.add_argument(
         "--etcd-member", action="store_true", help="also run an etcd member (for HA: 3 or 5 in all)"
     )
@@ -119,7 +125,13 @@ async def _run(args: argparse.Namespace) -> None:
     if args.command == "init":
         await run_init(args.config, opts, args.restore_from)
     else:
-        await run_join(args.leader, args.token, opts)
+        token = args.token
+        if token is None:
+            try:
+                token = args.token_file.read_text().strip()
+            except OSError as exc:
+                raise StartupError(f"cannot read the join token file: {exc}") from None
+        await run_join(args.leader, token, opts)
 
 
 def _startup_errors(exc: BaseException) -> list[StartupError]:

@@ -134,8 +134,7 @@ async def run_init(
                 leader = identity.api_endpoints[0]
                 print(f"Node {identity.name} leads at {leader}.", flush=True)
                 print(f"katcall config (admin, keep it private): {dd.admin_config}", flush=True)
-                print("Join other nodes with:", flush=True)
-                print(f"  kat-agent join --leader {leader} --token {join_token}", flush=True)
+                show_join_command(dd, f"kat-agent join --leader {leader} --token {join_token}")
             else:
                 log.info("resuming node %s from %s", identity.name, dd.root)
             await serve(dd, identity, store, opts)
@@ -174,6 +173,18 @@ def _new_node(
     node.status.agent_port = spec.agent_port
     node.status.condition = kat_pb2.NodeStatus.UNKNOWN
     return node
+
+
+def show_join_command(dd: DataDir, command: str) -> None:
+    """The join command holds a live token: it goes to a 0600 file in the data dir
+    and to init's terminal, never into a log (stdout is one when it is not a tty)."""
+    write_atomic(dd.join_command, f"{command}\n".encode(), 0o600)
+    if sys.stdout.isatty():
+        print("Join other nodes (workers) with:", flush=True)
+        print(f"  {command}", flush=True)
+    else:
+        print(f"Join command (holds a token; keep it private): {dd.join_command}", flush=True)
+    print("etcd members need a token from `katcall token create --etcd-member`.", flush=True)
 
 
 async def _finish_local_identity(

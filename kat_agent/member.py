@@ -112,13 +112,21 @@ async def run_member(
     registry, ca_cert, ca_key = lc.registry, lc.ca_cert, lc.ca_key
 
     server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
+    agent_api = AgentAPI(lc)
     kat_pb2_grpc.add_ClusterAPIServicer_to_server(ClusterAPI(lc), server)
-    kat_pb2_grpc.add_AgentAPIServicer_to_server(AgentAPI(lc), server)
+    kat_pb2_grpc.add_AgentAPIServicer_to_server(agent_api, server)
     server.add_secure_port(api, rpc.mtls_server_credentials(lc.node_cert, lc.node_key, ca_cert))
+    # The join port takes calls without a client certificate: its own server, with
+    # a small message limit (a join request is a few KB) and few concurrent calls.
+    join_server = grpc.aio.server(
+        options=rpc.JOIN_SERVER_OPTIONS, maximum_concurrent_rpcs=rpc.JOIN_MAX_CONCURRENT
+    )
+    kat_pb2_grpc.add_AgentAPIServicer_to_server(agent_api, join_server)
     if ca_key is not None:
         join = f"{identity.advertise_address}:{spec.join_port}"
-        server.add_secure_port(join, rpc.tls_server_credentials(ca_cert, ca_key))
+        join_server.add_secure_port(join, rpc.tls_server_credentials(ca_cert, ca_key))
     await server.start()
+    await join_server.start()
     log.info("API serving on %s (join port %s)", api, spec.join_port)
 
     async def lead() -> None:
@@ -147,4 +155,5 @@ async def run_member(
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3):
                 await election.resign()
+        await join_server.stop(grace=1)
         await server.stop(grace=1)

@@ -197,7 +197,8 @@ def _token_row(t: kat_pb2.JoinToken, wide: bool, with_ns: bool) -> list[str]:
         "revoked" if t.revoked else ("expired" if left <= 0 else f"expires in {output.age(left)}")
     )
     uses = f"{t.uses}/{t.max_uses}" if t.max_uses else f"{t.uses}"
-    return [t.id, state, uses, t.description]
+    scope = "etcd-member" if t.etcd_member else "worker"
+    return [t.id, state, uses, scope, t.description]
 
 
 def _event_headers(wide: bool, with_ns: bool) -> list[str]:
@@ -256,7 +257,7 @@ register_resource(
         "tokens",
         "token",
         lambda c, a, s: list(c.list_tokens(kat_pb2.ListRequest()).items),
-        lambda w, n: ["ID", "STATE", "USES", "DESCRIPTION"],
+        lambda w, n: ["ID", "STATE", "USES", "SCOPE", "DESCRIPTION"],
         _token_row,
         key=lambda t: t.id,
         name_of=lambda t: t.id,

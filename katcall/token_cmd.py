@@ -24,14 +24,21 @@ def cmd_create(args: argparse.Namespace) -> int:
     with connect(args) as client:
         resp = client.create_token(
             kat_pb2.CreateTokenRequest(
-                ttl_seconds=args.ttl, max_uses=args.max_uses, description=args.description
+                ttl_seconds=args.ttl,
+                max_uses=args.max_uses,
+                description=args.description,
+                etcd_member=args.etcd_member,
             ),
         )
     if args.quiet:
         print(resp.join_token)
     else:
         print(f"token {resp.token.id} expires {resp.token.expires.ToJsonString()}")
-        print(f"join with: kat-agent join --leader <leader-address> --token {resp.join_token}")
+        member = " --etcd-member" if args.etcd_member else ""
+        print(
+            f"join with: kat-agent join --leader <leader-address> --token {resp.join_token}"
+            + member
+        )
     return 0
 
 
@@ -58,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-uses", type=int, default=0, help="how many joins it allows (default: unlimited)"
     )
     c.add_argument("--description", default="")
+    c.add_argument(
+        "--etcd-member",
+        action="store_true",
+        help="the token may also add an etcd member (default: it joins workers only)",
+    )
     c.add_argument("-q", "--quiet", action="store_true", help="print only the token")
     c.set_defaults(func=cmd_create)
     ls = tsub.add_parser("list", help="list tokens (never their secrets)")

@@ -28,6 +28,8 @@ if running; then
   echo "kat-agent already running (pid $(cat "$PIDFILE"))"
 else
   echo "starting kat-agent init (data dir $DATA, log $DATA/agent.log)"
+  # The log is private (0600), also one an older version made world-readable.
+  (umask 077 && touch "$DATA/agent.log") && chmod 600 "$DATA/agent.log"
   setsid kat-agent init --config "$CONFIG" --data-dir "$DATA" >>"$DATA/agent.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
 fi
@@ -44,7 +46,12 @@ done
 
 mkdir -p ~/.kat
 katcall --katconfig ~/.kat/config config merge "$DATA/admin.katconfig" --use >/dev/null
-grep -h "kat-agent join" "$DATA/agent.log" | tail -n 1 || true
+# The join command holds a live token: shown on this terminal, kept 0600 in the
+# data dir by init, never in the log.
+if [ -f "$DATA/join-command" ]; then
+  echo "Join other nodes (workers) with ($DATA/join-command, 0600):"
+  sed 's/^/  /' "$DATA/join-command"
+fi
 katcall get nodes
 echo
 katcall apply -f examples/web --wait --timeout 5m

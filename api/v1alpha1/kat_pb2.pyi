@@ -616,7 +616,7 @@ class NodeSpec(_message.Message):
     def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., unschedulable: _Optional[bool] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("condition", "advertise_address", "capacity", "allocatable", "subnet", "wireguard_public_key", "last_heartbeat", "instances", "etcd_member", "leader", "agent_port", "agent_version")
+    __slots__ = ("condition", "advertise_address", "capacity", "allocatable", "subnet", "wireguard_public_key", "last_heartbeat", "instances", "etcd_member", "leader", "agent_port", "agent_version", "certificate_sha256")
     class Condition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         CONDITION_UNSPECIFIED: _ClassVar[NodeStatus.Condition]
@@ -639,6 +639,7 @@ class NodeStatus(_message.Message):
     LEADER_FIELD_NUMBER: _ClassVar[int]
     AGENT_PORT_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     condition: NodeStatus.Condition
     advertise_address: str
     capacity: NodeResources
@@ -651,7 +652,8 @@ class NodeStatus(_message.Message):
     leader: bool
     agent_port: int
     agent_version: str
-    def __init__(self, condition: _Optional[_Union[NodeStatus.Condition, str]] = ..., advertise_address: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., etcd_member: _Optional[bool] = ..., leader: _Optional[bool] = ..., agent_port: _Optional[int] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    certificate_sha256: str
+    def __init__(self, condition: _Optional[_Union[NodeStatus.Condition, str]] = ..., advertise_address: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., etcd_member: _Optional[bool] = ..., leader: _Optional[bool] = ..., agent_port: _Optional[int] = ..., agent_version: _Optional[str] = ..., certificate_sha256: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec", "status")
@@ -668,7 +670,7 @@ class Node(_message.Message):
     def __init__(self, api_version: _Optional[str] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
 
 class ClusterConfigurationSpec(_message.Message):
-    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port")
+    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "host_mount_allowed_paths")
     CLUSTER_CIDR_FIELD_NUMBER: _ClassVar[int]
     SERVICE_CIDR_FIELD_NUMBER: _ClassVar[int]
     NODE_SUBNET_BITS_FIELD_NUMBER: _ClassVar[int]
@@ -685,6 +687,7 @@ class ClusterConfigurationSpec(_message.Message):
     BACKUP_RETENTION_FIELD_NUMBER: _ClassVar[int]
     WIREGUARD_PORT_FIELD_NUMBER: _ClassVar[int]
     JOIN_PORT_FIELD_NUMBER: _ClassVar[int]
+    HOST_MOUNT_ALLOWED_PATHS_FIELD_NUMBER: _ClassVar[int]
     cluster_cidr: str
     service_cidr: str
     node_subnet_bits: int
@@ -701,7 +704,8 @@ class ClusterConfigurationSpec(_message.Message):
     backup_retention: int
     wireguard_port: int
     join_port: int
-    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ...) -> None: ...
+    host_mount_allowed_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., host_mount_allowed_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClusterConfiguration(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")
@@ -746,7 +750,7 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[Event.Type, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., object_kind: _Optional[str] = ..., object_name: _Optional[str] = ..., namespace: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class JoinToken(_message.Message):
-    __slots__ = ("id", "secret_sha256", "created", "expires", "max_uses", "uses", "revoked", "description")
+    __slots__ = ("id", "secret_sha256", "created", "expires", "max_uses", "uses", "revoked", "description", "etcd_member")
     ID_FIELD_NUMBER: _ClassVar[int]
     SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
@@ -755,6 +759,7 @@ class JoinToken(_message.Message):
     USES_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ETCD_MEMBER_FIELD_NUMBER: _ClassVar[int]
     id: str
     secret_sha256: str
     created: _timestamp_pb2.Timestamp
@@ -763,7 +768,8 @@ class JoinToken(_message.Message):
     uses: int
     revoked: bool
     description: str
-    def __init__(self, id: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., revoked: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    etcd_member: bool
+    def __init__(self, id: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., revoked: _Optional[bool] = ..., description: _Optional[str] = ..., etcd_member: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("instance", "bundle")
@@ -1005,14 +1011,16 @@ class DrainRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("ttl_seconds", "max_uses", "description")
+    __slots__ = ("ttl_seconds", "max_uses", "description", "etcd_member")
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_USES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ETCD_MEMBER_FIELD_NUMBER: _ClassVar[int]
     ttl_seconds: int
     max_uses: int
     description: str
-    def __init__(self, ttl_seconds: _Optional[int] = ..., max_uses: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    etcd_member: bool
+    def __init__(self, ttl_seconds: _Optional[int] = ..., max_uses: _Optional[int] = ..., description: _Optional[str] = ..., etcd_member: _Optional[bool] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
     __slots__ = ("token", "join_token")

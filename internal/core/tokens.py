@@ -23,6 +23,10 @@ from api.v1alpha1 import kat_pb2
 PREFIX = "KAT1"
 DEFAULT_TTL = timedelta(hours=24)
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_CREDENTIAL_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{32})$")
+# What a joining node is told for an unknown id and for a wrong secret alike, so
+# that the answer does not tell which token ids exist.
+REFUSED = "invalid join token"
 _TOKEN_RE = re.compile(
     r"^KAT1\.(?P<ca>[0-9a-f]{64})\.(?P<port>[0-9]{1,5})\.(?P<id>[a-z0-9]{6})\.(?P<secret>[a-z0-9]{32})$"
 )
@@ -61,6 +65,7 @@ def new_token(
     ttl: timedelta = DEFAULT_TTL,
     max_uses: int = 0,
     description: str = "",
+    etcd_member: bool = False,
 ) -> tuple[kat_pb2.JoinToken, str]:
     """A new token record (to store) and the token string (to show once)."""
     if ttl <= timedelta(0):
@@ -71,6 +76,7 @@ def new_token(
         secret_sha256=secret_digest(secret),
         max_uses=max_uses,
         description=description,
+        etcd_member=etcd_member,
     )
     record.created.FromDatetime(now)
     record.expires.FromDatetime(now + ttl)
@@ -89,18 +95,23 @@ def parse(token: str) -> ParsedToken:
 
 
 def parse_credential(credential: str) -> tuple[str, str]:
-    token_id, _, secret = credential.partition(".")
-    if not token_id or not secret:
-        raise TokenError("malformed token credential")
-    return token_id, secret
+    """(id, secret) of a credential in the exact format new_token makes; checked
+    before anything else so that nothing is looked up or kept for a made-up id."""
+    m = _CREDENTIAL_RE.match(credential) if len(credential) == 39 else None
+    if not m:
+        raise TokenError(REFUSED)
+    return m[1], m[2]
+
+
+_NO_DIGEST = "0" * 64
 
 
 def check(record: kat_pb2.JoinToken | None, secret: str, *, now: datetime) -> None:
     """Raise TokenError unless the token may be used once more at `now`."""
-    if record is None:
-        raise TokenError("unknown join token")
-    if not hmac.compare_digest(record.secret_sha256, secret_digest(secret)):
-        raise TokenError("wrong join token secret")
+    # An unknown id costs the same digest and comparison as a wrong secret.
+    expected = record.secret_sha256 if record is not None else _NO_DIGEST
+    if not hmac.compare_digest(expected, secret_digest(secret)) or record is None:
+        raise TokenError(REFUSED)
     if record.revoked:
         raise TokenError(f"join token {record.id} has been revoked")
     if record.expires.ToDatetime(tzinfo=UTC) <= now:

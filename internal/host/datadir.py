@@ -8,6 +8,7 @@
   etcd/                    etcd data
   agent/node.json          node name, uid, cluster uid, API endpoints
   admin.katconfig          katcall config written by `init` (0600)
+  join-command             the join command `init` made, with its token (0600)
   backups/, volumes/
 """
 
@@ -59,6 +60,10 @@ class DataDir:
     @property
     def admin_config(self) -> Path:
         return self.root / "admin.katconfig"
+
+    @property
+    def join_command(self) -> Path:
+        return self.root / "join-command"
 
     def create(self) -> None:
         for d in (self.root, self.pki, self.root / "agent"):

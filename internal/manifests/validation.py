@@ -12,6 +12,7 @@ import ipaddress
 import re
 
 from api.v1alpha1 import kat_pb2
+from internal.core import hostpaths
 from internal.manifests import cron, defaults, quantity
 from internal.manifests.checks import (
     attr_name,
@@ -463,6 +464,10 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
     for name in ("volumeBasePath", "backupPath"):
         value = getattr(spec, attr_name(spec, name))
         check_abs_path(value, f"spec.{name}", rep)
+    for i, prefix in enumerate(spec.host_mount_allowed_paths):
+        problem = hostpaths.allowed_prefix_problem(prefix)
+        if problem:
+            rep.add(index_path("spec.hostMountAllowedPaths", i), problem)
     for name in (
         "backupIntervalMinutes",
         "agentTickSeconds",

@@ -18,6 +18,12 @@ from yaml.resolver import Resolver
 
 MAX_DEPTH = 64
 MAX_EVENTS = 100_000  # a real .kat file has a few hundred; bounds the parse time
+# Aliases share one parsed value, but everything after (proto conversion,
+# validation, storage) copies it once per reference: a document counts as if its
+# aliases were written out, against the same 1 MiB a file may have. Every node
+# counts at least _NODE_BYTES, so that aliases of containers count too.
+MAX_EXPANDED_BYTES = 1024 * 1024
+_NODE_BYTES = 8
 
 _MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")
 _SEQ_TAGS = (None, "!", "tag:yaml.org,2002:seq")
@@ -69,6 +75,8 @@ class _Frame:
     key_mark: Any = None
     pairs: list[tuple[Any, Any]] = field(default_factory=list)
     merges: list[YamlMapping] = field(default_factory=list)
+    anchor: str | None = None
+    start: int = 0  # the document's expanded size when this container began
 
 
 def load_document(text: str) -> Any:
@@ -76,8 +84,21 @@ def load_document(text: str) -> Any:
     yaml.YAMLError (syntax errors, with marks)."""
     stack: list[_Frame] = []
     anchors: dict[str, Any] = {}
+    # expanded size of each anchored value, and of the document so far
+    weights: dict[str, int] = {}
+    expanded = 0
     root: Any = None
     documents = 0
+
+    def grow(n: int, mark: Any) -> None:
+        nonlocal expanded
+        expanded += n
+        if expanded > MAX_EXPANDED_BYTES:
+            raise YamlError(
+                f"document too large with its aliases expanded (more than "
+                f"{MAX_EXPANDED_BYTES // 1024} KiB)",
+                mark,
+            )
 
     def add(value: Any, mark: Any) -> None:
         nonlocal root
@@ -108,11 +129,16 @@ def load_document(text: str) -> Any:
                 raise YamlError("expected a single document, found more than one (---)", mark)
         elif isinstance(event, yaml.ScalarEvent):
             value = _scalar(event)
+            weight = len(event.value) + _NODE_BYTES
+            grow(weight, mark)
             _anchor(anchors, event.anchor, value)
+            if event.anchor is not None:
+                weights[event.anchor] = weight
             add(value, mark)
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in anchors:
                 raise YamlError(f"unknown alias *{event.anchor}", mark)
+            grow(weights[event.anchor], mark)
             add(anchors[event.anchor], mark)
         elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
             is_map = isinstance(event, yaml.MappingStartEvent)
@@ -122,9 +148,12 @@ def load_document(text: str) -> Any:
                 raise YamlError(f"nesting deeper than {MAX_DEPTH} levels", mark)
             container: list[Any] | YamlMapping = YamlMapping() if is_map else []
             _anchor(anchors, event.anchor, container)
-            stack.append(_Frame(container, mark))
+            grow(_NODE_BYTES, mark)
+            stack.append(_Frame(container, mark, anchor=event.anchor, start=expanded))
         elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
             frame = stack.pop()
+            if frame.anchor is not None:
+                weights[frame.anchor] = expanded - frame.start + _NODE_BYTES
             if isinstance(frame.value, YamlMapping):
                 _fill_mapping(frame)
             add(frame.value, frame.mark)

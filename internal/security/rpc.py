@@ -4,6 +4,8 @@ caller identity, and the "not the leader" redirect."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import ssl
 from collections.abc import Sequence
 
 import grpc
@@ -45,6 +47,14 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 )
+
+# The certificate-less join port: a JoinRequest is a few KB (three CSRs at most).
+JOIN_SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_receive_message_length", 64 * 1024),
+    ("grpc.max_metadata_size", 16 * 1024),
+    ("grpc.max_concurrent_streams", 16),
+)
+JOIN_MAX_CONCURRENT = 64
 
 
 def mtls_server_credentials(cert: bytes, key: bytes, ca: bytes) -> grpc.ServerCredentials:
@@ -109,6 +119,17 @@ def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
     from internal.security import pki
 
     return tuple(pki.peer_identity(pems[0]))  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=4096)
+def certificate_sha256(pem: bytes) -> str:
+    """Hex SHA-256 of a PEM certificate's DER (the same for any PEM wrapping of it)."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.decode())).hexdigest()
+
+
+def peer_certificate_sha256(context: grpc.aio.ServicerContext) -> str:
+    pems = context.auth_context().get("x509_pem_cert")
+    return certificate_sha256(pems[0]) if pems else ""
 
 
 async def require_role(context: grpc.aio.ServicerContext, role: str) -> str:

@@ -4,19 +4,22 @@ Heartbeat (node certificates, on the API port)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import NoReturn
 
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import ipam, tokens
 from internal.core.events import new_event
+from internal.core.ratelimit import FailureLimiter, peer_host
 from internal.security import pki, rpc
-from internal.state.etcd_values import EtcdError
+from internal.state.etcd_values import EtcdError, EtcdUnavailable
 from internal.state.kv import AlreadyExists, StaleWrite, SubnetsExhausted
 from internal.state.store import Store
 from kat_agent.leader.context import LeaderContext
@@ -42,12 +45,36 @@ class MembershipError(Exception):
     pass
 
 
+def join_request_problem(request: kat_pb2.JoinRequest) -> str:
+    """What is wrong with a join request's own content ("" if nothing)."""
+    try:
+        addr = ipaddress.ip_address(request.advertise_address)
+    except ValueError:
+        return f"advertise address {request.advertise_address[:64]!r} is not an IP address"
+    if addr.is_unspecified or addr.is_multicast:
+        return f"advertise address {addr} cannot be a node's address"
+    csrs = [("CSR", request.csr_pem)]
+    if request.etcd_member:
+        csrs += [
+            ("etcd server CSR", request.etcd_server_csr_pem),
+            ("etcd client CSR", request.etcd_client_csr_pem),
+        ]
+    for what, pem in csrs:
+        try:
+            pki.load_csr(pem)
+        except ValueError as exc:
+            return f"bad {what}: {exc}"
+    return ""
+
+
 class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
-        # Joins with one token queue here instead of racing on its use count;
-        # the revision check below still guards against any other writer.
-        self._token_locks: dict[str, asyncio.Lock] = {}
+        # Joins on this leader run one at a time (they are rare): no two race for a
+        # token's last use or an address; the revision checks still guard against
+        # any other writer.
+        self._join_lock = asyncio.Lock()
+        self._refusals = FailureLimiter()
         # The answer to a heartbeat only changes with the node set: built once per change.
         self._beat_response: tuple[int, kat_pb2.HeartbeatResponse] = (
             -1,
@@ -58,37 +85,73 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
     async def Join(
         self, request: kat_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.JoinResponse:
+        try:
+            return await self._join(request, context)
+        except EtcdUnavailable as exc:
+            # an answer with a code, not UNKNOWN and a traceback in the log
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
+            raise AssertionError("unreachable") from None
+
+    async def _join(
+        self, request: kat_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.JoinResponse:
+        """Order matters: the cheap checks that need no state come first, so that a
+        flood of made-up requests costs a bounded amount (nothing is kept per token
+        id; a refused source is slowed down); a token use is spent only once the
+        node is registered and its certificate signed."""
         lc = self.lc
-        if lc.ca_key is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this leader cannot sign")
+        source = peer_host(context.peer())
+        loop = asyncio.get_running_loop()
+        if not self._refusals.allowed(source, loop.time()):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "join refused: too many refused joins from this address; retry later",
+            )
         try:
             token_id, secret = tokens.parse_credential(request.token)
-            await self._consume_token(token_id, secret)
         except tokens.TokenError as exc:
-            log.warning("join refused from %s: %s", context.peer(), exc)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"join refused: {exc}")
-        if not request.advertise_address:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "advertise_address is required")
-        try:
-            pki.load_csr(request.csr_pem)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad CSR: {exc}")
-
-        try:
-            node = await self._register(request)
-        except SubnetsExhausted as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"join refused: {exc}")
-        name = node.metadata.name
-        assert lc.ca_key is not None
-        cert = pki.sign_csr(
-            lc.ca_cert,
-            lc.ca_key,
-            request.csr_pem,
-            common_name=name,
-            role=rpc.ROLE_NODE,
-            dns_names=[name, "localhost"],
-            ip_addresses=[request.advertise_address, "127.0.0.1"],
-        )
+            await self._refuse(context, source, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        problem = join_request_problem(request)
+        if problem:
+            await self._refuse(context, source, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if lc.ca_key is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this leader cannot sign")
+        async with self._join_lock:
+            record = await self._usable_token(context, source, token_id, secret, request)
+            claimed = [
+                n.metadata.name
+                for n in lc.registry.stored()
+                if n.status.advertise_address == request.advertise_address
+            ]
+            if claimed:
+                await self._refuse(
+                    context,
+                    source,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"advertise address {request.advertise_address} belongs to node "
+                    f"{claimed[0]}; remove that node first",
+                )
+            try:
+                node = await self._register(request)
+            except SubnetsExhausted as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"join refused: {exc}")
+            name = node.metadata.name
+            try:
+                assert lc.ca_key is not None
+                cert = pki.sign_csr(
+                    lc.ca_cert,
+                    lc.ca_key,
+                    request.csr_pem,
+                    common_name=name,
+                    role=rpc.ROLE_NODE,
+                    dns_names=[name, "localhost"],
+                    ip_addresses=[request.advertise_address, "127.0.0.1"],
+                )
+                await self._spend(record, secret, +1)
+                node = await self._bind_certificate(name, cert) or node
+            except BaseException:
+                await self._unregister(node)
+                raise
         resp = kat_pb2.JoinResponse(
             node=node,
             certificate_pem=cert,
@@ -114,15 +177,99 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             request.advertise_address,
             node.status.subnet,
         )
-        # Last: with a second member added, etcd needs it running to commit writes.
+        # Last: with a second member added, etcd needs it running to commit writes
+        # (so nothing is written after this, not even the event above).
         if request.etcd_member:
             try:
                 await self._add_etcd_member(request, name, resp)
             except MembershipError as exc:
-                await lc.registry.forget(name)
-                await lc.store.release_subnet(node.status.subnet, name)
+                await self._unregister(node)
+                await self._spend(record, secret, -1)
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"join refused: {exc}")
         return resp
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, source: str, code: grpc.StatusCode, why: str
+    ) -> NoReturn:
+        """Abort a join and charge it to its source. Logged without anything the
+        caller sent (a token id or secret could be in it)."""
+        self._refusals.refused(source, asyncio.get_running_loop().time())
+        log.warning("join from %s refused: %s", source, code.name)
+        await context.abort(code, f"join refused: {why}")
+        raise AssertionError("unreachable")  # abort raises
+
+    async def _usable_token(
+        self,
+        context: grpc.aio.ServicerContext,
+        source: str,
+        token_id: str,
+        secret: str,
+        request: kat_pb2.JoinRequest,
+    ) -> kat_pb2.JoinToken:
+        current = await self.lc.store.get_token(token_id)
+        record = current.msg if current else None
+        try:
+            tokens.check(record, secret, now=datetime.now(UTC))
+        except tokens.TokenError as exc:
+            await self._refuse(context, source, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        assert record is not None
+        if request.etcd_member and not record.etcd_member:
+            await self._refuse(
+                context,
+                source,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token {record.id} joins workers only; an etcd member needs a token from "
+                "`katcall token create --etcd-member`",
+            )
+        return record
+
+    async def _spend(self, record: kat_pb2.JoinToken, secret: str, delta: int) -> None:
+        """Count (delta=+1) or give back (-1) one use of the token."""
+        store = self.lc.store
+        for _ in range(10):
+            current = await store.get_token(record.id)
+            if current is None:
+                raise tokens.TokenError(f"join token {record.id} was deleted")
+            if delta > 0:
+                tokens.check(current.msg, secret, now=datetime.now(UTC))
+            current.msg.uses = max(0, current.msg.uses + delta)
+            try:
+                await store.update_token(current.msg, current.mod_revision)
+                return
+            except StaleWrite:
+                continue
+        raise tokens.TokenError("token is being used concurrently; retry")
+
+    async def _bind_certificate(self, name: str, cert: bytes) -> kat_pb2.Node | None:
+        """Record which certificate this node was given: only that one speaks for it
+        (a removed node's certificate stays refused even if its name is reused)."""
+        digest = rpc.certificate_sha256(cert)
+
+        def bind(node: kat_pb2.Node) -> None:
+            node.status.certificate_sha256 = digest
+
+        return await self.lc.registry.mutate(name, bind)
+
+    async def _require_current_node(
+        self, cn: str, name: str, context: grpc.aio.ServicerContext, action: str
+    ) -> None:
+        """require_own_node, and that the caller's certificate is the one its node holds
+        now: a node removed (or its certificate replaced) is refused on every call."""
+        await require_own_node(self, cn, name, context, action)
+        bound = self.lc.registry.bound_certificate(cn)
+        if bound is None or (bound and bound != rpc.peer_certificate_sha256(context)):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",
+            )
+
+    async def _unregister(self, node: kat_pb2.Node) -> None:
+        """Undo _register: a refused join leaves no node and no subnet behind."""
+        lc = self.lc
+        name = node.metadata.name
+        await lc.registry.forget(name)
+        if node.status.subnet:
+            await lc.store.release_subnet(node.status.subnet, name)
 
     async def _add_etcd_member(
         self, request: kat_pb2.JoinRequest, name: str, resp: kat_pb2.JoinResponse
@@ -187,24 +334,6 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
                     resp.etcd_initial_cluster[m.name or name] = m.peer_urls[0]
             resp.etcd_endpoints.extend(f"{u}" for m in everyone for u in m.client_urls)
 
-    async def _consume_token(self, token_id: str, secret: str) -> None:
-        async with self._token_locks.setdefault(token_id, asyncio.Lock()):
-            await self._consume_token_locked(token_id, secret)
-
-    async def _consume_token_locked(self, token_id: str, secret: str) -> None:
-        store = self.lc.store
-        for _ in range(10):
-            current = await store.get_token(token_id)
-            tokens.check(current.msg if current else None, secret, now=datetime.now(UTC))
-            assert current is not None
-            current.msg.uses += 1
-            try:
-                await store.update_token(current.msg, current.mod_revision)
-                return
-            except StaleWrite:
-                continue
-        raise tokens.TokenError("token is being used concurrently; retry")
-
     async def _register(self, request: kat_pb2.JoinRequest) -> kat_pb2.Node:
         lc = self.lc
         node = kat_pb2.Node(api_version="kat.dws.rip/v1alpha1", kind="Node")
@@ -241,7 +370,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
     async def _beat(
         self, cn: str, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.HeartbeatResponse:
-        await require_own_node(self, cn, request.node_name, context, "report as")
+        await self._require_current_node(cn, request.node_name, context, "report as")
         for listener in self.lc.instance_listeners:
             await listener(request.node_name, request.instances)
         if not await self.lc.registry.heartbeat(request):
@@ -264,7 +393,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
     ) -> AsyncIterator[kat_pb2.AssignmentSet]:
         from kat_agent.leader.assignments import stream_assignments
 
-        await require_own_node(self, cn, request.node_name, context, "watch assignments of")
+        await self._require_current_node(cn, request.node_name, context, "watch assignments of")
         async for update in stream_assignments(self.lc, request.node_name, context):
             yield update
 

@@ -225,6 +225,7 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
             ttl=ttl,
             max_uses=request.max_uses,
             description=request.description,
+            etcd_member=request.etcd_member,
         )
         await self.lc.store.create_token(record)
         return kat_pb2.CreateTokenResponse(token=record, join_token=text)

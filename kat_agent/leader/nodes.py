@@ -81,6 +81,12 @@ class NodeRegistry:
             node.status.last_heartbeat.FromDatetime(seen)
         return node
 
+    def bound_certificate(self, name: str) -> str | None:
+        """SHA-256 of the certificate the node was given at join (None: no such node,
+        "": not recorded, a node that joined before this was kept)."""
+        cached = self._nodes.get(name)
+        return None if cached is None else cached.node.status.certificate_sha256
+
     async def forget(self, name: str) -> None:
         """Delete the node's record (it leaves the cluster)."""
         async with self._lock(name):

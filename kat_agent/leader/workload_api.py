@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from api.v1alpha1 import kat_pb2
+from internal.core import hostpaths
 from internal.core.apply import plan_apply
 from internal.core.events import new_event
 from internal.manifests import bundle as bundle_mod
@@ -121,6 +122,14 @@ class WorkloadAPI:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from None
         who = caller(context)
+        if not isinstance(payload, kat_pb2.Namespace):
+            refused = hostpaths.workload_problems(
+                payload.workload.spec, self.lc.spec.host_mount_allowed_paths
+            )
+            if refused:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, str(resources.ValidationError(refused))
+                )
         if isinstance(payload, kat_pb2.Namespace):
             return await self._apply_namespace(payload, request.dry_run, who, context)
         return await self._apply_bundle(

@@ -13,6 +13,7 @@ from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
+from kat_agent.node.network.firewall import run_firewall
 from kat_agent.node.node_api import NodeAgentService, start_node_api
 from kat_agent.node.podman.services import NodeSettings
 
@@ -74,7 +75,12 @@ async def run_node(
         settings.volume_base_path,
     )
     address = f"{identity.advertise_address}:{config.spec.agent_port}"
-    await serve_node(settings, dd, agent, address)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(
+            supervise("control-port firewall", lambda: run_firewall(config.spec)),
+            name="node-firewall",
+        )
+        await serve_node(settings, dd, agent, address)
 
 
 async def serve_node(

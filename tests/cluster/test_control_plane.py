@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +49,7 @@ def new_token(c: DevCluster, *args: str) -> str:
     return p.stdout.strip()
 
 
-def try_join(c: DevCluster, token: str, tmp: Path) -> subprocess.CompletedProcess[str]:  # noqa: F821
+def try_join(c: DevCluster, token: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:  # noqa: F821
     """A join attempt from node3's namespace with a fresh data dir."""
     return c.exec(
         "node3",
@@ -62,6 +63,7 @@ def try_join(c: DevCluster, token: str, tmp: Path) -> subprocess.CompletedProces
         str(tmp),
         "--advertise-address",
         c.address("node3"),
+        *extra,
         timeout=30,
     )
 
@@ -114,7 +116,11 @@ def test_join_refused_for_expired_revoked_and_wrong_tokens(
     good = new_token(cluster)
     wrong_secret = good[:-1] + ("a" if good[-1] != "a" else "b")
     p = try_join(cluster, wrong_secret, tmp_path / "c")
-    assert p.returncode != 0 and "wrong join token secret" in p.stderr
+    assert p.returncode != 0 and "invalid join token" in p.stderr
+    unknown = ".".join([*good.split(".")[:3], "zzzzzz", good.split(".")[4]])
+    p2 = try_join(cluster, unknown, tmp_path / "c2")
+    # one answer for an unknown id and a wrong secret: it tells no id apart
+    assert p2.returncode != 0 and p2.stderr.splitlines()[-1] == p.stderr.splitlines()[-1]
 
     p = try_join(cluster, "not-a-token", tmp_path / "d")
     assert p.returncode != 0 and "malformed join token" in p.stderr
@@ -250,3 +256,137 @@ def test_leader_restart_keeps_nodes_tokens_and_settings(cluster: DevCluster) -> 
     assert "survives-restart" in cluster.katcall("token", "list", check=True).stdout
     assert token.split(".")[3] in cluster.katcall("token", "list", check=True).stdout
     cluster.katcall("uncordon", cordoned, check=True)
+
+
+def _readable_by_others(path: Path) -> bool:
+    """Could an unprivileged local user open this file (o+r, and o+x on every
+    directory above it)?"""
+    if not path.stat().st_mode & 0o004:
+        return False
+    return all(d.stat().st_mode & 0o001 for d in path.parents)
+
+
+def test_no_file_or_process_list_readable_by_others_holds_a_token(cluster: DevCluster) -> None:
+    token_re = re.compile(rb"KAT1\.[0-9a-f]{64}\.[0-9]+\.[a-z0-9]{6}\.[a-z0-9]{32}")
+    exposed = []
+    for f in cluster.dir.rglob("*"):
+        try:
+            if f.is_file() and not f.is_symlink() and _readable_by_others(f):
+                if f.stat().st_size < 50 << 20 and token_re.search(f.read_bytes()):
+                    exposed.append(str(f))
+        except OSError:
+            continue  # vanished (rotated, container exited) while walking
+    assert exposed == []
+    # init's join command is kept, for root only
+    n1 = Path(cluster.node("node1")["data_dir"])
+    assert (n1 / "join-command").stat().st_mode & 0o077 == 0
+    assert token_re.search((n1 / "join-command").read_bytes())
+    # logs are private, and init (whose stdout is node1's log) wrote no token there
+    for n in cluster.state()["nodes"]:
+        assert Path(n["log"]).stat().st_mode & 0o077 == 0
+        assert not token_re.search(Path(n["log"]).read_bytes()), n["key"]
+    # and no agent has a token on its command line (readable by anyone in /proc)
+    for n in cluster.state()["nodes"]:
+        cmdline = Path(f"/proc/{n['pid']}/cmdline").read_bytes()
+        assert not token_re.search(cmdline), n["key"]
+
+
+def test_default_token_cannot_add_an_etcd_member(cluster: DevCluster, tmp_path: Path) -> None:
+    token = new_token(cluster)
+    p = try_join(cluster, token, tmp_path / "m", "--etcd-member")
+    assert p.returncode != 0 and "joins workers only" in p.stderr
+    assert len(cluster.nodes_json()) == 3
+    tid = token.split(".")[3]
+    listed = json.loads(cluster.katcall("get", "tokens", "-o", "json", check=True).stdout)
+    mine = [t for t in listed["items"] if t["id"] == tid]
+    assert mine and not mine[0].get("uses") and not mine[0].get("etcdMember")
+
+
+def _raw_join(c: DevCluster, req: kat_pb2.JoinRequest) -> grpc.RpcError:
+    ca = Path(c.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
+    opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+    target = f"{c.address('node1')}:9117"
+    with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=opts) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            kat_pb2_grpc.AgentAPIStub(ch).Join(req, timeout=10)
+    return err.value  # type: ignore[return-value]
+
+
+def test_bad_join_requests_are_invalid_argument_and_spend_nothing(cluster: DevCluster) -> None:
+    from internal.core import tokens
+
+    token = new_token(cluster, "--max-uses", "1")
+    cred = tokens.parse(token).credential
+    key = pki.generate_private_key()
+    good_csr = pki.create_csr(key)
+    for req in (
+        kat_pb2.JoinRequest(token=cred, csr_pem=b"junk", advertise_address=c_addr(cluster)),
+        kat_pb2.JoinRequest(token=cred, csr_pem=good_csr, advertise_address=""),
+        kat_pb2.JoinRequest(token=cred, csr_pem=good_csr, advertise_address="evil.example"),
+        # another node's address: no certificate for it
+        kat_pb2.JoinRequest(
+            token=cred, csr_pem=good_csr, advertise_address=cluster.address("node1")
+        ),
+    ):
+        err = _raw_join(cluster, req)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    # an oversized request is refused before it is read in full
+    err = _raw_join(cluster, kat_pb2.JoinRequest(token="x" * (1 << 20)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(cluster.nodes_json()) == 3  # no node record, no subnet left behind
+    tid = token.split(".")[3]
+    listed = json.loads(cluster.katcall("get", "tokens", "-o", "json", check=True).stdout)
+    assert not [t for t in listed["items"] if t["id"] == tid][0].get("uses")
+
+
+def c_addr(c: DevCluster) -> str:
+    """An address no node uses, inside the dev cluster's subnet."""
+    used = {n["address"] for n in c.state()["nodes"]}
+    net = ipaddress.ip_network(c.subnet)
+    return next(str(h) for h in reversed(list(net.hosts())) if str(h) not in used)
+
+
+def test_a_removed_nodes_certificate_is_refused(cluster: DevCluster) -> None:
+    from internal.core import tokens
+
+    def join_once() -> tuple[str, bytes, bytes]:
+        cred = tokens.parse(new_token(cluster, "--max-uses", "1")).credential
+        key = pki.generate_private_key()
+        req = kat_pb2.JoinRequest(
+            token=cred,
+            csr_pem=pki.create_csr(key),
+            advertise_address=c_addr(cluster),
+            hostname="gone",
+        )
+        ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
+        opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+        target = f"{cluster.address('node1')}:9117"
+        with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=opts) as ch:
+            resp = kat_pb2_grpc.AgentAPIStub(ch).Join(req, timeout=30)
+        return resp.node.metadata.name, key, resp.certificate_pem
+
+    def watch(name: str, key: bytes, cert: bytes) -> grpc.StatusCode:
+        ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
+        creds = grpc.ssl_channel_credentials(ca, key, cert)
+        with grpc.secure_channel(api_address(cluster), creds) as ch:
+            stream = kat_pb2_grpc.AgentAPIStub(ch).WatchAssignments(
+                kat_pb2.AssignmentsRequest(node_name=name), timeout=5
+            )
+            try:
+                next(iter(stream))
+            except grpc.RpcError as err:
+                return err.code()  # type: ignore[attr-defined]
+        return grpc.StatusCode.OK
+
+    name, key, cert = join_once()
+    try:
+        assert watch(name, key, cert) == grpc.StatusCode.OK  # its own certificate works
+        cluster.katcall("node", "remove", name, check=True, timeout=120)
+        assert watch(name, key, cert) == grpc.StatusCode.PERMISSION_DENIED
+        # a new node under the same name does not bring the old certificate back
+        again, key2, cert2 = join_once()
+        assert again == name
+        assert watch(name, key, cert) == grpc.StatusCode.PERMISSION_DENIED
+        assert watch(name, key2, cert2) == grpc.StatusCode.OK
+    finally:
+        cluster.katcall("node", "remove", name, timeout=120)

@@ -325,3 +325,55 @@ def test_lost_node_instances_move_and_stale_copies_go(cluster: DevCluster) -> No
     cluster.start(victim)
     wait_until(lambda: not container_ids(cluster, victim), timeout=60, what="stale copies stopped")
     assert len(running_ready(cluster, "web")) == 3
+
+
+CONTROL_PORTS = (9115, 9116, 9117, 2379, 2380)
+
+
+def test_instances_cannot_reach_control_ports_and_volumes_are_private(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
+    spec = (
+        "spec:\n  type: SERVICE\n"
+        f"  source: {{image: {IMAGE}:latest}}\n  replicas: 1\n"
+        "  container:\n    command: [sh, -c, 'sleep 3600']\n"
+        "    volumeMounts: [{name: data, mountPath: /data}]\n"
+        "  volumes:\n    - {name: data, simpleClusterStorage: {}}\n"
+    )
+    b = write_bundle(tmp_path / "guard", "guard", spec)
+    cluster.katcall("apply", "-f", str(b), "--wait", "--timeout", "2m", check=True, timeout=150)
+    nodes = cluster.state()["nodes"]
+    registry = cluster.state()["registry"]["address"].replace(":", " ")
+    probes = [(n["address"], p) for n in nodes for p in CONTROL_PORTS]
+    script = "; ".join(
+        f"nc -w 2 {a} {p} </dev/null 2>/dev/null; echo {a}:{p}=$?" for a, p in probes
+    )
+    script += f"; nc -w 2 {registry} </dev/null 2>/dev/null; echo registry=$?"
+
+    def connects() -> dict[str, bool]:
+        p = cluster.katcall("exec", "guard", "--", "sh", "-c", script, timeout=120)
+        found = dict(line.rsplit("=", 1) for line in p.stdout.split() if "=" in line)
+        assert len(found) == len(probes) + 1, p.stdout + p.stderr
+        return {k: v == "0" for k, v in found.items()}
+
+    try:
+        seen = connects()
+        assert seen.pop("registry"), "the instance reaches other addresses"
+        assert not any(seen.values()), f"control ports open: {[k for k, v in seen.items() if v]}"
+        # a rule deleted behind the agent's back comes back
+        for n in nodes:
+            cluster.exec(n["key"], "nft", "delete", "table", "inet", "kat_guard", check=True)
+        wait_until(
+            lambda: all(
+                cluster.exec(n["key"], "nft", "list", "table", "inet", "kat_guard").returncode == 0
+                for n in nodes
+            ),
+            timeout=30,
+            what="kat_guard table restored",
+        )
+        assert not any(v for k, v in connects().items() if k != "registry")
+        # dev-cluster's volumeBasePath is DIR/volumes: no other user reads the volume
+        data = cluster.dir / "volumes" / "default" / "guard" / "data"
+        assert data.stat().st_mode & 0o077 == 0, oct(data.stat().st_mode)
+    finally:
+        cluster.katcall("delete", "workload", "guard", "--purge-volumes", timeout=120)

@@ -125,13 +125,19 @@ class Env:
             base / "run" / "podman.sock", storage=self.storage, containers_conf=self.conf
         )
         self.volumes = base / "volumes"
-        self.rt = Runtime(self.service.socket_path, volume_base_path=self.volumes)
+        # hostMounts of the tests live under base (cluster.kat's hostMountAllowedPaths)
+        self.allowed = [str(base)]
+        self.rt = Runtime(
+            self.service.socket_path, volume_base_path=self.volumes, host_mount_allowed=self.allowed
+        )
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
     def new_runtime(self) -> Runtime:
-        return Runtime(self.service.socket_path, volume_base_path=self.volumes)
+        return Runtime(
+            self.service.socket_path, volume_base_path=self.volumes, host_mount_allowed=self.allowed
+        )
 
 
 @pytest.fixture(scope="module")
@@ -568,6 +574,8 @@ def test_volume_errors(env: Env) -> None:
     (host / "a-dir").mkdir()
     (env.volumes / "test" / "esc" / "data").mkdir(parents=True)
     (env.volumes / "test" / "esc" / "data" / "link").symlink_to("/etc")
+    (host / "to-etc").symlink_to("/etc")
+    (host / "to-outside").symlink_to(env.base.parent)
 
     cases: list[tuple[dict[str, Any], tuple[MountSpec, ...], str]] = [
         ({"v": HostPathVolume(host / "nope", "DIRECTORY")}, (), "not an existing directory"),
@@ -580,6 +588,18 @@ def test_volume_errors(env: Env) -> None:
         ({"v": HostPathVolume(host / "a-file", "SOCKET")}, (), "not an existing unix socket"),
         ({"v": HostPathVolume(host / "nope")}, (), "does not exist"),
         ({"v": HostPathVolume(Path("relative/path"), "DIRECTORY")}, (), "must be absolute"),
+        # only under cluster.kat's hostMountAllowedPaths, never the system or data dirs
+        ({"v": HostPathVolume(Path("/."), "DIRECTORY")}, (), "/ is never allowed"),
+        ({"v": HostPathVolume(Path("/etc"), "DIRECTORY")}, (), "no workload may mount"),
+        ({"v": HostPathVolume(Path("/etc/kat-x"), "FILE_OR_CREATE")}, (), "no workload may mount"),
+        ({"v": HostPathVolume(Path("/proc/1/root"), "")}, (), "no workload may mount"),
+        ({"v": HostPathVolume(Path("/var/lib/kat"), "")}, (), "no workload may mount"),
+        ({"v": HostPathVolume(host / "to-etc", "DIRECTORY")}, (), "no workload may mount"),
+        (
+            {"v": HostPathVolume(host / "to-outside" / "kat-outside-x", "DIRECTORY_OR_CREATE")},
+            (),
+            "not under",
+        ),
         ({}, (MountSpec("v", "/x"),), "no volume named 'v'"),
         ({"v": ClusterStorageVolume()}, (MountSpec("v", "x"),), "mountPath must be absolute"),
         (
@@ -607,6 +627,7 @@ def test_volume_errors(env: Env) -> None:
         assert not [c for c in await env.rt.list_managed() if c.workload == "esc"]
 
     env.run(body())
+    assert not Path("/etc/kat-x").exists() and not (env.base.parent / "kat-outside-x").exists()
 
 
 @needs_podman
@@ -724,6 +745,7 @@ async def _rootless_body(env: Env, svc: PodmanService, user: WorkloadUser, volum
             assert _process_uid(pid) == user.uid
             data = volumes / "test" / "rootless" / "data"
             assert data.stat().st_uid == user.uid
+            assert data.stat().st_mode & 0o777 == 0o700  # no other workload user reads it
 
             async def written() -> bool:
                 return (data / "who").exists()

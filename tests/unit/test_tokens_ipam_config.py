@@ -24,7 +24,7 @@ def test_token_round_trip_and_checks() -> None:
     assert parsed.token_id == record.id
     assert parsed.secret not in record.SerializeToString().decode(errors="ignore")
     tokens.check(record, parsed.secret, now=NOW)  # usable
-    with pytest.raises(tokens.TokenError, match="wrong join token secret"):
+    with pytest.raises(tokens.TokenError, match="invalid join token"):
         tokens.check(record, "x" * 32, now=NOW)
     with pytest.raises(tokens.TokenError, match="expired"):
         tokens.check(record, parsed.secret, now=NOW + timedelta(hours=2))
@@ -34,7 +34,7 @@ def test_token_round_trip_and_checks() -> None:
     record.uses, record.revoked = 0, True
     with pytest.raises(tokens.TokenError, match="revoked"):
         tokens.check(record, parsed.secret, now=NOW)
-    with pytest.raises(tokens.TokenError, match="unknown join token"):
+    with pytest.raises(tokens.TokenError, match="invalid join token"):
         tokens.check(None, parsed.secret, now=NOW)
 
 
@@ -104,3 +104,20 @@ def test_peer_subject_parsing() -> None:
     assert parse_subject("CN=vm-2,O=kat:node") == {"CN": "vm-2", "O": "kat:node"}
     assert parse_subject("O=kat:admin,CN=a\\,b") == {"O": "kat:admin", "CN": "a,b"}
     assert parse_subject("") == {}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "abcdef", "abcdef." + "a" * 31, "ABCDEF." + "a" * 32, "x" * 4096, "abcdef." + "a" * 33],
+)
+def test_credential_format_is_checked_first_with_one_answer(bad: str) -> None:
+    with pytest.raises(tokens.TokenError) as err:
+        tokens.parse_credential(bad)
+    assert str(err.value) == tokens.REFUSED  # nothing of the input is echoed
+
+
+def test_default_tokens_are_worker_only() -> None:
+    record, _ = tokens.new_token(CA, 9117, now=NOW)
+    assert not record.etcd_member
+    member, _ = tokens.new_token(CA, 9117, now=NOW, etcd_member=True)
+    assert member.etcd_member

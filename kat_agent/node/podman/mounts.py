@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from internal.core import hostpaths
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 
 DEFAULT_VOLUME_BASE = Path("/var/lib/kat/volumes")
@@ -57,34 +58,71 @@ class VolumePreparer:
     user whose rootless Podman runs the container: directories KAT creates become theirs."""
 
     def __init__(
-        self, volume_base_path: Path = DEFAULT_VOLUME_BASE, owner: tuple[int, int] | None = None
+        self,
+        volume_base_path: Path = DEFAULT_VOLUME_BASE,
+        owner: tuple[int, int] | None = None,
+        host_mount_allowed: Sequence[str] = (),
+        data_dir: str = hostpaths.DEFAULT_DATA_DIR,
     ) -> None:
         self.volume_base_path = Path(volume_base_path)
         self.owner = owner
+        # cluster.kat's hostMountAllowedPaths (empty: no hostMount) and this node's data dir
+        self.host_mount_allowed = tuple(host_mount_allowed)
+        self.data_dir = str(Path(data_dir).absolute())
 
     def _chown(self, path: Path) -> None:
         if self.owner is not None:
             os.chown(path, *self.owner)
 
     def _mkdirs(self, path: Path, *, own_leaf: bool) -> None:
-        """mkdir -p; the directories made are root's (0755), the last one `owner`'s."""
+        """mkdir -p; the directories made are root's (0755), the last one `owner`'s
+        and 0700 (root's in root mode): no other workload or local user reads it."""
         missing = [p for p in (path, *path.parents) if not p.exists()]
         path.mkdir(parents=True, exist_ok=True)
         if own_leaf and path in missing:
             self._chown(path)
+        if own_leaf and (self.owner is None or path.stat().st_uid == self.owner[0]):
+            path.chmod(0o700)
+
+    def _allowed_host_path(self, what: str, path: Path, create: bool) -> Path:
+        """The symlink-resolved path of a hostMount, if cluster.kat allows it; with
+        `create`, every directory KAT would make must lie inside an allowed prefix."""
+
+        def check(p: Path) -> None:
+            problem = hostpaths.host_mount_problem(str(p), self.host_mount_allowed, self.data_dir)
+            if problem:
+                raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {problem}")
+
+        check(path)  # lexically first: nothing is looked at outside the allowed paths
+        try:
+            real = Path(os.path.realpath(path))
+        except OSError as exc:
+            raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {exc}") from exc
+        check(real)
+        if create:
+            prefixes = [hostpaths.normalise(a) for a in self.host_mount_allowed]
+            for m in (real, *real.parents):
+                if m.exists():
+                    break
+                if not any(hostpaths.under(str(m), a) and str(m) != a for a in prefixes):
+                    raise ContainerRuntimeError(
+                        ErrorKind.BAD_MOUNT, f"{what}: would create {m} outside the allowed paths"
+                    )
+        return real
 
     def _host_path(self, name: str, vol: HostPathVolume) -> Path:
         path = vol.path
         what = f"hostMount volume {name!r} ({path})"
         if not path.is_absolute():
             raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: hostPath must be absolute")
+        t = vol.ensure_type
+        path = self._allowed_host_path(what, path, t.endswith("_OR_CREATE"))
         try:
             st: os.stat_result | None = path.stat()
         except FileNotFoundError:
             st = None
         except OSError as exc:
             raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {exc}") from exc
-        t = vol.ensure_type
 
         def fail(problem: str) -> ContainerRuntimeError:
             return ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {problem}")

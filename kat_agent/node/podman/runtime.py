@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from internal.core import hostpaths
 from kat_agent.node.podman.client import PodmanAPI, Response, frames
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE, VolumePreparer
@@ -140,10 +141,12 @@ class Runtime:
         volume_base_path: Path = DEFAULT_VOLUME_BASE,
         owner: tuple[int, int] | None = None,
         api_timeout: float = 60.0,
+        host_mount_allowed: Sequence[str] = (),
+        data_dir: str = hostpaths.DEFAULT_DATA_DIR,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.api = PodmanAPI(socket_path, api_timeout=api_timeout)
-        self.volumes = VolumePreparer(volume_base_path, owner)
+        self.volumes = VolumePreparer(volume_base_path, owner, host_mount_allowed, data_dir)
 
     async def close(self) -> None:
         await self.api.close()

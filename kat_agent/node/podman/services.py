@@ -36,6 +36,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
@@ -86,10 +87,21 @@ class NodeSettings:
     network: str = NETWORK_NAME
     network_interface: str = NETWORK_INTERFACE
     data_root: Path | None = None  # the data dir (made traversable for rootless volumes)
+    host_mount_allowed: tuple[str, ...] = ()  # cluster.kat's hostMountAllowedPaths
 
     @property
     def tag(self) -> str:
         return hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:10]
+
+    def runtime_options(self) -> dict[str, Any]:
+        """What every Runtime of this node is made with (volumes, hostMount policy)."""
+        opts: dict[str, Any] = {
+            "volume_base_path": self.volume_base_path,
+            "host_mount_allowed": self.host_mount_allowed,
+        }
+        if self.data_root is not None:
+            opts["data_dir"] = str(self.data_root)
+        return opts
 
     @classmethod
     def for_node(
@@ -116,6 +128,7 @@ class NodeSettings:
             volume_base_path=Path(config.spec.volume_base_path or DEFAULT_VOLUME_BASE),
             containers_conf=Path(conf) if conf else None,
             data_root=dd.root,
+            host_mount_allowed=tuple(config.spec.host_mount_allowed_paths),
         )
 
 
@@ -186,7 +199,7 @@ class PodmanPool:
         await svc.start()
         try:
             await svc.wait_ready(60)
-            rt = Runtime(svc.socket_path, volume_base_path=s.volume_base_path)
+            rt = Runtime(svc.socket_path, **s.runtime_options())
             network = None
             if s.subnet:
                 subnet, gateway = _gateway(s.subnet)
@@ -301,9 +314,7 @@ class PodmanPool:
             except BaseException:
                 await svc.stop()
                 raise
-            rt = Runtime(
-                svc.socket_path, volume_base_path=s.volume_base_path, owner=(user.uid, user.gid)
-            )
+            rt = Runtime(svc.socket_path, owner=(user.uid, user.gid), **s.runtime_options())
             backend = Backend(user.username, rt, svc, user, None)
             self._users[user.username] = backend
             log.info("Podman service of workload user %s ready", user.username)
