@@ -72,7 +72,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad CSR: {exc}")
 
         try:
-            node = await self._register(request)
+            node = await self._register(request, _peer_host(context.peer()))
         except store_mod.SubnetsExhausted as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"join refused: {exc}")
         name = node.metadata.name
@@ -202,7 +202,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
                 continue
         raise tokens.TokenError("token is being used concurrently; retry")
 
-    async def _register(self, request: kat_pb2.JoinRequest) -> kat_pb2.Node:
+    async def _register(self, request: kat_pb2.JoinRequest, observed: str) -> kat_pb2.Node:
         lc = self.lc
         node = kat_pb2.Node(api_version="kat.dws.rip/v1alpha1", kind="Node")
         node.metadata.uid = str(uuid.uuid4())
@@ -214,6 +214,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         st.capacity.CopyFrom(request.capacity)
         st.allocatable.CopyFrom(request.capacity)
         st.wireguard_public_key = request.wireguard_public_key
+        st.observed_address = observed
         st.etcd_member = request.etcd_member
         st.agent_port = lc.spec.agent_port
         return await register_node(lc, node, request.node_name or request.hostname)
@@ -272,6 +273,16 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             )
         async for update in stream_assignments(self.lc, request.node_name, context):
             yield update
+
+
+def _peer_host(peer: str) -> str:
+    """The address in a gRPC peer string ("ipv4:10.0.0.5:4242", "ipv6:[fd00::1]:4242")."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
 
 
 async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: str) -> kat_pb2.Node:

@@ -13,6 +13,7 @@ from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
+from kat_agent.node.network.manager import Overlay
 from kat_agent.node.node_api import NodeAgentService, start_node_api
 from kat_agent.node.podman.services import NodeSettings
 
@@ -74,7 +75,8 @@ async def run_node(
         settings.volume_base_path,
     )
     address = f"{identity.advertise_address}:{config.spec.agent_port}"
-    await serve_node(settings, dd, agent, address)
+    overlay = Overlay(dd, identity, config.spec) if identity.subnet else None
+    await serve_node(settings, dd, agent, address, overlay=overlay)
 
 
 async def serve_node(
@@ -83,15 +85,28 @@ async def serve_node(
     agent: Agent,
     address: str,
     runtime: NodeRuntime | None = None,
+    overlay: Overlay | None = None,
 ) -> None:
-    """The three parts of the node runtime, each restarted on failure: the reconciler,
-    the assignments stream feeding it, and the NodeAgent API on `address`."""
+    """The parts of the node runtime, each restarted on failure: the reconciler, the
+    assignments stream feeding it, the NodeAgent API on `address`, and the overlay."""
     runtime = runtime or NodeRuntime(settings, agent.beat_now)
     agent.instances = runtime.report
+    if overlay is not None:
+        agent.overlay = overlay.status
+        agent.wireguard_public_key = overlay.public_key
+        overlay.on_change = agent.beat_now
+
+    def on_snapshot(snapshot: kat_pb2.AssignmentSet) -> None:
+        if overlay is not None:
+            overlay.offer(snapshot)
+        runtime.offer(snapshot)
+
     async with asyncio.TaskGroup() as tg:
+        if overlay is not None:
+            tg.create_task(supervise("overlay", overlay.run), name="node-overlay")
         tg.create_task(supervise("node runtime", runtime.run), name="node-runtime")
         tg.create_task(
-            supervise("assignments stream", lambda: watch_assignments(agent, runtime.offer)),
+            supervise("assignments stream", lambda: watch_assignments(agent, on_snapshot)),
             name="node-assignments",
         )
         tg.create_task(
