@@ -46,6 +46,7 @@ class Overlay:
             address=overlay.node_address(identity.subnet),
             cluster_cidr=spec.cluster_cidr,
             mtu=0,
+            log_file=dd.root / "agent" / "wireguard-go.log",
         )
         self.link: WireGuardLink | None = None
         self._clock = clock

@@ -42,6 +42,7 @@ class LinkConfig:
     address: str  # the node's overlay address (a /32 on the interface)
     cluster_cidr: str  # routed through the interface
     mtu: int
+    log_file: Path | None = None  # wireguard-go's output
 
 
 async def _run(*argv: str, input_: bytes | None = None) -> str:
@@ -179,21 +180,23 @@ class WireGuardLink:
                 "no WireGuard kernel module and no wireguard-go on PATH (install wireguard-go)"
             )
         env = {**os.environ, **USERSPACE_ENV}
-        # A session of its own: the interface must outlive this agent (and its group).
-        proc = await asyncio.create_subprocess_exec(
-            self.wireguard_go,
-            self.cfg.name,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        _, err = await proc.communicate()  # the first process forks the daemon and exits
-        if proc.returncode != 0:
-            raise WireGuardError(
-                f"wireguard-go {self.cfg.name}: {err.decode(errors='replace').strip()}"
+        log_path = self.cfg.log_file or Path(os.devnull)
+        # Its output goes to a file, not a pipe: the daemon it forks keeps the descriptors.
+        out = await asyncio.to_thread(open, log_path, "ab")
+        with out:
+            # A session of its own: the interface must outlive this agent (and its group).
+            proc = await asyncio.create_subprocess_exec(
+                self.wireguard_go,
+                self.cfg.name,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
+            rc = await proc.wait()  # the first process forks the daemon and exits
+        if rc != 0:
+            raise WireGuardError(f"wireguard-go {self.cfg.name} failed (exit {rc}); see {log_path}")
         sock = UAPI_DIR / f"{self.cfg.name}.sock"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_SECONDS
