@@ -205,6 +205,9 @@ class NodeRuntime:
         self._releases: set[asyncio.Task[None]] = set()  # stopping idle user services
         self._to_save: kat_pb2.AssignmentSet | None = None
         self._saver: asyncio.Task[None] | None = None
+        # The overlay address of an instance whose network KAT plumbs itself (rootless;
+        # kat_agent/node/network/instance_net.py), for instances Podman gives none.
+        self.plumbed_ip: Callable[[str], str] = lambda instance_id: ""
 
     # ------------------------------------------------------------ reporting
 
@@ -215,8 +218,24 @@ class NodeRuntime:
         for st in list(self.states.values()):
             inst = st.report(self.settings.node_name)
             if inst is not None:
+                inst.ip = inst.ip or self.plumbed_ip(st.id)
                 out.append(inst)
         return out
+
+    def running_rootless(self) -> dict[str, int] | None:
+        """Instance id -> pid of every running rootless container; None until the
+        containers of earlier runs have been adopted (nothing may be released before)."""
+        if not self.ready.is_set():
+            return None
+        return {
+            iid: st.observed.pid
+            for iid, st in self.states.items()
+            if st.backend is not None
+            and st.backend.rootless
+            and st.observed is not None
+            and st.observed.running
+            and st.observed.pid
+        }
 
     def _changed(self) -> None:
         self.version += 1

@@ -13,6 +13,7 @@ from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
+from kat_agent.node.network.instance_net import InstanceNetwork
 from kat_agent.node.network.manager import Overlay
 from kat_agent.node.node_api import NodeAgentService, start_node_api
 from kat_agent.node.podman.services import NodeSettings
@@ -76,7 +77,15 @@ async def run_node(
     )
     address = f"{identity.advertise_address}:{config.spec.agent_port}"
     overlay = Overlay(dd, identity, config.spec) if identity.subnet else None
-    await serve_node(settings, dd, agent, address, overlay=overlay)
+    instance_net = None
+    if overlay is not None and settings.rootless:
+        instance_net = InstanceNetwork(
+            identity.subnet,
+            config.spec.cluster_cidr,
+            settings.state_dir / "instance-addresses.json",
+            mtu=await overlay.mtu(),
+        )
+    await serve_node(settings, dd, agent, address, overlay=overlay, instance_net=instance_net)
 
 
 async def serve_node(
@@ -86,6 +95,7 @@ async def serve_node(
     address: str,
     runtime: NodeRuntime | None = None,
     overlay: Overlay | None = None,
+    instance_net: InstanceNetwork | None = None,
 ) -> None:
     """The parts of the node runtime, each restarted on failure: the reconciler, the
     assignments stream feeding it, the NodeAgent API on `address`, and the overlay."""
@@ -95,6 +105,9 @@ async def serve_node(
         agent.overlay = overlay.status
         agent.wireguard_public_key = overlay.public_key
         overlay.on_change = agent.beat_now
+    if instance_net is not None:
+        runtime.plumbed_ip = instance_net.address_of
+        instance_net.on_change = agent.beat_now
 
     def on_snapshot(snapshot: kat_pb2.AssignmentSet) -> None:
         if overlay is not None:
@@ -104,6 +117,12 @@ async def serve_node(
     async with asyncio.TaskGroup() as tg:
         if overlay is not None:
             tg.create_task(supervise("overlay", overlay.run), name="node-overlay")
+        if instance_net is not None:
+            net = instance_net
+            tg.create_task(
+                supervise("instance network", lambda: net.run(runtime.running_rootless)),
+                name="node-instance-network",
+            )
         tg.create_task(supervise("node runtime", runtime.run), name="node-runtime")
         tg.create_task(
             supervise("assignments stream", lambda: watch_assignments(agent, on_snapshot)),

@@ -59,13 +59,24 @@ def fetch(c: DevCluster, src: dict, ip: str, timeout: int = 5) -> str:
     return p.stdout if p.returncode == 0 else ""
 
 
-def all_pairs(c: DevCluster, insts: list[dict]) -> dict[tuple[str, str], bool]:
-    """Every (source instance, target instance) on different nodes -> answered."""
-    out = {}
+def all_pairs(
+    c: DevCluster, insts: list[dict], deadline: float = 60
+) -> dict[tuple[str, str], bool]:
+    """Every (source instance, target instance) on different nodes -> answered. On a
+    loaded machine an instance can be restarted meanwhile (its exec health check times
+    out) and come back with another address: a pair that fails is retried with the
+    target's current address until `deadline` seconds have passed."""
+    out: dict[tuple[str, str], bool] = {}
     for src in insts:
         for dst in insts:
             if src["node"] != dst["node"]:
                 out[(src["id"], dst["id"])] = "hello from" in fetch(c, src, dst["ip"])
+    end = time.monotonic() + deadline
+    while not all(out.values()) and time.monotonic() < end:
+        current = {i["id"]: i for i in instances(c) if i.get("phase") == "RUNNING"}
+        for (s, d), ok in out.items():
+            if not ok and s in current and d in current and current[d].get("ip"):
+                out[(s, d)] = "hello from" in fetch(c, current[s], current[d]["ip"])
     return out
 
 

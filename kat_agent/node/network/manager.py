@@ -89,12 +89,17 @@ class Overlay:
                 async with asyncio.timeout(RESYNC_SECONDS):
                     await self._wake.wait()
 
+    async def mtu(self) -> int:
+        """The tunnel's MTU: the underlay's (where the advertised address is) less
+        WireGuard's overhead. Instance interfaces use it too, so their packets fit."""
+        return overlay.tunnel_mtu(
+            await asyncio.to_thread(underlay_mtu, self.identity.advertise_address)
+        )
+
     async def _ensure_link(self) -> WireGuardLink:
         if self.link is not None:
             return self.link
-        mtu = overlay.tunnel_mtu(
-            await asyncio.to_thread(underlay_mtu, self.identity.advertise_address)
-        )
+        mtu = await self.mtu()
         cfg = LinkConfig(**{**self.cfg.__dict__, "mtu": mtu})
         link = WireGuardLink(cfg)
         await link.ensure()

@@ -299,6 +299,7 @@ class ObservedContainer:
     # e.g. rootless slirp4netns); with several networks, the one named in PREFERRED_NETWORK
     # if present, else the first in name order.
     ip: str = ""
+    pid: int = 0  # of the container's init process while it runs (its namespaces)
 
     @property
     def running(self) -> bool:
@@ -331,6 +332,7 @@ class ObservedContainer:
             oom_killed=bool(st.get("OOMKilled")),
             labels=labels,
             ip=_address(data.get("NetworkSettings") or {}),
+            pid=int(st.get("Pid") or 0) if state == "running" else 0,
         )
 
 
