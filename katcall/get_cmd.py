@@ -15,11 +15,54 @@ from katcall.session import connect
 NODE_CONDITION = kat_pb2.NodeStatus.Condition.Name
 
 
+# A peer counts as connected when its last handshake is this recent (WireGuard redoes the
+# handshake every 2 minutes while anything flows; keepalives make something flow).
+HANDSHAKE_FRESH_SECONDS = 180
+
+
+def _handshake_age(p: kat_pb2.OverlayPeerStatus, now: float) -> float | None:
+    return now - p.latest_handshake.seconds if p.latest_handshake.seconds else None
+
+
+def _overlay_summary(o: kat_pb2.OverlayStatus, now: float) -> str:
+    """e.g. "kat1a2b3c4d5e/wireguard-go up 2/2" (peers with a recent handshake / all)."""
+    if not o.interface:
+        return "<none>"
+    fresh = sum(
+        1
+        for p in o.peers
+        if (age := _handshake_age(p, now)) is not None and age < HANDSHAKE_FRESH_SECONDS
+    )
+    state = "up" if o.up else "down"
+    return f"{o.interface}/{o.backend or '?'} {state} {fresh}/{len(o.peers)}"
+
+
+def _overlay_lines(o: kat_pb2.OverlayStatus, now: float) -> list[str]:
+    if not o.interface:
+        return ["  <none reported>"]
+    lines = [
+        f"  interface {o.interface} ({o.backend or '?'}), {'up' if o.up else 'down'}, "
+        f"address {o.address or '-'}, port {o.listen_port}, mtu {o.mtu}"
+    ]
+    if o.error:
+        lines.append(f"  error: {o.error}")
+    for p in o.peers:
+        age = _handshake_age(p, now)
+        shook = "never" if age is None else output.age(max(0.0, age)) + " ago"
+        lines.append(
+            f"  peer {p.node_name or '?'}: endpoint {p.endpoint or '-'}, allowed {p.allowed_ips}, "
+            f"handshake {shook}, rx {p.rx_bytes} tx {p.tx_bytes}"
+        )
+    if o.stale_peers:
+        lines.append("  no recent handshake with: " + ", ".join(o.stale_peers))
+    return lines
+
+
 def _node_rows(nodes: list[kat_pb2.Node], wide: bool) -> str:
     now = time.time()
     headers = ["NAME", "STATUS", "ROLES", "ADDRESS", "SUBNET", "LAST-HEARTBEAT"]
     if wide:
-        headers += ["CPU", "MEMORY", "LABELS", "TAINTS"]
+        headers += ["OVERLAY", "CPU", "MEMORY", "LABELS", "TAINTS"]
     rows = []
     for n in nodes:
         st = n.status
@@ -37,6 +80,7 @@ def _node_rows(nodes: list[kat_pb2.Node], wide: bool) -> str:
         row = [n.metadata.name, status, ",".join(roles), st.advertise_address, st.subnet, seen]
         if wide:
             row += [
+                _overlay_summary(st.overlay, now),
                 format_cpu(st.allocatable.cpu_millis),
                 output.approx_memory(st.allocatable.memory_bytes),
                 ",".join(f"{k}={v}" for k, v in sorted(n.metadata.labels.items())) or "<none>",
@@ -187,6 +231,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
             "ListEvents", kat_pb2.ListEventsRequest(object_name=args.name, limit=20)
         )
     print(output.render([node], "yaml", single=True))
+    print("overlay:")
+    print("\n".join(_overlay_lines(node.status.overlay, time.time())))
+    for c in node.status.conditions:
+        if c.status == "True":
+            print(f"condition {c.type}: {c.reason}: {c.message}")
     print("events:")
     print(_event_rows(list(events.items), False) if events.items else "  <none>")
     return 0
