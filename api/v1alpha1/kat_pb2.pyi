@@ -656,8 +656,8 @@ class NodeStatus(_message.Message):
     agent_version: str
     observed_address: str
     overlay: OverlayStatus
-    conditions: _containers.RepeatedScalarFieldContainer[NodeStatus.Condition]
-    def __init__(self, condition: _Optional[_Union[NodeStatus.Condition, str]] = ..., advertise_address: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., etcd_member: _Optional[bool] = ..., leader: _Optional[bool] = ..., agent_port: _Optional[int] = ..., agent_version: _Optional[str] = ..., observed_address: _Optional[str] = ..., overlay: _Optional[_Union[OverlayStatus, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[NodeStatus.Condition, str]]] = ...) -> None: ...
+    conditions: _containers.RepeatedCompositeFieldContainer[Condition]
+    def __init__(self, condition: _Optional[_Union[NodeStatus.Condition, str]] = ..., advertise_address: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., etcd_member: _Optional[bool] = ..., leader: _Optional[bool] = ..., agent_port: _Optional[int] = ..., agent_version: _Optional[str] = ..., observed_address: _Optional[str] = ..., overlay: _Optional[_Union[OverlayStatus, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
 
 class OverlayStatus(_message.Message):
     __slots__ = ("interface", "backend", "up", "mtu", "listen_port", "address", "peers", "error", "stale_peers")

@@ -133,3 +133,18 @@ def meshed(c: DevCluster, names: list[str]) -> bool:
         if not o.get("up") or peers != set(names) - {name}:
             return False
     return True
+
+
+def reaches(c: DevCluster, src_node: str, dst_node: str, timeout: float = 60) -> bool:
+    """Some running web instance on `src_node` gets an answer from the one on `dst_node`
+    (current instances each try: under load a health check may have replaced one)."""
+
+    def attempt() -> bool:
+        now = {i["node"]: i for i in instances(c) if i.get("phase") == "RUNNING" and i.get("ip")}
+        src, dst = now.get(src_node), now.get(dst_node)
+        return bool(src and dst and "hello from" in fetch(c, src, dst["ip"]))
+
+    try:
+        return bool(wait_until(attempt, timeout=timeout, interval=0.5))
+    except TimeoutError:
+        return False

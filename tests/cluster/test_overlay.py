@@ -20,9 +20,9 @@ from tests.cluster.overlay_checks import (
     WEB_PORT,
     Capture,
     all_pairs,
-    fetch,
     meshed,
     overlay_of,
+    reaches,
     web_running,
     wg_peers,
 )
@@ -99,7 +99,7 @@ def test_agent_crash_and_restart_keep_connectivity_and_streams(cluster: DevClust
     try:
         time.sleep(1)  # let the stream run before the crash (not synchronisation)
         cluster.kill(victim_key)
-        assert "hello from" in fetch(cluster, insts[other], insts[victim]["ip"])
+        assert reaches(cluster, other, victim)
         cluster.start(victim_key)
         wait_until(lambda: victim in cluster.ready_nodes(), timeout=60, what="agent back")
         wait_until(lambda: meshed(cluster, names), timeout=30, what="mesh after restart")
@@ -111,7 +111,7 @@ def test_agent_crash_and_restart_keep_connectivity_and_streams(cluster: DevClust
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
-    assert "hello from" in fetch(cluster, insts[other], insts[victim]["ip"])
+    assert reaches(cluster, other, victim)
 
 
 def test_removed_node_leaves_every_peer_list_and_a_later_node_is_reachable(
