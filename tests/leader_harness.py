@@ -325,8 +325,7 @@ class SimAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._changed = asyncio.Event()
-        # What the simulated node reports of its overlay (None: no overlay field).
-        self.overlay: kat_pb2.OverlayStatus | None = None
+        self.overlay: kat_pb2.OverlayStatus | None = None  # reported in heartbeats if set
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -427,8 +426,7 @@ class SimAgent:
                             advertise_address=self.address,
                             instances=reports,
                         )
-                        if self.overlay is not None:
-                            req.overlay.CopyFrom(self.overlay)
+                        req.overlay.CopyFrom(self.overlay or kat_pb2.OverlayStatus())
                         await stream.write(req)
                         await stream.read()
                         self.connected = True
