@@ -5,6 +5,7 @@ leader, and the NodeAgent API (logs, exec, status)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +22,7 @@ from kat_agent.node.podman.services import NodeSettings
 log = logging.getLogger(__name__)
 
 SUPERVISE_BACKOFF = (1.0, 30.0)
+OVERLAY_AFTER_PODMAN_SECONDS = 60.0  # the overlay starts anyway if Podman takes longer
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -116,7 +118,18 @@ async def serve_node(
 
     async with asyncio.TaskGroup() as tg:
         if overlay is not None:
-            tg.create_task(supervise("overlay", overlay.run), name="node-overlay")
+            ov = overlay
+
+            async def run_overlay() -> None:
+                # After Podman has its `kat` network: Podman refuses to create a network
+                # whose subnet an interface of the host already has an address in, and
+                # the overlay puts the node's address (in that subnet) on its interface.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(OVERLAY_AFTER_PODMAN_SECONDS):
+                        await runtime.ready.wait()
+                await supervise("overlay", ov.run)
+
+            tg.create_task(run_overlay(), name="node-overlay")
         if instance_net is not None:
             net = instance_net
             tg.create_task(

@@ -20,6 +20,7 @@ from tests.cluster.overlay_checks import (
     WEB_PORT,
     Capture,
     all_pairs,
+    instances,
     meshed,
     overlay_of,
     reaches,
@@ -111,7 +112,11 @@ def test_agent_crash_and_restart_keep_connectivity_and_streams(cluster: DevClust
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
-    assert reaches(cluster, other, victim)
+    # While the agent was away its instance may have been moved (node loss timeout):
+    # whatever runs now, every pair on different nodes answers.
+    now = [i for i in instances(cluster) if i.get("phase") == "RUNNING" and i.get("ip")]
+    answered = all_pairs(cluster, now)
+    assert answered and all(answered.values()), answered
 
 
 def test_removed_node_leaves_every_peer_list_and_a_later_node_is_reachable(
