@@ -168,14 +168,16 @@ def test_removed_node_leaves_every_peer_list_and_a_later_node_is_reachable(
     (new_name,) = new
     first_beat = time.monotonic()  # READY = its first heartbeat arrived
     new_address = wait_until(lambda: overlay_of(cluster)[new_name].get("address"), timeout=10)
-    src = insts[stay[0]]
 
     def reachable() -> bool:
+        srcs = [i for i in instances(cluster) if i.get("phase") == "RUNNING" and i["node"] in stay]
+        if not srcs:
+            return False
         p = cluster.katcall(
             "exec",
             "web",
             "--instance",
-            src["id"],
+            srcs[0]["id"],
             "--",
             "timeout",
             "2",
