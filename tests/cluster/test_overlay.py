@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.overlay_checks import (
+    WEB,
     WEB_PORT,
     Capture,
     all_pairs,
@@ -122,8 +123,9 @@ def test_agent_crash_and_restart_keep_connectivity_and_streams(cluster: DevClust
 def test_removed_node_leaves_every_peer_list_and_a_later_node_is_reachable(
     cluster: DevCluster,
 ) -> None:
-    insts = {i["node"]: i for i in web_running(cluster)}
-    names = sorted(insts)
+    p = cluster.katcall("apply", "-f", str(WEB), "--wait", timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = sorted(cluster.ready_nodes())
     gone = names[2]
     stay = names[:2]
     ov = overlay_of(cluster)
