@@ -126,7 +126,7 @@ async def serve_node(
                 # the overlay puts the node's address (in that subnet) on its interface.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(OVERLAY_AFTER_PODMAN_SECONDS):
-                        await runtime.ready.wait()
+                        await runtime.pool.network_ready.wait()
                 await supervise("overlay", ov.run)
 
             tg.create_task(run_overlay(), name="node-overlay")
