@@ -135,6 +135,20 @@ def meshed(c: DevCluster, names: list[str]) -> bool:
     return True
 
 
+def reaches_ip(c: DevCluster, src_node: str, ip: str, timeout: float = 60) -> bool:
+    """A running web instance on `src_node` (whichever runs now) gets an answer from ip."""
+
+    def attempt() -> bool:
+        now = {i["node"]: i for i in instances(c) if i.get("phase") == "RUNNING"}
+        src = now.get(src_node)
+        return bool(src and "hello from" in fetch(c, src, ip))
+
+    try:
+        return bool(wait_until(attempt, timeout=timeout, interval=0.5))
+    except TimeoutError:
+        return False
+
+
 def reaches(c: DevCluster, src_node: str, dst_node: str, timeout: float = 60) -> bool:
     """Some running web instance on `src_node` gets an answer from the one on `dst_node`
     (current instances each try: under load a health check may have replaced one)."""
