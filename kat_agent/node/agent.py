@@ -14,6 +14,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.datadir import DataDir, NodeIdentity
 from internal.security import rpc
+from internal.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class Agent:
             instances=self.instances(),
             wireguard_public_key=self.wireguard_public_key,
             overlay=self.overlay(),
+            agent_version=VERSION,
         )
 
     async def heartbeat_once(self) -> kat_pb2.HeartbeatResponse | None:
