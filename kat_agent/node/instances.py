@@ -111,21 +111,6 @@ class NodeRuntime:
                 out.append(inst)
         return out
 
-    def running_rootless(self) -> dict[str, int] | None:
-        """Instance id -> pid of every running rootless container; None until the
-        containers of earlier runs have been adopted (nothing may be released before)."""
-        if not self.ready.is_set():
-            return None
-        return {
-            iid: st.observed.pid
-            for iid, st in self.states.items()
-            if st.backend is not None
-            and st.backend.rootless
-            and st.observed is not None
-            and st.observed.running
-            and st.observed.pid
-        }
-
     def _changed(self) -> None:
         self.version += 1
         if not self._started:

@@ -46,6 +46,22 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
         delay = min(high, delay * 2)
 
 
+def rootless_pids(runtime: NodeRuntime) -> dict[str, int] | None:
+    """Instance id -> pid of every running rootless container; None until the
+    containers of earlier runs have been adopted (nothing may be released before)."""
+    if not runtime.ready.is_set():
+        return None
+    return {
+        iid: st.observed.pid
+        for iid, st in runtime.states.items()
+        if st.backend is not None
+        and st.backend.rootless
+        and st.observed is not None
+        and st.observed.running
+        and st.observed.pid
+    }
+
+
 async def serve_node_api(dd: DataDir, address: str, runtime: NodeRuntime, agent: Agent) -> None:
     service = NodeAgentService(runtime, lambda: agent.leader_node, agent.heartbeat_request)
     server = await start_node_api(
@@ -133,7 +149,7 @@ async def serve_node(
         if instance_net is not None:
             net = instance_net
             tg.create_task(
-                supervise("instance network", lambda: net.run(runtime.running_rootless)),
+                supervise("instance network", lambda: net.run(lambda: rootless_pids(runtime))),
                 name="node-instance-network",
             )
         tg.create_task(supervise("node runtime", runtime.run), name="node-runtime")
