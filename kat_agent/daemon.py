@@ -156,9 +156,14 @@ def _read_cluster_kat(config_path: Path | None) -> kat_pb2.ClusterConfiguration:
 
 
 def _new_node(
-    name_hint: str, advertise: str, spec: kat_pb2.ClusterConfigurationSpec, opts: NodeOptions
+    name_hint: str,
+    advertise: str,
+    spec: kat_pb2.ClusterConfigurationSpec,
+    opts: NodeOptions,
+    dd: DataDir,
 ) -> kat_pb2.Node:
     from internal.manifests import resources
+    from kat_agent.node.network.keys import ensure_keypair
 
     node = kat_pb2.Node(api_version=resources.API_VERSION, kind="Node")
     node.metadata.name = name_hint
@@ -172,6 +177,7 @@ def _new_node(
     node.status.etcd_member = True
     node.status.agent_port = spec.agent_port
     node.status.condition = kat_pb2.NodeStatus.UNKNOWN
+    node.status.wireguard_public_key = ensure_keypair(dd.wireguard_key)
     return node
 
 
@@ -254,7 +260,7 @@ async def first_init(
     with contextlib.suppress(AlreadyExists):
         await store.create_namespace(new_namespace("default", datetime.now(UTC)))
     registry = NodeRegistry(store, config.spec)
-    node = _new_node(name, advertise, config.spec, opts)
+    node = _new_node(name, advertise, config.spec, opts, dd)
     node = await register_node(store, registry, config.spec, node, name)
     return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
@@ -328,7 +334,7 @@ async def restored_init(
         from kat_agent.leader.nodes import NodeRegistry
 
         registry = NodeRegistry(store, config.spec)
-        node = _new_node(name, advertise, config.spec, opts)
+        node = _new_node(name, advertise, config.spec, opts, dd)
         node = await register_node(store, registry, config.spec, node, name)
     return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
@@ -384,6 +390,7 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
 async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> NodeIdentity:
     from internal.security import pki
     from kat_agent import bootstrap
+    from kat_agent.node.network.keys import ensure_keypair
 
     advertise = opts.advertise_address or default_advertise_address()
     capacity, _ = machine_resources()
@@ -393,6 +400,7 @@ async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> Node
         labels=opts.labels,
         capacity=capacity,
         etcd_member=opts.etcd_member,
+        wireguard_public_key=ensure_keypair(dd.wireguard_key),
     )
     etcd_keys = (b"", b"")
     if opts.etcd_member:

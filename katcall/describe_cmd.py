@@ -14,7 +14,7 @@ from collections.abc import Callable
 from api.v1alpha1 import kat_pb2
 from internal.core.scheduler import Requests
 from internal.manifests.quantity import format_cpu
-from katcall import get_cmd, output
+from katcall import get_cmd, output, overlay_view
 from katcall.client import CallError, Client
 from katcall.session import connect
 from katcall.workload_cmd import TYPE, image_of, instance_table, phase
@@ -132,6 +132,7 @@ def describe_node(
             [
                 _field("Subnet", st.subnet or "-"),
                 _field("WireGuard key", st.wireguard_public_key or "-"),
+                *overlay_view.lines(node),
             ],
         ),
         *_section("Instances", instance_table(instances) if instances else []),

@@ -16,7 +16,7 @@ from typing import Any
 
 from api.v1alpha1 import kat_pb2
 from internal.manifests.quantity import format_cpu
-from katcall import output, watch
+from katcall import output, overlay_view, watch
 from katcall.client import CallError, Client
 from katcall.session import connect, namespace
 
@@ -152,7 +152,8 @@ def print_table(res: Resource, items: list[Item], wide: bool, with_ns: bool) -> 
 
 def _node_headers(wide: bool, with_ns: bool) -> list[str]:
     headers = ["NAME", "STATUS", "ROLES", "ADDRESS", "SUBNET", "LAST-HEARTBEAT"]
-    return headers + (["CPU", "MEMORY", "VERSION", "LABELS", "TAINTS"] if wide else [])
+    wide_cols = ["OVERLAY", "CPU", "MEMORY", "VERSION", "LABELS", "TAINTS"]
+    return headers + (wide_cols if wide else [])
 
 
 def node_status(n: kat_pb2.Node) -> str:
@@ -182,6 +183,7 @@ def _node_row(n: kat_pb2.Node, wide: bool, with_ns: bool) -> list[str]:
     row = [n.metadata.name, node_status(n), node_roles(n), st.advertise_address, st.subnet, seen]
     if wide:
         row += [
+            overlay_view.summary(st.overlay),
             format_cpu(st.allocatable.cpu_millis),
             output.approx_memory(st.allocatable.memory_bytes),
             st.agent_version or "-",

@@ -28,7 +28,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
   etcd-server etcd-client podman runc uidmap slirp4netns fuse-overlayfs busybox-static
   wireguard-tools wireguard-go iproute2 iptables nftables util-linux git docker-registry
-  make procps psmisc ca-certificates python3 python3-pip
+  make procps psmisc ca-certificates python3 python3-pip tcpdump iperf3
 )
 
 missing=()

@@ -292,6 +292,7 @@ class SimAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._changed = asyncio.Event()
+        self.overlay: kat_pb2.OverlayStatus | None = None  # reported in heartbeats if set
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -423,6 +424,7 @@ class SimAgent:
                             advertise_address=self.address,
                             instances=reports,
                         )
+                        req.overlay.CopyFrom(self.overlay or kat_pb2.OverlayStatus())
                         await stream.write(req)
                         await stream.read()
                         self.connected = True

@@ -616,7 +616,7 @@ class NodeSpec(_message.Message):
     def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., unschedulable: _Optional[bool] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("condition", "advertise_address", "capacity", "allocatable", "subnet", "wireguard_public_key", "last_heartbeat", "instances", "etcd_member", "leader", "agent_port", "agent_version", "certificate_sha256")
+    __slots__ = ("condition", "advertise_address", "capacity", "allocatable", "subnet", "wireguard_public_key", "last_heartbeat", "instances", "etcd_member", "leader", "agent_port", "agent_version", "certificate_sha256", "observed_address", "overlay", "conditions")
     class Condition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         CONDITION_UNSPECIFIED: _ClassVar[NodeStatus.Condition]
@@ -640,6 +640,9 @@ class NodeStatus(_message.Message):
     AGENT_PORT_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     condition: NodeStatus.Condition
     advertise_address: str
     capacity: NodeResources
@@ -653,7 +656,48 @@ class NodeStatus(_message.Message):
     agent_port: int
     agent_version: str
     certificate_sha256: str
-    def __init__(self, condition: _Optional[_Union[NodeStatus.Condition, str]] = ..., advertise_address: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., etcd_member: _Optional[bool] = ..., leader: _Optional[bool] = ..., agent_port: _Optional[int] = ..., agent_version: _Optional[str] = ..., certificate_sha256: _Optional[str] = ...) -> None: ...
+    observed_address: str
+    overlay: OverlayStatus
+    conditions: _containers.RepeatedCompositeFieldContainer[Condition]
+    def __init__(self, condition: _Optional[_Union[NodeStatus.Condition, str]] = ..., advertise_address: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., etcd_member: _Optional[bool] = ..., leader: _Optional[bool] = ..., agent_port: _Optional[int] = ..., agent_version: _Optional[str] = ..., certificate_sha256: _Optional[str] = ..., observed_address: _Optional[str] = ..., overlay: _Optional[_Union[OverlayStatus, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
+
+class OverlayStatus(_message.Message):
+    __slots__ = ("interface", "backend", "up", "mtu", "listen_port", "address", "peers", "error", "stale_peers")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_PORT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STALE_PEERS_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    backend: str
+    up: bool
+    mtu: int
+    listen_port: int
+    address: str
+    peers: _containers.RepeatedCompositeFieldContainer[OverlayPeerStatus]
+    error: str
+    stale_peers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, interface: _Optional[str] = ..., backend: _Optional[str] = ..., up: _Optional[bool] = ..., mtu: _Optional[int] = ..., listen_port: _Optional[int] = ..., address: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[OverlayPeerStatus, _Mapping]]] = ..., error: _Optional[str] = ..., stale_peers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OverlayPeerStatus(_message.Message):
+    __slots__ = ("node_name", "endpoint", "allowed_ips", "latest_handshake", "rx_bytes", "tx_bytes")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_IPS_FIELD_NUMBER: _ClassVar[int]
+    LATEST_HANDSHAKE_FIELD_NUMBER: _ClassVar[int]
+    RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    endpoint: str
+    allowed_ips: str
+    latest_handshake: _timestamp_pb2.Timestamp
+    rx_bytes: int
+    tx_bytes: int
+    def __init__(self, node_name: _Optional[str] = ..., endpoint: _Optional[str] = ..., allowed_ips: _Optional[str] = ..., latest_handshake: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rx_bytes: _Optional[int] = ..., tx_bytes: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec", "status")
@@ -1128,18 +1172,20 @@ class JoinRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., advertise_address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., etcd_member: _Optional[bool] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., wireguard_public_key: _Optional[str] = ..., node_name: _Optional[str] = ..., etcd_server_csr_pem: _Optional[bytes] = ..., etcd_client_csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("node_name", "advertise_address", "subnet", "wireguard_public_key", "wireguard_port")
+    __slots__ = ("node_name", "advertise_address", "subnet", "wireguard_public_key", "wireguard_port", "observed_address")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
     WIREGUARD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     WIREGUARD_PORT_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     advertise_address: str
     subnet: str
     wireguard_public_key: str
     wireguard_port: int
-    def __init__(self, node_name: _Optional[str] = ..., advertise_address: _Optional[str] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., wireguard_port: _Optional[int] = ...) -> None: ...
+    observed_address: str
+    def __init__(self, node_name: _Optional[str] = ..., advertise_address: _Optional[str] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., wireguard_port: _Optional[int] = ..., observed_address: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("node", "certificate_pem", "ca_pem", "configuration", "peers", "api_endpoints", "etcd_endpoints", "cluster_uid", "etcd_ca_pem", "etcd_server_certificate_pem", "etcd_client_certificate_pem", "etcd_initial_cluster")
@@ -1177,7 +1223,7 @@ class JoinResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address", "agent_version")
+    __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address", "agent_version", "overlay")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1194,6 +1240,7 @@ class HeartbeatRequest(_message.Message):
     WIREGUARD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     capacity: NodeResources
     allocatable: NodeResources
@@ -1203,7 +1250,8 @@ class HeartbeatRequest(_message.Message):
     wireguard_public_key: str
     advertise_address: str
     agent_version: str
-    def __init__(self, node_name: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., wireguard_public_key: _Optional[str] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    overlay: OverlayStatus
+    def __init__(self, node_name: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., wireguard_public_key: _Optional[str] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., overlay: _Optional[_Union[OverlayStatus, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("tick_seconds", "leader_node", "api_endpoints", "peers")

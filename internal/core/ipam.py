@@ -23,3 +23,16 @@ def free_subnets(cluster_cidr: str, node_subnet_bits: int, used: Iterable[str]) 
     for net in node_subnets(cluster_cidr, node_subnet_bits):
         if net not in taken:
             yield str(net)
+
+
+def free_address(subnet: str, used: Iterable[str]) -> str | None:
+    """The lowest host address of a node subnet that is not in `used`, skipping the first
+    host address (the node's own: bridge gateway and overlay address). None when full."""
+    net = ipaddress.ip_network(subnet, strict=False)
+    taken = {ipaddress.ip_address(u) for u in used}
+    hosts = net.hosts()
+    next(hosts, None)  # the node's address
+    for addr in hosts:
+        if addr not in taken:
+            return str(addr)
+    return None

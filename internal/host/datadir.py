@@ -5,6 +5,7 @@
   pki/ca.key               cluster CA key (etcd members that may lead)
   pki/node.crt, node.key   this node's identity (role kat:node)
   pki/etcd/...             etcd's own CA, server and client certificates
+  pki/wireguard.key        this node's WireGuard private key (0600, never sent)
   etcd/                    etcd data
   agent/node.json          node name, uid, cluster uid, API endpoints
   admin.katconfig          katcall config written by `init` (0600)
@@ -44,6 +45,10 @@ class DataDir:
     @property
     def node_key(self) -> Path:
         return self.pki / "node.key"
+
+    @property
+    def wireguard_key(self) -> Path:
+        return self.pki / "wireguard.key"
 
     @property
     def etcd_pki(self) -> Path:

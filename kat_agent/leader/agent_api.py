@@ -132,7 +132,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
                     f"{claimed[0]}; remove that node first",
                 )
             try:
-                node = await self._register(request)
+                node = await self._register(request, source if _is_ip(source) else "")
             except SubnetsExhausted as exc:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"join refused: {exc}")
             name = node.metadata.name
@@ -334,7 +334,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
                     resp.etcd_initial_cluster[m.name or name] = m.peer_urls[0]
             resp.etcd_endpoints.extend(f"{u}" for m in everyone for u in m.client_urls)
 
-    async def _register(self, request: kat_pb2.JoinRequest) -> kat_pb2.Node:
+    async def _register(self, request: kat_pb2.JoinRequest, observed: str) -> kat_pb2.Node:
         lc = self.lc
         node = kat_pb2.Node(api_version="kat.dws.rip/v1alpha1", kind="Node")
         node.metadata.uid = str(uuid.uuid4())
@@ -346,6 +346,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         st.capacity.CopyFrom(request.capacity)
         st.allocatable.CopyFrom(request.capacity)
         st.wireguard_public_key = request.wireguard_public_key
+        st.observed_address = observed
         st.etcd_member = request.etcd_member
         st.agent_port = lc.spec.agent_port
         requested = request.node_name or request.hostname
@@ -396,6 +397,14 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         await self._require_current_node(cn, request.node_name, context, "watch assignments of")
         async for update in stream_assignments(self.lc, request.node_name, context):
             yield update
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def register_node(

@@ -125,6 +125,7 @@ class LeaderContext:
                     subnet=n.status.subnet,
                     wireguard_public_key=n.status.wireguard_public_key,
                     wireguard_port=self.spec.wireguard_port,
+                    observed_address=n.status.observed_address,
                 )
                 for n in self.registry.stored()
             ]

@@ -20,10 +20,12 @@ from api.v1alpha1 import kat_pb2
 from internal.core.events import new_event
 from internal.state.kv import StaleWrite
 from internal.state.store import Store
+from kat_agent.node.network.overlay import HANDSHAKE_STALE_SECONDS
 
 log = logging.getLogger(__name__)
 
 READY = kat_pb2.NodeStatus.READY
+OVERLAY_DEGRADED = "OverlayDegraded"
 NOT_READY = kat_pb2.NodeStatus.NOT_READY
 
 
@@ -50,6 +52,9 @@ class NodeRegistry:
         # Each node's last heartbeat, serialized: most beats repeat the last one
         # exactly, and those need no work beyond noting the time.
         self._last_beat: dict[str, bytes] = {}
+        # Each node's last reported overlay status: in memory only (handshake ages
+        # change with every beat); only the OverlayDegraded condition is stored.
+        self._overlay: dict[str, kat_pb2.OverlayStatus] = {}
         self._since = clock()
         # Bumped on every change to a node record, so derived views can be cached.
         self.version = 0
@@ -79,6 +84,9 @@ class NodeRegistry:
         seen = self._last_seen_wall.get(name)
         if seen is not None:
             node.status.last_heartbeat.FromDatetime(seen)
+        overlay = self._overlay.get(name)
+        if overlay is not None:
+            node.status.overlay.CopyFrom(overlay)
         return node
 
     def bound_certificate(self, name: str) -> str | None:
@@ -95,6 +103,7 @@ class NodeRegistry:
             self._last_seen.pop(name, None)
             self._last_seen_wall.pop(name, None)
             self._last_beat.pop(name, None)
+            self._overlay.pop(name, None)
             self.version += 1
 
     def touch(self) -> None:
@@ -152,6 +161,12 @@ class NodeRegistry:
         self._last_seen[name] = self._clock()
         self._last_seen_wall[name] = datetime.now(UTC)
         previous = self._nodes[name].node.status.condition
+        if req.HasField("overlay"):
+            overlay = kat_pb2.OverlayStatus()
+            overlay.CopyFrom(req.overlay)
+            req.ClearField("overlay")  # not part of what is compared and stored
+            self._overlay[name] = overlay
+            await self._overlay_condition(name, list(overlay.stale_peers))
         beat = req.SerializeToString(deterministic=True)
         if previous == READY and self._last_beat.get(name) == beat:
             return True
@@ -179,6 +194,42 @@ class NodeRegistry:
             message = "heartbeats resumed" if previous == NOT_READY else "first heartbeat received"
             await self._event(name, "NodeReady", message, warning=False)
         return True
+
+    async def _overlay_condition(self, name: str, stale: list[str]) -> None:
+        """Keep the node's OverlayDegraded condition in line with the peers it reports
+        without a handshake; written (and an event recorded) only when that set changes."""
+        cached = self._nodes.get(name)
+        if cached is None:
+            return
+        have = next((c for c in cached.node.status.conditions if c.type == OVERLAY_DEGRADED), None)
+        message = (
+            "no WireGuard handshake with " + ", ".join(sorted(stale)) + " for over "
+            f"{HANDSHAKE_STALE_SECONDS}s"
+            if stale
+            else ""
+        )
+        if (have.message if have is not None and have.status == "True" else "") == message:
+            return
+
+        def apply(node: kat_pb2.Node) -> None:
+            conds = [c for c in node.status.conditions if c.type != OVERLAY_DEGRADED]
+            cond = kat_pb2.Condition(
+                type=OVERLAY_DEGRADED,
+                status="True" if stale else "False",
+                reason="PeersUnreachable" if stale else "AllPeersReachable",
+                message=message or "every peer has shaken hands recently",
+            )
+            cond.last_transition_time.FromDatetime(datetime.now(UTC))
+            del node.status.conditions[:]
+            node.status.conditions.extend([*conds, cond])
+
+        await self.mutate(name, apply)
+        if stale:
+            await self._event(name, "OverlayPeersUnreachable", message, warning=True)
+        elif have is not None and have.status == "True":
+            await self._event(
+                name, "OverlayPeersReachable", "every peer shakes hands again", warning=False
+            )
 
     def overdue(self) -> list[str]:
         """READY nodes silent for longer than nodeLossTimeoutSeconds."""

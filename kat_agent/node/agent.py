@@ -114,6 +114,9 @@ class Agent:
         # The node runtime reports its instances here and asks for an early
         # beat when one changes, so the leader hears of it without waiting a tick.
         self.instances: Callable[[], list[kat_pb2.Instance]] = list
+        # The overlay's state and key (kat_agent/node/network), when the node has one.
+        self.overlay: Callable[[], kat_pb2.OverlayStatus | None] = lambda: None
+        self.wireguard_public_key = ""
         self._wake = asyncio.Event()
         self.leader_node = ""  # the leader's node name, as its last answer said
 
@@ -128,6 +131,8 @@ class Agent:
             labels=self.labels,
             advertise_address=self.identity.advertise_address,
             instances=self.instances(),
+            wireguard_public_key=self.wireguard_public_key,
+            overlay=self.overlay(),
             agent_version=VERSION,
         )
 

@@ -94,6 +94,9 @@ class NodeRuntime:
         self._releases: set[asyncio.Task[None]] = set()  # stopping idle user services
         self._to_save: kat_pb2.AssignmentSet | None = None
         self._saver: asyncio.Task[None] | None = None
+        # The overlay address of an instance whose network KAT plumbs itself (rootless;
+        # kat_agent/node/network/instance_net.py), for instances Podman gives none.
+        self.plumbed_ip: Callable[[str], str] = lambda instance_id: ""
 
     # ------------------------------------------------------------ reporting
 
@@ -104,6 +107,7 @@ class NodeRuntime:
         for st in list(self.states.values()):
             inst = st.report(self.settings.node_name)
             if inst is not None:
+                inst.ip = inst.ip or self.plumbed_ip(st.id)
                 out.append(inst)
         return out
 

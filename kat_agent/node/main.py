@@ -5,6 +5,7 @@ leader, and the NodeAgent API (logs, exec, status)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -14,12 +15,15 @@ from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
 from kat_agent.node.network.firewall import run_firewall
+from kat_agent.node.network.instance_net import InstanceNetwork
+from kat_agent.node.network.manager import Overlay
 from kat_agent.node.node_api import NodeAgentService, start_node_api
 from kat_agent.node.podman.services import NodeSettings
 
 log = logging.getLogger(__name__)
 
 SUPERVISE_BACKOFF = (1.0, 30.0)
+OVERLAY_AFTER_PODMAN_SECONDS = 60.0  # the overlay starts anyway if Podman takes longer
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -41,6 +45,22 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
             delay = low
         await asyncio.sleep(delay)
         delay = min(high, delay * 2)
+
+
+def rootless_pids(runtime: NodeRuntime) -> dict[str, int] | None:
+    """Instance id -> pid of every running rootless container; None until the
+    containers of earlier runs have been adopted (nothing may be released before)."""
+    if not runtime.ready.is_set():
+        return None
+    return {
+        iid: st.observed.pid
+        for iid, st in runtime.states.items()
+        if st.backend is not None
+        and st.backend.rootless
+        and st.observed is not None
+        and st.observed.running
+        and st.observed.pid
+    }
 
 
 async def serve_node_api(dd: DataDir, address: str, runtime: NodeRuntime, agent: Agent) -> None:
@@ -75,12 +95,21 @@ async def run_node(
         settings.volume_base_path,
     )
     address = f"{identity.advertise_address}:{config.spec.agent_port}"
+    overlay = Overlay(dd, identity, config.spec) if identity.subnet else None
+    instance_net = None
+    if overlay is not None and settings.rootless:
+        instance_net = InstanceNetwork(
+            identity.subnet,
+            config.spec.cluster_cidr,
+            settings.state_dir / "instance-addresses.json",
+            mtu=await overlay.mtu(),
+        )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(
             supervise("control-port firewall", lambda: run_firewall(config.spec)),
             name="node-firewall",
         )
-        await serve_node(settings, dd, agent, address)
+        await serve_node(settings, dd, agent, address, overlay=overlay, instance_net=instance_net)
 
 
 async def serve_node(
@@ -89,15 +118,49 @@ async def serve_node(
     agent: Agent,
     address: str,
     runtime: NodeRuntime | None = None,
+    overlay: Overlay | None = None,
+    instance_net: InstanceNetwork | None = None,
 ) -> None:
-    """The three parts of the node runtime, each restarted on failure: the reconciler,
-    the assignments stream feeding it, and the NodeAgent API on `address`."""
+    """The parts of the node runtime, each restarted on failure: the reconciler, the
+    assignments stream feeding it, the NodeAgent API on `address`, and the overlay."""
     runtime = runtime or NodeRuntime(settings, agent.beat_now)
     agent.instances = runtime.report
+    if overlay is not None:
+        agent.overlay = overlay.status
+        agent.wireguard_public_key = overlay.public_key
+        overlay.on_change = agent.beat_now
+    if instance_net is not None:
+        runtime.plumbed_ip = instance_net.address_of
+        instance_net.on_change = agent.beat_now
+
+    def on_snapshot(snapshot: kat_pb2.AssignmentSet) -> None:
+        if overlay is not None:
+            overlay.offer(snapshot)
+        runtime.offer(snapshot)
+
     async with asyncio.TaskGroup() as tg:
+        if overlay is not None:
+            ov = overlay
+
+            async def run_overlay() -> None:
+                # After Podman has its `kat` network: Podman refuses to create a network
+                # whose subnet an interface of the host already has an address in, and
+                # the overlay puts the node's address (in that subnet) on its interface.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(OVERLAY_AFTER_PODMAN_SECONDS):
+                        await runtime.pool.network_ready.wait()
+                await supervise("overlay", ov.run)
+
+            tg.create_task(run_overlay(), name="node-overlay")
+        if instance_net is not None:
+            net = instance_net
+            tg.create_task(
+                supervise("instance network", lambda: net.run(lambda: rootless_pids(runtime))),
+                name="node-instance-network",
+            )
         tg.create_task(supervise("node runtime", runtime.run), name="node-runtime")
         tg.create_task(
-            supervise("assignments stream", lambda: watch_assignments(agent, runtime.offer)),
+            supervise("assignments stream", lambda: watch_assignments(agent, on_snapshot)),
             name="node-assignments",
         )
         tg.create_task(

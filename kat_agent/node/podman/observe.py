@@ -60,6 +60,7 @@ class ObservedContainer:
     # e.g. rootless slirp4netns); with several networks, the one named in PREFERRED_NETWORK
     # if present, else the first in name order.
     ip: str = ""
+    pid: int = 0  # of the container's init process while it runs (its namespaces)
 
     @property
     def running(self) -> bool:
@@ -92,6 +93,7 @@ class ObservedContainer:
             oom_killed=bool(st.get("OOMKilled")),
             labels=labels,
             ip=_address(data.get("NetworkSettings") or {}),
+            pid=int(st.get("Pid") or 0) if state == "running" else 0,
         )
 
 

@@ -170,6 +170,9 @@ class PodmanPool:
         self._root: Backend | None = None
         self._users: dict[str, Backend] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Set once root's `kat` network has been set up (or found impossible): the
+        # overlay waits for it (kat_agent/node/main.py).
+        self.network_ready = asyncio.Event()
 
     @property
     def root(self) -> Backend:
@@ -219,6 +222,7 @@ class PodmanPool:
         except BaseException:
             await svc.stop()
             raise
+        self.network_ready.set()
         self._root = Backend("root", rt, svc, None, network)
         for user in await asyncio.to_thread(self._users_with_storage):
             try:
