@@ -1208,3 +1208,43 @@ class AssignmentSet(_message.Message):
     revision: int
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., revision: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("instance_id", "ip", "node")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    ip: str
+    node: str
+    def __init__(self, instance_id: _Optional[str] = ..., ip: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class ServiceEndpoints(_message.Message):
+    __slots__ = ("namespace", "workload", "endpoints", "ports", "ingress", "desired")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    workload: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    ports: _containers.RepeatedCompositeFieldContainer[ServicePort]
+    ingress: _containers.RepeatedCompositeFieldContainer[IngressRule]
+    desired: int
+    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., ingress: _Optional[_Iterable[_Union[IngressRule, _Mapping]]] = ..., desired: _Optional[int] = ...) -> None: ...
+
+class EndpointsRequest(_message.Message):
+    __slots__ = ("node_name",)
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    def __init__(self, node_name: _Optional[str] = ...) -> None: ...
+
+class EndpointSet(_message.Message):
+    __slots__ = ("services", "revision")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceEndpoints]
+    revision: int
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceEndpoints, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...

@@ -1205,6 +1205,11 @@ class AgentAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.AssignmentsRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AssignmentSet.FromString,
                 _registered_method=True)
+        self.WatchEndpoints = channel.unary_stream(
+                '/kat.v1alpha1.AgentAPI/WatchEndpoints',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
+                _registered_method=True)
 
 
 class AgentAPIServicer:
@@ -1237,6 +1242,13 @@ class AgentAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEndpoints(self, request, context):
+        """The cluster's ready endpoints, for DNS and ingress on every node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1259,6 +1271,11 @@ def add_AgentAPIServicer_to_server(servicer, server):
                     servicer.WatchAssignments,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.AssignmentsRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.AssignmentSet.SerializeToString,
+            ),
+            'WatchEndpoints': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEndpoints,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1370,6 +1387,33 @@ class AgentAPI:
             '/kat.v1alpha1.AgentAPI/WatchAssignments',
             api_dot_v1alpha1_dot_kat__pb2.AssignmentsRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.AssignmentSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kat.v1alpha1.AgentAPI/WatchEndpoints',
+            api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,7 @@ from internal.security import pki, rpc
 from internal.state.etcd import EtcdError
 from internal.state.store import Store
 from kat_agent.leader.assignments import AssignmentBook
+from kat_agent.leader.endpoints import EndpointBook
 from kat_agent.leader.nodes import NodeRegistry
 
 
@@ -41,6 +42,8 @@ class LeaderContext:
     # What each node should run, published by the workload controllers and
     # streamed to the nodes (kat_agent/leader/assignments.py).
     assignments: AssignmentBook = field(default_factory=AssignmentBook)
+    # The cluster's ready endpoints, streamed to every node (kat_agent/leader/endpoints.py).
+    endpoints: EndpointBook = field(default_factory=EndpointBook)
     # This node's own identity (the leader's client certificate towards agents).
     node_cert: bytes = b""
     node_key: bytes = b""

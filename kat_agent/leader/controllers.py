@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
-from internal.core import reconcile, rollout, scheduler
+from internal.core import endpoints, reconcile, rollout, scheduler
 from internal.state import store as store_mod
 from internal.state.etcd import EtcdError
 from kat_agent.leader.context import LeaderContext
@@ -103,6 +103,7 @@ class WorkloadController:
 
     async def run(self) -> None:
         await self.lc.assignments.reset()
+        await self.lc.endpoints.reset()
         self.lc.instance_listeners.append(self.on_heartbeat)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -113,6 +114,7 @@ class WorkloadController:
             with contextlib.suppress(ValueError):
                 self.lc.instance_listeners.remove(self.on_heartbeat)
             await self.lc.assignments.close()
+            await self.lc.endpoints.close()
 
     async def _loop(self) -> None:
         # Changes wake the loop (workload watch, heartbeat reports, node changes) and
@@ -252,6 +254,10 @@ class WorkloadController:
 
         per_node = reconcile.assignments_by_node(insts, bundle_for)
         await self.lc.assignments.publish(per_node, self.lc.peers())
+        current = {
+            key: (await self._bundle(w, w.metadata.generation))[0] for key, w in workloads.items()
+        }
+        await self.lc.endpoints.publish(endpoints.build_endpoint_set(insts, current))
 
     # ------------------------------------------------------------ writes
 

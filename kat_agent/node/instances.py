@@ -560,6 +560,10 @@ class NodeRuntime:
             if inst.job_run:
                 labels[LABEL_JOB_RUN] = inst.job_run
             ispec = dataclasses.replace(ispec, extra_labels=labels)
+            if backend.network:
+                # The node's DNS (kat_agent/node/network/dns.py) with the cluster search path.
+                servers, search = self.settings.container_dns(inst.namespace)
+                ispec = dataclasses.replace(ispec, dns_servers=servers, dns_search=search)
             try:
                 cid = await backend.runtime.create_and_start(ispec)
             except ContainerRuntimeError as exc:

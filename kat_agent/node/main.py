@@ -13,6 +13,8 @@ from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
+from kat_agent.node.network.discovery import Discovery, make_dns
+from kat_agent.node.network.dns import dns_port_from_env
 from kat_agent.node.node_api import NodeAgentService, start_node_api
 from kat_agent.node.podman.services import NodeSettings
 
@@ -74,7 +76,8 @@ async def run_node(
         settings.volume_base_path,
     )
     address = f"{identity.advertise_address}:{config.spec.agent_port}"
-    await serve_node(settings, dd, agent, address)
+    discovery = Discovery(settings.state_dir, settings.cluster_domain)
+    await serve_node(settings, dd, agent, address, discovery=discovery)
 
 
 async def serve_node(
@@ -83,9 +86,12 @@ async def serve_node(
     agent: Agent,
     address: str,
     runtime: NodeRuntime | None = None,
+    *,
+    discovery: Discovery | None = None,
 ) -> None:
-    """The three parts of the node runtime, each restarted on failure: the reconciler,
-    the assignments stream feeding it, and the NodeAgent API on `address`."""
+    """The parts of the node runtime, each restarted on failure: the reconciler, the
+    assignments stream feeding it, the NodeAgent API on `address`, and with `discovery`
+    the endpoints stream and the node's DNS server (on its subnet's first address)."""
     runtime = runtime or NodeRuntime(settings, agent.beat_now)
     agent.instances = runtime.report
     async with asyncio.TaskGroup() as tg:
@@ -98,3 +104,10 @@ async def serve_node(
             supervise("NodeAgent API", lambda: serve_node_api(dd, address, runtime, agent)),
             name="node-api",
         )
+        if discovery is not None:
+            d = discovery
+            tg.create_task(supervise("endpoints stream", lambda: d.watch(agent)), name="endpoints")
+            tg.create_task(supervise("endpoints file", d.persist), name="endpoints-file")
+            if settings.subnet:
+                dns = make_dns(d, settings.subnet, dns_port_from_env())
+                tg.create_task(supervise("DNS server", dns.serve), name="dns")

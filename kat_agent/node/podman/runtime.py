@@ -178,6 +178,9 @@ class InstanceSpec:
     # For the networking issue: a named Podman network and an address in it.
     network: str | None = None
     static_ip: str | None = None
+    # The container's /etc/resolv.conf: nameservers and search domains (empty: Podman's).
+    dns_servers: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -738,6 +741,10 @@ class Runtime:
             body["networks"] = {
                 spec.network: {"static_ips": [spec.static_ip]} if spec.static_ip else {}
             }
+        if spec.dns_servers:
+            body["dns_server"] = list(spec.dns_servers)
+        if spec.dns_search:
+            body["dns_search"] = list(spec.dns_search)
         _, data = await self._call_json("POST", "containers/create", what=what, body=body)
         warnings = tuple(str(w) for w in (data.get("Warnings") or []))
         for w in warnings:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
+from kat_agent.node.network.records import node_dns_address, search_path
 from kat_agent.node.podman.runtime import (
     DEFAULT_VOLUME_BASE,
     ContainerRuntimeError,
@@ -60,6 +61,7 @@ from kat_agent.node.podman.service import (
 log = logging.getLogger(__name__)
 
 NETWORK_NAME = "kat"
+DEFAULT_CLUSTER_DOMAIN = "kat.cluster.local"
 NETWORK_INTERFACE = "kat0"
 RUN_BASE = Path("/run/kat")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -91,6 +93,14 @@ class NodeSettings:
     network: str = NETWORK_NAME
     network_interface: str = NETWORK_INTERFACE
     data_root: Path | None = None  # the data dir (made traversable for rootless volumes)
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+
+    def container_dns(self, namespace: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(nameservers, search domains) for a container of `namespace`: the node's DNS
+        at the first host address of its subnet; none without a subnet."""
+        if not self.subnet:
+            return (), ()
+        return (node_dns_address(self.subnet),), tuple(search_path(namespace, self.cluster_domain))
 
     @property
     def tag(self) -> str:
@@ -121,6 +131,7 @@ class NodeSettings:
             volume_base_path=Path(config.spec.volume_base_path or DEFAULT_VOLUME_BASE),
             containers_conf=Path(conf) if conf else None,
             data_root=dd.root,
+            cluster_domain=config.spec.cluster_domain or DEFAULT_CLUSTER_DOMAIN,
         )
 
 
@@ -140,8 +151,7 @@ class Backend:
 
 
 def _gateway(subnet: str) -> tuple[str, str]:
-    net = ipaddress.ip_network(subnet, strict=False)
-    return str(net), str(net.network_address + 1)
+    return str(ipaddress.ip_network(subnet, strict=False)), node_dns_address(subnet)
 
 
 def _own_storage_parents(storage: PodmanStorage, user: WorkloadUser) -> None:
