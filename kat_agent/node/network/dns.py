@@ -28,6 +28,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from dnslib import QTYPE, RCODE, RR, SOA, SRV, A, DNSError, DNSLabel, DNSRecord
 
@@ -196,8 +197,8 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # (not isinstance: on 3.11 the selector's datagram transport is not a subclass)
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         reply = self.server.resolver.answer(data)
@@ -231,6 +232,7 @@ class DnsServer:
         self.resolver = Resolver(domain)
         self._forwards = asyncio.Semaphore(MAX_FORWARDS)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.listening = asyncio.Event()  # set once both sockets are bound
 
     def update(self, table: records.ZoneTable) -> None:
         self.resolver.set_view(table)
@@ -244,9 +246,11 @@ class DnsServer:
             tcp = _bind(socket.SOCK_STREAM, self.address, self.port)
             server = await asyncio.start_server(self._tcp_client, sock=tcp, backlog=128)
             log.info("DNS on %s:%d (upstream %s)", self.address, self.port, self.upstreams)
+            self.listening.set()
             async with server:
                 await server.serve_forever()
         finally:
+            self.listening.clear()
             transport.close()
             for t in list(self._tasks):
                 t.cancel()
