@@ -1,0 +1,139 @@
+"""Cluster DNS on a real 3-node dev cluster (root-mode Podman, the `kat` bridge on every
+node): every agent answers the cluster zone on its subnet's first address for its
+containers, from the leader's ready endpoints, and keeps answering without a leader."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kat_agent.node.network.records import node_dns_address
+from tests.devcluster import DevCluster, unavailable_reason, wait_until
+
+pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
+
+REPO = Path(__file__).resolve().parents[2]
+DOMAIN = "kat.cluster.local"
+NAME = f"web.default.svc.{DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    with DevCluster(3, tmp_path_factory.mktemp("dns") / "cluster") as c:
+        yield c
+
+
+def instances(c: DevCluster) -> list[dict]:
+    p = c.katcall("get", "instances", "-o", "json", timeout=30)
+    assert p.returncode == 0, p.stderr
+    return [i for i in json.loads(p.stdout)["items"] if i["workload"] == "web"]
+
+
+def ready_ips(c: DevCluster) -> set[str]:
+    return {i["ip"] for i in instances(c) if i.get("phase") == "RUNNING" and i.get("ready")}
+
+
+_ADDRESS = re.compile(r"^Address:\s*(\d+\.\d+\.\d+\.\d+)\s*$", re.M)  # not "server:53"
+
+
+def addresses(nslookup_output: str) -> set[str]:
+    return set(_ADDRESS.findall(nslookup_output))
+
+
+def node_dns(c: DevCluster, key: str) -> str:
+    """A node's DNS address: the first host address of its subnet."""
+    name = c.node(key)["name"]
+    node = next(n for n in c.nodes_json() if n["metadata"]["name"] == name)
+    return node_dns_address(node["status"]["subnet"])
+
+
+def lookup_on_node(c: DevCluster, key: str, server: str, name: str = NAME) -> str:
+    """nslookup against the node's DNS from inside the node's namespace."""
+    p = c.exec(key, "busybox", "nslookup", "-type=a", name, server, timeout=10)
+    return p.stdout + p.stderr
+
+
+def lookup_in(c: DevCluster, instance: str, name: str = NAME, *opts: str) -> str:
+    p = c.katcall("exec", "web", "--instance", instance, "--", "nslookup", *opts, name, timeout=20)
+    return p.stdout + p.stderr
+
+
+def test_every_node_answers_exactly_the_ready_instances(cluster: DevCluster) -> None:
+    c = cluster
+    p = c.katcall("apply", "-f", str(REPO / "examples" / "web"), "--wait", timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    insts = [i for i in instances(c) if i.get("ready")]
+    assert len(insts) == 3
+    want = {i["ip"] for i in insts}
+
+    # From an instance on every node that has one, through its /etc/resolv.conf.
+    for inst in insts:
+        resolv = c.katcall("exec", "web", "--instance", inst["id"], "--", "cat", "/etc/resolv.conf")
+        assert "search default.svc.kat.cluster.local svc.kat.cluster.local" in resolv.stdout
+        got = wait_until(
+            lambda inst=inst: (
+                (a := addresses(lookup_in(c, inst["id"], "-type=a", NAME))) == want and a
+            ),
+            timeout=15,
+            what=f"{NAME} from {inst['id']}",
+        )
+        assert got == want
+        # The instance's own name answers only that instance, and its service answers
+        # over it (a local instance: cross-node traffic is the overlay's business).
+        own = f"{inst['id']}.{NAME}"
+        assert addresses(lookup_in(c, inst["id"], own)) == {inst["ip"]}
+        fetch = c.katcall(
+            "exec", "web", "--instance", inst["id"], "--",
+            "timeout", "5", "wget", "-q", "-O", "-", f"http://{own}:8080/", timeout=20,
+        )  # fmt: skip
+        assert "hello from" in fetch.stdout, fetch.stdout + fetch.stderr
+
+    # SRV for the named port, NXDOMAIN for an unknown name in the zone.
+    srv = lookup_in(c, insts[0]["id"], f"_http._tcp.{NAME}", "-type=srv")
+    assert srv.count(" 8080 ") == 3, srv
+    missing = lookup_in(c, insts[0]["id"], f"nope.default.svc.{DOMAIN}", "-type=a")
+    assert "NXDOMAIN" in missing, missing
+
+
+def test_scale_down_reaches_every_node_within_5s(cluster: DevCluster, tmp_path: Path) -> None:
+    c = cluster
+    keys = [n["key"] for n in c.state()["nodes"]]
+    servers = {k: node_dns(c, k) for k in keys}
+    bundle = tmp_path / "web"
+    shutil.copytree(REPO / "examples" / "web", bundle)
+    wl = bundle / "workload.kat"
+    wl.write_text(wl.read_text().replace("replicas: 3", "replicas: 1"))
+    p = c.katcall("apply", "-f", str(bundle), timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    applied = time.monotonic()
+    for k in keys:
+        wait_until(
+            lambda k=k: len(addresses(lookup_on_node(c, k, servers[k]))) == 1,
+            timeout=max(0.5, 5 - (time.monotonic() - applied)),
+            interval=0.1,
+            what=f"one address from {k}'s DNS",
+        )
+    took = time.monotonic() - applied
+    assert took < 5, f"took {took:.1f}s"
+    remaining = wait_until(lambda: ready_ips(c) if len(ready_ips(c)) == 1 else None, timeout=30)
+    for k in keys:
+        assert addresses(lookup_on_node(c, k, servers[k])) == remaining
+
+
+def test_nodes_keep_answering_while_the_leader_is_down(cluster: DevCluster) -> None:
+    c = cluster
+    want = wait_until(lambda: ready_ips(c), timeout=30)
+    others = [n["key"] for n in c.state()["nodes"]][1:]
+    servers = {k: node_dns(c, k) for k in others}
+    c.kill("node1")  # the only etcd member: no leader at all from now on
+    try:
+        for k in others:
+            assert addresses(lookup_on_node(c, k, servers[k])) == want
+    finally:
+        c.start("node1")
