@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.get_cmd",
     "katcall.workload_cmd",
     "katcall.node_cmd",
+    "katcall.label_cmd",
     "katcall.token_cmd",
     "katcall.config_cmd",
 )

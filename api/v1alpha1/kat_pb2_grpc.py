@@ -140,6 +140,11 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.NodeRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.Empty.FromString,
                 _registered_method=True)
+        self.LabelNode = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/LabelNode',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.Node.FromString,
+                _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/kat.v1alpha1.ClusterAPI/CreateToken',
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.CreateTokenRequest.SerializeToString,
@@ -297,6 +302,12 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LabelNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -434,6 +445,11 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.NodeRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.Empty.SerializeToString,
+            ),
+            'LabelNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.LabelNode,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.Node.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
@@ -1029,6 +1045,33 @@ class ClusterAPI:
             '/kat.v1alpha1.ClusterAPI/RemoveNode',
             api_dot_v1alpha1_dot_kat__pb2.NodeRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LabelNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/LabelNode',
+            api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

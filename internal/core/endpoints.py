@@ -50,3 +50,13 @@ def build_endpoint_set(
         )
         out.append(svc)
     return out
+
+
+INGRESS_LABEL = "kat.dws.rip/ingress"
+
+
+def ingress_nodes(nodes: Iterable[kat_pb2.Node]) -> list[str]:
+    """The nodes labelled `kat.dws.rip/ingress=true`, sorted."""
+    return sorted(
+        n.metadata.name for n in nodes if n.metadata.labels.get(INGRESS_LABEL, "") == "true"
+    )

@@ -585,6 +585,8 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "etcdClientPort",
         "etcdPeerPort",
         "wireguardPort",
+        "ingressHTTPPort",
+        "ingressHTTPSPort",
     ):
         value = getattr(spec, _attr(spec, name))
         p = f"spec.{name}"

@@ -257,7 +257,10 @@ class WorkloadController:
         current = {
             key: (await self._bundle(w, w.metadata.generation))[0] for key, w in workloads.items()
         }
-        await self.lc.endpoints.publish(endpoints.build_endpoint_set(insts, current))
+        await self.lc.endpoints.publish(
+            endpoints.build_endpoint_set(insts, current),
+            endpoints.ingress_nodes(self.lc.registry.stored()),
+        )
 
     # ------------------------------------------------------------ writes
 

@@ -44,14 +44,20 @@ class EndpointBook:
             self._current = None
             self._cond.notify_all()
 
-    async def publish(self, services: Sequence[kat_pb2.ServiceEndpoints]) -> bool:
+    async def publish(
+        self, services: Sequence[kat_pb2.ServiceEndpoints], ingress_nodes: Sequence[str] = ()
+    ) -> bool:
         """Replace the view; True when it changed (and the streams were woken)."""
         async with self._cond:
             old = self._current
-            if old is not None and list(old.services) == list(services):
-                return False
+            new = kat_pb2.EndpointSet(services=services, ingress_nodes=ingress_nodes)
+            if old is not None:
+                new.revision = old.revision
+                if new == old:
+                    return False
             self._last_revision = max(self._last_revision + 1, time.time_ns() // 1000)
-            self._current = kat_pb2.EndpointSet(services=services, revision=self._last_revision)
+            new.revision = self._last_revision
+            self._current = new
             self._cond.notify_all()
             return True
 

@@ -15,6 +15,7 @@ from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
 from kat_agent.node.network.discovery import Discovery, make_dns
 from kat_agent.node.network.dns import dns_port_from_env
+from kat_agent.node.network.ingress import IngressProxy
 from kat_agent.node.node_api import NodeAgentService, start_node_api
 from kat_agent.node.podman.services import NodeSettings
 
@@ -77,7 +78,13 @@ async def run_node(
     )
     address = f"{identity.advertise_address}:{config.spec.agent_port}"
     discovery = Discovery(settings.state_dir, settings.cluster_domain)
-    await serve_node(settings, dd, agent, address, discovery=discovery)
+    ingress = IngressProxy(
+        identity.name,
+        settings.state_dir / "ingress",
+        config.spec.ingress_http_port,
+        config.spec.ingress_https_port,
+    )
+    await serve_node(settings, dd, agent, address, discovery=discovery, ingress=ingress)
 
 
 async def serve_node(
@@ -88,10 +95,12 @@ async def serve_node(
     runtime: NodeRuntime | None = None,
     *,
     discovery: Discovery | None = None,
+    ingress: IngressProxy | None = None,
 ) -> None:
     """The parts of the node runtime, each restarted on failure: the reconciler, the
     assignments stream feeding it, the NodeAgent API on `address`, and with `discovery`
-    the endpoints stream and the node's DNS server (on its subnet's first address)."""
+    the endpoints stream, the node's DNS server (on its subnet's first address) and, on
+    ingress nodes, the HAProxy that `ingress` drives."""
     runtime = runtime or NodeRuntime(settings, agent.beat_now)
     agent.instances = runtime.report
     async with asyncio.TaskGroup() as tg:
@@ -111,3 +120,7 @@ async def serve_node(
             if settings.subnet:
                 dns = make_dns(d, settings.subnet, dns_port_from_env())
                 tg.create_task(supervise("DNS server", dns.serve), name="dns")
+            if ingress is not None:
+                # Runs HAProxy only while the view lists this node as an ingress node.
+                d.add_listener(ingress.offer)
+                tg.create_task(supervise("ingress proxy", ingress.run), name="ingress")
