@@ -1,8 +1,9 @@
 """HAProxy configuration for an ingress node, rendered from the endpoint view (pure).
 
 Every workload's `spec.ingress` rules become routes: a request whose Host header (port
-stripped, any case) equals the rule's host and whose path starts with the rule's path goes
-to that workload's ready instances on the named port, round robin. Longer path prefixes
+stripped, any case) equals the rule's host (`*.example.com`: ends with `.example.com`)
+and whose path starts with the rule's path goes to that workload's ready instances on the
+named port, round robin. Longer path prefixes
 win over shorter ones for the same host. A host with a `tls: true` rule is served on the
 HTTPS port with its certificate, and its plain-HTTP requests are redirected there. A
 request no rule matches gets 404. HAProxy retries a failed connection on another
@@ -50,6 +51,9 @@ def _port_of(rule: kat_pb2.IngressRule, ports: Iterable[kat_pb2.ServicePort]) ->
             return p.container_port
     if rule.service_port:
         return rule.service_port
+    only = list(ports)
+    if not rule.service_port_name and len(only) == 1:
+        return only[0].container_port  # the workload's one port (validation allows this)
     return None
 
 
@@ -62,7 +66,7 @@ def plan_routes(services: Iterable[kat_pb2.ServiceEndpoints]) -> IngressPlan:
             host = rule.host.lower().rstrip(".")
             path = rule.path or "/"
             where = f"{s.namespace}/{s.workload}: ingress {host}{path}"
-            if not _HOST.match(host) or not _PATH.match(path):
+            if not _HOST.match(host.removeprefix("*.")) or not _PATH.match(path):
                 plan.problems.append(f"{where}: host or path not usable")
                 continue
             port = _port_of(rule, s.ports)
@@ -127,9 +131,7 @@ def render(
     ]
     tls_hosts = [h for h in plan.tls_hosts if h in certs]
     for h in tls_hosts:
-        out.append(
-            f"    http-request redirect scheme https code 301 if {{ var(txn.host) -m str {h} }}"
-        )
+        out.append(f"    http-request redirect scheme https code 301 if {_host_cond(h)}")
     out += _use_backends(plan.routes)
     out.append("    default_backend no_route")
     if tls_hosts and default_cert:
@@ -165,10 +167,17 @@ def render(
     return "\n".join(out) + "\n"
 
 
+def _host_cond(host: str) -> str:
+    """An ACL for the Host header: exact, or `*.example.com` for any subdomain."""
+    if host.startswith("*."):
+        return f"{{ var(txn.host) -m end {host[1:]} }}"
+    return f"{{ var(txn.host) -m str {host} }}"
+
+
 def _use_backends(routes: Iterable[Route]) -> list[str]:
     lines = []
     for r in routes:
-        cond = f"{{ var(txn.host) -m str {r.host} }}"
+        cond = _host_cond(r.host)
         if r.path != "/":
             cond += f" {{ path_beg {r.path} }}"
         lines.append(f"    use_backend {r.backend} if {cond}")
