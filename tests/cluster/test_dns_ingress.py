@@ -1,13 +1,17 @@
-"""Cluster DNS on a real 3-node dev cluster (root-mode Podman, the `kat` bridge on every
-node): every agent answers the cluster zone on its subnet's first address for its
-containers, from the leader's ready endpoints, and keeps answering without a leader."""
+"""Cluster DNS and ingress on a real 3-node dev cluster (root-mode Podman, the `kat` bridge
+on every node): every agent answers the cluster zone on its subnet's first address for its
+containers, from the leader's ready endpoints, and keeps answering without a leader; a node
+labelled kat.dws.rip/ingress=true proxies examples/web's ingress rule through HAProxy."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +131,88 @@ def test_scale_down_reaches_every_node_within_5s(cluster: DevCluster, tmp_path: 
     remaining = wait_until(lambda: ready_ips(c) if len(ready_ips(c)) == 1 else None, timeout=30)
     for k in keys:
         assert addresses(lookup_on_node(c, k, servers[k])) == remaining
+
+
+INGRESS = "kat.dws.rip/ingress"
+
+
+def http_get(address: str, host: str = "web.kat.local", port: int = 80) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://{address}:{port}/", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def test_ingress_node_spreads_requests_and_survives_a_rolling_update(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
+    c = cluster
+    node = c.node("node2")
+    address = node["address"]
+    p = c.katcall("label", "node", node["name"], f"{INGRESS}=true")
+    assert p.returncode == 0, p.stderr
+    labels = next(n for n in c.nodes_json() if n["metadata"]["name"] == node["name"])
+    assert labels["metadata"]["labels"][INGRESS] == "true"
+    # Until the overlay routes between nodes, the ingress node reaches only its own
+    # instances: all three copies run there.
+    bundle = tmp_path / "web"
+    shutil.copytree(REPO / "examples" / "web", bundle)
+    wl = bundle / "workload.kat"
+    text = wl.read_text().replace("replicas: 1", "replicas: 3")
+    wl.write_text(
+        text.replace(
+            "  type: SERVICE\n", f"  type: SERVICE\n  nodeSelector: {{{INGRESS}: 'true'}}\n"
+        )
+    )
+    p = c.katcall("apply", "-f", str(bundle), "--wait", timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    wait_until(lambda: http_get(address)[0] == 200, timeout=30, what="ingress answers")
+    answers = [http_get(address) for _ in range(20)]
+    assert all(code == 200 for code, _ in answers), answers
+    assert len({body for _, body in answers}) > 1, answers
+    assert http_get(address, host="nobody.kat.local")[0] == 404
+
+    # A rolling update (new env: new containers, one at a time) under steady load.
+    failures: list[str] = []
+    done = threading.Event()
+    sent = 0
+
+    def load() -> None:
+        nonlocal sent
+        while not done.is_set():
+            try:
+                code, _ = http_get(address)
+                if code != 200:
+                    failures.append(f"HTTP {code}")
+            except OSError as e:
+                failures.append(repr(e))
+            sent += 1
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        wl.write_text(wl.read_text().replace("value: hello", "value: hello-v2"))
+        p = c.katcall("apply", "-f", str(bundle), "--wait", timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        done.set()
+        t.join()
+    assert sent > 20 and not failures, f"{len(failures)} of {sent} failed: {failures[:5]}"
+
+    # Unlabelled: the node stops proxying.
+    p = c.katcall("label", "node", node["name"], f"{INGRESS}-")
+    assert p.returncode == 0, p.stderr
+    wait_until(lambda: _refused(address), timeout=20, what="ingress stopped")
+
+
+def _refused(address: str) -> bool:
+    try:
+        http_get(address)
+    except OSError:
+        return True
+    return False
 
 
 def test_nodes_keep_answering_while_the_leader_is_down(cluster: DevCluster) -> None:
