@@ -114,7 +114,6 @@ def render(
         "defaults",
         "    mode http",
         "    log global",
-        "    option httplog",
         "    option forwardfor",
         "    option redispatch",
         "    retries 3",
