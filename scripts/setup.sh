@@ -28,6 +28,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
   etcd-server etcd-client podman runc uidmap slirp4netns fuse-overlayfs busybox-static
   wireguard-tools wireguard-go iproute2 iptables util-linux git docker-registry
+  haproxy dnsperf wrk
   make procps psmisc ca-certificates python3 python3-pip
 )
 
@@ -77,7 +78,7 @@ done
 
 # ip and friends live in /usr/sbin, which is not on every user's PATH; link what is missing
 # into /usr/local/bin so that `command -v` finds them everywhere.
-for tool in ip nsenter etcd etcdctl wg wireguard-go podman runc busybox; do
+for tool in ip nsenter etcd etcdctl wg wireguard-go podman runc busybox haproxy; do
   if ! PATH=/usr/local/bin:/usr/bin:/bin command -v "$tool" >/dev/null; then
     for d in /usr/sbin /sbin; do
       if [[ -x $d/$tool ]]; then ln -sf "$d/$tool" "/usr/local/bin/$tool"; log "linked /usr/local/bin/$tool -> $d/$tool"; break; fi
