@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.workload_cmd",
     "katcall.node_cmd",
     "katcall.label_cmd",
+    "katcall.ingress_cmd",
     "katcall.token_cmd",
     "katcall.config_cmd",
 )

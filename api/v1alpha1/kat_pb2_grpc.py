@@ -145,6 +145,11 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.Node.FromString,
                 _registered_method=True)
+        self.GetEndpoints = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/GetEndpoints',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
+                _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/kat.v1alpha1.ClusterAPI/CreateToken',
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.CreateTokenRequest.SerializeToString,
@@ -308,6 +313,13 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEndpoints(self, request, context):
+        """The leader's current service view: ready endpoints and ingress rules per workload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -450,6 +462,11 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.LabelNode,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.Node.SerializeToString,
+            ),
+            'GetEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEndpoints,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
@@ -1072,6 +1089,33 @@ class ClusterAPI:
             '/kat.v1alpha1.ClusterAPI/LabelNode',
             api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/GetEndpoints',
+            api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
             options,
             channel_credentials,
             insecure,

@@ -104,6 +104,20 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
         return await self._node(request.name, context)
 
     @admin
+    async def GetEndpoints(
+        self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.EndpointSet:
+        await self.lc.require_leader(context)
+        view = self.lc.endpoints.current() or kat_pb2.EndpointSet()
+        out = kat_pb2.EndpointSet(revision=view.revision, ingress_nodes=view.ingress_nodes)
+        out.services.extend(
+            s
+            for s in view.services
+            if request.namespace == "*" or s.namespace == (request.namespace or "default")
+        )
+        return out
+
+    @admin
     async def CordonNode(
         self, request: kat_pb2.NodeRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.Node:

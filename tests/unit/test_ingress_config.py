@@ -85,3 +85,13 @@ def test_bad_label_changes_are_refused(items: list[str]) -> None:
 
     with pytest.raises(LabelError):
         parse_changes(items)
+
+
+def test_get_ingress_table() -> None:
+    from katcall.ingress_cmd import _rows
+
+    s = svc("web", [rule("web.kat.local")], ("10.100.0.5", "10.100.2.7"))
+    s.desired = 3
+    text = _rows([s], wide=True)
+    assert "web.kat.local" in text and "default/web" in text and "2/3" in text
+    assert "10.100.0.5:8080,10.100.2.7:8080" in text
