@@ -49,5 +49,34 @@ def _rows(items: list[kat_pb2.ServiceEndpoints], wide: bool) -> str:
     return output.table(headers, rows)
 
 
+def service_section(client: Client, namespace: str, name: str) -> str:
+    """For `describe workload`: its DNS names and ingress rules, with what is ready now."""
+    info = client.call("GetClusterInfo", kat_pb2.ClusterInfoRequest())
+    domain = info.configuration.spec.cluster_domain or "kat.cluster.local"
+    view = client.call("GetEndpoints", kat_pb2.ListRequest(namespace=namespace))
+    svc = next((s for s in view.services if s.workload == name), None)
+    base = f"{name}.{namespace}.svc.{domain}"
+    lines = ["DNS:"]
+    ready = ", ".join(e.ip for e in svc.endpoints) if svc and svc.endpoints else "<none ready>"
+    lines.append(f"  {base}  A: {ready}")
+    if svc is not None:
+        lines.append(f"  <instance>.{base}  A: that instance while ready")
+        for p in svc.ports:
+            if p.name:
+                proto = "udp" if p.protocol == kat_pb2.ServicePort.UDP else "tcp"
+                lines.append(f"  _{p.name}._{proto}.{base}  SRV: port {p.container_port}")
+    lines.append("Ingress:")
+    rules = list(svc.ingress) if svc else []
+    for r in rules:
+        tls = " (tls)" if r.tls else ""
+        lines.append(f"  {r.host}{r.path or '/'} -> port {_port(r, svc)}{tls}")  # type: ignore[arg-type]
+    if not rules:
+        lines.append("  <none>")
+    nodes = ", ".join(view.ingress_nodes) or "<no node labelled kat.dws.rip/ingress=true>"
+    if rules:
+        lines.append(f"  served by: {nodes}")
+    return "\n".join(lines)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     register_resource("ingress", _list, _rows, "ingresses", "ing")

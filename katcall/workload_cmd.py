@@ -14,6 +14,7 @@ import grpc
 from api.v1alpha1 import kat_pb2
 from katcall import get_cmd, output
 from katcall.client import CallError, Client
+from katcall.ingress_cmd import service_section
 from katcall.session import connect
 
 _Inst = kat_pb2.Instance
@@ -184,7 +185,9 @@ def cmd_describe_workload(args: argparse.Namespace) -> int:
             "ListEvents",
             kat_pb2.ListEventsRequest(namespace=ns, object_name=args.name, limit=20),
         )
+        discovery = service_section(client, ns, args.name)
     print(describe_workload(w, list(revisions.items), list(events.items)))
+    print(discovery)
     return 0
 
 

@@ -95,3 +95,22 @@ def test_get_ingress_table() -> None:
     text = _rows([s], wide=True)
     assert "web.kat.local" in text and "default/web" in text and "2/3" in text
     assert "10.100.0.5:8080,10.100.2.7:8080" in text
+
+
+def test_describe_section_names_dns_and_ingress() -> None:
+    from katcall.ingress_cmd import service_section
+
+    s = svc("web", [rule("web.kat.local")], ("10.100.0.5",))
+
+    class Answers:  # what the leader would answer (the RPCs are tested on a real cluster)
+        def call(self, method: str, request: object) -> object:
+            if method == "GetClusterInfo":
+                info = kat_pb2.ClusterInfo()
+                info.configuration.spec.cluster_domain = "kat.cluster.local"
+                return info
+            return kat_pb2.EndpointSet(services=[s], ingress_nodes=["vm-2"])
+
+    text = service_section(Answers(), "default", "web")  # type: ignore[arg-type]
+    assert "web.default.svc.kat.cluster.local  A: 10.100.0.5" in text
+    assert "_http._tcp.web.default.svc.kat.cluster.local  SRV: port 8080" in text
+    assert "web.kat.local/ -> port http(8080)" in text and "served by: vm-2" in text
