@@ -209,11 +209,13 @@ class Leader:
 @dataclass
 class Behavior:
     """How the containers of one workload behave once started: ready after `ready_after`
-    seconds; exit with `exit_code` after `exit_after` seconds (None: run for ever)."""
+    seconds (unready from `unready_after` on); exit with `exit_code` after `exit_after`
+    seconds (None: run for ever)."""
 
     ready_after: float = 0.0
     exit_after: float | None = None
     exit_code: int = 0
+    unready_after: float | None = None  # ready again never after this many seconds
 
 
 @dataclass
@@ -227,6 +229,7 @@ class Container:
     finished: float | None = None
     exit_code: int = 0
     starts: int = 1
+    ip: str = ""
 
     def report(self, behavior: Behavior, now: float) -> kat_pb2.Instance:
         inst = P(
@@ -238,6 +241,7 @@ class Container:
             job_run=self.instance.job_run,
             restart_count=self.acted,
             container_id=f"c-{self.instance.id}-{self.starts}",
+            ip=self.ip,
         )
         inst.started_at.FromNanoseconds(int(self.started_wall * 1e9))
         if self.finished is None and behavior.exit_after is not None:
@@ -253,7 +257,9 @@ class Container:
             inst.finished_at.FromNanoseconds(int(wall * 1e9))
         else:
             inst.phase = P.RUNNING
-            inst.ready = now - self.started >= behavior.ready_after
+            inst.ready = now - self.started >= behavior.ready_after and (
+                behavior.unready_after is None or now - self.started < behavior.unready_after
+            )
         return inst
 
 
@@ -321,6 +327,7 @@ class SimAgent:
         self.containers: dict[str, Container] = {}
         self.snapshot: kat_pb2.AssignmentSet | None = None
         self.snapshots = 0
+        self.views: list[tuple[float, kat_pb2.EndpointSet]] = []  # (when, WatchEndpoints view)
         self.connected = False
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
@@ -336,6 +343,7 @@ class SimAgent:
         self._tasks = [
             asyncio.create_task(self._heartbeats()),
             asyncio.create_task(self._assignments()),
+            asyncio.create_task(self._endpoints()),
         ]
         if self._server is None:
             self._server = grpc.aio.server()
@@ -389,8 +397,9 @@ class SimAgent:
                     continue  # done as far as the leader knows
                 is_job = a.bundle.workload.spec.type == kat_pb2.WorkloadSpec.JOB
                 self.containers[inst_id] = Container(
-                    a.instance, self.name, is_job, a.instance.restart_count, now, wall
-                )
+                    a.instance, self.name, is_job, a.instance.restart_count, now, wall,
+                    ip=f"10.100.{len(self.world.agents) % 250}.{len(self.world.starts) % 250 + 2}",
+                )  # fmt: skip
                 self.world.starts.append((now, self.name, inst_id, a.instance.restart_count))
                 continue
             c.instance = a.instance
@@ -451,6 +460,19 @@ class SimAgent:
                     self.snapshots += 1
                     self._apply(snap)
                     self.world.record()
+            except grpc.RpcError:
+                pass
+            finally:
+                call.cancel()
+            await asyncio.sleep(0.2)
+
+    async def _endpoints(self) -> None:
+        stub = kat_pb2_grpc.AgentAPIStub(self._channel)
+        while True:
+            call = stub.WatchEndpoints(kat_pb2.EndpointsRequest(node_name=self.name))
+            try:
+                async for view in call:
+                    self.views.append((time.monotonic(), view))
             except grpc.RpcError:
                 pass
             finally:

@@ -33,6 +33,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
         yield c
 
 
+def web_bundle(dest: Path, replicas: int = 3, selector: str = "") -> Path:
+    """examples/web with `replicas` (and a nodeSelector line). On a machine this loaded a
+    `podman exec` health check can take seconds: lenient checks keep instances from
+    flapping unready, which is not what these tests are about."""
+    bundle = dest / "web"
+    shutil.copytree(REPO / "examples" / "web", bundle, dirs_exist_ok=True)
+    wl = bundle / "workload.kat"
+    text = wl.read_text().replace("replicas: 3", f"replicas: {replicas}")
+    if selector:
+        text = text.replace("  type: SERVICE\n", f"  type: SERVICE\n  nodeSelector: {selector}\n")
+    wl.write_text(text)
+    vlb = bundle / "VirtualLoadBalancer.kat"
+    vlb.write_text(
+        vlb.read_text()
+        .replace("timeoutSeconds: 2", "timeoutSeconds: 10")
+        .replace("failureThreshold: 3", "failureThreshold: 10")
+    )
+    return bundle
+
+
 def instances(c: DevCluster) -> list[dict]:
     p = c.katcall("get", "instances", "-o", "json", timeout=30)
     assert p.returncode == 0, p.stderr
@@ -68,9 +88,11 @@ def lookup_in(c: DevCluster, instance: str, name: str = NAME, *opts: str) -> str
     return p.stdout + p.stderr
 
 
-def test_every_node_answers_exactly_the_ready_instances(cluster: DevCluster) -> None:
+def test_every_node_answers_exactly_the_ready_instances(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
     c = cluster
-    p = c.katcall("apply", "-f", str(REPO / "examples" / "web"), "--wait", timeout=240)
+    p = c.katcall("apply", "-f", str(web_bundle(tmp_path)), "--wait", timeout=240)
     assert p.returncode == 0, p.stdout + p.stderr
     nodes = {i["node"] for i in instances(c)}
 
@@ -112,10 +134,7 @@ def test_scale_down_reaches_every_node_within_5s(cluster: DevCluster, tmp_path: 
     c = cluster
     keys = [n["key"] for n in c.state()["nodes"]]
     servers = {k: node_dns(c, k) for k in keys}
-    bundle = tmp_path / "web"
-    shutil.copytree(REPO / "examples" / "web", bundle)
-    wl = bundle / "workload.kat"
-    wl.write_text(wl.read_text().replace("replicas: 3", "replicas: 1"))
+    bundle = web_bundle(tmp_path, replicas=1)
     p = c.katcall("apply", "-f", str(bundle), timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     applied = time.monotonic()
@@ -157,19 +176,8 @@ def test_ingress_node_spreads_requests_and_survives_a_rolling_update(
     assert labels["metadata"]["labels"][INGRESS] == "true"
     # Until the overlay routes between nodes, the ingress node reaches only its own
     # instances: all three copies run there.
-    bundle = tmp_path / "web"
-    shutil.copytree(REPO / "examples" / "web", bundle)
+    bundle = web_bundle(tmp_path, replicas=3, selector=f"{{{INGRESS}: 'true'}}")
     wl = bundle / "workload.kat"
-    selector = f"  nodeSelector: {{{INGRESS}: 'true'}}\n"
-    wl.write_text(wl.read_text().replace("  type: SERVICE\n", "  type: SERVICE\n" + selector))
-    # On a machine this loaded, `podman exec` of a health check can take seconds: lenient
-    # checks keep instances from flapping unready, which is not what this test is about.
-    vlb = bundle / "VirtualLoadBalancer.kat"
-    vlb.write_text(
-        vlb.read_text()
-        .replace("timeoutSeconds: 2", "timeoutSeconds: 10")
-        .replace("failureThreshold: 3", "failureThreshold: 10")
-    )
     p = c.katcall("apply", "-f", str(bundle), "--wait", timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     wait_until(lambda: http_get(address)[0] == 200, timeout=30, what="ingress answers")
