@@ -47,7 +47,7 @@ def web_bundle(dest: Path, replicas: int = 3, selector: str = "") -> Path:
     vlb = bundle / "VirtualLoadBalancer.kat"
     vlb.write_text(
         vlb.read_text()
-        .replace("timeoutSeconds: 2", "timeoutSeconds: 10")
+        .replace("timeoutSeconds: 2", "timeoutSeconds: 5")
         .replace("failureThreshold: 3", "failureThreshold: 10")
     )
     return bundle
