@@ -60,3 +60,14 @@ def ingress_nodes(nodes: Iterable[kat_pb2.Node]) -> list[str]:
     return sorted(
         n.metadata.name for n in nodes if n.metadata.labels.get(INGRESS_LABEL, "") == "true"
     )
+
+
+def nodes_to_hear(nodes: Iterable[kat_pb2.Node], heard: Iterable[str]) -> list[str]:
+    """Nodes a new leader should hear from before it trusts its own endpoint view: every
+    node not already known to be lost (NOT_READY), minus those heard from."""
+    seen = set(heard)
+    return sorted(
+        n.metadata.name
+        for n in nodes
+        if n.status.condition != kat_pb2.NodeStatus.NOT_READY and n.metadata.name not in seen
+    )

@@ -215,3 +215,19 @@ async def test_without_upstream_external_names_are_refused() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_new_leader_waits_for_every_live_node_before_publishing() -> None:
+    from internal.core.endpoints import nodes_to_hear
+
+    def node(name: str, cond: int) -> kat_pb2.Node:
+        n = kat_pb2.Node()
+        n.metadata.name = name
+        n.status.condition = cond
+        return n
+
+    S = kat_pb2.NodeStatus
+    nodes = [node("a", S.READY), node("b", S.UNKNOWN), node("c", S.NOT_READY)]
+    assert nodes_to_hear(nodes, []) == ["a", "b"]
+    assert nodes_to_hear(nodes, ["a"]) == ["b"]
+    assert nodes_to_hear(nodes, ["a", "b"]) == []
