@@ -235,6 +235,13 @@ def test_nodes_keep_answering_while_the_leader_is_down(cluster: DevCluster) -> N
     c.kill("node1")  # the only etcd member: no leader at all from now on
     try:
         for k in others:
+            wait_until(
+                lambda k=k: addresses(lookup_on_node(c, k, servers[k])) == want,
+                timeout=15,
+                what=f"{k}'s DNS without a leader",
+            )
+        # and they keep doing so
+        for k in others:
             assert addresses(lookup_on_node(c, k, servers[k])) == want
     finally:
         c.start("node1")
