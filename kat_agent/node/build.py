@@ -37,7 +37,7 @@ import shutil
 from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
-from kat_agent.node.podman.runtime import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.services import NodeSettings
 
 log = logging.getLogger(__name__)

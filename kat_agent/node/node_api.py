@@ -16,8 +16,8 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.security import rpc
 from kat_agent.node.instances import NodeRuntime
-from kat_agent.node.podman.runtime import ContainerRuntimeError, ErrorKind
-from kat_agent.node.podman.services import Backend
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.runtime import RuntimeBackend
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
 
     async def _targets(
         self, context: grpc.aio.ServicerContext, namespace: str, workload: str, instance_id: str
-    ) -> list[tuple[str, Backend, str]]:
+    ) -> list[tuple[str, RuntimeBackend, str]]:
         if not (instance_id or workload):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "name an instance_id or a workload"
@@ -84,7 +84,7 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
             # Following several instances: interleave as lines come.
             queue: asyncio.Queue[kat_pb2.LogChunk | None] = asyncio.Queue(256)
 
-            async def pump(iid: str, backend: Backend, cid: str) -> None:
+            async def pump(iid: str, backend: RuntimeBackend, cid: str) -> None:
                 try:
                     async for data in backend.runtime.logs(cid, follow=True, tail=tail):
                         await queue.put(kat_pb2.LogChunk(instance_id=iid, data=data))

@@ -26,28 +26,22 @@ from typing import Any, TypeVar
 import pytest
 
 from api.v1alpha1 import kat_pb2
-from kat_agent.node.podman.runtime import (
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
+from kat_agent.node.podman.mounts import ClusterStorageVolume, HostPathVolume, MountSpec
+from kat_agent.node.podman.runtime import Runtime
+from kat_agent.node.podman.service import PodmanService, PodmanStorage, ping
+from kat_agent.node.podman.spec import (
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_NAMESPACE,
     LABEL_WORKLOAD,
-    ClusterStorageVolume,
-    ContainerRuntimeError,
-    ErrorKind,
-    HostPathVolume,
     InstanceSpec,
-    MountSpec,
-    Runtime,
 )
-from kat_agent.node.podman.service import (
+from kat_agent.node.podman.users import (
     MAX_USERNAME,
-    PodmanService,
-    PodmanServiceError,
-    PodmanStorage,
     WorkloadUser,
     ensure_workload_user,
-    ping,
     remove_workload_user,
     workload_username,
 )
