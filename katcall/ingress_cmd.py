@@ -14,7 +14,7 @@ from katcall.get_cmd import register_resource
 
 def _list(client: Client, args: argparse.Namespace) -> list[kat_pb2.ServiceEndpoints]:
     ns = "*" if getattr(args, "all_namespaces", False) else (args.namespace or "default")
-    view = client.call("GetEndpoints", kat_pb2.ListRequest(namespace=ns))
+    view = client.get_endpoints(kat_pb2.ListRequest(namespace=ns))
     return [s for s in view.services if s.ingress]
 
 
@@ -51,9 +51,9 @@ def _rows(items: list[kat_pb2.ServiceEndpoints], wide: bool) -> str:
 
 def service_section(client: Client, namespace: str, name: str) -> str:
     """For `describe workload`: its DNS names and ingress rules, with what is ready now."""
-    info = client.call("GetClusterInfo", kat_pb2.ClusterInfoRequest())
+    info = client.get_cluster_info(kat_pb2.ClusterInfoRequest())
     domain = info.configuration.spec.cluster_domain or "kat.cluster.local"
-    view = client.call("GetEndpoints", kat_pb2.ListRequest(namespace=namespace))
+    view = client.get_endpoints(kat_pb2.ListRequest(namespace=namespace))
     svc = next((s for s in view.services if s.workload == name), None)
     base = f"{name}.{namespace}.svc.{domain}"
     lines = ["DNS:"]

@@ -38,7 +38,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     except LabelError as exc:
         raise SystemExit(f"error: {exc}") from None
     with connect(args) as client:
-        client.call("LabelNode", kat_pb2.LabelNodeRequest(name=args.node, set=set_, remove=remove))
+        client.label_node(kat_pb2.LabelNodeRequest(name=args.node, set=set_, remove=remove))
     print(f"node/{args.node} labeled")
     return 0
 

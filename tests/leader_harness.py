@@ -493,11 +493,27 @@ class _NodeAgent(kat_pb2_grpc.NodeAgentServicer):
         await rpc.require_role(context, rpc.ROLE_NODE)
         if request.instance_id not in self.agent.containers:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no container {request.instance_id}")
-        lines = [f"line {i} of {request.instance_id}\n" for i in range(1, 4)]
+        # Three stdout lines a minute apart ending now, then (unless tailing) one on stderr;
+        # since_seconds and timestamps are honoured as Podman does.
+        now = time.time()
+        lines = [(now - 60 * (3 - i), f"line {i} of {request.instance_id}\n") for i in (1, 2, 3)]
         if request.tail:
             lines = lines[-request.tail :]
-        for line in lines:
-            yield kat_pb2.LogChunk(instance_id=request.instance_id, data=line.encode())
+        if request.since_seconds:
+            lines = [(t, text) for t, text in lines if t >= now - request.since_seconds]
+        for t, line in lines:
+            data = self._stamp(request, t, line)
+            yield kat_pb2.LogChunk(instance_id=request.instance_id, data=data)
+        if not request.tail:
+            err = self._stamp(request, now, f"oops from {request.instance_id}\n")
+            yield kat_pb2.LogChunk(instance_id=request.instance_id, data=err, stderr=True)
+
+    @staticmethod
+    def _stamp(request: kat_pb2.LogsRequest, t: float, line: str) -> bytes:
+        if not request.timestamps:
+            return line.encode()
+        stamp = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+        return f"{stamp} {line}".encode()
 
     async def Exec(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         await rpc.require_role(context, rpc.ROLE_NODE)
@@ -506,6 +522,15 @@ class _NodeAgent(kat_pb2_grpc.NodeAgentServicer):
         async for req in request_iterator:
             if first is None:
                 first = req
+                if req.tty:  # a terminal: answer as it goes, until stdin says "exit"
+                    yield kat_pb2.ExecResponse(stdout=f"tty {req.rows}x{req.cols}\r\n".encode())
+            elif first.tty and req.rows:
+                yield kat_pb2.ExecResponse(stdout=f"resized {req.rows}x{req.cols}\r\n".encode())
+            elif first.tty and req.stdin:
+                yield kat_pb2.ExecResponse(stdout=b"got " + req.stdin)
+                if b"exit" in req.stdin:
+                    yield kat_pb2.ExecResponse(exited=True, exit_code=0)
+                    return
             stdin += req.stdin
         assert first is not None
         out = f"{first.instance_id} ran {' '.join(first.command)}; stdin {stdin.decode()!r}\n"

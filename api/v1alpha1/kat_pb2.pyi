@@ -933,42 +933,54 @@ class ListEventsRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., object_name: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("namespace", "workload", "instance_id", "follow", "tail")
+    __slots__ = ("namespace", "workload", "instance_id", "follow", "tail", "since_seconds", "timestamps", "previous")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     workload: str
     instance_id: str
     follow: bool
     tail: int
-    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., instance_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ...) -> None: ...
+    since_seconds: int
+    timestamps: bool
+    previous: bool
+    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., instance_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since_seconds: _Optional[int] = ..., timestamps: _Optional[bool] = ..., previous: _Optional[bool] = ...) -> None: ...
 
 class LogChunk(_message.Message):
-    __slots__ = ("instance_id", "data")
+    __slots__ = ("instance_id", "data", "stderr")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     data: bytes
-    def __init__(self, instance_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    stderr: bool
+    def __init__(self, instance_id: _Optional[str] = ..., data: _Optional[bytes] = ..., stderr: _Optional[bool] = ...) -> None: ...
 
 class ExecRequest(_message.Message):
-    __slots__ = ("namespace", "workload", "instance_id", "command", "stdin", "tty")
+    __slots__ = ("namespace", "workload", "instance_id", "command", "stdin", "tty", "rows", "cols")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     TTY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     workload: str
     instance_id: str
     command: _containers.RepeatedScalarFieldContainer[str]
     stdin: bytes
     tty: bool
-    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., instance_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., stdin: _Optional[bytes] = ..., tty: _Optional[bool] = ...) -> None: ...
+    rows: int
+    cols: int
+    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., instance_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., stdin: _Optional[bytes] = ..., tty: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
 
 class ExecResponse(_message.Message):
     __slots__ = ("stdout", "stderr", "exited", "exit_code")
@@ -1048,20 +1060,22 @@ class ClusterInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("cluster_uid", "leader_node", "leader_api_address", "api_endpoints", "configuration", "etcd_members")
+    __slots__ = ("cluster_uid", "leader_node", "leader_api_address", "api_endpoints", "configuration", "etcd_members", "version")
     CLUSTER_UID_FIELD_NUMBER: _ClassVar[int]
     LEADER_NODE_FIELD_NUMBER: _ClassVar[int]
     LEADER_API_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     API_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     CONFIGURATION_FIELD_NUMBER: _ClassVar[int]
     ETCD_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     cluster_uid: str
     leader_node: str
     leader_api_address: str
     api_endpoints: _containers.RepeatedScalarFieldContainer[str]
     configuration: ClusterConfiguration
     etcd_members: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cluster_uid: _Optional[str] = ..., leader_node: _Optional[str] = ..., leader_api_address: _Optional[str] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., etcd_members: _Optional[_Iterable[str]] = ...) -> None: ...
+    version: str
+    def __init__(self, cluster_uid: _Optional[str] = ..., leader_node: _Optional[str] = ..., leader_api_address: _Optional[str] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., etcd_members: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ()
@@ -1176,7 +1190,7 @@ class JoinResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address")
+    __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address", "agent_version")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1192,6 +1206,7 @@ class HeartbeatRequest(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     WIREGUARD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     capacity: NodeResources
     allocatable: NodeResources
@@ -1200,7 +1215,8 @@ class HeartbeatRequest(_message.Message):
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     wireguard_public_key: str
     advertise_address: str
-    def __init__(self, node_name: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., wireguard_public_key: _Optional[str] = ..., advertise_address: _Optional[str] = ...) -> None: ...
+    agent_version: str
+    def __init__(self, node_name: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., wireguard_public_key: _Optional[str] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("tick_seconds", "leader_node", "api_endpoints", "peers")

@@ -1,11 +1,12 @@
 """What the leader wants this node to run: the `WatchAssignments` stream, and the last
 snapshot kept in the data dir (`agent/assignments.pb`) for an agent that restarts while
 the leader is unreachable. `follow_leader_stream` and `SnapshotStore` also serve the
-endpoints stream (kat_agent/node/network/endpoints.py)."""
+endpoints stream (kat_agent/node/network/discovery.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,6 @@ import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.files import write_atomic
-from internal.security import rpc
 from kat_agent.node.agent import Agent
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ BACKOFF = (0.2, 5.0)
 
 
 M = TypeVar("M", kat_pb2.AssignmentSet, kat_pb2.EndpointSet)
+T = TypeVar("T")
 
 
 class SnapshotStore(Generic[M]):
@@ -77,16 +78,9 @@ async def watch_assignments(
         return f"{len(snapshot.assignments)} assignments, revision {snapshot.revision}"
 
     await follow_leader_stream(
-        agent,
-        lambda stub: stub.WatchAssignments(request),
-        on_snapshot,
-        "assignments",
-        opened,
+        agent, lambda stub: stub.WatchAssignments(request), on_snapshot, "assignments", opened,
         backoff,
-    )
-
-
-T = TypeVar("T")
+    )  # fmt: skip
 
 
 async def follow_leader_stream(
@@ -98,40 +92,65 @@ async def follow_leader_stream(
     backoff: tuple[float, float] = BACKOFF,
 ) -> None:
     """Follow a server stream of the leader's for ever, handing every message to
-    `on_message`. The stream is opened once the heartbeat loop has found the leader
-    (`agent.connected`), on the same channel (`agent.link`). When it breaks: back off and
-    reopen; a non-leader's UNAVAILABLE naming the leader moves the link there. Nothing
-    is torn down meanwhile: the node keeps acting on what it has (detached operation)."""
+    `on_message`. The stream is tied to the heartbeat path (`agent.session`): it is
+    opened once the heartbeats reach the leader, on the same channel (`agent.link`), and
+    closed and reopened whenever that path breaks, reconnects or moves to another leader,
+    so a stream never outlives the link it was opened on (after a partition heals, the
+    first snapshot on the new stream is the leader's current one). When the stream breaks
+    on its own: back off and reopen; a non-leader's UNAVAILABLE naming the leader moves the
+    link there. Nothing is torn down meanwhile: the node keeps running what it has
+    (detached operation)."""
     low, high = backoff
     delay = low
     while True:
         await agent.connected.wait()
+        over = agent.session_over
         call = open_call(agent.link.stub())
-        received = False
+        follow = asyncio.ensure_future(_follow(call, on_message, what, describe))
+        ended = asyncio.ensure_future(over.wait())
         try:
-            async for message in call:
-                if not received:
-                    log.info("%s stream open (%s)", what, describe(message))
-                received = True
-                delay = low
-                on_message(message)
-            log.warning("the leader ended the %s stream; reopening", what)
-        except grpc.RpcError as err:
-            code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
-            trailing = err.trailing_metadata() if isinstance(err, grpc.aio.AioRpcError) else None
-            leader = rpc.leader_from_status(code, trailing)
-            details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
-            log.log(
-                logging.WARNING if received else logging.INFO,
-                "%s stream failed (%s): %s",
-                what,
-                code.name if code else "error",
-                details,
-            )
-            if leader:
-                agent.link.failed(leader)
+            await asyncio.wait((follow, ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            ended.cancel()
             call.cancel()  # type: ignore[attr-defined]
+            if not follow.done():
+                follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
+        if not follow.cancelled() and follow.result():
+            delay = low
+        if over.is_set():
+            log.info("heartbeat link changed; reopening the %s stream", what)
+            continue
         # Jitter spreads the reconnects of many nodes after a leader change.
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(high, delay * 2)
+
+
+async def _follow(
+    call: AsyncIterator[T],
+    on_message: Callable[[T], None],
+    what: str,
+    describe: Callable[[T], str],
+) -> bool:
+    """Hand every message of one stream to `on_message` until it ends; True when at
+    least one arrived."""
+    received = False
+    try:
+        async for message in call:
+            if not received:
+                log.info("%s stream open (%s)", what, describe(message))
+            received = True
+            on_message(message)
+        log.warning("the leader ended the %s stream; reopening", what)
+    except grpc.RpcError as err:
+        code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
+        details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+        log.log(
+            logging.WARNING if received else logging.INFO,
+            "%s stream failed (%s): %s",
+            what,
+            code.name if code else "error",
+            details,
+        )
+    return received

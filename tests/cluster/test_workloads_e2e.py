@@ -120,12 +120,12 @@ def test_image_update_rolls_out_without_dropping_below_replicas_and_rolls_back(
     assert p.returncode == 0, p.stdout + p.stderr
     assert lowest[0] >= 3, f"only {lowest[0]} ready instances during the rollout"
     workload = json.loads(cluster.katcall("get", "workloads", "web", "-o", "json").stdout)
-    assert workload["items"][0]["spec"]["source"]["image"] == f"{IMAGE}:v2"
+    assert workload["spec"]["source"]["image"] == f"{IMAGE}:v2"  # a named get: the object
 
     cluster.katcall("rollback", "workload", "web", check=True)
 
     def back() -> bool:
-        w = json.loads(cluster.katcall("get", "workloads", "web", "-o", "json").stdout)["items"][0]
+        w = json.loads(cluster.katcall("get", "workloads", "web", "-o", "json").stdout)
         gen = w["metadata"]["generation"]
         ok = [i for i in running_ready(cluster, "web") if i["generation"] == gen]
         return w["spec"]["source"]["image"] == f"{IMAGE}:latest" and len(ok) == 3

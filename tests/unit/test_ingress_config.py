@@ -103,11 +103,12 @@ def test_describe_section_names_dns_and_ingress() -> None:
     s = svc("web", [rule("web.kat.local")], ("10.100.0.5",))
 
     class Answers:  # what the leader would answer (the RPCs are tested on a real cluster)
-        def call(self, method: str, request: object) -> object:
-            if method == "GetClusterInfo":
-                info = kat_pb2.ClusterInfo()
-                info.configuration.spec.cluster_domain = "kat.cluster.local"
-                return info
+        def get_cluster_info(self, request: object) -> kat_pb2.ClusterInfo:
+            info = kat_pb2.ClusterInfo()
+            info.configuration.spec.cluster_domain = "kat.cluster.local"
+            return info
+
+        def get_endpoints(self, request: object) -> kat_pb2.EndpointSet:
             return kat_pb2.EndpointSet(services=[s], ingress_nodes=["vm-2"])
 
     text = service_section(Answers(), "default", "web")  # type: ignore[arg-type]

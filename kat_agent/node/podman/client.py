@@ -444,6 +444,13 @@ class PodmanAPI:
                 resp.close()
         return resp
 
+    async def exec_resize(self, exec_id: str, rows: int, cols: int, what: str) -> None:
+        """Set the terminal size of a session started with Tty."""
+        resp = await self.request(
+            "POST", f"exec/{exec_id}/resize", what=what, params={"h": rows, "w": cols}
+        )
+        resp.close()
+
     async def exec_inspect(self, exec_id: str, what: str) -> dict[str, Any]:
         _, info = await self.call_json("GET", f"exec/{exec_id}/json", what=what)
         return dict(info or {})

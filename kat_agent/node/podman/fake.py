@@ -201,6 +201,19 @@ class FakeRuntime:
         for line in lines if tail is None else lines[len(lines) - tail :]:
             yield line
 
+    async def log_frames(
+        self,
+        container_id: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        timestamps: bool = False,
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """The fake's lines are all stdout and carry no time."""
+        async for line in self.logs(container_id, follow=follow, tail=tail):
+            yield 1, line
+
     async def exec_stream(
         self,
         container_id: str,
@@ -209,6 +222,7 @@ class FakeRuntime:
         *,
         stdin: AsyncIterator[bytes] | None = None,
         tty: bool = False,
+        sizes: asyncio.Queue[tuple[int, int]] | None = None,
     ) -> int:
         code, output = await self.exec(container_id, command, 10.0)
         await on_output(1, output)

@@ -83,6 +83,16 @@ class ContainerRuntime(Protocol):
         self, container_id: str, *, follow: bool = False, tail: int | None = None
     ) -> AsyncIterator[bytes]: ...
 
+    def log_frames(
+        self,
+        container_id: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        timestamps: bool = False,
+    ) -> AsyncIterator[tuple[int, bytes]]: ...
+
     async def exec_stream(
         self,
         container_id: str,
@@ -91,6 +101,7 @@ class ContainerRuntime(Protocol):
         *,
         stdin: AsyncIterator[bytes] | None = None,
         tty: bool = False,
+        sizes: asyncio.Queue[tuple[int, int]] | None = None,
     ) -> int: ...
 
 
@@ -296,16 +307,33 @@ class Runtime:
     ) -> AsyncGenerator[bytes, None]:
         """stdout and stderr as Podman stored them, line by line; with `follow` until
         the container stops (or the caller stops iterating)."""
+        async for _, payload in self.log_frames(container_id, follow=follow, tail=tail):
+            yield payload
+
+    async def log_frames(
+        self,
+        container_id: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        timestamps: bool = False,
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """Like `logs`, as (stream, data) with stream 1 stdout and 2 stderr; `since` (unix
+        time) skips older lines and `timestamps` prefixes each line with its time."""
         params = {
             "stdout": "true",
             "stderr": "true",
             "follow": "true" if follow else "false",
             "tail": "all" if tail is None else str(max(0, tail)),
+            "timestamps": "true" if timestamps else "false",
         }
+        if since is not None:
+            params["since"] = str(int(since))
         resp = await self.api.container_logs(container_id, params)
         try:
-            async for _, payload in frames(resp.chunks()):
-                yield payload
+            async for stream, payload in frames(resp.chunks()):
+                yield stream, payload
         finally:
             resp.close()
 
@@ -370,11 +398,13 @@ class Runtime:
         *,
         stdin: AsyncIterator[bytes] | None = None,
         tty: bool = False,
+        sizes: asyncio.Queue[tuple[int, int]] | None = None,
     ) -> int:
         """Run `command` in the container for a person (`katcall exec`): its output is
         passed to `on_output(stream, data)` as it comes (1 stdout, 2 stderr; with `tty`
         everything is 1), `stdin` is fed to it and closed when exhausted (none: closed at
-        once). Returns the exit code. Cancelling kills the process in the container."""
+        once). With `tty`, each (rows, cols) put on `sizes` resizes its terminal. Returns
+        the exit code. Cancelling kills the process in the container."""
         what = f"exec {list(command)} in {container_id}"
         body = {
             "AttachStdin": True,
@@ -386,11 +416,14 @@ class Runtime:
         exec_id = await self.api.exec_create(container_id, body, what)
         resp: Response | None = None
         feeder: asyncio.Task[None] | None = None
+        resizer: asyncio.Task[None] | None = None
         try:
             resp = await self.api.exec_start(
                 exec_id, {"Detach": False, "Tty": tty}, what, upgrade=True
             )
             feeder = asyncio.create_task(_feed(resp.writer, stdin))
+            if tty and sizes is not None:
+                resizer = asyncio.create_task(self._resize_exec(exec_id, sizes, what))
             if tty:
                 async for chunk in resp.chunks():
                     await on_output(1, chunk)
@@ -403,12 +436,22 @@ class Runtime:
                 await asyncio.shield(self._kill_exec(exec_id, what))
             raise
         finally:
-            if feeder is not None:
-                feeder.cancel()
-                with contextlib.suppress(BaseException):
-                    await feeder
+            for task in (feeder, resizer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             if resp is not None:
                 resp.close()
+
+    async def _resize_exec(
+        self, exec_id: str, sizes: asyncio.Queue[tuple[int, int]], what: str
+    ) -> None:
+        """Resize an exec session's terminal whenever a new size arrives."""
+        while True:
+            rows, cols = await sizes.get()
+            with contextlib.suppress(ContainerRuntimeError):  # it may just have ended
+                await self.api.exec_resize(exec_id, rows, cols, what)
 
 
 async def _feed(writer: asyncio.StreamWriter, data: AsyncIterator[bytes] | None) -> None:
