@@ -30,6 +30,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.describe_cmd",
     "katcall.logs_cmd",
     "katcall.node_cmd",
+    "katcall.label_cmd",
+    "katcall.ingress_cmd",
     "katcall.token_cmd",
     "katcall.config_cmd",
     "katcall.info_cmd",

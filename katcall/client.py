@@ -196,6 +196,16 @@ class Client:
     ) -> pb.JoinToken:
         return self._unary("RevokeToken", request, timeout)
 
+    def label_node(
+        self, request: pb.LabelNodeRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.Node:
+        return self._unary("LabelNode", request, timeout)
+
+    def get_endpoints(
+        self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.EndpointSet:
+        return self._unary("GetEndpoints", request, timeout)
+
     def get_cluster_info(
         self, request: pb.ClusterInfoRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.ClusterInfo:

@@ -16,6 +16,7 @@ from internal.core.scheduler import Requests
 from internal.manifests.quantity import format_cpu
 from katcall import get_cmd, output, overlay_view
 from katcall.client import CallError, Client
+from katcall.ingress_cmd import service_section
 from katcall.session import connect
 from katcall.workload_cmd import TYPE, image_of, instance_table, phase
 
@@ -240,7 +241,8 @@ def _describe_workload(client: Client, args: argparse.Namespace) -> str:
     revisions = client.list_revisions(ref)
     req = kat_pb2.ListEventsRequest(namespace=ref.namespace, object_name=args.name, limit=20)
     events = client.list_events(req)
-    return describe_workload(w, list(revisions.items), list(events.items))
+    text = describe_workload(w, list(revisions.items), list(events.items))
+    return text + "\n" + service_section(client, ref.namespace, args.name)
 
 
 def describe_workload(

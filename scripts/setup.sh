@@ -28,7 +28,8 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
   etcd-server etcd-client podman runc uidmap slirp4netns fuse-overlayfs busybox-static
   wireguard-tools wireguard-go iproute2 iptables nftables util-linux git docker-registry
-  make procps psmisc ca-certificates python3 python3-pip tcpdump iperf3
+  haproxy dnsperf wrk tcpdump iperf3
+  make procps psmisc ca-certificates python3 python3-pip
 )
 
 missing=()
@@ -77,7 +78,7 @@ done
 
 # ip and friends live in /usr/sbin, which is not on every user's PATH; link what is missing
 # into /usr/local/bin so that `command -v` finds them everywhere.
-for tool in ip nsenter etcd etcdctl wg wireguard-go podman runc busybox; do
+for tool in ip nsenter etcd etcdctl wg wireguard-go podman runc busybox haproxy; do
   if ! PATH=/usr/local/bin:/usr/bin:/bin command -v "$tool" >/dev/null; then
     for d in /usr/sbin /sbin; do
       if [[ -x $d/$tool ]]; then ln -sf "$d/$tool" "/usr/local/bin/$tool"; log "linked /usr/local/bin/$tool -> $d/$tool"; break; fi

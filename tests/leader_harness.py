@@ -220,6 +220,7 @@ class Behavior:
     ready_after: float = 0.0
     exit_after: float | None = None
     exit_code: int = 0
+    unready_after: float | None = None  # ready again never after this many seconds
 
 
 @dataclass
@@ -288,6 +289,7 @@ class SimAgent:
         self.desired: dict[str, kat_pb2.Assignment] = {}
         self.snapshot: kat_pb2.AssignmentSet | None = None
         self.snapshots = 0
+        self.views: list[tuple[float, kat_pb2.EndpointSet]] = []  # (when, WatchEndpoints view)
         self.connected = False
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
@@ -304,6 +306,7 @@ class SimAgent:
         self._tasks = [
             asyncio.create_task(self._heartbeats()),
             asyncio.create_task(self._assignments()),
+            asyncio.create_task(self._endpoints()),
         ]
         if self._server is None:
             self._server = grpc.aio.server()
@@ -357,7 +360,13 @@ class SimAgent:
                 continue
             if inst.ready and obs is not None and obs.started_at is not None:
                 behavior = self.world.behavior(inst)
-                inst.ready = time.time() - obs.started_at.timestamp() >= behavior.ready_after
+                up = time.time() - obs.started_at.timestamp()
+                inst.ready = up >= behavior.ready_after and (
+                    behavior.unready_after is None or up < behavior.unready_after
+                )
+            if not inst.ip and obs is not None:  # an address, as a bridge network gives one
+                n = sum(map(ord, iid))
+                inst.ip = f"10.100.{n // 250 % 250}.{n % 250 + 2}"
             out.append(inst)
         return out
 
@@ -451,6 +460,19 @@ class SimAgent:
                     self.snapshots += 1
                     await self._apply(snap)
                     self.world.record()
+            except grpc.RpcError:
+                pass
+            finally:
+                call.cancel()
+            await asyncio.sleep(0.2)
+
+    async def _endpoints(self) -> None:
+        stub = kat_pb2_grpc.AgentAPIStub(self._channel)
+        while True:
+            call = stub.WatchEndpoints(kat_pb2.EndpointsRequest(node_name=self.name))
+            try:
+                async for view in call:
+                    self.views.append((time.monotonic(), view))
             except grpc.RpcError:
                 pass
             finally:

@@ -714,7 +714,7 @@ class Node(_message.Message):
     def __init__(self, api_version: _Optional[str] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
 
 class ClusterConfigurationSpec(_message.Message):
-    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "host_mount_allowed_paths")
+    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "host_mount_allowed_paths", "ingress_http_port", "ingress_https_port")
     CLUSTER_CIDR_FIELD_NUMBER: _ClassVar[int]
     SERVICE_CIDR_FIELD_NUMBER: _ClassVar[int]
     NODE_SUBNET_BITS_FIELD_NUMBER: _ClassVar[int]
@@ -732,6 +732,8 @@ class ClusterConfigurationSpec(_message.Message):
     WIREGUARD_PORT_FIELD_NUMBER: _ClassVar[int]
     JOIN_PORT_FIELD_NUMBER: _ClassVar[int]
     HOST_MOUNT_ALLOWED_PATHS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_HTTPS_PORT_FIELD_NUMBER: _ClassVar[int]
     cluster_cidr: str
     service_cidr: str
     node_subnet_bits: int
@@ -749,7 +751,9 @@ class ClusterConfigurationSpec(_message.Message):
     wireguard_port: int
     join_port: int
     host_mount_allowed_paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., host_mount_allowed_paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    ingress_http_port: int
+    ingress_https_port: int
+    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., host_mount_allowed_paths: _Optional[_Iterable[str]] = ..., ingress_http_port: _Optional[int] = ..., ingress_https_port: _Optional[int] = ...) -> None: ...
 
 class ClusterConfiguration(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")
@@ -1046,6 +1050,23 @@ class NodeRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class LabelNodeRequest(_message.Message):
+    __slots__ = ("name", "set", "remove")
+    class SetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    set: _containers.ScalarMap[str, str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class DrainRequest(_message.Message):
     __slots__ = ("name", "timeout_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -1280,3 +1301,45 @@ class AssignmentSet(_message.Message):
     revision: int
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., revision: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("instance_id", "ip", "node")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    ip: str
+    node: str
+    def __init__(self, instance_id: _Optional[str] = ..., ip: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class ServiceEndpoints(_message.Message):
+    __slots__ = ("namespace", "workload", "endpoints", "ports", "ingress", "desired")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    workload: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    ports: _containers.RepeatedCompositeFieldContainer[ServicePort]
+    ingress: _containers.RepeatedCompositeFieldContainer[IngressRule]
+    desired: int
+    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., ingress: _Optional[_Iterable[_Union[IngressRule, _Mapping]]] = ..., desired: _Optional[int] = ...) -> None: ...
+
+class EndpointsRequest(_message.Message):
+    __slots__ = ("node_name",)
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    def __init__(self, node_name: _Optional[str] = ...) -> None: ...
+
+class EndpointSet(_message.Message):
+    __slots__ = ("services", "revision", "ingress_nodes")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_NODES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceEndpoints]
+    revision: int
+    ingress_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceEndpoints, _Mapping]]] = ..., revision: _Optional[int] = ..., ingress_nodes: _Optional[_Iterable[str]] = ...) -> None: ...

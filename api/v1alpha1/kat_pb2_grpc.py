@@ -140,6 +140,16 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.NodeRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.Empty.FromString,
                 _registered_method=True)
+        self.LabelNode = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/LabelNode',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.Node.FromString,
+                _registered_method=True)
+        self.GetEndpoints = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/GetEndpoints',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
+                _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/kat.v1alpha1.ClusterAPI/CreateToken',
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.CreateTokenRequest.SerializeToString,
@@ -297,6 +307,19 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LabelNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEndpoints(self, request, context):
+        """The leader's current service view: ready endpoints and ingress rules per workload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -434,6 +457,16 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.NodeRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.Empty.SerializeToString,
+            ),
+            'LabelNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.LabelNode,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.Node.SerializeToString,
+            ),
+            'GetEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEndpoints,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
@@ -1040,6 +1073,60 @@ class ClusterAPI:
             _registered_method=True)
 
     @staticmethod
+    def LabelNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/LabelNode',
+            api_dot_v1alpha1_dot_kat__pb2.LabelNodeRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/GetEndpoints',
+            api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateToken(request,
             target,
             options=(),
@@ -1205,6 +1292,11 @@ class AgentAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.AssignmentsRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AssignmentSet.FromString,
                 _registered_method=True)
+        self.WatchEndpoints = channel.unary_stream(
+                '/kat.v1alpha1.AgentAPI/WatchEndpoints',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
+                _registered_method=True)
 
 
 class AgentAPIServicer:
@@ -1237,6 +1329,13 @@ class AgentAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEndpoints(self, request, context):
+        """The cluster's ready endpoints, for DNS and ingress on every node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1259,6 +1358,11 @@ def add_AgentAPIServicer_to_server(servicer, server):
                     servicer.WatchAssignments,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.AssignmentsRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.AssignmentSet.SerializeToString,
+            ),
+            'WatchEndpoints': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEndpoints,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1370,6 +1474,33 @@ class AgentAPI:
             '/kat.v1alpha1.AgentAPI/WatchAssignments',
             api_dot_v1alpha1_dot_kat__pb2.AssignmentsRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.AssignmentSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kat.v1alpha1.AgentAPI/WatchEndpoints',
+            api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
             options,
             channel_credentials,
             insecure,

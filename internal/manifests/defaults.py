@@ -60,6 +60,8 @@ CLUSTER_DEFAULTS: dict[str, str | int] = {
     "wireguard_port": 51820,
     # Not in the spec: TLS without client certificates for Join (next to api and agent).
     "join_port": 9117,
+    "ingress_http_port": 80,
+    "ingress_https_port": 443,
 }
 
 _Spec = kat_pb2.WorkloadSpec

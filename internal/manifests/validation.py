@@ -452,6 +452,8 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "etcdClientPort",
         "etcdPeerPort",
         "wireguardPort",
+        "ingressHTTPPort",
+        "ingressHTTPSPort",
     ):
         value = getattr(spec, attr_name(spec, name))
         p = f"spec.{name}"

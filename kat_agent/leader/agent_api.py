@@ -398,6 +398,16 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         async for update in stream_assignments(self.lc, request.node_name, context):
             yield update
 
+    async def WatchEndpoints(
+        self, request: kat_pb2.EndpointsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kat_pb2.EndpointSet]:
+        from kat_agent.leader.endpoints import stream_endpoints
+
+        await rpc.require_role(context, rpc.ROLE_NODE)
+        await self.lc.require_leader(context)
+        async for view in stream_endpoints(self.lc, context):
+            yield view
+
 
 def _is_ip(text: str) -> bool:
     try:

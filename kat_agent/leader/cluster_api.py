@@ -12,7 +12,9 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import tokens
 from internal.core.events import new_event
+from internal.manifests.checks import check_label_key, check_labels
 from internal.manifests.defaults import new_namespace
+from internal.manifests.problems import Reporter
 from internal.state.etcd_values import EtcdError
 from internal.state.kv import AlreadyExists, EventType, StaleWrite, Versioned
 from internal.version import VERSION
@@ -71,6 +73,53 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
             new_event(reason, reason[4:].lower(), kind="Node", name=name)
         )
         return await self._node(name, context)
+
+    @admin
+    async def LabelNode(
+        self, request: kat_pb2.LabelNodeRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.Node:
+        """Set and remove node labels (kubectl style). Labels are the cluster's record:
+        heartbeats no longer change them after registration."""
+        rep = Reporter("label")
+        check_labels(dict(request.set), "labels", rep)
+        for key in request.remove:
+            check_label_key(key, f"labels[{key}]", rep)
+        if not request.set and not request.remove:
+            rep.add("labels", "nothing to change: give key=value or key-")
+        if rep.problems:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "; ".join(f"{p.path}: {p.message}" for p in rep.problems),
+            )
+
+        def apply(node: kat_pb2.Node) -> None:
+            for key in request.remove:
+                node.metadata.labels.pop(key, None)
+            node.metadata.labels.update(request.set)
+
+        if await self.lc.registry.mutate(request.name, apply) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.name!r} not found")
+        changes = [f"{k}={v}" for k, v in sorted(request.set.items())] + [
+            f"{k}-" for k in request.remove
+        ]
+        await self.lc.store.record_event(
+            new_event("NodeLabelled", " ".join(changes), kind="Node", name=request.name)
+        )
+        return await self._node(request.name, context)
+
+    @admin
+    async def GetEndpoints(
+        self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.EndpointSet:
+        await self.lc.require_leader(context)
+        view = self.lc.endpoints.current() or kat_pb2.EndpointSet()
+        out = kat_pb2.EndpointSet(revision=view.revision, ingress_nodes=view.ingress_nodes)
+        out.services.extend(
+            s
+            for s in view.services
+            if request.namespace == "*" or s.namespace == (request.namespace or "default")
+        )
+        return out
 
     @admin
     async def CordonNode(

@@ -15,6 +15,7 @@ from internal.security import pki, rpc
 from internal.state.etcd_values import EtcdError
 from internal.state.store import Store
 from kat_agent.leader.assignments import AssignmentBook
+from kat_agent.leader.endpoints import EndpointBook
 from kat_agent.leader.nodes import NodeRegistry
 
 
@@ -52,6 +53,8 @@ class LeaderContext:
     # What each node should run, published by the workload controllers and
     # streamed to the nodes (kat_agent/leader/assignments.py).
     assignments: AssignmentBook = field(default_factory=AssignmentBook)
+    # The cluster's ready endpoints, streamed to every node (kat_agent/leader/endpoints.py).
+    endpoints: EndpointBook = field(default_factory=EndpointBook)
     # etcd membership changes (joins of members, removals) one at a time.
     membership_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

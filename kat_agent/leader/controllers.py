@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
-from internal.core import reconcile, rollout, scheduler
+from internal.core import endpoints, reconcile, rollout, scheduler
 from internal.core.assignments import assignments_by_node
 from internal.core.reconcile_model import NodeFacts, Observed, Plan, template_generation
 from internal.state.etcd_values import EtcdError
@@ -55,6 +55,12 @@ class WorkloadController:
         # (workload uid, generation) -> (bundle, when that revision was created)
         self.bundles: dict[tuple[str, int], tuple[kat_pb2.Bundle, datetime | None]] = {}
         self.passes = 0
+        # A new leader knows readiness only from stored records until the agents report:
+        # it publishes no endpoint view until every node not known to be lost has been
+        # heard from (or nodeLossTimeoutSeconds passed), so that nodes keep answering from
+        # their last view across a leader change instead of seeing instances vanish.
+        self._term_began = 0.0
+        self._endpoints_live = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -104,7 +110,10 @@ class WorkloadController:
     # ------------------------------------------------------------ the loop
 
     async def run(self) -> None:
+        self._term_began = asyncio.get_running_loop().time()
+        self._endpoints_live = False
         await self.lc.assignments.reset()
+        await self.lc.endpoints.reset()
         self.lc.instance_listeners.append(self.on_heartbeat)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -115,6 +124,7 @@ class WorkloadController:
             with contextlib.suppress(ValueError):
                 self.lc.instance_listeners.remove(self.on_heartbeat)
             await self.lc.assignments.close()
+            await self.lc.endpoints.close()
 
     async def _loop(self) -> None:
         # Changes wake the loop (workload watch, heartbeat reports, node changes) and
@@ -254,6 +264,20 @@ class WorkloadController:
 
         per_node = assignments_by_node(insts, bundle_for)
         await self.lc.assignments.publish(per_node, self.lc.peers())
+        if not self._endpoints_live:
+            nodes = self.lc.registry.stored()
+            waiting = endpoints.nodes_to_hear(nodes, self.reported)
+            waited = asyncio.get_running_loop().time() - self._term_began
+            if waiting and waited < self.lc.spec.node_loss_timeout_seconds:
+                return
+            self._endpoints_live = True
+        current = {
+            key: (await self._bundle(w, w.metadata.generation))[0] for key, w in workloads.items()
+        }
+        await self.lc.endpoints.publish(
+            endpoints.build_endpoint_set(insts, current),
+            endpoints.ingress_nodes(self.lc.registry.stored()),
+        )
 
     # ------------------------------------------------------------ writes
 

@@ -183,8 +183,9 @@ class NodeRegistry:
             st.agent_version = req.agent_version
             del st.instances[:]
             st.instances.extend(req.instances)
-            node.metadata.labels.clear()
-            node.metadata.labels.update(req.labels)
+            # Labels are set at registration (init/join --labels) and then only with
+            # `katcall label node`: a heartbeat never changes them (as kubelet's
+            # --node-labels), or every beat would undo the operator's labels.
             del node.spec.taints[:]
             node.spec.taints.extend(req.taints)
 

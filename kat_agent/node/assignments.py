@@ -1,6 +1,7 @@
 """What the leader wants this node to run: the `WatchAssignments` stream, and the last
 snapshot kept in the data dir (`agent/assignments.pb`) for an agent that restarts while
-the leader is unreachable."""
+the leader is unreachable. `follow_leader_stream` and `SnapshotStore` also serve the
+endpoints stream (kat_agent/node/network/discovery.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import grpc
 
-from api.v1alpha1 import kat_pb2
+from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.files import write_atomic
 from kat_agent.node.agent import Agent
 
@@ -23,19 +25,30 @@ SNAPSHOT_FILE = "assignments.pb"
 BACKOFF = (0.2, 5.0)
 
 
-class SnapshotStore:
-    """The last AssignmentSet received, on disk (0600, written atomically)."""
+M = TypeVar("M", kat_pb2.AssignmentSet, kat_pb2.EndpointSet)
+T = TypeVar("T")
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / SNAPSHOT_FILE
+
+class SnapshotStore(Generic[M]):
+    """The last snapshot received (an AssignmentSet unless told), on disk (0600, written
+    atomically)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        name: str = SNAPSHOT_FILE,
+        message: type[M] = kat_pb2.AssignmentSet,  # type: ignore[assignment]
+    ) -> None:
+        self.path = state_dir / name
+        self._message = message
         self._last: bytes | None = None
 
-    def load(self) -> kat_pb2.AssignmentSet | None:
+    def load(self) -> M | None:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        snapshot = kat_pb2.AssignmentSet()
+        snapshot = self._message()
         try:
             snapshot.ParseFromString(data)
         except Exception as exc:  # noqa: BLE001 - a damaged file is as good as none
@@ -44,7 +57,7 @@ class SnapshotStore:
         self._last = data
         return snapshot
 
-    def save(self, snapshot: kat_pb2.AssignmentSet) -> None:
+    def save(self, snapshot: M) -> None:
         data = snapshot.SerializeToString(deterministic=True)
         if data == self._last:
             return
@@ -58,7 +71,28 @@ async def watch_assignments(
     backoff: tuple[float, float] = BACKOFF,
 ) -> None:
     """Follow the leader's WatchAssignments stream for ever, handing every snapshot to
-    `on_snapshot`. The stream is tied to the heartbeat path (`agent.session`): it is
+    `on_snapshot` (see `follow_leader_stream`)."""
+    request = kat_pb2.AssignmentsRequest(node_name=agent.identity.name)
+
+    def opened(snapshot: kat_pb2.AssignmentSet) -> str:
+        return f"{len(snapshot.assignments)} assignments, revision {snapshot.revision}"
+
+    await follow_leader_stream(
+        agent, lambda stub: stub.WatchAssignments(request), on_snapshot, "assignments", opened,
+        backoff,
+    )  # fmt: skip
+
+
+async def follow_leader_stream(
+    agent: Agent,
+    open_call: Callable[[kat_pb2_grpc.AgentAPIStub], AsyncIterator[T]],
+    on_message: Callable[[T], None],
+    what: str,
+    describe: Callable[[T], str] = lambda _: "",
+    backoff: tuple[float, float] = BACKOFF,
+) -> None:
+    """Follow a server stream of the leader's for ever, handing every message to
+    `on_message`. The stream is tied to the heartbeat path (`agent.session`): it is
     opened once the heartbeats reach the leader, on the same channel (`agent.link`), and
     closed and reopened whenever that path breaks, reconnects or moves to another leader,
     so a stream never outlives the link it was opened on (after a partition heals, the
@@ -68,18 +102,17 @@ async def watch_assignments(
     (detached operation)."""
     low, high = backoff
     delay = low
-    request = kat_pb2.AssignmentsRequest(node_name=agent.identity.name)
     while True:
         await agent.connected.wait()
         over = agent.session_over
-        call = agent.link.stub().WatchAssignments(request)
-        follow = asyncio.ensure_future(_follow(call, on_snapshot))
+        call = open_call(agent.link.stub())
+        follow = asyncio.ensure_future(_follow(call, on_message, what, describe))
         ended = asyncio.ensure_future(over.wait())
         try:
             await asyncio.wait((follow, ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
-            call.cancel()
+            call.cancel()  # type: ignore[attr-defined]
             if not follow.done():
                 follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -87,7 +120,7 @@ async def watch_assignments(
         if not follow.cancelled() and follow.result():
             delay = low
         if over.is_set():
-            log.info("heartbeat link changed; reopening the assignments stream")
+            log.info("heartbeat link changed; reopening the %s stream", what)
             continue
         # Jitter spreads the reconnects of many nodes after a leader change.
         await asyncio.sleep(delay * (0.5 + random.random()))
@@ -95,29 +128,28 @@ async def watch_assignments(
 
 
 async def _follow(
-    call: grpc.aio.UnaryStreamCall,
-    on_snapshot: Callable[[kat_pb2.AssignmentSet], None],
+    call: AsyncIterator[T],
+    on_message: Callable[[T], None],
+    what: str,
+    describe: Callable[[T], str],
 ) -> bool:
-    """Hand every snapshot of one stream to `on_snapshot` until it ends; True when at
-    least one snapshot arrived."""
+    """Hand every message of one stream to `on_message` until it ends; True when at
+    least one arrived."""
     received = False
     try:
-        async for snapshot in call:
+        async for message in call:
             if not received:
-                log.info(
-                    "assignments stream open (%d assignments, revision %d)",
-                    len(snapshot.assignments),
-                    snapshot.revision,
-                )
+                log.info("%s stream open (%s)", what, describe(message))
             received = True
-            on_snapshot(snapshot)
-        log.warning("the leader ended the assignments stream; reopening")
+            on_message(message)
+        log.warning("the leader ended the %s stream; reopening", what)
     except grpc.RpcError as err:
         code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
         details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
         log.log(
             logging.WARNING if received else logging.INFO,
-            "assignments stream failed (%s): %s",
+            "%s stream failed (%s): %s",
+            what,
             code.name if code else "error",
             details,
         )

@@ -426,6 +426,10 @@ class NodeRuntime:
             self._set_activity(st, P.STARTING, "")
             ispec = InstanceSpec.from_proto(inst, spec, image=image, network=backend.network)
             ispec = dataclasses.replace(ispec, extra_labels=node_labels(a))
+            if backend.network:
+                # The node's DNS (kat_agent/node/network/dns.py) with the cluster search path.
+                servers, search = self.settings.container_dns(inst.namespace)
+                ispec = dataclasses.replace(ispec, dns_servers=servers, dns_search=search)
             try:
                 cid = await backend.runtime.create_and_start(ispec)
             except ContainerRuntimeError as exc:

@@ -14,7 +14,10 @@ from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
+from kat_agent.node.network.discovery import Discovery, make_dns
+from kat_agent.node.network.dns import dns_port_from_env
 from kat_agent.node.network.firewall import run_firewall
+from kat_agent.node.network.ingress import IngressProxy
 from kat_agent.node.network.instance_net import InstanceNetwork
 from kat_agent.node.network.manager import Overlay
 from kat_agent.node.node_api import NodeAgentService, start_node_api
@@ -104,12 +107,28 @@ async def run_node(
             settings.state_dir / "instance-addresses.json",
             mtu=await overlay.mtu(),
         )
+    discovery = Discovery(settings.state_dir, settings.cluster_domain)
+    ingress = IngressProxy(
+        identity.name,
+        settings.state_dir / "ingress",
+        config.spec.ingress_http_port,
+        config.spec.ingress_https_port,
+    )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(
             supervise("control-port firewall", lambda: run_firewall(config.spec)),
             name="node-firewall",
         )
-        await serve_node(settings, dd, agent, address, overlay=overlay, instance_net=instance_net)
+        await serve_node(
+            settings,
+            dd,
+            agent,
+            address,
+            overlay=overlay,
+            instance_net=instance_net,
+            discovery=discovery,
+            ingress=ingress,
+        )
 
 
 async def serve_node(
@@ -118,11 +137,16 @@ async def serve_node(
     agent: Agent,
     address: str,
     runtime: NodeRuntime | None = None,
+    *,
     overlay: Overlay | None = None,
     instance_net: InstanceNetwork | None = None,
+    discovery: Discovery | None = None,
+    ingress: IngressProxy | None = None,
 ) -> None:
     """The parts of the node runtime, each restarted on failure: the reconciler, the
-    assignments stream feeding it, the NodeAgent API on `address`, and the overlay."""
+    assignments stream feeding it, the NodeAgent API on `address`, the overlay, and with
+    `discovery` the endpoints stream, the node's DNS server (on its subnet's first address)
+    and, on ingress nodes, the HAProxy that `ingress` drives."""
     runtime = runtime or NodeRuntime(settings, agent.beat_now)
     agent.instances = runtime.report
     if overlay is not None:
@@ -167,3 +191,14 @@ async def serve_node(
             supervise("NodeAgent API", lambda: serve_node_api(dd, address, runtime, agent)),
             name="node-api",
         )
+        if discovery is not None:
+            d = discovery
+            tg.create_task(supervise("endpoints stream", lambda: d.watch(agent)), name="endpoints")
+            tg.create_task(supervise("endpoints file", d.persist), name="endpoints-file")
+            if settings.subnet:
+                dns = make_dns(d, settings.subnet, dns_port_from_env())
+                tg.create_task(supervise("DNS server", dns.serve), name="dns")
+            if ingress is not None:
+                # Runs HAProxy only while the view lists this node as an ingress node.
+                d.add_listener(ingress.offer)
+                tg.create_task(supervise("ingress proxy", ingress.run), name="ingress")

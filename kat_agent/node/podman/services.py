@@ -40,6 +40,7 @@ from typing import Any
 
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
+from kat_agent.node.network.records import node_dns_address, search_path
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE
 from kat_agent.node.podman.runtime import Runtime
@@ -56,6 +57,7 @@ from kat_agent.node.podman.users import (
 log = logging.getLogger(__name__)
 
 NETWORK_NAME = "kat"
+DEFAULT_CLUSTER_DOMAIN = "kat.cluster.local"
 NETWORK_INTERFACE = "kat0"
 RUN_BASE = Path("/run/kat")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -88,6 +90,14 @@ class NodeSettings:
     network_interface: str = NETWORK_INTERFACE
     data_root: Path | None = None  # the data dir (made traversable for rootless volumes)
     host_mount_allowed: tuple[str, ...] = ()  # cluster.kat's hostMountAllowedPaths
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+
+    def container_dns(self, namespace: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(nameservers, search domains) for a container of `namespace`: the node's DNS
+        at the first host address of its subnet; none without a subnet."""
+        if not self.subnet:
+            return (), ()
+        return (node_dns_address(self.subnet),), tuple(search_path(namespace, self.cluster_domain))
 
     @property
     def tag(self) -> str:
@@ -129,6 +139,7 @@ class NodeSettings:
             containers_conf=Path(conf) if conf else None,
             data_root=dd.root,
             host_mount_allowed=tuple(config.spec.host_mount_allowed_paths),
+            cluster_domain=config.spec.cluster_domain or DEFAULT_CLUSTER_DOMAIN,
         )
 
 
@@ -148,8 +159,7 @@ class Backend:
 
 
 def _gateway(subnet: str) -> tuple[str, str]:
-    net = ipaddress.ip_network(subnet, strict=False)
-    return str(net), str(net.network_address + 1)
+    return str(ipaddress.ip_network(subnet, strict=False)), node_dns_address(subnet)
 
 
 def _own_storage_parents(storage: PodmanStorage, user: WorkloadUser) -> None:

@@ -60,6 +60,9 @@ class InstanceSpec:
     # For the networking issue: a named Podman network and an address in it.
     network: str | None = None
     static_ip: str | None = None
+    # The container's /etc/resolv.conf: nameservers and search domains (empty: Podman's).
+    dns_servers: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -163,4 +166,8 @@ def create_body(spec: InstanceSpec, mounts: list[dict[str, Any]]) -> dict[str, A
         body["networks"] = {
             spec.network: {"static_ips": [spec.static_ip]} if spec.static_ip else {}
         }
+    if spec.dns_servers:
+        body["dns_server"] = list(spec.dns_servers)
+    if spec.dns_search:
+        body["dns_search"] = list(spec.dns_search)
     return body
