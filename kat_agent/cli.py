@@ -1,4 +1,4 @@
-"""`kat-agent`: init, join."""
+"""`kat-agent`: init, join, backup, certificate."""
 
 from __future__ import annotations
 
@@ -93,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     backup.add_argument("--log-format", default="text", choices=["text", "json"])
+    cert = sub.add_parser(
+        "certificate", help="issue a client certificate (e.g. for Prometheus) from the cluster CA"
+    )
+    cert.add_argument("name", help="the certificate's common name, e.g. prometheus")
+    cert.add_argument("--role", default="monitoring", choices=["monitoring", "admin"])
+    cert.add_argument("--out-dir", type=Path, required=True, help="writes ca.crt, NAME.crt/.key")
+    cert.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    cert.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    cert.add_argument("--log-format", default="text", choices=["text", "json"])
     return parser
 
 
@@ -102,6 +113,15 @@ async def _run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    if args.command == "certificate":
+        from kat_agent.credentials import CredentialError, issue_client_certificate
+
+        try:
+            paths = issue_client_certificate(args.data_dir, args.name, args.role, args.out_dir)
+        except CredentialError as exc:
+            raise StartupError(str(exc)) from None
+        print("\n".join(str(p) for p in paths))
+        return
     if args.command == "backup":
         path = await backup_now(NodeOptions(data_dir=args.data_dir), args.output)
         print(f"snapshot written to {path}")

@@ -13,6 +13,7 @@ import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.datadir import DataDir, NodeIdentity
+from internal.observability import metrics
 from internal.security import pki, rpc
 from internal.state.etcd import EtcdClient
 from internal.state.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
@@ -118,7 +119,9 @@ async def run_member(
     lc.etcd_ca = pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key")
     lc.data_dir = dd
 
-    server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
+    from internal.observability.grpc_metrics import MetricsInterceptor
+
+    server = grpc.aio.server(options=rpc.SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
     kat_pb2_grpc.add_ClusterAPIServicer_to_server(ClusterAPI(lc), server)
     kat_pb2_grpc.add_AgentAPIServicer_to_server(AgentAPI(lc), server)
     server.add_secure_port(api, rpc.mtls_server_credentials(lc.node_cert, lc.node_key, ca_cert))
@@ -132,6 +135,8 @@ async def run_member(
         await registry.load()
         lc.leading = True
         lc.leader_address = api
+        metrics.ELECTIONS_WON.inc()
+        metrics.LEADER.set(1)
         log.info("%s is the leader", identity.name)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -140,6 +145,9 @@ async def run_member(
                 tg.create_task(run_backups(lc), name="backups")
         finally:
             lc.leading = False
+            metrics.LEADER.set(0)
+            metrics.NODES.clear()  # leader-only figures: absent on followers
+            metrics.CLUSTER_INSTANCES.clear()
             log.warning("%s stopped leading", identity.name)
 
     def on_leader(info: LeaderInfo | None) -> None:

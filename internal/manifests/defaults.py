@@ -44,6 +44,8 @@ CLUSTER_DEFAULTS: dict[str, str | int] = {
     "wireguard_port": 51820,
     # Not in the spec: TLS without client certificates for Join (next to api and agent).
     "join_port": 9117,
+    "metrics_port": 9119,
+    "audit_retention_days": 90,
 }
 
 _Spec = kat_pb2.WorkloadSpec

@@ -585,6 +585,7 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "etcdClientPort",
         "etcdPeerPort",
         "wireguardPort",
+        "metricsPort",
     ):
         value = getattr(spec, _attr(spec, name))
         p = f"spec.{name}"
@@ -602,6 +603,7 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "agentTickSeconds",
         "nodeLossTimeoutSeconds",
         "backupRetention",
+        "auditRetentionDays",
     ):
         value = getattr(spec, _attr(spec, name))
         check_min(value, 1, f"spec.{name}", rep)

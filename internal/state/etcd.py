@@ -28,6 +28,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from pyetcd import etcdrpc
 from pyetcd import events as etcd_events
 from pyetcd import exceptions as etcd_exc
 from pyetcd.watch import Watcher
+
+from internal.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -562,11 +565,19 @@ class EtcdClient:
         limit = (deadline or self.timeout) * attempts + 1.0
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
         # that arrives as the call completes, leaving the caller running on.
+        op = metrics.etcd_operation(what)
+        start = time.perf_counter()
         try:
             async with asyncio.timeout(limit):
                 return await fut
         except TimeoutError:
+            metrics.ETCD_ERRORS.labels(op).inc()
             raise EtcdUnavailable(f"etcd gave no answer to {what} within {limit:g}s") from None
+        except EtcdError:
+            metrics.ETCD_ERRORS.labels(op).inc()
+            raise
+        finally:
+            metrics.ETCD_SECONDS.labels(op).observe(time.perf_counter() - start)
 
     # ------------------------------------------------------------ key-value
 

@@ -15,6 +15,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import ipam, tokens
 from internal.core.events import new_event
+from internal.observability import metrics
 from internal.security import pki, rpc
 from internal.state import store as store_mod
 from internal.state.etcd import EtcdError
@@ -242,6 +243,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"certificate of {cn!r} cannot report as {request.node_name!r}",
             )
+        metrics.HEARTBEATS.inc()
         for listener in self.lc.instance_listeners:
             await listener(request.node_name, request.instances)
         if not await self.lc.registry.heartbeat(request):

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import secrets
 import string
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +28,7 @@ from internal.core import reconcile, rollout, scheduler
 from internal.state import store as store_mod
 from internal.state.etcd import EtcdError
 from kat_agent.leader.context import LeaderContext
+from kat_agent.leader.observe import observe_instances, observe_plan
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ class WorkloadController:
             key = (w.metadata.namespace, w.metadata.name)
             known[key] = w
             bundle, created = await self._bundle(w, w.metadata.generation)
+            started = time.perf_counter()
             plan = reconcile.plan_workload(
                 w,
                 bundle,
@@ -181,6 +184,9 @@ class WorkloadController:
                 new_id=new_instance_suffix,
                 progress=self.progress.get(w.metadata.uid),
                 schedule_since=created,
+            )
+            observe_plan(
+                w, plan, by_workload.get(key, []), created, time.perf_counter() - started, now
             )
             if plan.progress is not None:
                 self.progress[w.metadata.uid] = plan.progress
@@ -195,6 +201,7 @@ class WorkloadController:
         uids = {w.metadata.uid for w in workloads}
         self.progress = {u: p for u, p in self.progress.items() if u in uids}
         await self._publish(final.values(), known)
+        observe_instances(final.values())
         if dirty:
             self.wake()
         return wake_at

@@ -14,6 +14,7 @@ import grpc
 
 from api.v1alpha1 import kat_pb2
 from internal.host.files import write_atomic
+from internal.observability import metrics
 from internal.security import rpc
 from kat_agent.node.agent import Agent
 
@@ -96,6 +97,7 @@ async def watch_assignments(
                 agent.link.failed(leader)
         finally:
             call.cancel()
+        metrics.STREAM_RECONNECTS.inc()
         # Jitter spreads the reconnects of many nodes after a leader change.
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(high, delay * 2)

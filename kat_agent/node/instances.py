@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from api.v1alpha1 import kat_pb2
+from internal.observability import metrics
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
 from kat_agent.node.podman.runtime import (
@@ -216,6 +217,7 @@ class NodeRuntime:
             inst = st.report(self.settings.node_name)
             if inst is not None:
                 out.append(inst)
+        metrics.count_instances(metrics.NODE_INSTANCES, (i.phase for i in out))
         return out
 
     def _changed(self) -> None:
@@ -568,6 +570,9 @@ class NodeRuntime:
                 # Ours from an earlier attempt that was not seen yet: adopt it.
                 cid = ispec.container_name
             st.observed = await backend.runtime.observe(cid)
+            metrics.CONTAINER_STARTS.inc()
+            if inst.restart_count:
+                metrics.CONTAINER_RESTARTS.inc()
             log.info(
                 "instance %s (%s/%s) started: container %s%s",
                 st.id,
@@ -580,8 +585,10 @@ class NodeRuntime:
             if exc.kind is ErrorKind.UNAVAILABLE:
                 raise
             st.error = str(exc)
+            metrics.CONTAINER_FAILURES.inc()
             log.warning("instance %s cannot start: %s", st.id, exc)
         except PodmanServiceError as exc:
+            metrics.CONTAINER_FAILURES.inc()
             st.error = f"cannot run as the workload's user: {exc}"
             log.warning("instance %s cannot start: %s", st.id, st.error)
         finally:
@@ -628,6 +635,7 @@ class NodeRuntime:
                 raise
             st.observed, st.vanished = None, True
         st.epoch += 1
+        metrics.CONTAINER_FAILURES.inc()
         log.warning("instance %s: health check failed; container stopped", st.id)
         self._changed()
 
@@ -691,6 +699,8 @@ class NodeRuntime:
             st.observed = obs
             st.epoch += 1
             log.info("instance %s: container exited with code %s", st.id, obs.exit_code)
+            if obs.exit_code:
+                metrics.CONTAINER_FAILURES.inc()
             st.wake.set()
             self._changed()
 

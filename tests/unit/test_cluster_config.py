@@ -42,6 +42,8 @@ def test_defaults_are_filled_in() -> None:
         "backupRetention": 5,
         "wireguardPort": 51820,
         "joinPort": 9117,
+        "metricsPort": 9119,
+        "auditRetentionDays": 90,
     }
 
 

@@ -41,6 +41,7 @@ import os
 import re
 import signal
 import stat
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -60,6 +61,7 @@ from podman.errors import APIError
 
 from api.v1alpha1 import kat_pb2
 from internal.manifests.quantity import parse_cpu, parse_memory
+from internal.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +439,17 @@ async def _frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, byte
         yield 1, bytes(buf)
 
 
+_PODMAN_VERBS = frozenset({"create", "start", "stop", "kill", "wait", "logs", "json", "exec"})
+
+
+def podman_operation(method: str, path: str) -> str:
+    """A bounded name for a Podman API request: "POST containers/start" for
+    POST containers/<id>/start (ids and names left out)."""
+    segs = path.strip("/").split("/")
+    last = segs[-1] if len(segs) > 1 and segs[-1] in _PODMAN_VERBS else ""
+    return f"{method} {segs[0]}/{last}" if last else f"{method} {segs[0]}"
+
+
 def _tag_params(ref: str) -> dict[str, str]:
     """repo and tag of an image reference (the tag is "latest" when none is given)."""
     repo, tag = ref, "latest"
@@ -482,7 +495,8 @@ class Runtime:
         self, what: str, fn: Callable[[], T], default: ErrorKind = ErrorKind.OTHER
     ) -> T:
         try:
-            return await asyncio.to_thread(fn)
+            with metrics.timed(metrics.PODMAN_SECONDS, operation=what.split(" ", 1)[0]):
+                return await asyncio.to_thread(fn)
         except APIError as exc:
             raise _from_api_error(what, exc, default) from exc
 
@@ -506,6 +520,7 @@ class Runtime:
             f"Connection: {connection}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n"
         )
+        started = time.perf_counter()
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         except OSError as exc:
@@ -531,6 +546,9 @@ class Runtime:
         except BaseException:
             writer.close()
             raise
+        op = podman_operation(method, path)
+        if not op.endswith("/wait"):  # a wait answers when the container exits
+            metrics.PODMAN_SECONDS.labels(op).observe(time.perf_counter() - started)
         return _Response(int(parts[1]), headers, reader, writer)
 
     async def _call_json(
@@ -586,13 +604,20 @@ class Runtime:
                         error = str(item["error"])
             return error
 
-        error = await self._blocking(what, pull, ErrorKind.IMAGE_NOT_FOUND)
+        try:
+            error = await self._blocking("pull", pull, ErrorKind.IMAGE_NOT_FOUND)
+        except ContainerRuntimeError:
+            metrics.IMAGE_PULLS.labels("failure").inc()
+            raise
         if error is not None or not await self.image_exists(ref):
+            metrics.IMAGE_PULLS.labels("failure").inc()
             raise ContainerRuntimeError(
                 ErrorKind.IMAGE_NOT_FOUND,
                 f"{what} is not in this node's Podman storage and pulling it failed: "
                 f"{error or 'no image after the pull'}",
             )
+
+        metrics.IMAGE_PULLS.labels("success").inc()
 
     async def import_image(self, tarball: Path, reference: str, changes: Sequence[str] = ()) -> str:
         """`podman import`: make image `reference` from a root filesystem tarball."""
