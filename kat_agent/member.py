@@ -120,8 +120,10 @@ async def run_member(
     lc.data_dir = dd
 
     from internal.observability.grpc_metrics import MetricsInterceptor
+    from kat_agent.leader.audit import AuditInterceptor, run_audit_pruning
 
-    server = grpc.aio.server(options=rpc.SERVER_OPTIONS, interceptors=[MetricsInterceptor()])
+    interceptors = [MetricsInterceptor(), AuditInterceptor(lc)]
+    server = grpc.aio.server(options=rpc.SERVER_OPTIONS, interceptors=interceptors)
     kat_pb2_grpc.add_ClusterAPIServicer_to_server(ClusterAPI(lc), server)
     kat_pb2_grpc.add_AgentAPIServicer_to_server(AgentAPI(lc), server)
     server.add_secure_port(api, rpc.mtls_server_credentials(lc.node_cert, lc.node_key, ca_cert))
@@ -143,6 +145,7 @@ async def run_member(
                 tg.create_task(registry.run_health(), name="node-health")
                 tg.create_task(run_controllers(lc), name="controllers")
                 tg.create_task(run_backups(lc), name="backups")
+                tg.create_task(run_audit_pruning(lc), name="audit-pruning")
         finally:
             lc.leading = False
             metrics.LEADER.set(0)

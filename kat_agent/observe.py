@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from importlib import metadata
-
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
 from internal.manifests import defaults
 from internal.observability import metrics
 from internal.observability.metrics_http import serve_metrics
-
-
-def agent_version() -> str:
-    try:
-        return metadata.version("kat")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+from kat_agent.version import AGENT_VERSION
 
 
 async def serve_node_metrics(
     dd: DataDir, identity: NodeIdentity, spec: kat_pb2.ClusterConfigurationSpec
 ) -> None:
-    metrics.set_version(agent_version())
+    metrics.set_version(AGENT_VERSION)
     # A configuration stored before metricsPort existed holds 0: use the default.
     port = spec.metrics_port or int(defaults.CLUSTER_DEFAULTS["metrics_port"])
     await serve_metrics(

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.node_cmd",
     "katcall.token_cmd",
     "katcall.config_cmd",
+    "katcall.audit_cmd",
 )
 
 

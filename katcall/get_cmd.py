@@ -19,7 +19,7 @@ def _node_rows(nodes: list[kat_pb2.Node], wide: bool) -> str:
     now = time.time()
     headers = ["NAME", "STATUS", "ROLES", "ADDRESS", "SUBNET", "LAST-HEARTBEAT"]
     if wide:
-        headers += ["CPU", "MEMORY", "LABELS", "TAINTS"]
+        headers += ["VERSION", "CPU", "MEMORY", "LABELS", "TAINTS"]
     rows = []
     for n in nodes:
         st = n.status
@@ -37,6 +37,7 @@ def _node_rows(nodes: list[kat_pb2.Node], wide: bool) -> str:
         row = [n.metadata.name, status, ",".join(roles), st.advertise_address, st.subnet, seen]
         if wide:
             row += [
+                st.agent_version or "<unknown>",
                 format_cpu(st.allocatable.cpu_millis),
                 output.approx_memory(st.allocatable.memory_bytes),
                 ",".join(f"{k}={v}" for k, v in sorted(n.metadata.labels.items())) or "<none>",
@@ -192,6 +193,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> int:
+    from katcall.token_cmd import parse_duration
+
+    return parse_duration(text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("get", help="list resources (nodes, tokens, events, namespaces, ...)")
     p.add_argument("resource")
@@ -200,6 +207,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--namespace", default="")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
     p.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
+    p.add_argument(
+        "--since", type=_duration, default=0, help="audit: only records newer than this (e.g. 1h)"
+    )
     p.set_defaults(func=cmd_get)
     d = sub.add_parser("describe", help="show one resource in detail, with its recent events")
     d.add_argument("resource")

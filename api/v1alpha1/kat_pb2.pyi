@@ -1050,6 +1050,42 @@ class BackupRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class AuditRecord(_message.Message):
+    __slots__ = ("time", "actor", "role", "verb", "method", "object", "outcome", "message", "id")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    VERB_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    actor: str
+    role: str
+    verb: str
+    method: str
+    object: str
+    outcome: str
+    message: str
+    id: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., role: _Optional[str] = ..., verb: _Optional[str] = ..., method: _Optional[str] = ..., object: _Optional[str] = ..., outcome: _Optional[str] = ..., message: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "limit")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    limit: int
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, items: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
+
 class CAMaterial(_message.Message):
     __slots__ = ("ca_cert_pem", "ca_key_pem", "etcd_ca_cert_pem", "etcd_ca_key_pem")
     CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
@@ -1159,7 +1195,7 @@ class JoinResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address")
+    __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address", "agent_version")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1175,6 +1211,7 @@ class HeartbeatRequest(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     WIREGUARD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     capacity: NodeResources
     allocatable: NodeResources
@@ -1183,7 +1220,8 @@ class HeartbeatRequest(_message.Message):
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     wireguard_public_key: str
     advertise_address: str
-    def __init__(self, node_name: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., wireguard_public_key: _Optional[str] = ..., advertise_address: _Optional[str] = ...) -> None: ...
+    agent_version: str
+    def __init__(self, node_name: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., wireguard_public_key: _Optional[str] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("tick_seconds", "leader_node", "api_endpoints", "peers")

@@ -73,6 +73,7 @@ REVISIONS = "/kat/revisions/"
 INSTANCES = "/kat/instances/"
 TOKENS = "/kat/tokens/"
 EVENTS = "/kat/events/"
+AUDIT = "/kat/audit/"  # /kat/audit/<unix ns, 20 digits>-<id>: sorted by time, no lease
 CLUSTER_SCOPE = "_"  # the events "namespace" of cluster-scoped objects
 
 # A consumer whose watch start revision was compacted must re-list.
@@ -180,6 +181,10 @@ def events_prefix(namespace: str | None = None) -> str:
 
 def event_key(namespace: str, timestamp_ns: int, event_id: str) -> str:
     return f"{events_prefix(namespace)}{timestamp_ns:020d}-{_seg(event_id, 'event id')}"
+
+
+def audit_key(timestamp_ns: int, record_id: str) -> str:
+    return f"{AUDIT}{timestamp_ns:020d}-{_seg(record_id, 'audit id')}"
 
 
 def _check_key(key: str) -> str:
@@ -745,6 +750,50 @@ class Store:
         if namespace is None:
             events.sort(key=lambda e: (e.timestamp.ToNanoseconds(), e.id))
         return events[-limit:] if limit > 0 else events
+
+    # ------------------------------------------------------------ audit
+
+    async def record_audit(self, record: kat_pb2.AuditRecord) -> kat_pb2.AuditRecord:
+        """Store an audit record (kept until prune_audit removes it, not on a lease:
+        retention is in days and must survive etcd leader changes exactly)."""
+        rec = kat_pb2.AuditRecord()
+        rec.CopyFrom(record)
+        if not rec.id:
+            rec.id = secrets.token_hex(6)
+        if not rec.HasField("time"):
+            rec.time.FromDatetime(datetime.now(UTC))
+        await self._etcd.put(audit_key(rec.time.ToNanoseconds(), rec.id), rec.SerializeToString())
+        return rec
+
+    async def list_audit(
+        self, since: datetime | None = None, limit: int = 0
+    ) -> builtins.list[kat_pb2.AuditRecord]:
+        """Audit records oldest first, from `since` on; with `limit`, the newest that many."""
+        if limit > 0:
+            result = await self._etcd.get_prefix(AUDIT, limit=limit, descending=True)
+            kvs = list(reversed(result.kvs))
+        else:
+            kvs = (await self._etcd.get_prefix(AUDIT)).kvs
+        records = [_decode(kat_pb2.AuditRecord, kv.value, kv.mod_revision) for kv in kvs]
+        if since is not None:
+            cut = int(since.timestamp() * 1e9)
+            records = [r for r in records if r.time.ToNanoseconds() >= cut]
+        return records
+
+    async def prune_audit(self, before: datetime, batch: int = 100) -> int:
+        """Delete audit records older than `before`; returns how many went. Reads
+        keys oldest first in batches (etcd allows 128 operations per transaction),
+        so a pass costs what it removes."""
+        cut = audit_key(int(before.timestamp() * 1e9), "0")
+        removed = 0
+        while True:
+            result = await self._etcd.get_prefix(AUDIT, limit=batch, keys_only=True)
+            old = [kv.key for kv in result.kvs if kv.key < cut]
+            if old:
+                await self._etcd.txn([], [Delete(k) for k in old])
+                removed += len(old)
+            if len(old) < batch:
+                return removed
 
     # ------------------------------------------------------------ IPAM
 

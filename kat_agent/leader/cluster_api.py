@@ -41,7 +41,7 @@ def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except store_mod.StaleWrite as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"conflicting change, retry: {exc}")
         finally:
-            log.debug("audit: %s called %s", who, fn.__name__)
+            log.debug("%s called %s", who, fn.__name__)  # the audit trail: leader/audit.py
         raise AssertionError("unreachable")
 
     wrapper.__name__ = fn.__name__
@@ -322,6 +322,14 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
             api_endpoints=lc.api_endpoints(),
             configuration=lc.config,
         )
+
+    @admin
+    async def ListAudit(
+        self, request: kat_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.AuditList:
+        from kat_agent.leader.audit import list_audit
+
+        return await list_audit(self.lc, request)
 
     @admin
     async def Backup(
