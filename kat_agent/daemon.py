@@ -240,10 +240,10 @@ async def first_init(
     advertise: str,
     opts: NodeOptions,
 ) -> tuple[NodeIdentity, str]:
-    from internal.state.store import AlreadyExists
+    from internal.manifests.defaults import new_namespace
+    from internal.state.kv import AlreadyExists
     from kat_agent import bootstrap
     from kat_agent.leader.agent_api import register_node
-    from kat_agent.leader.cluster_api import new_namespace
 
     stored = await store.get_cluster_config()
     if stored is None:
@@ -253,7 +253,7 @@ async def first_init(
     cluster_uid = await store.ensure_cluster_uid(str(uuid.uuid4()))
     await store.ensure_ca_material(bootstrap.ca_material(dd))
     with contextlib.suppress(AlreadyExists):
-        await store.create_namespace(new_namespace("default"))
+        await store.create_namespace(new_namespace("default", datetime.now(UTC)))
     api = f"{advertise}:{config.spec.api_port}"
     lc = _leader_context(dd, store, config, cluster_uid, name, api)
     node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)

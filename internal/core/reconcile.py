@@ -26,249 +26,34 @@ restart instances. JOB instances run the workload generation itself (one run per
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
 from internal.core import jobs, rollout, scheduler
-from internal.core.events import new_event
+from internal.core.observe import observe_instance
+from internal.core.reconcile_model import (
+    JOB_HISTORY,
+    MAX_ID_PREFIX,
+    MAX_LISTED,
+    TERMINAL,
+    NodeFacts,
+    Observed,
+    Plan,
+    copy_record,
+    instance_time,
+    job_run_name,
+    job_run_start,
+    listing,
+    template_generation,
+    workload_event,
+)
+from internal.core.workload_status import aggregate_status, condition_events
 
 _Inst = kat_pb2.Instance
 _Spec = kat_pb2.WorkloadSpec
 _Restart = rollout.RestartAction
-
-TERMINAL = frozenset({_Inst.SUCCEEDED, _Inst.FAILED})
-# Phases a node may report for a container that exists and has not exited.
-_LIVE_REPORTS = frozenset({_Inst.BUILDING, _Inst.PULLING, _Inst.STARTING, _Inst.RUNNING})
-JOB_HISTORY = 3  # runs of a JOB whose instances are kept (the newest ones)
-MAX_ID_PREFIX = 57  # instance ids are DNS labels: <workload, cut to 57>-<5 chars>
-_MAX_LISTED = 5  # instance ids named in one aggregated event
-# The exit code given to the restart policy for a FAILED report that is not an exit (the
-# container could not be created or started): a failure, never a success.
-_NO_EXIT = -1
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """What the agents reported: `instances` by id (with `node` set to the reporting node);
-    `reported` maps each node heard from since this leader started to the ids it reported
-    in its latest heartbeat."""
-
-    instances: Mapping[str, kat_pb2.Instance] = field(default_factory=dict)
-    reported: Mapping[str, frozenset[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeFacts:
-    """Node conditions by name (nodes missing here are unknown: removed)."""
-
-    ready: Mapping[str, bool] = field(default_factory=dict)
-
-    def lost(self, node: str) -> bool:
-        return not self.ready.get(node, False)
-
-    def known(self, node: str) -> bool:
-        return node in self.ready
-
-
-@dataclass
-class Plan:
-    """What one step wants written. `updates` and `deletes` carry the record's
-    resource_version as read, for guarded writes."""
-
-    creates: list[kat_pb2.Instance] = field(default_factory=list)
-    updates: list[kat_pb2.Instance] = field(default_factory=list)
-    deletes: list[kat_pb2.Instance] = field(default_factory=list)
-    events: list[kat_pb2.Event] = field(default_factory=list)
-    status: kat_pb2.WorkloadStatus | None = None  # None: unchanged
-    progress: rollout.Progress | None = None
-    wake_at: datetime | None = None
-
-    def wake(self, at: datetime | None) -> None:
-        if at is not None and (self.wake_at is None or at < self.wake_at):
-            self.wake_at = at
-
-
-# ------------------------------------------------------------------ small helpers
-
-
-def template_generation(workload: kat_pb2.Workload) -> int:
-    """The generation instances of this workload should run."""
-    meta, status = workload.metadata, workload.status
-    if workload.spec.type == _Spec.JOB or not status.template_generation:
-        return meta.generation
-    return status.template_generation
-
-
-def same_instances(old: kat_pb2.Bundle, new: kat_pb2.Bundle) -> bool:
-    """Whether instances started from `old` are what `new` asks for, so that applying `new`
-    needs no new instances: the template is the same (`rollout.same_template`) and so are
-    the parts the node uses (health check and ports, build)."""
-    if old.workload.spec.type != new.workload.spec.type:
-        return False
-    if not rollout.same_template(old.workload.spec, new.workload.spec):
-        return False
-    return (
-        old.virtual_load_balancer.spec == new.virtual_load_balancer.spec
-        and old.build_definition.spec == new.build_definition.spec
-    )
-
-
-def same_spec(old: kat_pb2.Bundle, new: kat_pb2.Bundle) -> bool:
-    """Whether two bundles differ only in the workload's metadata (no new generation)."""
-    a, b = kat_pb2.Bundle(), kat_pb2.Bundle()
-    a.CopyFrom(old)
-    b.CopyFrom(new)
-    for x in (a, b):
-        x.workload.ClearField("metadata")
-        x.workload.ClearField("status")
-    return a == b
-
-
-def job_run_name(start: datetime) -> str:
-    """A run's name is its start time, so runs sort by start and the start survives failover."""
-    return start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def job_run_start(name: str) -> datetime | None:
-    try:
-        return datetime.strptime(name, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def _time(inst: kat_pb2.Instance, name: str) -> datetime | None:
-    if not inst.HasField(name):
-        return None
-    return getattr(inst, name).ToDatetime(tzinfo=UTC)
-
-
-def _copy(inst: kat_pb2.Instance) -> kat_pb2.Instance:
-    out = kat_pb2.Instance()
-    out.CopyFrom(inst)
-    return out
-
-
-def _phase(value: int) -> str:
-    return _Inst.Phase.Name(value) if value else "PENDING"
-
-
-def _listing(ids: Sequence[str]) -> str:
-    shown = ", ".join(ids[:_MAX_LISTED])
-    more = len(ids) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
-def _event(
-    workload: kat_pb2.Workload | tuple[str, str], reason: str, message: str, warning: bool = False
-) -> kat_pb2.Event:
-    if isinstance(workload, tuple):
-        namespace, name = workload
-    else:
-        namespace, name = workload.metadata.namespace, workload.metadata.name
-    return new_event(
-        reason,
-        message,
-        kind="Workload",
-        name=name,
-        namespace=namespace,
-        warning=warning,
-        source="controller",
-    )
-
-
-# ------------------------------------------------------------------ observed state
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    record: kat_pb2.Instance  # the record after folding in the report (a copy)
-    events: tuple[kat_pb2.Event, ...] = ()
-    wake_at: datetime | None = None
-
-
-def observe_instance(
-    record: kat_pb2.Instance,
-    report: kat_pb2.Instance | None,
-    *,
-    policy: kat_pb2.RestartPolicy,
-    run_to_completion: bool,
-    now: datetime,
-    workload: tuple[str, str] = ("", ""),
-) -> Observation:
-    """Fold a node's report into the instance record and apply the restart policy to an
-    exit (see the module docstring)."""
-    rec = _copy(record)
-    key = workload if workload[1] else (record.namespace, record.workload)
-    if rec.phase == _Inst.PENDING or rec.phase in TERMINAL:
-        return Observation(rec)
-    if report is None or report.node != rec.node or report.restart_count < rec.restart_count:
-        return Observation(rec)
-    rec.container_id = report.container_id or rec.container_id
-    rec.ip = report.ip or rec.ip
-    for name in ("started_at", "finished_at"):
-        if report.HasField(name):
-            getattr(rec, name).CopyFrom(getattr(report, name))
-    if rec.phase == _Inst.TERMINATING:
-        rec.ready = False
-        return Observation(rec)
-    if report.phase not in TERMINAL:
-        rec.ready = report.ready and report.phase == _Inst.RUNNING
-        rec.message = report.message
-        events: tuple[kat_pb2.Event, ...] = ()
-        if report.phase in _LIVE_REPORTS:
-            if report.phase == _Inst.RUNNING and rec.phase != _Inst.RUNNING:
-                events = (_event(key, "Started", f"instance {rec.id} started on node {rec.node}"),)
-            rec.phase = report.phase
-        return Observation(rec, events)
-
-    # The container exited (or failed its health checks, or could not be started at all:
-    # FAILED without an exit): apply the restart policy.
-    rec.ready = False
-    rec.exit_code = report.exit_code
-    exited = _time(report, "finished_at") or now
-    started = _time(report, "started_at") or exited
-    no_exit = (
-        report.phase == _Inst.FAILED and not report.exit_code and report.finished_at.seconds == 0
-    )
-    code = _NO_EXIT if no_exit else report.exit_code
-    d = rollout.decide_restart(
-        policy,
-        restart_count=rec.policy_restart_count,
-        started_at=started,
-        exited_at=exited,
-        now=now,
-        exit_code=code,
-        run_to_completion=run_to_completion,
-    )
-    exited_text = f"exited with code {code}"
-    if no_exit:
-        why = d.reason.replace(exited_text, report.message or "failed to start", 1)
-    elif report.message and report.message != exited_text:
-        why = f"{report.message}; {d.reason}"
-    else:
-        why = d.reason
-    if d.action is _Restart.GIVE_UP:
-        rec.phase = d.phase
-        rec.policy_restart_count = d.restart_count
-        rec.message = why
-        if d.phase == _Inst.SUCCEEDED:
-            ev = _event(key, "Completed", f"instance {rec.id} completed on node {rec.node}")
-        else:
-            ev = _event(key, "Failed", f"instance {rec.id} on node {rec.node}: {why}", True)
-        return Observation(rec, (ev,))
-    if d.action is _Restart.RESTART_LATER:
-        rec.phase = _Inst.STARTING
-        rec.message = f"back-off: {why}"
-        return Observation(rec, (), d.at)
-    rec.phase = _Inst.STARTING
-    rec.restart_count += 1
-    rec.policy_restart_count = d.restart_count
-    rec.message = f"restarting: {why}"
-    ev = _event(key, "Restarted", f"instance {rec.id} on node {rec.node}: {why}", True)
-    return Observation(rec, (ev,))
-
 
 # ------------------------------------------------------------------ the plan of one workload
 
@@ -387,7 +172,7 @@ def plan_workload(
     key = (workload.metadata.namespace, workload.metadata.name)
     plan = Plan(progress=progress)
     original = {i.id: i for i in instances}
-    step = _Step(workload, plan, {i.id: _copy(i) for i in instances}, original)
+    step = _Step(workload, plan, {i.id: copy_record(i) for i in instances}, original)
 
     # 1. Reports and restart decisions.
     for inst_id, rec in list(step.records.items()):
@@ -422,7 +207,7 @@ def plan_workload(
     # 4. What to write, events for the decisions, and the status.
     _finish(step, now)
     plan.status = aggregate_status(workload, list(step.records.values()), desired, conditions, now)
-    plan.events.extend(_condition_events(workload, plan.status))
+    plan.events.extend(condition_events(workload, plan.status))
     if plan.status == workload.status:
         plan.status = None
     return plan
@@ -447,10 +232,10 @@ def _collect(step: _Step, nodes: NodeFacts, observed: Observed, *, keep_on_lost:
     if lost:
         on = sorted({step.original[i].node for i in lost})
         step.plan.events.append(
-            _event(
+            workload_event(
                 step.workload,
                 "NodeLost",
-                f"node {', '.join(on)} is not ready: {_listing(lost)} will run elsewhere",
+                f"node {', '.join(on)} is not ready: {listing(lost)} will run elsewhere",
                 True,
             )
         )
@@ -648,7 +433,7 @@ def _job(
         last_start = job_run_start(latest) if latest else None
         last_end = None
         if latest is not None and not run_active:
-            ends = [_time(r, "finished_at") for r in runs[latest]]
+            ends = [instance_time(r, "finished_at") for r in runs[latest]]
             last_end = max((e for e in ends if e is not None), default=last_start)
         created = schedule_since or (
             w.metadata.creation_timestamp.ToDatetime(tzinfo=UTC)
@@ -667,7 +452,9 @@ def _job(
         step.plan.wake(decision.next_tick)
     if start_run:
         run = job_run_name(now)
-        step.plan.events.append(_event(w, "JobRunStarted", f"run {run} of generation {generation}"))
+        step.plan.events.append(
+            workload_event(w, "JobRunStarted", f"run {run} of generation {generation}")
+        )
         result = advance(run, now)
         latest = run
 
@@ -716,95 +503,24 @@ def _finish(step: _Step, now: datetime) -> None:
     )
     if step.scheduled:
         placed = {i: step.records[i].node for i in step.scheduled if i in step.records}
-        text = ", ".join(f"{i} on {n}" for i, n in list(placed.items())[:_MAX_LISTED])
-        more = len(placed) - _MAX_LISTED
+        text = ", ".join(f"{i} on {n}" for i, n in list(placed.items())[:MAX_LISTED])
+        more = len(placed) - MAX_LISTED
         text += f" and {more} more" if more > 0 else ""
-        plan.events.append(_event(w, "Scheduled", f"scheduled {text}"))
+        plan.events.append(workload_event(w, "Scheduled", f"scheduled {text}"))
     if step.unschedulable:
         ids = sorted(set(step.unschedulable))
         plan.events.append(
-            _event(
+            workload_event(
                 w,
                 "Unschedulable",
-                f"{_listing(ids)} cannot be placed: {step.unschedulable_reason}",
+                f"{listing(ids)} cannot be placed: {step.unschedulable_reason}",
                 True,
             )
         )
     for reason, ids in sorted(step.stopped.items()):
-        plan.events.append(_event(w, "Stopping", f"stopping {_listing(sorted(ids))}: {reason}"))
-
-
-# ------------------------------------------------------------------ status
-
-
-def aggregate_status(
-    workload: kat_pb2.Workload,
-    records: Sequence[kat_pb2.Instance],
-    desired: int,
-    conditions: Sequence[kat_pb2.Condition],
-    now: datetime,
-) -> kat_pb2.WorkloadStatus:
-    """The workload's status from its instance records; condition transition times are
-    kept from the previous status while a condition's status stays the same."""
-    old = workload.status
-    generation = template_generation(workload)
-    alive = [r for r in records if r.phase != _Inst.TERMINATING]
-    ready = sum(1 for r in alive if r.ready and r.phase not in TERMINAL)
-    st = kat_pb2.WorkloadStatus(
-        observed_generation=workload.metadata.generation,
-        desired_instances=desired,
-        ready_instances=ready,
-        available_instances=ready,
-        updated_instances=sum(1 for r in alive if r.generation == generation),
-        current_revision=workload.metadata.generation,
-        template_generation=old.template_generation,
-    )
-    previous = {c.type: c for c in old.conditions}
-    for cond in conditions:
-        c = st.conditions.add()
-        c.CopyFrom(cond)
-        before = previous.get(cond.type)
-        if before is not None and before.status == cond.status and before.reason == cond.reason:
-            c.last_transition_time.CopyFrom(before.last_transition_time)
-            if cond.reason in _STICKY_MESSAGES:
-                c.message = before.message  # e.g. "no progress for 612s" would change each step
-        else:
-            c.last_transition_time.FromDatetime(now)
-    for r in sorted(records, key=lambda r: r.id):
-        inst = st.instances.add()
-        inst.CopyFrom(r)
-        inst.ClearField("resource_version")
-    return st
-
-
-# Conditions whose message is kept from the transition on while they hold.
-_STICKY_MESSAGES = frozenset({"RolloutHalted", "ProgressDeadlineExceeded"})
-_CONDITION_EVENTS = {
-    ("RolloutHalted", "True"): ("RolloutHalted", True),
-    ("Progressing", "RolloutComplete"): ("RolloutComplete", False),
-    ("Complete", "True"): ("JobRunSucceeded", False),
-    ("Failed", "True"): ("JobRunFailed", True),
-}
-
-
-def _condition_events(
-    workload: kat_pb2.Workload, status: kat_pb2.WorkloadStatus
-) -> list[kat_pb2.Event]:
-    """Events for conditions that newly hold (a halted rollout, a finished job run...)."""
-    before = {(c.type, c.status, c.reason, c.message) for c in workload.status.conditions}
-    out = []
-    for c in status.conditions:
-        if (c.type, c.status, c.reason, c.message) in before:
-            continue
-        hit = _CONDITION_EVENTS.get((c.type, c.status)) or _CONDITION_EVENTS.get((c.type, c.reason))
-        if hit is None:
-            continue
-        was = [p for p in workload.status.conditions if p.type == c.type]
-        if c.type == "Progressing" and was and was[0].reason == "RolloutComplete":
-            continue  # still complete; only the message (counts) changed
-        reason, warning = hit
-        out.append(_event(workload, reason, c.message, warning))
-    return out
+        plan.events.append(
+            workload_event(w, "Stopping", f"stopping {listing(sorted(ids))}: {reason}")
+        )
 
 
 # ------------------------------------------------------------------ orphans
@@ -826,70 +542,14 @@ def plan_orphans(
         if inst.phase == _Inst.PENDING or not inst.node or nodes.lost(inst.node):
             plan.deletes.append(inst)
             continue
-        rec = _copy(inst)
+        rec = copy_record(inst)
         rec.phase = _Inst.TERMINATING
         rec.ready = False
         rec.message = "stopping: its workload was deleted"
         plan.updates.append(rec)
         by_workload.setdefault((inst.namespace, inst.workload), []).append(inst.id)
     for key, ids in sorted(by_workload.items()):
-        plan.events.append(_event(key, "Stopping", f"stopping {_listing(ids)}: workload deleted"))
+        plan.events.append(
+            workload_event(key, "Stopping", f"stopping {listing(ids)}: workload deleted")
+        )
     return plan
-
-
-# ------------------------------------------------------------------ assignments
-
-
-def desired_instance(record: kat_pb2.Instance) -> kat_pb2.Instance:
-    """The part of an instance record a node acts on: identity, generation, restart count,
-    and a phase that is TERMINATING (stop it), SUCCEEDED/FAILED (done: do not start it
-    again) or SCHEDULED (it should exist)."""
-    phase = record.phase if record.phase in TERMINAL or record.phase == _Inst.TERMINATING else None
-    return _Inst(
-        id=record.id,
-        workload=record.workload,
-        namespace=record.namespace,
-        node=record.node,
-        generation=record.generation,
-        phase=phase or _Inst.SCHEDULED,
-        restart_count=record.restart_count,
-        job_run=record.job_run,
-        purge_volumes=record.purge_volumes,
-    )
-
-
-def assignments_by_node(
-    records: Iterable[kat_pb2.Instance],
-    bundle_for: Callable[[kat_pb2.Instance], kat_pb2.Bundle | None],
-) -> dict[str, list[kat_pb2.Assignment]]:
-    """What each node should run: every placed (not PENDING) instance, with its bundle."""
-    out: dict[str, list[kat_pb2.Assignment]] = {}
-    for rec in sorted(records, key=lambda r: r.id):
-        if not rec.node or rec.phase == _Inst.PENDING:
-            continue
-        a = kat_pb2.Assignment(instance=desired_instance(rec))
-        bundle = bundle_for(rec)
-        if bundle is not None:
-            a.bundle.CopyFrom(bundle)
-        out.setdefault(rec.node, []).append(a)
-    return out
-
-
-__all__ = [
-    "JOB_HISTORY",
-    "NodeFacts",
-    "Observation",
-    "Observed",
-    "Plan",
-    "aggregate_status",
-    "assignments_by_node",
-    "desired_instance",
-    "job_run_name",
-    "job_run_start",
-    "observe_instance",
-    "plan_orphans",
-    "plan_workload",
-    "same_instances",
-    "same_spec",
-    "template_generation",
-]

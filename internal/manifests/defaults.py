@@ -8,10 +8,26 @@ written `agentPort: 0` stays 0 and is reported as invalid instead of being repla
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from api.v1alpha1 import kat_pb2
 
 API_VERSION = "kat.dws.rip/v1alpha1"
 DEFAULT_NAMESPACE = "default"
+
+
+def object_ref(namespace: str, name: str) -> str:
+    """namespace/name for messages, with "" as the default namespace."""
+    return f"{namespace or DEFAULT_NAMESPACE}/{name}"
+
+
+def new_namespace(name: str, now: datetime) -> kat_pb2.Namespace:
+    """The record of a namespace created on first use (or `katcall create namespace`)."""
+    ns = kat_pb2.Namespace(api_version=API_VERSION, kind="Namespace")
+    ns.metadata.name = name
+    ns.metadata.creation_timestamp.FromDatetime(now)
+    return ns
+
 
 REPLICAS = 1
 MAX_SURGE = "1"

@@ -1,4 +1,5 @@
-"""Semantic rules for each resource kind (one file at a time; bundle rules are in resources).
+"""Semantic rules for each resource kind (one file at a time; bundle rules are in resources;
+the small checks they share are in `checks`).
 
 Validators work on the messages as written (before defaults) and report through a Reporter,
 which also knows which paths the file wrote, so that a written zero can be told from an
@@ -10,169 +11,34 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from google.protobuf.message import Message
-
 from api.v1alpha1 import kat_pb2
 from internal.manifests import cron, defaults, quantity
+from internal.manifests.checks import (
+    attr_name,
+    check_abs_path,
+    check_dns_label,
+    check_envelope,
+    check_image,
+    check_label_key,
+    check_label_value,
+    check_labels,
+    check_min,
+    check_port,
+    check_rel_path,
+    is_dns_subdomain,
+)
 from internal.manifests.problems import Reporter, index_path, key_path
 
-MAX_NAME = 63
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{7,64}$")
 _STAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PLATFORM = re.compile(r"^[a-z0-9_]+/[a-z0-9_]+(/[a-z0-9_.]+)?$")
 _MAX_SURGE = re.compile(r"^([0-9]+)(%?)$")
-
-# Image references, after github.com/distribution/reference.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
-_REPOSITORY = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
-_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_IMAGE_RE = re.compile(rf"^{_REPOSITORY}(?::{_TAG})?(?:@{_DIGEST})?$")
-_REPOSITORY_RE = re.compile(rf"^{_REPOSITORY}$")
 _GIT_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/\s].*$")
-
 _Spec = kat_pb2.WorkloadSpec
 _Restart = kat_pb2.RestartPolicy
 _Update = kat_pb2.UpdateStrategy
-
-
-# ------------------------------------------------------------------ small checks
-
-
-def _attr(msg: Message, json_name: str) -> str:
-    """The Python attribute name of a field given by its JSON name."""
-    for field in msg.DESCRIPTOR.fields:
-        if field.json_name == json_name:
-            return field.name
-    raise KeyError(json_name)
-
-
-def check_dns_label(value: str, path: str, rep: Reporter, *, required: bool = True) -> None:
-    if not value:
-        if required:
-            rep.add(path, "required")
-        return
-    if len(value) > MAX_NAME:
-        rep.add(path, f'"{value}" is longer than {MAX_NAME} characters')
-    elif not _DNS_LABEL.match(value):
-        rep.add(
-            path,
-            f'"{value}" is not a valid name: use lower-case letters, digits and "-", '
-            "starting and ending with a letter or digit",
-        )
-
-
-def is_dns_subdomain(value: str) -> bool:
-    if not value or len(value) > 253:
-        return False
-    return all(len(p) <= MAX_NAME and _DNS_LABEL.match(p) for p in value.split("."))
-
-
-def check_label_key(key: str, path: str, rep: Reporter) -> None:
-    prefix, slash, name = key.rpartition("/")
-    if slash and not is_dns_subdomain(prefix):
-        rep.add(path, f'invalid key "{key}": prefix "{prefix}" must be a DNS subdomain')
-    elif not name or len(name) > MAX_NAME or not _LABEL_NAME.match(name):
-        rep.add(
-            path,
-            f'invalid key "{key}": at most 63 letters, digits, "-", "_" or ".", '
-            "starting and ending with a letter or digit, optionally after a DNS prefix and /",
-        )
-
-
-def check_label_value(value: str, path: str, rep: Reporter) -> None:
-    if value and (len(value) > MAX_NAME or not _LABEL_NAME.match(value)):
-        rep.add(
-            path,
-            f'invalid value "{value}": at most 63 letters, digits, "-", "_" or ".", '
-            "starting and ending with a letter or digit",
-        )
-
-
-def check_labels(labels: dict[str, str], path: str, rep: Reporter, *, values: bool = True) -> None:
-    for key in sorted(labels):
-        item = key_path(path, key)
-        check_label_key(key, item, rep)
-        if values:
-            check_label_value(labels[key], item, rep)
-
-
-def check_image(value: str, path: str, rep: Reporter, *, tag_allowed: bool = True) -> None:
-    pattern = _IMAGE_RE if tag_allowed else _REPOSITORY_RE
-    if len(value) > 255 or not pattern.match(value):
-        what = "image reference" if tag_allowed else "repository (without tag or digest)"
-        example = "registry.example:5000/team/app:1.2" if tag_allowed else "registry:5000/team/app"
-        rep.add(path, f'"{value}" is not a valid {what}, e.g. {example}')
-
-
-def check_abs_path(value: str, path: str, rep: Reporter, *, root_ok: bool = False) -> None:
-    if not value:
-        rep.add(path, "required")
-    elif not value.startswith("/"):
-        rep.add(path, f'"{value}" must be an absolute path')
-    elif ".." in value.split("/") or "\0" in value:
-        rep.add(path, f'"{value}" must not contain ".."')
-    elif value.rstrip("/") == "" and not root_ok:
-        rep.add(path, "must not be /")
-
-
-def check_rel_path(value: str, path: str, rep: Reporter) -> None:
-    if value.startswith("/"):
-        rep.add(path, f'"{value}" must be a relative path')
-    elif ".." in value.split("/") or "\0" in value:
-        rep.add(path, f'"{value}" must not contain ".."')
-
-
-def check_min(value: int, low: int, path: str, rep: Reporter, *, written: bool = True) -> None:
-    """Report value < low; a zero that the file did not write counts as unset."""
-    if value < low and (value != 0 or written):
-        rep.add(path, f"must be >= {low}, got {value}")
-
-
-def check_port(value: int, path: str, rep: Reporter, *, required: bool = True) -> None:
-    if value == 0 and not rep.written(path):
-        if required:
-            rep.add(path, "required")
-        return
-    if not 1 <= value <= 65535:
-        rep.add(path, f"{value} is not a valid port (1-65535)")
-
-
-# ------------------------------------------------------------------ envelope
-
-
-def check_envelope(
-    msg: kat_pb2.Workload
-    | kat_pb2.VirtualLoadBalancer
-    | kat_pb2.JobDefinition
-    | kat_pb2.BuildDefinition
-    | kat_pb2.Namespace
-    | kat_pb2.ClusterConfiguration,
-    rep: Reporter,
-    *,
-    namespaced: bool,
-) -> None:
-    if not msg.api_version:
-        rep.add("apiVersion", f'required: "{defaults.API_VERSION}"')
-    elif msg.api_version != defaults.API_VERSION:
-        rep.add("apiVersion", f'must be "{defaults.API_VERSION}", got "{msg.api_version}"')
-    if not msg.HasField("metadata"):
-        rep.add("metadata", "required (with at least a name)")
-        return
-    meta = msg.metadata
-    check_dns_label(meta.name, "metadata.name", rep)
-    if namespaced:
-        check_dns_label(meta.namespace, "metadata.namespace", rep, required=False)
-    elif meta.namespace:
-        rep.add("metadata.namespace", f"not used by {msg.kind or 'this kind'} (cluster-scoped)")
-    check_labels(dict(meta.labels), "metadata.labels", rep)
-    check_labels(dict(meta.annotations), "metadata.annotations", rep, values=False)
 
 
 # ------------------------------------------------------------------ Workload
@@ -494,7 +360,7 @@ def _check_health(hc: kat_pb2.HealthCheck, rep: Reporter) -> None:
     check_min(hc.initial_delay_seconds, 0, f"{path}.initialDelaySeconds", rep)
     for name in ("periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold"):
         p = f"{path}.{name}"
-        check_min(getattr(hc, _attr(hc, name)), 1, p, rep, written=rep.written(p))
+        check_min(getattr(hc, attr_name(hc, name)), 1, p, rep, written=rep.written(p))
     period = hc.period_seconds or defaults.HEALTH_PERIOD_SECONDS
     timeout = hc.timeout_seconds or defaults.HEALTH_TIMEOUT_SECONDS
     if timeout > period > 0:
@@ -513,7 +379,7 @@ def validate_job_definition(j: kat_pb2.JobDefinition, rep: Reporter) -> None:
         except ValueError as e:
             rep.add("spec.schedule", str(e))
     for name, low in (("completions", 1), ("parallelism", 1), ("backoffLimit", 0)):
-        attr = _attr(spec, name)
+        attr = attr_name(spec, name)
         if spec.HasField(attr):
             check_min(getattr(spec, attr), low, f"spec.{name}", rep)
     if spec.HasField("active_deadline_seconds"):
@@ -587,7 +453,7 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "wireguardPort",
         "metricsPort",
     ):
-        value = getattr(spec, _attr(spec, name))
+        value = getattr(spec, attr_name(spec, name))
         p = f"spec.{name}"
         if not 1 <= value <= 65535:
             rep.add(p, f"{value} is not a valid port (1-65535)")
@@ -596,7 +462,7 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         else:
             used[value] = name
     for name in ("volumeBasePath", "backupPath"):
-        value = getattr(spec, _attr(spec, name))
+        value = getattr(spec, attr_name(spec, name))
         check_abs_path(value, f"spec.{name}", rep)
     for name in (
         "backupIntervalMinutes",
@@ -605,7 +471,7 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "backupRetention",
         "auditRetentionDays",
     ):
-        value = getattr(spec, _attr(spec, name))
+        value = getattr(spec, attr_name(spec, name))
         check_min(value, 1, f"spec.{name}", rep)
     tick, loss = spec.agent_tick_seconds, spec.node_loss_timeout_seconds
     if tick >= 1 and loss >= 1 and loss <= tick:

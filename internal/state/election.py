@@ -27,8 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from api.v1alpha1 import kat_pb2
-from internal.state.etcd import EtcdError, Lease
-from internal.state.store import Compacted, EventType, Store, Versioned
+from internal.state.etcd_values import EtcdError, Lease
+from internal.state.kv import Compacted, EventType, Versioned
+from internal.state.store import Store
 
 log = logging.getLogger(__name__)
 

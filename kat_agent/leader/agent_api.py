@@ -17,8 +17,8 @@ from internal.core import ipam, tokens
 from internal.core.events import new_event
 from internal.observability import metrics
 from internal.security import pki, rpc
-from internal.state import store as store_mod
-from internal.state.etcd import EtcdError
+from internal.state.etcd_values import EtcdError
+from internal.state.kv import AlreadyExists, StaleWrite, SubnetsExhausted
 from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
 
         try:
             node = await self._register(request)
-        except store_mod.SubnetsExhausted as exc:
+        except SubnetsExhausted as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"join refused: {exc}")
         name = node.metadata.name
         assert lc.ca_key is not None
@@ -199,7 +199,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             try:
                 await store.update_token(current.msg, current.mod_revision)
                 return
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 continue
         raise tokens.TokenError("token is being used concurrently; retry")
 
@@ -284,7 +284,7 @@ async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: s
         try:
             rev = await store.create_node(node)
             break
-        except store_mod.AlreadyExists:
+        except AlreadyExists:
             continue
     else:
         raise RuntimeError(f"no free node name for {requested_name!r}")

@@ -4,51 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
 
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import tokens
 from internal.core.events import new_event
-from internal.security import rpc
-from internal.state import store as store_mod
-from internal.state.etcd import EtcdError, EtcdUnavailable
+from internal.manifests.defaults import new_namespace
+from internal.state.etcd_values import EtcdError
+from internal.state.kv import AlreadyExists, StaleWrite, Versioned
 from kat_agent.leader.context import LeaderContext
+from kat_agent.leader.guards import admin
+from kat_agent.leader.node_proxy import NodeProxyAPI
 from kat_agent.leader.workload_api import WorkloadAPI
 
 log = logging.getLogger(__name__)
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
-
-def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Admin certificate, leadership, and etcd failures mapped to clear codes."""
-
-    async def wrapper(self: ClusterAPI, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        who = await rpc.require_role(context, rpc.ROLE_ADMIN)
-        await self.lc.require_leader(context)
-        try:
-            response = await fn(self, request, context)
-            context.set_trailing_metadata(((rpc.ENDPOINTS_KEY, ",".join(self.lc.api_endpoints())),))
-            return response
-        except EtcdUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
-        except store_mod.StaleWrite as exc:
-            await context.abort(grpc.StatusCode.ABORTED, f"conflicting change, retry: {exc}")
-        finally:
-            log.debug("%s called %s", who, fn.__name__)  # the audit trail: leader/audit.py
-        raise AssertionError("unreachable")
-
-    wrapper.__name__ = fn.__name__
-    return wrapper
-
-
-class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
+class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
 
@@ -125,7 +99,7 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
         }
         done = (kat_pb2.Instance.SUCCEEDED, kat_pb2.Instance.FAILED, kat_pb2.Instance.TERMINATING)
 
-        def movable(v: store_mod.Versioned[kat_pb2.Instance]) -> bool:
+        def movable(v: Versioned[kat_pb2.Instance]) -> bool:
             i = v.msg
             return i.phase not in done and (i.namespace, i.workload) not in daemons
 
@@ -138,7 +112,7 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
                 v.msg.message = f"node {request.name} drained"
             try:
                 await lc.store.update_instances((v.msg, v.mod_revision) for v in moving)
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 continue  # the controller wrote meanwhile: read again
             await lc.store.record_event(
                 new_event(
@@ -270,7 +244,7 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
             try:
                 await self.lc.store.update_token(current.msg, current.mod_revision)
                 return current.msg
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 continue
         await context.abort(grpc.StatusCode.ABORTED, "token changed concurrently; retry")
         raise AssertionError("unreachable")
@@ -287,10 +261,10 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
     async def CreateNamespace(
         self, request: kat_pb2.NamespaceRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.Namespace:
-        ns = new_namespace(request.name)
+        ns = new_namespace(request.name, datetime.now(UTC))
         try:
             await self.lc.store.create_namespace(ns)
-        except store_mod.AlreadyExists:
+        except AlreadyExists:
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS, f"namespace {request.name!r} already exists"
             )
@@ -342,10 +316,3 @@ class ClusterAPI(WorkloadAPI, kat_pb2_grpc.ClusterAPIServicer):
         except OSError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"backup failed: {exc}")
         raise AssertionError("unreachable")
-
-
-def new_namespace(name: str) -> kat_pb2.Namespace:
-    ns = kat_pb2.Namespace(api_version="kat.dws.rip/v1alpha1", kind="Namespace")
-    ns.metadata.name = name
-    ns.metadata.creation_timestamp.FromDatetime(datetime.now(UTC))
-    return ns

@@ -12,7 +12,7 @@ import grpc
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir
 from internal.security import pki, rpc
-from internal.state.etcd import EtcdError
+from internal.state.etcd_values import EtcdError
 from internal.state.store import Store
 from kat_agent.leader.assignments import AssignmentBook
 from kat_agent.leader.nodes import NodeRegistry

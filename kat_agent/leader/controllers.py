@@ -25,8 +25,10 @@ from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
 from internal.core import reconcile, rollout, scheduler
-from internal.state import store as store_mod
-from internal.state.etcd import EtcdError
+from internal.core.assignments import assignments_by_node
+from internal.core.reconcile_model import NodeFacts, Observed, Plan, template_generation
+from internal.state.etcd_values import EtcdError
+from internal.state.kv import AlreadyExists, Compacted, StaleWrite, StoreError
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.observe import observe_instances, observe_plan
 
@@ -87,7 +89,7 @@ class WorkloadController:
                 self.wake()
                 async for _ in self.store.watch_workloads(None, start):
                     self.wake()
-            except store_mod.Compacted:
+            except Compacted:
                 continue
             except EtcdError as exc:
                 log.warning("workload watch failed, retrying: %s", exc)
@@ -132,7 +134,7 @@ class WorkloadController:
             self._wake.clear()
             try:
                 wake_at = await self.reconcile_once()
-            except (EtcdError, store_mod.StoreError) as exc:
+            except (EtcdError, StoreError) as exc:
                 log.warning("workload reconcile failed, retrying: %s", exc)
                 wake_at = datetime.now(UTC) + timedelta(seconds=_RETRY_SECONDS)
 
@@ -143,10 +145,10 @@ class WorkloadController:
         workloads = [v.msg for v in await self.store.list_workloads()]
         records = [v.msg for v in await self.store.list_instances()]
         nodes = lc.registry.stored()
-        facts = reconcile.NodeFacts(
+        facts = NodeFacts(
             {n.metadata.name: n.status.condition == kat_pb2.NodeStatus.READY for n in nodes}
         )
-        observed = reconcile.Observed(dict(self.reports), dict(self.reported))
+        observed = Observed(dict(self.reports), dict(self.reported))
         by_workload: dict[tuple[str, str], list[kat_pb2.Instance]] = {}
         for r in records:
             by_workload.setdefault((r.namespace, r.workload), []).append(r)
@@ -242,7 +244,7 @@ class WorkloadController:
             if w is None or not r.node or r.phase == kat_pb2.Instance.PENDING:
                 continue
             gen = r.generation
-            if w.spec.type != kat_pb2.WorkloadSpec.JOB and gen == reconcile.template_generation(w):
+            if w.spec.type != kat_pb2.WorkloadSpec.JOB and gen == template_generation(w):
                 gen = w.metadata.generation  # same template: the current bundle
             wanted[(w.metadata.uid, r.generation)] = (await self._bundle(w, gen))[0]
         live = {(w.metadata.uid, w.metadata.generation) for w in workloads.values()}
@@ -257,14 +259,14 @@ class WorkloadController:
             w = workloads.get((inst.namespace, inst.workload))
             return None if w is None else wanted.get((w.metadata.uid, inst.generation))
 
-        per_node = reconcile.assignments_by_node(insts, bundle_for)
+        per_node = assignments_by_node(insts, bundle_for)
         await self.lc.assignments.publish(per_node, self.lc.peers())
 
     # ------------------------------------------------------------ writes
 
     async def _write(
         self,
-        plan: reconcile.Plan,
+        plan: Plan,
         final: dict[str, kat_pb2.Instance],
         workload: kat_pb2.Workload | None,
     ) -> bool:
@@ -281,7 +283,7 @@ class WorkloadController:
             try:
                 inst.resource_version = await store.update_instance(inst, inst.resource_version)
                 final[inst.id] = inst
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 ok = False
 
         async def delete(inst: kat_pb2.Instance) -> None:
@@ -291,14 +293,14 @@ class WorkloadController:
                     inst.namespace, inst.workload, inst.id, inst.resource_version
                 )
                 final.pop(inst.id, None)
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 ok = False
 
         async def create_safe(inst: kat_pb2.Instance) -> None:
             nonlocal ok
             try:
                 await create(inst)
-            except store_mod.AlreadyExists:
+            except AlreadyExists:
                 ok = False
 
         await asyncio.gather(
@@ -312,12 +314,12 @@ class WorkloadController:
             updated.status.CopyFrom(plan.status)
             try:
                 await store.update_workload(updated, workload.metadata.resource_version)
-            except store_mod.StaleWrite:
+            except StaleWrite:
                 ok = False
         for ev in plan.events:
             try:
                 await store.record_event(ev)
-            except (EtcdError, store_mod.StoreError) as exc:
+            except (EtcdError, StoreError) as exc:
                 log.warning("could not record event %s: %s", ev.reason, exc)
         return ok
 

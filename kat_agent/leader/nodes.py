@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from api.v1alpha1 import kat_pb2
 from internal.core.events import new_event
 from internal.observability import metrics
-from internal.state import store as store_mod
+from internal.state.kv import StaleWrite
 from internal.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class NodeRegistry:
                     return updated
                 try:
                     rev = await self._store.update_node(updated, cached.revision)
-                except store_mod.StaleWrite:
+                except StaleWrite:
                     fresh = await self._store.get_node(name)
                     if fresh is None:
                         self._nodes.pop(name, None)

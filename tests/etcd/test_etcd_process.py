@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from internal.state.etcd import EtcdClient, EtcdUnavailable
+from internal.state.etcd import EtcdClient
 from internal.state.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
+from internal.state.etcd_values import EtcdUnavailable
 from tests.helpers import PkiFiles, env_of, free_port, requires_etcd, wait_until
 
 Factory = Callable[..., EtcdProcess]

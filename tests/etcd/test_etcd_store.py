@@ -12,9 +12,26 @@ from pathlib import Path
 import pytest
 
 from api.v1alpha1 import kat_pb2
-from internal.state import store as st
-from internal.state.etcd import EtcdClient, EtcdUnavailable
+from internal.state.etcd import EtcdClient
 from internal.state.etcd_process import EtcdProcess
+from internal.state.etcd_values import EtcdUnavailable
+from internal.state.keys import (
+    NODES,
+    WORKLOADS,
+    event_key,
+    namespace_key,
+    node_key,
+    revision_key,
+    workload_key,
+)
+from internal.state.kv import (
+    AlreadyExists,
+    Compacted,
+    EventType,
+    NotLeader,
+    StaleWrite,
+    SubnetsExhausted,
+)
 from internal.state.store import Store
 from tests.helpers import EtcdEnv, PkiFiles, env_of, free_port, requires_etcd, wait_until
 
@@ -56,7 +73,7 @@ async def test_typed_round_trip_sets_resource_version(etcd: EtcdEnv) -> None:
         assert got.msg.metadata.resource_version == rev
         got.msg.metadata.resource_version = 0
         assert got.msg == node("n1", "10.100.0.0/23")
-        raw = await store.etcd.get(st.node_key("n1"))  # stored as protobuf bytes
+        raw = await store.etcd.get(node_key("n1"))  # stored as protobuf bytes
         assert raw is not None and kat_pb2.Node.FromString(raw.value).metadata.name == "n1"
         assert await store.get_node("missing") is None
 
@@ -69,11 +86,11 @@ async def test_typed_round_trip_sets_resource_version(etcd: EtcdEnv) -> None:
 async def test_create_conflict(etcd: EtcdEnv) -> None:
     async with open_store(etcd) as store:
         await store.create_namespace(kat_pb2.Namespace(metadata=kat_pb2.ObjectMeta(name="team")))
-        with pytest.raises(st.AlreadyExists) as err:
+        with pytest.raises(AlreadyExists) as err:
             await store.create_namespace(
                 kat_pb2.Namespace(metadata=kat_pb2.ObjectMeta(name="team"))
             )
-        assert err.value.key == st.namespace_key("team")
+        assert err.value.key == namespace_key("team")
 
 
 async def test_concurrent_writers_one_wins_the_rest_are_refused(etcd: EtcdEnv) -> None:
@@ -86,7 +103,7 @@ async def test_concurrent_writers_one_wins_the_rest_are_refused(etcd: EtcdEnv) -
         results = await asyncio.gather(*(write(i) for i in range(10)), return_exceptions=True)
         won = [i for i, r in enumerate(results) if isinstance(r, int)]
         assert len(won) == 1
-        stale = [r for r in results if isinstance(r, st.StaleWrite)]
+        stale = [r for r in results if isinstance(r, StaleWrite)]
         assert len(stale) == 9 and all(s.expected == rev and s.actual > rev for s in stale)
         got = await store.get_workload("default", "web")
         assert got is not None and got.msg.spec.source.image == f"img:{won[0]}"
@@ -104,7 +121,7 @@ async def test_read_modify_write_with_retry_loses_nothing(etcd: EtcdEnv) -> None
                 try:
                     await store.update_token(cur.msg, cur.mod_revision)
                     return
-                except st.StaleWrite:
+                except StaleWrite:
                     continue
 
         await asyncio.gather(*(use() for _ in range(10)))
@@ -115,16 +132,16 @@ async def test_read_modify_write_with_retry_loses_nothing(etcd: EtcdEnv) -> None
 async def test_delete_if_revision(etcd: EtcdEnv) -> None:
     async with open_store(etcd) as store:
         rev = await store.create_token(kat_pb2.JoinToken(id="t1"))
-        with pytest.raises(st.StaleWrite):
+        with pytest.raises(StaleWrite):
             await store.delete_token("t1", expected_revision=rev - 1)
         assert await store.get_token("t1") is not None
         assert await store.delete_token("t1", expected_revision=rev)
         assert await store.get_token("t1") is None
-        with pytest.raises(st.StaleWrite) as err:
+        with pytest.raises(StaleWrite) as err:
             await store.delete_token("t1", expected_revision=rev)
         assert err.value.deleted
         assert not await store.delete_token("t1")
-        with pytest.raises(st.StaleWrite) as err2:  # updating a deleted object is stale too
+        with pytest.raises(StaleWrite) as err2:  # updating a deleted object is stale too
             await store.update_token(kat_pb2.JoinToken(id="t1"), rev)
         assert err2.value.deleted
 
@@ -135,7 +152,7 @@ async def test_lists_by_prefix(etcd: EtcdEnv) -> None:
             await store.create_workload(workload(ns, name))
         assert [w.msg.metadata.name for w in await store.list_workloads("a")] == ["db", "web"]
         assert len(await store.list_workloads()) == 4
-        items, revision = await store.list_with_revision(st.WORKLOADS, kat_pb2.Workload)
+        items, revision = await store.list_with_revision(WORKLOADS, kat_pb2.Workload)
         assert revision >= max(i.mod_revision for i in items)
 
         await store.create_instance(instance("a", "web", "i1", "n1"))
@@ -163,11 +180,11 @@ async def test_lists_by_prefix(etcd: EtcdEnv) -> None:
 async def test_multi_key_transaction_is_atomic(etcd: EtcdEnv) -> None:
     async with open_store(etcd) as store:
         rev = await store.create_workload(workload("default", "web"))
-        wkey = st.workload_key("default", "web")
+        wkey = workload_key("default", "web")
         result = await (
             store.txn()
             .update(wkey, workload("default", "web", "v2"), rev)
-            .create(st.revision_key("default", "web", 2), kat_pb2.WorkloadRevision(revision=2))
+            .create(revision_key("default", "web", 2), kat_pb2.WorkloadRevision(revision=2))
             .commit()
         )
         got = await store.get_workload("default", "web")
@@ -175,13 +192,13 @@ async def test_multi_key_transaction_is_atomic(etcd: EtcdEnv) -> None:
         stale = (
             store.txn()
             .update(wkey, workload("default", "web", "v3"), rev)  # rev is stale now
-            .create(st.revision_key("default", "web", 3), kat_pb2.WorkloadRevision(revision=3))
+            .create(revision_key("default", "web", 3), kat_pb2.WorkloadRevision(revision=3))
         )
-        with pytest.raises(st.StaleWrite):
+        with pytest.raises(StaleWrite):
             await stale.commit()
         assert await store.get_workload_revision("default", "web", 3) is None
 
-        with pytest.raises(st.NotLeader):
+        with pytest.raises(NotLeader):
             await store.txn().require_leader(12345).delete(wkey).commit()
         assert await store.get_workload("default", "web") is not None
 
@@ -195,7 +212,7 @@ async def test_cluster_config_and_uid_put_once(etcd: EtcdEnv) -> None:
         cfg = kat_pb2.ClusterConfiguration(kind="ClusterConfiguration")
         cfg.spec.cluster_cidr = "10.100.0.0/16"
         rev = await store.put_cluster_config(cfg)
-        with pytest.raises(st.AlreadyExists):
+        with pytest.raises(AlreadyExists):
             await store.put_cluster_config(cfg)
         cfg.spec.agent_tick_seconds = 5
         rev2 = await store.put_cluster_config(cfg, rev)
@@ -206,17 +223,17 @@ async def test_cluster_config_and_uid_put_once(etcd: EtcdEnv) -> None:
 async def test_watch_delivers_typed_events_in_order(etcd: EtcdEnv) -> None:
     async with open_store(etcd) as store:
         await store.create_node(node("before"))
-        _, revision = await store.list_with_revision(st.NODES, kat_pb2.Node)
-        events = store.watch(st.NODES, kat_pb2.Node, revision + 1)
+        _, revision = await store.list_with_revision(NODES, kat_pb2.Node)
+        events = store.watch(NODES, kat_pb2.Node, revision + 1)
         async with contextlib.aclosing(events):
             rev = await store.create_node(node("n1"))
             await store.update_node(node("n1", "10.0.0.0/23"), rev)
             await store.delete_node("n1")
             seen = [await anext(events) for _ in range(3)]
         assert [(e.type, e.key) for e in seen] == [
-            (st.EventType.PUT, st.node_key("n1")),
-            (st.EventType.PUT, st.node_key("n1")),
-            (st.EventType.DELETE, st.node_key("n1")),
+            (EventType.PUT, node_key("n1")),
+            (EventType.PUT, node_key("n1")),
+            (EventType.DELETE, node_key("n1")),
         ]
         assert seen[0].msg is not None and seen[0].msg.metadata.resource_version == rev
         assert seen[2].msg is not None and seen[2].msg.status.subnet == "10.0.0.0/23"
@@ -229,9 +246,9 @@ async def test_watch_of_compacted_history_says_so(etcd: EtcdEnv) -> None:
         for i in range(3):
             await store.update_node(node("n1", f"10.0.{i}.0/24"), first + i)
         await store.etcd.compact(first + 2)
-        events = store.watch(st.NODES, kat_pb2.Node, first)
+        events = store.watch(NODES, kat_pb2.Node, first)
         async with contextlib.aclosing(events):
-            with pytest.raises(st.Compacted) as err:
+            with pytest.raises(Compacted) as err:
                 await anext(events)
         assert err.value.compact_revision == first + 2
 
@@ -244,10 +261,10 @@ async def test_watch_resumes_after_etcd_restart_without_gaps(
     env = env_of(proc, pki_dir)
     async with proc, open_store(env) as store, env.client(timeout=1.0) as writer:
         start = await store.revision() + 1
-        events = store.watch(st.NODES, kat_pb2.Node, start)
+        events = store.watch(NODES, kat_pb2.Node, start)
         async with contextlib.aclosing(events):
             for i in range(3):
-                await writer.put(st.node_key(f"a{i}"), node(f"a{i}").SerializeToString())
+                await writer.put(node_key(f"a{i}"), node(f"a{i}").SerializeToString())
             got = [(await anext(events)).key for _ in range(3)]
             pid = proc.pid
             assert pid is not None
@@ -256,11 +273,11 @@ async def test_watch_resumes_after_etcd_restart_without_gaps(
             await proc.wait_healthy(15)
             # Written while the watch is still reconnecting; must all arrive, once.
             for i in range(5):
-                await writer.put(st.node_key(f"b{i}"), node(f"b{i}").SerializeToString())
+                await writer.put(node_key(f"b{i}"), node(f"b{i}").SerializeToString())
             got += [(await asyncio.wait_for(anext(events), 15)).key for _ in range(5)]
-            await writer.put(st.node_key("last"), b"")
-            assert (await asyncio.wait_for(anext(events), 15)).key == st.node_key("last")
-    names = [k.removeprefix(st.NODES) for k in got]
+            await writer.put(node_key("last"), b"")
+            assert (await asyncio.wait_for(anext(events), 15)).key == node_key("last")
+    names = [k.removeprefix(NODES) for k in got]
     assert names == ["a0", "a1", "a2", "b0", "b1", "b2", "b3", "b4"]
 
 
@@ -278,7 +295,7 @@ async def test_ipam_concurrent_allocations_get_distinct_subnets(etcd: EtcdEnv) -
         assert not await store.release_subnet(got[3], node_name="node4")
         assert await store.release_subnet(got[3], node_name="node3")
         assert await store.allocate_subnet("late", candidates) == got[3]  # freed, reused
-        with pytest.raises(st.SubnetsExhausted):
+        with pytest.raises(SubnetsExhausted):
             await store.allocate_subnet("nobody", candidates[:5])
 
 
@@ -289,7 +306,7 @@ async def test_events_share_a_lease_and_expire(etcd: EtcdEnv) -> None:
         )
         e2 = await store.record_event(kat_pb2.Event(reason="NodeReady", object_name="n1"))
         assert e1.id and e1.HasField("timestamp")
-        keys = [st.event_key(e.namespace, e.timestamp.ToNanoseconds(), e.id) for e in (e1, e2)]
+        keys = [event_key(e.namespace, e.timestamp.ToNanoseconds(), e.id) for e in (e1, e2)]
         kvs = [await store.etcd.get(k) for k in keys]
         assert all(kv is not None and kv.lease for kv in kvs)
         assert kvs[0].lease == kvs[1].lease  # type: ignore[union-attr]

@@ -1,5 +1,5 @@
 """The pure parts of the leader's workload handling: one reconcile step of a workload
-(internal/core/reconcile.py), apply planning (workload_api.plan_apply), change lists
+(internal/core/reconcile.py), apply planning (internal/core/apply.py), change lists
 (internal/manifests/changes.py) and the assignment book."""
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
 from internal.core import reconcile, scheduler
+from internal.core.apply import plan_apply
+from internal.core.assignments import assignments_by_node
+from internal.core.observe import observe_instance
+from internal.core.reconcile_model import NodeFacts, Observed, Plan, job_run_start
 from internal.manifests import resources
 from internal.manifests.changes import bundle_changes
 from kat_agent.leader.assignments import AssignmentBook
-from kat_agent.leader.workload_api import plan_apply
 
 P = kat_pb2.Instance
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -74,20 +77,20 @@ def plan(
     bundle: kat_pb2.Bundle,
     instances: list[P],
     nodes: list[kat_pb2.Node],
-    observed: reconcile.Observed | None = None,
+    observed: Observed | None = None,
     w: kat_pb2.Workload | None = None,
     now: datetime = NOW,
-) -> reconcile.Plan:
+) -> Plan:
     w = w or stored(bundle)
     return reconcile.plan_workload(
         w,
         bundle,
         instances,
         cluster=scheduler.Cluster.from_protos(nodes),
-        nodes=reconcile.NodeFacts(
+        nodes=NodeFacts(
             {n.metadata.name: n.status.condition == kat_pb2.NodeStatus.READY for n in nodes}
         ),
-        observed=observed or reconcile.Observed(),
+        observed=observed or Observed(),
         now=now,
         new_id=ids(),  # type: ignore[arg-type]
     )
@@ -112,12 +115,10 @@ def inst(id_: str, node: str = "n1", phase: int = P.RUNNING, ready: bool = True,
 def test_a_running_report_is_folded_in_once_with_a_started_event() -> None:
     rec = inst("a", phase=P.SCHEDULED, ready=False)
     report = ts(inst("a", ready=True), "started_at", NOW)
-    obs = reconcile.observe_instance(rec, report, policy=ALWAYS, run_to_completion=False, now=NOW)
+    obs = observe_instance(rec, report, policy=ALWAYS, run_to_completion=False, now=NOW)
     assert obs.record.phase == P.RUNNING and obs.record.ready
     assert [e.reason for e in obs.events] == ["Started"]
-    again = reconcile.observe_instance(
-        obs.record, report, policy=ALWAYS, run_to_completion=False, now=NOW
-    )
+    again = observe_instance(obs.record, report, policy=ALWAYS, run_to_completion=False, now=NOW)
     assert again.record == obs.record and not again.events
 
 
@@ -126,53 +127,47 @@ def test_exits_go_through_the_restart_policy_with_back_off() -> None:
     exited = P(id="a", node="n1", phase=P.FAILED, exit_code=2)
     ts(exited, "started_at", NOW - timedelta(seconds=5))
     ts(exited, "finished_at", NOW)
-    wait = reconcile.observe_instance(rec, exited, policy=ALWAYS, run_to_completion=False, now=NOW)
+    wait = observe_instance(rec, exited, policy=ALWAYS, run_to_completion=False, now=NOW)
     assert wait.record.phase == P.STARTING and wait.record.restart_count == 0
     assert wait.record.message.startswith("back-off: exited with code 2")
     assert wait.wake_at == NOW + timedelta(seconds=1)
     later = NOW + timedelta(seconds=1)
-    go = reconcile.observe_instance(
-        wait.record, exited, policy=ALWAYS, run_to_completion=False, now=later
-    )
+    go = observe_instance(wait.record, exited, policy=ALWAYS, run_to_completion=False, now=later)
     assert (go.record.restart_count, go.record.policy_restart_count) == (1, 1)
     assert [e.reason for e in go.events] == ["Restarted"]
     # the node has not acted on restart 1 yet: its old exit report changes nothing
-    stale = reconcile.observe_instance(
-        go.record, exited, policy=ALWAYS, run_to_completion=False, now=later
-    )
+    stale = observe_instance(go.record, exited, policy=ALWAYS, run_to_completion=False, now=later)
     assert stale.record == go.record and not stale.events
 
 
 def test_never_gives_up_and_jobs_complete_on_exit_zero() -> None:
     failed = ts(P(id="a", node="n1", phase=P.FAILED, exit_code=1), "finished_at", NOW)
-    obs = reconcile.observe_instance(
-        inst("a"), failed, policy=NEVER, run_to_completion=False, now=NOW
-    )
+    obs = observe_instance(inst("a"), failed, policy=NEVER, run_to_completion=False, now=NOW)
     assert obs.record.phase == P.FAILED and "restartPolicy NEVER" in obs.record.message
     assert [e.reason for e in obs.events] == ["Failed"]
     # given up for good: later reports do not move it
     running = inst("a")
     assert (
-        reconcile.observe_instance(
+        observe_instance(
             obs.record, running, policy=NEVER, run_to_completion=False, now=NOW
         ).record.phase
         == P.FAILED
     )
     done = ts(P(id="a", node="n1", phase=P.SUCCEEDED), "finished_at", NOW)
-    obs = reconcile.observe_instance(inst("a"), done, policy=NEVER, run_to_completion=True, now=NOW)
+    obs = observe_instance(inst("a"), done, policy=NEVER, run_to_completion=True, now=NOW)
     assert obs.record.phase == P.SUCCEEDED and [e.reason for e in obs.events] == ["Completed"]
 
 
 def test_a_failure_to_start_is_never_a_success() -> None:
     pull = P(id="a", node="n1", phase=P.FAILED, message="image pull failed: no such image")
-    obs = reconcile.observe_instance(inst("a"), pull, policy=NEVER, run_to_completion=True, now=NOW)
+    obs = observe_instance(inst("a"), pull, policy=NEVER, run_to_completion=True, now=NOW)
     assert obs.record.phase == P.FAILED
     assert obs.record.message == "image pull failed: no such image; restartPolicy NEVER"
 
 
 def test_terminating_records_stay_terminating() -> None:
     rec = inst("a", phase=P.TERMINATING, ready=False)
-    obs = reconcile.observe_instance(
+    obs = observe_instance(
         rec, inst("a", ready=True), policy=ALWAYS, run_to_completion=False, now=NOW
     )
     assert obs.record.phase == P.TERMINATING and not obs.record.ready
@@ -199,13 +194,13 @@ def test_new_replicas_are_placed_spread_or_left_pending_with_the_reason() -> Non
 def test_instances_of_a_lost_node_are_replaced_and_terminated_ones_collected() -> None:
     b = workload(replicas=2)
     insts = [inst("a", "n1"), inst("b", "n2"), inst("c", "n2", P.TERMINATING, False)]
-    seen = reconcile.Observed(reported={"n2": frozenset({"b"})})
+    seen = Observed(reported={"n2": frozenset({"b"})})
     p = plan(b, insts, [node("n1", ready=False), node("n2")], seen)
     assert sorted(i.id for i in p.deletes) == ["a", "c"]
     assert [(i.node, i.phase) for i in p.creates] == [("n2", P.SCHEDULED)]
     assert any(e.reason == "NodeLost" and "n1" in e.message for e in p.events)
     # a TERMINATING instance still reported (or from a node not heard from) is kept
-    seen = reconcile.Observed(reported={"n2": frozenset({"b", "c"})})
+    seen = Observed(reported={"n2": frozenset({"b", "c"})})
     p = plan(b, insts[1:], [node("n2")], seen)
     assert not p.deletes
 
@@ -226,15 +221,15 @@ def test_a_replicas_only_change_keeps_instances_an_image_change_rolls() -> None:
 
 
 def test_orphans_are_stopped_then_removed() -> None:
-    facts = reconcile.NodeFacts({"n1": True})
+    facts = NodeFacts({"n1": True})
     p = reconcile.plan_orphans(
         [inst("a"), inst("p", "", P.PENDING)],
         nodes=facts,
-        observed=reconcile.Observed(),
+        observed=Observed(),
     )
     assert [(i.id, i.phase) for i in p.updates] == [("a", P.TERMINATING)]
     assert [i.id for i in p.deletes] == ["p"]
-    gone = reconcile.Observed(reported={"n1": frozenset()})
+    gone = Observed(reported={"n1": frozenset()})
     p = reconcile.plan_orphans([p.updates[0]], nodes=facts, observed=gone)
     assert [i.id for i in p.deletes] == ["a"] and not p.updates
 
@@ -248,7 +243,7 @@ def test_a_job_run_honours_parallelism_and_completions() -> None:
     p = plan(b, [], [node("n1")], w=w)
     assert len(p.creates) == 2 and len({i.job_run for i in p.creates}) == 1
     run = p.creates[0].job_run
-    assert reconcile.job_run_start(run) == NOW
+    assert job_run_start(run) == NOW
     done = [inst(i.id, phase=P.SUCCEEDED, ready=False) for i in p.creates]
     for d in done:
         d.job_run = run
@@ -265,7 +260,7 @@ def test_assignments_carry_only_what_the_node_acts_on() -> None:
     rec = inst("a")
     rec.message, rec.ready, rec.restart_count = "busy", True, 2
     pending = inst("p", "", P.PENDING)
-    out = reconcile.assignments_by_node([rec, pending], lambda i: kat_pb2.Bundle())
+    out = assignments_by_node([rec, pending], lambda i: kat_pb2.Bundle())
     (a,) = out["n1"]
     assert a.instance.phase == P.SCHEDULED and a.instance.restart_count == 2
     assert not a.instance.message and not a.instance.ready
@@ -339,9 +334,7 @@ def test_bundle_changes_name_files_and_fields() -> None:
 def test_a_failed_health_check_is_handled_like_an_exit() -> None:
     unhealthy = P(id="a", node="n1", phase=P.FAILED, exit_code=137, message="health check failed")
     ts(unhealthy, "finished_at", NOW)
-    obs = reconcile.observe_instance(
-        inst("a"), unhealthy, policy=ALWAYS, run_to_completion=False, now=NOW
-    )
+    obs = observe_instance(inst("a"), unhealthy, policy=ALWAYS, run_to_completion=False, now=NOW)
     assert obs.record.phase == P.STARTING and not obs.record.ready
     assert obs.record.message == (
         "back-off: health check failed; exited with code 137; restart 1 after 1s back-off"

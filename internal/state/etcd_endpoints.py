@@ -1,0 +1,199 @@
+"""The endpoints of one etcd cluster and failover between them: which endpoint a
+call goes to, one stub per endpoint and service, the worker threads blocking
+gRPC calls run on, and how a gRPC failure becomes an `EtcdError`.
+
+An endpoint that answers UNAVAILABLE or misses a deadline is skipped for
+`retry_failed_after` seconds; when every endpoint has failed recently all are
+tried again. `run(..., retry=True)` tries the next endpoint within the same
+call (reads); writes are not retried, because a write that timed out may still
+have been applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+import pyetcd
+from pyetcd import etcdrpc
+from pyetcd import exceptions as etcd_exc
+from pyetcd.watch import Watcher
+
+from internal.observability import metrics
+from internal.state.etcd_values import (
+    EtcdError,
+    EtcdUnavailable,
+    LeaseNotFound,
+    WatchCompacted,
+    parse_endpoint,
+)
+from internal.state.etcd_wire import GRPC_OPTIONS, STUBS, WATCH_METADATA
+
+T = TypeVar("T")
+
+
+class Endpoints:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        creds: grpc.ChannelCredentials | None,
+        timeout: float,
+        retry_failed_after: float,
+        max_workers: int,
+    ) -> None:
+        self.timeout = timeout
+        self._endpoints = [
+            pyetcd.Endpoint(
+                host,
+                port,
+                secure=creds is not None,
+                creds=creds,
+                time_retry=retry_failed_after,
+                opts=GRPC_OPTIONS,
+            )
+            for host, port in map(parse_endpoint, endpoints)
+        ]
+        self._current = 0
+        self._lock = threading.Lock()
+        self._stubs: dict[tuple[int, str], Any] = {}
+        self.closed = False
+        self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="etcd")
+
+    @property
+    def netlocs(self) -> list[str]:
+        return [ep.netloc for ep in self._endpoints]
+
+    @property
+    def current(self) -> str:
+        return self._endpoints[self._current].netloc
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            watchers = [w for (_, kind), w in self._stubs.items() if kind == "watch"]
+        for w in watchers:
+            w.close()
+        for ep in self._endpoints:
+            ep.close()  # also ends running calls and watch streams at once
+        # Queued calls still run and fail with "closed" rather than vanish as cancelled.
+        self.executor.shutdown(wait=False)
+
+    def _choose_locked(self) -> int:
+        eps = self._endpoints
+        if not eps[self._current].is_failed():
+            return self._current
+        for i, ep in enumerate(eps):
+            if not ep.is_failed():
+                self._current = i
+                return i
+        # Every endpoint failed recently: try them again, moving on by one.
+        for ep in eps:
+            ep.last_failed = 0
+        self._current = (self._current + 1) % len(eps)
+        return self._current
+
+    def _stub(self, kind: str) -> tuple[int, Any]:
+        with self._lock:
+            if self.closed:
+                raise EtcdError("etcd client is closed")
+            idx = self._choose_locked()
+            stub = self._stubs.get((idx, kind))
+            if stub is None:
+                channel = self._endpoints[idx].channel
+                if kind == "watch":
+                    stub = Watcher(
+                        etcdrpc.WatchStub(channel), timeout=self.timeout, metadata=WATCH_METADATA
+                    )
+                else:
+                    stub = STUBS[kind](channel)
+                self._stubs[(idx, kind)] = stub
+            return idx, stub
+
+    def index_of(self, stub: Any) -> int:
+        with self._lock:
+            return next((i for (i, _), s in self._stubs.items() if s is stub), self._current)
+
+    def mark_failed(self, idx: int) -> None:
+        with self._lock:
+            self._endpoints[idx].fail()
+
+    def translate(self, exc: grpc.RpcError, what: str, idx: int) -> EtcdError:
+        code = exc.code()  # type: ignore[attr-defined]
+        details = exc.details() or code.name  # type: ignore[attr-defined]
+        where = self._endpoints[idx].netloc
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            self.mark_failed(idx)
+            return EtcdUnavailable(
+                f"etcd at {where} gave no answer to {what} within {self.timeout:g}s "
+                "(down, unreachable, or no quorum)"
+            )
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self.mark_failed(idx)
+            return EtcdUnavailable(f"etcd at {where} is unavailable ({what}): {details}")
+        if code == grpc.StatusCode.CANCELLED and self.closed:
+            return EtcdError("etcd client is closed")
+        if code == grpc.StatusCode.NOT_FOUND and "lease" in details:
+            return LeaseNotFound(f"{what}: {details}")
+        return EtcdError(f"etcd {what} failed: {code.name}: {details}")
+
+    def _call(self, what: str, kind: str, fn: Callable[[Any], T], attempts: int) -> T:
+        error: EtcdError | None = None
+        for _ in range(attempts):
+            idx, stub = self._stub(kind)
+            try:
+                return fn(stub)
+            except grpc.RpcError as exc:
+                error = self.translate(exc, what, idx)
+            except etcd_exc.RevisionCompactedError as exc:
+                raise WatchCompacted(exc.compacted_revision) from None
+            except etcd_exc.WatchTimedOut:
+                self.mark_failed(idx)
+                error = EtcdUnavailable(
+                    f"etcd at {self._endpoints[idx].netloc} did not create the watch ({what}) "
+                    f"within {self.timeout:g}s"
+                )
+            if not isinstance(error, EtcdUnavailable):
+                raise error
+        assert error is not None
+        raise error
+
+    async def run(
+        self,
+        what: str,
+        fn: Callable[[Any], T],
+        *,
+        kind: str = "kv",
+        retry: bool = True,
+        deadline: float | None = None,
+    ) -> T:
+        attempts = len(self._endpoints) if retry else 1
+        loop = asyncio.get_running_loop()
+        try:
+            fut = loop.run_in_executor(self.executor, self._call, what, kind, fn, attempts)
+        except RuntimeError:
+            raise EtcdError("etcd client is closed") from None
+        # A safety net only: every gRPC call carries its own deadline.
+        limit = (deadline or self.timeout) * attempts + 1.0
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+        # that arrives as the call completes, leaving the caller running on.
+        op = metrics.etcd_operation(what)
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(limit):
+                return await fut
+        except TimeoutError:
+            metrics.ETCD_ERRORS.labels(op).inc()
+            raise EtcdUnavailable(f"etcd gave no answer to {what} within {limit:g}s") from None
+        except EtcdError:
+            metrics.ETCD_ERRORS.labels(op).inc()
+            raise
+        finally:
+            metrics.ETCD_SECONDS.labels(op).observe(time.perf_counter() - start)

@@ -1,0 +1,120 @@
+"""The layout of KAT's state in etcd: the one module that knows every key under /kat/.
+
+Key layout (values are serialized protobuf unless noted):
+
+    /kat/config/cluster                         ClusterConfiguration
+    /kat/config/cluster-uid                     cluster UID, UTF-8 text, written once
+    /kat/pki/ca                                 CAMaterial: the cluster and etcd CAs with
+                                                their keys, for members that may lead
+    /kat/leader                                 ClusterInfo (leader_node, leader_api_address)
+                                                on the leader's lease (internal/state/election.py)
+    /kat/nodes/<name>                           Node
+    /kat/ipam/subnets/<cidr, "/" as "_">        owning node name, UTF-8 text; created only
+                                                if absent, so a subnet is never handed out twice
+    /kat/namespaces/<name>                      Namespace
+    /kat/workloads/<ns>/<name>                  Workload
+    /kat/revisions/<ns>/<name>/<rev, 10 digits> WorkloadRevision
+    /kat/instances/<ns>/<workload>/<id>         Instance
+    /kat/tokens/<id>                            JoinToken
+    /kat/events/<ns or "_">/<unix ns, 20 digits>-<id>
+                                                Event, on a shared lease so it expires;
+                                                "_" holds events of cluster-scoped objects
+
+Every read and write goes through `internal.state.store.Store`, which builds keys
+only with the functions here.
+"""
+
+from __future__ import annotations
+
+ROOT = "/kat/"
+CLUSTER_CONFIG_KEY = "/kat/config/cluster"
+CLUSTER_UID_KEY = "/kat/config/cluster-uid"
+CA_MATERIAL_KEY = "/kat/pki/ca"
+LEADER_KEY = "/kat/leader"
+NODES = "/kat/nodes/"
+SUBNETS = "/kat/ipam/subnets/"
+NAMESPACES = "/kat/namespaces/"
+WORKLOADS = "/kat/workloads/"
+REVISIONS = "/kat/revisions/"
+INSTANCES = "/kat/instances/"
+TOKENS = "/kat/tokens/"
+EVENTS = "/kat/events/"
+AUDIT = "/kat/audit/"  # /kat/audit/<unix ns, 20 digits>-<id>: sorted by time, no lease
+CLUSTER_SCOPE = "_"  # the events "namespace" of cluster-scoped objects
+
+
+def segment(value: str, what: str) -> str:
+    if not value or "/" in value:
+        raise ValueError(f"{what} {value!r} cannot be part of a key")
+    return value
+
+
+def node_key(name: str) -> str:
+    return NODES + segment(name, "node name")
+
+
+def namespace_key(name: str) -> str:
+    return NAMESPACES + segment(name, "namespace")
+
+
+def workloads_prefix(namespace: str | None = None) -> str:
+    return WORKLOADS if namespace is None else f"{WORKLOADS}{segment(namespace, 'namespace')}/"
+
+
+def workload_key(namespace: str, name: str) -> str:
+    return workloads_prefix(namespace) + segment(name, "workload name")
+
+
+def revisions_prefix(namespace: str, name: str) -> str:
+    return f"{REVISIONS}{segment(namespace, 'namespace')}/{segment(name, 'workload name')}/"
+
+
+def revision_key(namespace: str, name: str, revision: int) -> str:
+    if revision < 0:
+        raise ValueError(f"workload revision {revision} is negative")
+    return f"{revisions_prefix(namespace, name)}{revision:010d}"
+
+
+def instances_prefix(namespace: str | None = None, workload: str | None = None) -> str:
+    if namespace is None:
+        if workload is not None:
+            raise ValueError("listing instances of a workload needs its namespace")
+        return INSTANCES
+    prefix = f"{INSTANCES}{segment(namespace, 'namespace')}/"
+    return prefix if workload is None else f"{prefix}{segment(workload, 'workload name')}/"
+
+
+def instance_key(namespace: str, workload: str, instance_id: str) -> str:
+    return instances_prefix(namespace, workload) + segment(instance_id, "instance id")
+
+
+def token_key(token_id: str) -> str:
+    return TOKENS + segment(token_id, "token id")
+
+
+def subnet_key(cidr: str) -> str:
+    return SUBNETS + segment(cidr.replace("/", "_"), "subnet")
+
+
+def subnet_from_key(key: str) -> str:
+    return key.removeprefix(SUBNETS).replace("_", "/")
+
+
+def events_prefix(namespace: str | None = None) -> str:
+    if namespace is None:
+        return EVENTS
+    return f"{EVENTS}{segment(namespace, 'namespace') if namespace else CLUSTER_SCOPE}/"
+
+
+def event_key(namespace: str, timestamp_ns: int, event_id: str) -> str:
+    return f"{events_prefix(namespace)}{timestamp_ns:020d}-{segment(event_id, 'event id')}"
+
+
+def audit_key(timestamp_ns: int, record_id: str) -> str:
+    return f"{AUDIT}{timestamp_ns:020d}-{segment(record_id, 'audit id')}"
+
+
+def check_key(key: str) -> str:
+    if not key.startswith(ROOT):
+        raise ValueError(f"key {key!r} is outside {ROOT}")
+    return key
