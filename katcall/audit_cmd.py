@@ -9,12 +9,16 @@ from api.v1alpha1 import kat_pb2
 from katcall import output
 from katcall.client import Client
 from katcall.get_cmd import register_resource
+from katcall.token_cmd import parse_duration
 
 
 def _list(client: Client, args: argparse.Namespace) -> list[kat_pb2.AuditRecord]:
     req = kat_pb2.ListAuditRequest()
-    since = getattr(args, "since", 0)
-    if since:
+    if getattr(args, "since", ""):
+        try:
+            since = parse_duration(args.since)
+        except argparse.ArgumentTypeError as exc:
+            raise SystemExit(f"error: --since: {exc}") from None
         req.since.FromSeconds(int(time.time()) - since)
     return list(client.call("ListAudit", req).items)
 

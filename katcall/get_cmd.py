@@ -193,12 +193,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _duration(text: str) -> int:
-    from katcall.token_cmd import parse_duration
-
-    return parse_duration(text)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("get", help="list resources (nodes, tokens, events, namespaces, ...)")
     p.add_argument("resource")
@@ -207,9 +201,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--namespace", default="")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
     p.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
-    p.add_argument(
-        "--since", type=_duration, default=0, help="audit: only records newer than this (e.g. 1h)"
-    )
+    p.add_argument("--since", default="", help="audit: only records newer than this (e.g. 1h)")
     p.set_defaults(func=cmd_get)
     d = sub.add_parser("describe", help="show one resource in detail, with its recent events")
     d.add_argument("resource")
