@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import signal
 import sys
 from pathlib import Path
 
-from kat_agent.daemon import NodeOptions, StartupError, backup_now, run_init, run_join
+from internal.observability.logs import quiet_grpc_core_logging, setup_logging
+
+quiet_grpc_core_logging(sys.argv)  # before anything imports grpc
+
+from kat_agent.daemon import (  # noqa: E402 - after gRPC's logging is configured
+    NodeOptions,
+    StartupError,
+    backup_now,
+    run_init,
+    run_join,
+)
 
 DEFAULT_DATA_DIR = Path("/var/lib/kat")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -63,6 +49,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
+    p.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="write the log here (0600, rotated at 20 MiB, 5 kept) instead of stderr",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +145,7 @@ def _startup_errors(exc: BaseException) -> list[StartupError]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format, getattr(args, "log_file", None))
     try:
         asyncio.run(_run(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -435,8 +435,10 @@ async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> Node
 async def serve(
     dd: DataDir, identity: NodeIdentity, store: Store | None, opts: NodeOptions
 ) -> None:
+    from internal.observability.logs import set_node
     from kat_agent.observe import serve_node_metrics
 
+    set_node(identity.name)
     config = load_local_config(dd)
     agent = Agent(dd, identity, config.spec.agent_tick_seconds, opts.labels)
     async with asyncio.TaskGroup() as tg:
