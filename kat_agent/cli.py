@@ -85,6 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     backup.add_argument("--log-format", default="text", choices=["text", "json"])
+    inst = sub.add_parser(
+        "install", help="write a systemd unit for `kat-agent init|join ...`, enable and start it"
+    )
+    inst.add_argument("agent_args", nargs=argparse.REMAINDER, help="init|join and its options")
+    inst.add_argument("--unit-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    inst.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    inst.add_argument("--log-format", default="text", choices=["text", "json"])
+    uninst = sub.add_parser(
+        "uninstall", help="remove the unit and the workload users KAT made (--purge: data dir too)"
+    )
+    uninst.add_argument("--purge", action="store_true", help="also delete the data directory")
+    uninst.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    uninst.add_argument("--unit-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    uninst.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    uninst.add_argument("--log-format", default="text", choices=["text", "json"])
     cert = sub.add_parser(
         "certificate", help="issue a client certificate (e.g. for Prometheus) from the cluster CA"
     )
@@ -105,6 +124,21 @@ async def _run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    if args.command in ("install", "uninstall"):
+        from kat_agent import install as inst
+
+        unit_dir = args.unit_dir or inst.UNIT_DIR
+        try:
+            if args.command == "install":
+                print(inst.install(list(args.agent_args), unit_dir))
+            else:
+                print(
+                    "\n".join(inst.uninstall(args.data_dir, args.purge, unit_dir))
+                    or "nothing to do"
+                )
+        except inst.InstallError as exc:
+            raise StartupError(str(exc)) from None
+        return
     if args.command == "certificate":
         from kat_agent.credentials import CredentialError, issue_client_certificate
 

@@ -470,7 +470,12 @@ class NodeRuntime:
             return
         await asyncio.sleep(self.settings.idle_service_seconds)
         if not self._backend_in_use(backend, namespace, workload):
-            await self.pool.release(backend)
+            await self.pool.retire(
+                backend,
+                namespace,
+                workload,
+                lambda: self._backend_in_use(backend, namespace, workload),
+            )
 
     async def _step(self, st: InstanceState) -> Step:
         if not self._applied:

@@ -32,8 +32,10 @@ import ipaddress
 import logging
 import os
 import pwd
+import shutil
 import stat
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +54,11 @@ from kat_agent.node.podman.service import (
     RUNTIME_DIR_BASE,
     USERNAME_PREFIX,
     PodmanService,
+    PodmanServiceError,
     PodmanStorage,
     WorkloadUser,
     ensure_workload_user,
+    remove_workload_user,
 )
 
 log = logging.getLogger(__name__)
@@ -137,6 +141,17 @@ class Backend:
     @property
     def rootless(self) -> bool:
         return self.user is not None
+
+
+def _run_into(fut: asyncio.Future[None], fn: Callable[..., None], *args: object) -> None:
+    """Run fn(*args) in this thread and settle fut on its loop."""
+    loop = fut.get_loop()
+    try:
+        fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+        loop.call_soon_threadsafe(lambda e=exc: fut.done() or fut.set_exception(e))
+        return
+    loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
 
 def _gateway(subnet: str) -> tuple[str, str]:
@@ -325,6 +340,58 @@ class PodmanPool:
             await backend.runtime.close()
             del self._users[backend.key]
             log.info("stopped the Podman service of %s (no containers left)", backend.key)
+
+    async def retire(
+        self, backend: Backend, namespace: str, workload: str, in_use: Callable[[], bool]
+    ) -> None:
+        """The workload's last container on this node is gone: stop its user's service
+        and delete the user, its home (image copies included) and its subordinate id
+        range, which later users reuse. Other agents on the same machine (dev clusters)
+        keep their own storage under the same user's home: then only this agent's part
+        goes, and the user stays for them."""
+        await self.release(backend)
+        user = backend.user
+        if user is None:
+            return
+        async with self._lock(user.username):
+            if in_use() or user.username in self._users:
+                log.info("kept workload user %s: in use again", user.username)
+                return  # an instance came back meanwhile
+            # Its own thread: the default executor can be full of Podman calls waiting on
+            # a socket that just went away, and removal must not queue behind them.
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            threading.Thread(
+                target=_run_into,
+                args=(done, self._remove_user, user, namespace, workload),
+                name="kat-remove-user",
+                daemon=True,
+            ).start()
+            try:
+                await done
+            except (PodmanServiceError, OSError) as exc:
+                log.warning("could not remove workload user %s: %s", user.username, exc)
+
+    def _remove_user(self, user: WorkloadUser, namespace: str, workload: str) -> None:
+        try:
+            home = user.home
+        except KeyError:
+            return  # already gone
+        if self.settings.storage.root is not None:
+            shared = home / "kat-storage"
+            others = (
+                [p for p in shared.iterdir() if p.name != self.settings.tag]
+                if shared.is_dir()
+                else []
+            )
+            if others:
+                # Only this agent's part; the user's processes (FUSE mounts of other
+                # agents' storage among them) stay for the others.
+                shutil.rmtree(shared / self.settings.tag, ignore_errors=True)
+                log.info("kept workload user %s: other agents here use it", user.username)
+                return
+        # Ends the user's processes first (fuse-overlayfs, the pause process), then
+        # deletes the home: deleting under a live FUSE mount could hang.
+        remove_workload_user(namespace, workload)
 
     # ------------------------------------------------------------ images
 
