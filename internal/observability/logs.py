@@ -120,8 +120,12 @@ def setup_logging(level: str, fmt: str, log_file: Path | None = None) -> None:
     else:
         handler = logging.StreamHandler(sys.__stderr__)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    if fmt == "json":
+    if log_file is not None:
+        # What the agent prints (the join command after init, ...) goes to the file too.
+        sys.stdout = _LinesToLog(logging.getLogger("stdout"))  # type: ignore[assignment]
+    elif fmt == "json":
         sys.stdout = JsonLines(sys.__stdout__, "stdout", "info")  # type: ignore[assignment]
+    if fmt == "json":
         sys.stderr = JsonLines(sys.__stderr__, "stderr", "error")  # type: ignore[assignment]
     handler.addFilter(RepeatFilter())
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
@@ -165,6 +169,27 @@ class JsonLines:
 
     def fileno(self) -> int:
         return self._target.fileno()  # type: ignore[attr-defined]
+
+
+class _LinesToLog:
+    """A text stream that logs every line written to it at INFO."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log, self._buf = logger, ""
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            if line.strip():
+                self._log.info("%s", line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 def set_node(name: str) -> None:
