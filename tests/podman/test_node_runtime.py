@@ -982,7 +982,7 @@ async def _has(data: Awaitable[bytes], needle: bytes) -> bool:
 
 
 @needs_podman
-@pytest.mark.async_timeout(300)
+@pytest.mark.async_timeout(450)
 async def test_rootless_workload_user(
     cluster: Callable[..., Any], env: PodmanEnv, tmp_path: Path
 ) -> None:
@@ -1035,7 +1035,7 @@ async def test_rootless_workload_user(
             # subordinate id range is left behind.
             # (within a generous bound: the machine-wide user lock may be held by other
             # agents' user changes)
-            await poll(lambda: not _user_exists(user), within=150, what="workload user removed")
+            await poll(lambda: not _user_exists(user), within=280, what="workload user removed")
             assert not home.exists()
             for table in ("/etc/subuid", "/etc/subgid"):
                 owners = _subid_owners(table)
