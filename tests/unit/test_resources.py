@@ -203,10 +203,10 @@ def test_problem_count_is_capped_per_file() -> None:
     ids=["flow-lists", "block-lists", "flow-maps", "unclosed-1MiB"],
 )
 def test_deep_nesting_is_a_problem_not_a_crash(text: str) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     problems = only_workload(text)
     assert len(problems) == 1 and "nesting deeper than 64 levels" in problems[0]
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_alias_bomb_is_bounded() -> None:
@@ -215,17 +215,17 @@ def test_alias_bomb_is_bounded() -> None:
         refs = ", ".join([f"*a{i - 1}"] * 10)
         lines.append(f"a{i}: &a{i} [{refs}]")
     text = "\n".join(lines) + "\nspec:\n  container:\n    env: [" + ", ".join(["*a9"] * 10) + "]\n"
-    start = time.perf_counter()
+    start = time.process_time()
     problems = only_workload(text)
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
     assert len(problems) <= 101
 
 
 def test_many_values_hit_the_event_limit() -> None:
     text = "a: [" + ",".join(["1"] * 150_000) + "]\n"
-    start = time.perf_counter()
+    start = time.process_time()
     problems = only_workload(text)
-    assert time.perf_counter() - start < 1
+    assert time.process_time() - start < 1
     assert len(problems) == 1
     assert "document too large (more than 100000 YAML events)" in problems[0]
 
@@ -234,9 +234,9 @@ def test_aliases_hit_the_node_budget() -> None:
     refs = ", ".join(["*e"] * 40_000)
     text = "x:\n  - &e {name: A, value: v}\n" + dump(WORKLOAD).decode()
     text = text.replace("  container:\n", f"  container:\n    env: [{refs}]\n", 1)
-    start = time.perf_counter()
+    start = time.process_time()
     problems = only_workload(text)
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
     assert "workload.kat: document too large (more than 100000 values)" in problems
 
 
