@@ -668,7 +668,7 @@ class Node(_message.Message):
     def __init__(self, api_version: _Optional[str] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
 
 class ClusterConfigurationSpec(_message.Message):
-    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "metrics_port", "audit_retention_days")
+    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "metrics_port", "audit_retention_days", "container_log_max_size")
     CLUSTER_CIDR_FIELD_NUMBER: _ClassVar[int]
     SERVICE_CIDR_FIELD_NUMBER: _ClassVar[int]
     NODE_SUBNET_BITS_FIELD_NUMBER: _ClassVar[int]
@@ -687,6 +687,7 @@ class ClusterConfigurationSpec(_message.Message):
     JOIN_PORT_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_LOG_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     cluster_cidr: str
     service_cidr: str
     node_subnet_bits: int
@@ -705,7 +706,8 @@ class ClusterConfigurationSpec(_message.Message):
     join_port: int
     metrics_port: int
     audit_retention_days: int
-    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., audit_retention_days: _Optional[int] = ...) -> None: ...
+    container_log_max_size: str
+    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., audit_retention_days: _Optional[int] = ..., container_log_max_size: _Optional[str] = ...) -> None: ...
 
 class ClusterConfiguration(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")

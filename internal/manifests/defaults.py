@@ -62,6 +62,7 @@ CLUSTER_DEFAULTS: dict[str, str | int] = {
     "join_port": 9117,
     "metrics_port": 9119,
     "audit_retention_days": 90,
+    "container_log_max_size": "10Mi",
 }
 
 _Spec = kat_pb2.WorkloadSpec

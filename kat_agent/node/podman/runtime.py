@@ -473,8 +473,10 @@ class Runtime:
         volume_base_path: Path = DEFAULT_VOLUME_BASE,
         owner: tuple[int, int] | None = None,
         api_timeout: float = 60.0,
+        log_max_bytes: int = 0,
     ) -> None:
         self.socket_path = Path(socket_path)
+        self.log_max_bytes = log_max_bytes  # containerLogMaxSize; 0: no cap
         self.volume_base_path = Path(volume_base_path)
         self.owner = owner
         self._client = PodmanClient(base_url=f"unix://{self.socket_path}", timeout=api_timeout)
@@ -482,6 +484,9 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._client.close)
+
+    def _log_size(self) -> dict[str, int]:
+        return {"size": self.log_max_bytes} if self.log_max_bytes > 0 else {}
 
     async def __aenter__(self) -> Runtime:
         return self
@@ -743,7 +748,7 @@ class Runtime:
             "labels": spec.labels(),
             "env": dict(spec.env),
             "mounts": mounts,
-            "log_configuration": {"driver": LOG_DRIVER},
+            "log_configuration": {"driver": LOG_DRIVER, **self._log_size()},
             "restart_policy": "no",
         }
         if spec.command:

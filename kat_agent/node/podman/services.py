@@ -95,6 +95,7 @@ class NodeSettings:
     network: str = NETWORK_NAME
     network_interface: str = NETWORK_INTERFACE
     data_root: Path | None = None  # the data dir (made traversable for rootless volumes)
+    container_log_max_bytes: int = 0  # containerLogMaxSize; 0: no cap
 
     @property
     def tag(self) -> str:
@@ -125,6 +126,7 @@ class NodeSettings:
             volume_base_path=Path(config.spec.volume_base_path or DEFAULT_VOLUME_BASE),
             containers_conf=Path(conf) if conf else None,
             data_root=dd.root,
+            container_log_max_bytes=_log_max_bytes(config.spec.container_log_max_size),
         )
 
 
@@ -141,6 +143,17 @@ class Backend:
     @property
     def rootless(self) -> bool:
         return self.user is not None
+
+
+def _log_max_bytes(text: str) -> int:
+    """containerLogMaxSize in bytes; a configuration stored before the field: the default."""
+    from internal.manifests import defaults
+    from internal.manifests.quantity import parse_memory
+
+    try:
+        return parse_memory(text or str(defaults.CLUSTER_DEFAULTS["container_log_max_size"]))
+    except ValueError:
+        return 0
 
 
 def _run_into(fut: asyncio.Future[None], fn: Callable[..., None], *args: object) -> None:
@@ -206,7 +219,11 @@ class PodmanPool:
         await svc.start()
         try:
             await svc.wait_ready(60)
-            rt = Runtime(svc.socket_path, volume_base_path=s.volume_base_path)
+            rt = Runtime(
+                svc.socket_path,
+                volume_base_path=s.volume_base_path,
+                log_max_bytes=s.container_log_max_bytes,
+            )
             network = None
             if s.subnet:
                 subnet, gateway = _gateway(s.subnet)
@@ -321,7 +338,10 @@ class PodmanPool:
                 await svc.stop()
                 raise
             rt = Runtime(
-                svc.socket_path, volume_base_path=s.volume_base_path, owner=(user.uid, user.gid)
+                svc.socket_path,
+                volume_base_path=s.volume_base_path,
+                owner=(user.uid, user.gid),
+                log_max_bytes=s.container_log_max_bytes,
             )
             backend = Backend(user.username, rt, svc, user, None)
             self._users[user.username] = backend
