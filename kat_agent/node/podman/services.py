@@ -145,6 +145,9 @@ class Backend:
         return self.user is not None
 
 
+USER_REMOVAL_SECONDS = 60
+
+
 def _log_max_bytes(text: str) -> int:
     """containerLogMaxSize in bytes; a configuration stored before the field: the default."""
     from internal.manifests import defaults
@@ -387,7 +390,15 @@ class PodmanPool:
                 daemon=True,
             ).start()
             try:
-                await done
+                # Bounded: a re-apply of the workload waits for this lock.
+                async with asyncio.timeout(USER_REMOVAL_SECONDS):
+                    await done
+            except TimeoutError:
+                log.warning(
+                    "removing workload user %s takes over %ss; going on without waiting",
+                    user.username,
+                    USER_REMOVAL_SECONDS,
+                )
             except (PodmanServiceError, OSError) as exc:
                 log.warning("could not remove workload user %s: %s", user.username, exc)
 
