@@ -26,7 +26,6 @@ from kat_agent.node.main import run_node
 
 if TYPE_CHECKING:
     from internal.state.store import Store
-    from kat_agent.leader.context import LeaderContext
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +176,6 @@ def _new_node(
     return node
 
 
-def _leader_context(
-    dd: DataDir, store: Store, config: kat_pb2.ClusterConfiguration, uid: str, name: str, api: str
-) -> LeaderContext:
-    from internal.security import pki
-    from kat_agent.leader.context import LeaderContext
-    from kat_agent.leader.nodes import NodeRegistry
-
-    ca = pki.read_pair(dd.ca_cert, dd.ca_key)
-    registry = NodeRegistry(store, config.spec)
-    return LeaderContext(store, config, uid, name, api, ca.cert_pem, ca.key_pem, registry)
-
-
 async def _finish_local_identity(
     dd: DataDir,
     store: Store,
@@ -244,6 +231,7 @@ async def first_init(
     from internal.state.kv import AlreadyExists
     from kat_agent import bootstrap
     from kat_agent.leader.agent_api import register_node
+    from kat_agent.leader.nodes import NodeRegistry
 
     stored = await store.get_cluster_config()
     if stored is None:
@@ -254,9 +242,9 @@ async def first_init(
     await store.ensure_ca_material(bootstrap.ca_material(dd))
     with contextlib.suppress(AlreadyExists):
         await store.create_namespace(new_namespace("default", datetime.now(UTC)))
-    api = f"{advertise}:{config.spec.api_port}"
-    lc = _leader_context(dd, store, config, cluster_uid, name, api)
-    node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)
+    registry = NodeRegistry(store, config.spec)
+    node = _new_node(name, advertise, config.spec, opts)
+    node = await register_node(store, registry, config.spec, node, name)
     return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
 
@@ -326,10 +314,11 @@ async def restored_init(
         await store.update_node(node, existing.mod_revision)
     else:
         from kat_agent.leader.agent_api import register_node
+        from kat_agent.leader.nodes import NodeRegistry
 
-        api = f"{advertise}:{config.spec.api_port}"
-        lc = _leader_context(dd, store, config, cluster_uid, name, api)
-        node = await register_node(lc, _new_node(name, advertise, config.spec, opts), name)
+        registry = NodeRegistry(store, config.spec)
+        node = _new_node(name, advertise, config.spec, opts)
+        node = await register_node(store, registry, config.spec, node, name)
     return await _finish_local_identity(dd, store, config, node, cluster_uid, advertise)
 
 

@@ -14,7 +14,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.datadir import DataDir, NodeIdentity
 from internal.observability import metrics
-from internal.security import pki, rpc
+from internal.security import rpc
 from internal.state.etcd import EtcdClient
 from internal.state.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
 from internal.state.store import Store
@@ -101,28 +101,21 @@ async def run_member(
     from kat_agent.leader.agent_api import AgentAPI
     from kat_agent.leader.backups import run_backups
     from kat_agent.leader.cluster_api import ClusterAPI
-    from kat_agent.leader.context import LeaderContext
+    from kat_agent.leader.context import build_leader_context
     from kat_agent.leader.controllers import run_controllers
-    from kat_agent.leader.nodes import NodeRegistry
 
     stored = await store.get_cluster_config()
     config = stored.msg if stored else config
     cluster_uid = await store.get_cluster_uid() or identity.cluster_uid
     spec = config.spec
-    ca_cert = dd.ca_cert.read_bytes()
-    ca_key = dd.ca_key.read_bytes() if dd.ca_key.exists() else None
     api = f"{identity.advertise_address}:{spec.api_port}"
-    registry = NodeRegistry(store, spec)
-    lc = LeaderContext(store, config, cluster_uid, identity.name, api, ca_cert, ca_key, registry)
-    lc.ca_hash = pki.ca_hash(ca_cert)
-    lc.node_cert, lc.node_key = dd.node_cert.read_bytes(), dd.node_key.read_bytes()
-    lc.etcd_ca = pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key")
-    lc.data_dir = dd
+    lc = build_leader_context(dd, store, config, cluster_uid, identity.name, api)
+    registry, ca_cert, ca_key = lc.registry, lc.ca_cert, lc.ca_key
 
     from internal.observability.grpc_metrics import MetricsInterceptor
     from kat_agent.leader.audit import AuditInterceptor, run_audit_pruning
 
-    interceptors = [MetricsInterceptor(), AuditInterceptor(lc)]
+    interceptors = [MetricsInterceptor(), AuditInterceptor(lc, dd.audit_log)]
     server = grpc.aio.server(options=rpc.SERVER_OPTIONS, interceptors=interceptors)
     kat_pb2_grpc.add_ClusterAPIServicer_to_server(ClusterAPI(lc), server)
     kat_pb2_grpc.add_AgentAPIServicer_to_server(AgentAPI(lc), server)

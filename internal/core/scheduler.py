@@ -5,7 +5,8 @@ instances already placed (once per reconcile), then asks it to place the new ins
 workload; every placement updates the in-memory accounting, so later placements (of the same
 or another workload) see it.
 
-Filters, in this order; a node is counted under the first one that rejects it, so the counts
+Filters (`RULES`, one `Rule` each, used both to place and to explain why an instance stays
+PENDING), in this order; a node is counted under the first one that rejects it, so the counts
 in the "unschedulable" reason add up to the number of nodes:
 
 1. `not ready`: `status.condition` is not READY.
@@ -29,8 +30,10 @@ then the node name, so that placement is deterministic.
 Requests fall back to limits when only limits are written (as in Kubernetes): an instance
 limited to 64Mi is placed as if it requested 64Mi.
 
-Performance: nodes become small mutable `NodeState` records once; per placement call the
-static filters run once per node and the candidates go into a heap keyed by score. Only the
+Performance: nodes become small mutable `NodeState` records once. The static rules (1-5) run
+once per node and distinct `WorkloadProfile.static_key` for the life of a `Cluster` (a memo:
+placements do not change what they read); per placement call the statically feasible nodes go
+into a heap keyed by score and only the resource rules that apply to the workload run. Only the
 chosen node's score changes after a placement, and free resources only shrink during a call,
 so a node that does not fit any more can be dropped for good: placing R instances on N nodes
 costs O(N + R log N).
@@ -39,7 +42,7 @@ costs O(N + R log N).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from api.v1alpha1 import kat_pb2
@@ -51,7 +54,7 @@ _GPU = kat_pb2.GPURequest
 
 TERMINAL_PHASES = frozenset({_Instance.SUCCEEDED, _Instance.FAILED})
 
-# Rejection reasons, in filter order (also the order they are listed in).
+# Rejection reasons; `RULES` below decides with them, in this order.
 NOT_READY = "not ready"
 CORDONED = "cordoned"
 SELECTOR_MISMATCH = "node selector mismatch"
@@ -61,17 +64,6 @@ INSUFFICIENT_CPU = "insufficient cpu"
 INSUFFICIENT_MEMORY = "insufficient memory"
 INSUFFICIENT_GPU_MEMORY = "insufficient GPU memory"
 PORT_IN_USE = "host port in use"
-REASONS = (
-    NOT_READY,
-    CORDONED,
-    SELECTOR_MISMATCH,
-    UNTOLERATED_TAINT,
-    NO_GPU,
-    INSUFFICIENT_CPU,
-    INSUFFICIENT_MEMORY,
-    INSUFFICIENT_GPU_MEMORY,
-    PORT_IN_USE,
-)
 
 
 def workload_key(namespace: str, name: str) -> str:
@@ -171,6 +163,13 @@ class WorkloadProfile:
             tolerations=tuple(Toleration.from_proto(t) for t in spec.tolerations),
         )
 
+    @property
+    def static_key(self) -> tuple[object, ...]:
+        """What the static rules read from the workload: profiles with the same key are
+        feasible on the same nodes (see `Rule`)."""
+        req = self.requests
+        return (self.node_selector, self.tolerations, req.gpu_driver, req.gpu_min_vram_mb)
+
     def tolerates_all(self, taints: Iterable[Taint]) -> bool:
         return all(any(t.tolerates(taint) for t in self.tolerations) for taint in taints)
 
@@ -200,8 +199,7 @@ class NodeState:
     gpu_vram_used: list[int] = field(default_factory=list)
     ports_used: set[int] = field(default_factory=set)
     copies: dict[str, int] = field(default_factory=dict)
-    # Interned ids of the taint tuples, so a placement call checks each distinct set once.
-    _no_schedule_id: int = field(default=0, init=False, repr=False)
+    # Interned id of the PREFER_NO_SCHEDULE taints, so each distinct set is scored once.
     _prefer_id: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -233,7 +231,7 @@ class NodeState:
             total += (self.memory_bytes - self.memory_used - memory) / self.memory_bytes
         return total
 
-    def _gpu_device(self, driver: int, vram: int, *, free: bool) -> int:
+    def gpu_device(self, driver: int, vram: int, *, free: bool) -> int:
         """Best-fit device index for a GPU request, or -1."""
         best, best_left = -1, 0
         for i, (d, total) in enumerate(self.gpus):
@@ -245,50 +243,110 @@ class NodeState:
         return best
 
     def static_reason(self, profile: WorkloadProfile) -> str | None:
-        """The first static filter that rejects the node (None: it passes them all)."""
-        if not self.ready:
-            return NOT_READY
-        if self.unschedulable:
-            return CORDONED
-        return self._match_reason(profile)
+        """The first static rule that rejects the node (None: it passes them all)."""
+        return first_reason(STATIC_RULES, self, profile)
 
-    def _match_reason(self, profile: WorkloadProfile) -> str | None:
-        labels = self.labels
-        for key, value in profile.node_selector:
-            if labels.get(key) != value:
-                return SELECTOR_MISMATCH
-        if self.no_schedule and not profile.tolerates_all(self.no_schedule):
-            return UNTOLERATED_TAINT
-        req = profile.requests
-        if req.wants_gpu and self._gpu_device(req.gpu_driver, req.gpu_min_vram_mb, free=False) < 0:
-            return NO_GPU
-        return None
-
-    def fit_reason(self, req: Requests) -> str | None:
-        """The first resource filter that rejects the node (None: the requests fit now)."""
-        if req.cpu_millis and self.cpu_used + req.cpu_millis > self.cpu_millis:
-            return INSUFFICIENT_CPU
-        if req.memory_bytes and self.memory_used + req.memory_bytes > self.memory_bytes:
-            return INSUFFICIENT_MEMORY
-        if req.wants_gpu and self._gpu_device(req.gpu_driver, req.gpu_min_vram_mb, free=True) < 0:
-            return INSUFFICIENT_GPU_MEMORY
-        if req.host_ports and not self.ports_used.isdisjoint(req.host_ports):
-            return PORT_IN_USE
-        return None
+    def fit_reason(self, profile: WorkloadProfile) -> str | None:
+        """The first resource rule that rejects the node (None: the requests fit now)."""
+        return first_reason(FIT_RULES, self, profile)
 
     def reserve(self, key: str, req: Requests) -> None:
         """Account one instance (no checks: already-placed instances may overcommit)."""
         self.cpu_used += req.cpu_millis
         self.memory_used += req.memory_bytes
         if req.wants_gpu:
-            i = self._gpu_device(req.gpu_driver, req.gpu_min_vram_mb, free=True)
+            i = self.gpu_device(req.gpu_driver, req.gpu_min_vram_mb, free=True)
             if i < 0:  # overcommitted already: charge the matching device with most left
-                i = self._gpu_device(req.gpu_driver, 0, free=True)
+                i = self.gpu_device(req.gpu_driver, 0, free=True)
             if i >= 0:
                 self.gpu_vram_used[i] += req.gpu_min_vram_mb
         if req.host_ports:
             self.ports_used |= req.host_ports
         self.copies[key] = self.copies.get(key, 0) + 1
+
+
+# ------------------------------------------------------------------ the rules
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One filter (a feasibility checker in Nomad's words, a Filter plugin in Kubernetes').
+
+    `passes` decides and `reason` is what a rejected node counts under in the
+    "unschedulable" explanation, so placing and explaining cannot drift apart. `applies`
+    says whether the rule can reject anything for a workload at all (a workload without a
+    node selector passes the selector rule everywhere); placement skips rules that do not
+    apply, which only saves time: `passes` is right on its own.
+
+    A static rule reads only node facts that placements do not change and only the
+    workload's `WorkloadProfile.static_key`, so its outcome per node is computed once per
+    cluster and static key; the others read the accounting and are checked per placement.
+    """
+
+    reason: str
+    static: bool
+    passes: Callable[[NodeState, WorkloadProfile], bool]
+    applies: Callable[[WorkloadProfile], bool] = lambda profile: True
+
+    def check(self, node: NodeState, profile: WorkloadProfile) -> str | None:
+        """None when the node passes, else the reason it is rejected."""
+        return None if self.passes(node, profile) else self.reason
+
+
+def _selector_matches(n: NodeState, p: WorkloadProfile) -> bool:
+    labels = n.labels
+    return all(labels.get(key) == value for key, value in p.node_selector)
+
+
+def _has_gpu(n: NodeState, p: WorkloadProfile) -> bool:
+    req = p.requests
+    return not req.wants_gpu or n.gpu_device(req.gpu_driver, req.gpu_min_vram_mb, free=False) >= 0
+
+
+def _cpu_fits(n: NodeState, p: WorkloadProfile) -> bool:
+    cpu = p.requests.cpu_millis
+    return not cpu or n.cpu_used + cpu <= n.cpu_millis
+
+
+def _memory_fits(n: NodeState, p: WorkloadProfile) -> bool:
+    memory = p.requests.memory_bytes
+    return not memory or n.memory_used + memory <= n.memory_bytes
+
+
+def _gpu_memory_fits(n: NodeState, p: WorkloadProfile) -> bool:
+    req = p.requests
+    return not req.wants_gpu or n.gpu_device(req.gpu_driver, req.gpu_min_vram_mb, free=True) >= 0
+
+
+def _ports_free(n: NodeState, p: WorkloadProfile) -> bool:
+    ports = p.requests.host_ports
+    return not ports or n.ports_used.isdisjoint(ports)
+
+
+# In filter order: a node counts under the first rule that rejects it.
+RULES = (
+    Rule(NOT_READY, True, lambda n, p: n.ready),
+    Rule(CORDONED, True, lambda n, p: not n.unschedulable),
+    Rule(SELECTOR_MISMATCH, True, _selector_matches, lambda p: bool(p.node_selector)),
+    Rule(UNTOLERATED_TAINT, True, lambda n, p: not n.no_schedule or p.tolerates_all(n.no_schedule)),
+    Rule(NO_GPU, True, _has_gpu, lambda p: p.requests.wants_gpu),
+    Rule(INSUFFICIENT_CPU, False, _cpu_fits, lambda p: p.requests.cpu_millis > 0),
+    Rule(INSUFFICIENT_MEMORY, False, _memory_fits, lambda p: p.requests.memory_bytes > 0),
+    Rule(INSUFFICIENT_GPU_MEMORY, False, _gpu_memory_fits, lambda p: p.requests.wants_gpu),
+    Rule(PORT_IN_USE, False, _ports_free, lambda p: bool(p.requests.host_ports)),
+)
+STATIC_RULES = tuple(r for r in RULES if r.static)
+FIT_RULES = tuple(r for r in RULES if not r.static)
+REASONS = tuple(r.reason for r in RULES)
+SELECTOR_RULE = RULES[2]
+
+
+def first_reason(rules: Iterable[Rule], node: NodeState, profile: WorkloadProfile) -> str | None:
+    """The reason of the first rule that rejects the node, None when all pass."""
+    for rule in rules:
+        if not rule.passes(node, profile):
+            return rule.reason
+    return None
 
 
 # ------------------------------------------------------------------ results
@@ -329,9 +387,26 @@ class Cluster:
             raise ValueError("duplicate node names")
         intern: dict[tuple[Taint, ...], int] = {(): 0}
         for n in self._nodes:
-            n._no_schedule_id = intern.setdefault(n.no_schedule, len(intern))
             n._prefer_id = intern.setdefault(n.prefer_no_schedule, len(intern))
-        self._open = [n for n in self._nodes if n.ready and not n.unschedulable]
+        # Static feasibility memo: static key -> (node, PREFER_NO_SCHEDULE penalty) for
+        # every node that passes the static rules. Placements never change what they read.
+        self._feasible: dict[tuple[object, ...], list[tuple[NodeState, int]]] = {}
+
+    def _statically_feasible(self, profile: WorkloadProfile) -> list[tuple[NodeState, int]]:
+        key = profile.static_key
+        found = self._feasible.get(key)
+        if found is None:
+            rules = [r for r in STATIC_RULES if r.applies(profile)]
+            penalty: dict[int, int] = {0: 0}
+            found = []
+            for n in self._nodes:
+                if first_reason(rules, n, profile) is None:
+                    pen = penalty.get(n._prefer_id)
+                    if pen is None:
+                        pen = penalty[n._prefer_id] = profile.untolerated(n.prefer_no_schedule)
+                    found.append((n, pen))
+            self._feasible[key] = found
+        return found
 
     @classmethod
     def from_protos(
@@ -370,39 +445,21 @@ class Cluster:
             return ScheduleResult(())
         key, req = profile.key, profile.requests
         cpu, mem = req.cpu_millis, req.memory_bytes
-        selector = profile.node_selector
-        check_gpu = req.wants_gpu
-        taint_ok: dict[int, bool] = {0: True}
-        penalty: dict[int, int] = {0: 0}
-        heap: list[tuple[int, int, float, str, NodeState]] = []
-        for n in self._open:
-            if selector:
-                labels = n.labels
-                if any(labels.get(k) != v for k, v in selector):
-                    continue
-            ok = taint_ok.get(n._no_schedule_id)
-            if ok is None:
-                ok = taint_ok[n._no_schedule_id] = profile.tolerates_all(n.no_schedule)
-            if not ok:
-                continue
-            if check_gpu and n._gpu_device(req.gpu_driver, req.gpu_min_vram_mb, free=False) < 0:
-                continue
-            pen = penalty.get(n._prefer_id)
-            if pen is None:
-                pen = penalty[n._prefer_id] = profile.untolerated(n.prefer_no_schedule)
-            heap.append((n.copies.get(key, 0), pen, -n.free_fraction(cpu, mem), n.name, n))
+        heap = [
+            (n.copies.get(key, 0), pen, -n.free_fraction(cpu, mem), n.name, n)
+            for n, pen in self._statically_feasible(profile)
+        ]
         heapq.heapify(heap)
+        fit = [r.passes for r in FIT_RULES if r.applies(profile)]
 
         placed: list[str] = []
-        simple = not check_gpu and not req.host_ports
         while heap and len(placed) < count:
             copies, pen, _, name, n = heap[0]
-            if simple:
-                fits = (not cpu or n.cpu_used + cpu <= n.cpu_millis) and (
-                    not mem or n.memory_used + mem <= n.memory_bytes
-                )
-            else:
-                fits = n.fit_reason(req) is None
+            fits = True
+            for passes in fit:  # the resource rules, as in `first_reason`, without its call
+                if not passes(n, profile):
+                    fits = False
+                    break
             if not fits:
                 heapq.heappop(heap)  # resources only shrink during this call
                 continue
@@ -421,7 +478,7 @@ class Cluster:
         counts = dict.fromkeys(REASONS, 0)
         available = 0
         for n in self._nodes:
-            why = n.static_reason(profile) or n.fit_reason(profile.requests)
+            why = first_reason(RULES, n, profile)
             if why is None:
                 available += 1
             else:
@@ -439,7 +496,7 @@ class Cluster:
         n = self._by_name.get(node)
         if n is None:
             return f"node {node}: not found"
-        why = n.static_reason(profile) or n.fit_reason(profile.requests)
+        why = first_reason(RULES, n, profile)
         if why is not None:
             return f"node {node}: {why}"
         n.reserve(profile.key, profile.requests)
@@ -451,7 +508,7 @@ class Cluster:
         keep: set[str] = set()
         eligible: set[str] = set()
         for n in self._nodes:
-            if any(n.labels.get(k) != v for k, v in profile.node_selector):
+            if SELECTOR_RULE.check(n, profile) is not None:
                 continue
             keep.add(n.name)
             if n.static_reason(profile) is None:

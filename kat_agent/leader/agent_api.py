@@ -19,7 +19,10 @@ from internal.observability import metrics
 from internal.security import pki, rpc
 from internal.state.etcd_values import EtcdError
 from internal.state.kv import AlreadyExists, StaleWrite, SubnetsExhausted
+from internal.state.store import Store
 from kat_agent.leader.context import LeaderContext
+from kat_agent.leader.guards import leader, node, node_stream, require_own_node
+from kat_agent.leader.nodes import NodeRegistry
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,11 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             kat_pb2.HeartbeatResponse(),
         )
 
+    @leader
     async def Join(
         self, request: kat_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.JoinResponse:
         lc = self.lc
-        await lc.require_leader(context)
         if lc.ca_key is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this leader cannot sign")
         try:
@@ -217,32 +220,29 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         st.wireguard_public_key = request.wireguard_public_key
         st.etcd_member = request.etcd_member
         st.agent_port = lc.spec.agent_port
-        return await register_node(lc, node, request.node_name or request.hostname)
+        requested = request.node_name or request.hostname
+        return await register_node(lc.store, lc.registry, lc.spec, node, requested)
 
+    @node
     async def Heartbeat(
-        self, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+        self, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext, cn: str
     ) -> kat_pb2.HeartbeatResponse:
-        cn = await rpc.require_role(context, rpc.ROLE_NODE)
         return await self._beat(cn, request, context)
 
+    @node_stream
     async def Heartbeats(
         self,
         request_iterator: AsyncIterator[kat_pb2.HeartbeatRequest],
         context: grpc.aio.ServicerContext,
+        cn: str,
     ) -> AsyncIterator[kat_pb2.HeartbeatResponse]:
-        cn = await rpc.require_role(context, rpc.ROLE_NODE)
         async for request in request_iterator:
             yield await self._beat(cn, request, context)
 
     async def _beat(
         self, cn: str, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.HeartbeatResponse:
-        await self.lc.require_leader(context)
-        if cn != request.node_name:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"certificate of {cn!r} cannot report as {request.node_name!r}",
-            )
+        await require_own_node(self, cn, request.node_name, context, "report as")
         metrics.HEARTBEATS.inc()
         for listener in self.lc.instance_listeners:
             await listener(request.node_name, request.instances)
@@ -260,25 +260,26 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             self._beat_response = (self.lc.registry.version, response)
         return response
 
+    @node_stream
     async def WatchAssignments(
-        self, request: kat_pb2.AssignmentsRequest, context: grpc.aio.ServicerContext
+        self, request: kat_pb2.AssignmentsRequest, context: grpc.aio.ServicerContext, cn: str
     ) -> AsyncIterator[kat_pb2.AssignmentSet]:
         from kat_agent.leader.assignments import stream_assignments
 
-        cn = await rpc.require_role(context, rpc.ROLE_NODE)
-        await self.lc.require_leader(context)
-        if cn != request.node_name:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"certificate of {cn!r} cannot watch assignments of {request.node_name!r}",
-            )
+        await require_own_node(self, cn, request.node_name, context, "watch assignments of")
         async for update in stream_assignments(self.lc, request.node_name, context):
             yield update
 
 
-async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: str) -> kat_pb2.Node:
-    """Store a new node under a unique name with its own overlay subnet."""
-    store = lc.store
+async def register_node(
+    store: Store,
+    registry: NodeRegistry,
+    spec: kat_pb2.ClusterConfigurationSpec,
+    node: kat_pb2.Node,
+    requested_name: str,
+) -> kat_pb2.Node:
+    """Store a new node under a unique name with its own overlay subnet (at Join, and for
+    the first member at init, before any LeaderContext exists)."""
     for name in node_name_candidates(requested_name):
         node.metadata.name = name
         try:
@@ -288,7 +289,6 @@ async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: s
             continue
     else:
         raise RuntimeError(f"no free node name for {requested_name!r}")
-    spec = lc.spec
     used = list(await store.list_subnets())
     try:
         subnet = await store.allocate_subnet(
@@ -300,5 +300,5 @@ async def register_node(lc: LeaderContext, node: kat_pb2.Node, requested_name: s
     node.status.subnet = subnet
     rev = await store.update_node(node, rev)
     node.metadata.resource_version = rev
-    lc.registry.adopt(node, rev)
+    registry.adopt(node, rev)
     return node

@@ -129,9 +129,9 @@ def to_json(record: kat_pb2.AuditRecord) -> dict[str, str]:
 class AuditInterceptor(grpc.aio.ServerInterceptor):
     """Records mutating ClusterAPI calls answered while this node leads."""
 
-    def __init__(self, lc: LeaderContext) -> None:
+    def __init__(self, lc: LeaderContext, audit_log: Path | None) -> None:
         self.lc = lc
-        self.file: AuditLog | None = AuditLog(lc.data_dir.audit_log) if lc.data_dir else None
+        self.file: AuditLog | None = AuditLog(audit_log) if audit_log else None
 
     async def intercept_service(
         self,

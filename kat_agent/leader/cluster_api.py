@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
+        self._workload_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._node_channels: dict[str, grpc.aio.Channel] = {}
 
     # ------------------------------------------------------------- nodes
 

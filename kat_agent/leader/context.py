@@ -18,19 +18,30 @@ from kat_agent.leader.assignments import AssignmentBook
 from kat_agent.leader.nodes import NodeRegistry
 
 
-@dataclass
+@dataclass(eq=False)
 class LeaderContext:
+    """Built once per member process (`build_leader_context`), before the API server starts;
+    the fields up to `node_key` never change after. The rest is what changes while the
+    process runs: whether it leads and who does, quorum, caches and subscriptions."""
+
     store: Store
     config: kat_pb2.ClusterConfiguration
     cluster_uid: str
     node_name: str
     api_address: str
     ca_cert: bytes
-    ca_key: bytes | None
+    ca_key: bytes | None  # None: this member cannot sign (joins are refused)
     registry: NodeRegistry
+    etcd_ca: pki.CertAndKey | None  # None: this member cannot add etcd members
+    # This node's own identity (the leader's client certificate towards agents).
+    node_cert: bytes
+    node_key: bytes
+    ca_hash: str = field(init=False)
+    # -- runtime state
     leading: bool = False
     leader_address: str = ""  # the current leader's API address, as last observed
-    ca_hash: str = field(default="")
+    # Set while the local etcd member sees no raft leader (quorum lost).
+    quorum_problem: str = ""
     _endpoints: tuple[int, list[str]] = (-1, [])
     _peers: tuple[int, list[kat_pb2.Peer]] = (-1, [])
     # Called with (node name, instance states) for every heartbeat, before the
@@ -41,15 +52,11 @@ class LeaderContext:
     # What each node should run, published by the workload controllers and
     # streamed to the nodes (kat_agent/leader/assignments.py).
     assignments: AssignmentBook = field(default_factory=AssignmentBook)
-    # This node's own identity (the leader's client certificate towards agents).
-    node_cert: bytes = b""
-    node_key: bytes = b""
-    etcd_ca: pki.CertAndKey | None = None
-    data_dir: DataDir | None = None
-    # Set while the local etcd member sees no raft leader (quorum lost).
-    quorum_problem: str = ""
     # etcd membership changes (joins of members, removals) one at a time.
     membership_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.ca_hash = pki.ca_hash(self.ca_cert)
 
     @property
     def spec(self) -> kat_pb2.ClusterConfigurationSpec:
@@ -122,3 +129,28 @@ class LeaderContext:
             ]
             self._peers = (self.registry.version, peers)
         return peers
+
+
+def build_leader_context(
+    dd: DataDir,
+    store: Store,
+    config: kat_pb2.ClusterConfiguration,
+    cluster_uid: str,
+    node_name: str,
+    api_address: str,
+) -> LeaderContext:
+    """The context of a member whose PKI is in `dd` (reads its files)."""
+    ca_key = dd.ca_key.read_bytes() if dd.ca_key.exists() else None
+    return LeaderContext(
+        store=store,
+        config=config,
+        cluster_uid=cluster_uid,
+        node_name=node_name,
+        api_address=api_address,
+        ca_cert=dd.ca_cert.read_bytes(),
+        ca_key=ca_key,
+        registry=NodeRegistry(store, config.spec),
+        etcd_ca=pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key"),
+        node_cert=dd.node_cert.read_bytes(),
+        node_key=dd.node_key.read_bytes(),
+    )

@@ -1,6 +1,6 @@
 """The checks every leader API handler runs, as decorators in one place: the caller's
-role (admin certificate), leadership (UNAVAILABLE naming the leader otherwise), and
-etcd failures mapped to clear status codes."""
+role (admin or node certificate), leadership (UNAVAILABLE naming the leader otherwise),
+and etcd failures mapped to clear status codes. Handlers then hold only their logic."""
 
 from __future__ import annotations
 
@@ -30,15 +30,26 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]
 
 
+async def _check_admin(servicer: _Servicer, context: grpc.aio.ServicerContext) -> str:
+    """The admin certificate's common name, after checking that this process leads."""
+    who = await rpc.require_role(context, rpc.ROLE_ADMIN)
+    await servicer.lc.require_leader(context)
+    return who
+
+
+def _send_endpoints(servicer: _Servicer, context: grpc.aio.ServicerContext) -> None:
+    # Clients learn the current API endpoints from every answer (failover).
+    context.set_trailing_metadata(((rpc.ENDPOINTS_KEY, ",".join(servicer.lc.api_endpoints())),))
+
+
 def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Admin certificate, leadership, and etcd failures mapped to clear codes."""
 
     async def wrapper(self: _Servicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        who = await rpc.require_role(context, rpc.ROLE_ADMIN)
-        await self.lc.require_leader(context)
+        who = await _check_admin(self, context)
         try:
             response = await fn(self, request, context)
-            context.set_trailing_metadata(((rpc.ENDPOINTS_KEY, ",".join(self.lc.api_endpoints())),))
+            _send_endpoints(self, context)
             return response
         except EtcdUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
@@ -52,20 +63,16 @@ def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-def admin_stream(
-    fn: StreamHandler[Req, Resp],
-) -> StreamHandler[Req, Resp]:
-    """The same checks for streaming calls."""
+def admin_stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
+    """The same checks for streaming calls (a stream that outlives etcd's history of its
+    start revision ends with OUT_OF_RANGE)."""
 
     async def wrapper(
         self: _Servicer, request: Req, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Resp]:
-        async def checks(
-            _self: _Servicer, _request: Any, _context: grpc.aio.ServicerContext
-        ) -> None:
-            return None
-
-        await admin(checks)(self, request, context)
+        who = await _check_admin(self, context)
+        _send_endpoints(self, context)
+        log.debug("audit: %s called %s", who, fn.__name__)
         try:
             async for item in fn(self, request, context):
                 yield item
@@ -76,6 +83,59 @@ def admin_stream(
 
     wrapper.__name__ = fn.__name__
     return wrapper
+
+
+def leader(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Only while this process leads (Join: the caller holds a token, not a certificate)."""
+
+    async def wrapper(self: _Servicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        await self.lc.require_leader(context)
+        return await fn(self, request, context)
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+NodeHandler = Callable[[Any, Req, grpc.aio.ServicerContext, str], Awaitable[Resp]]
+NodeStreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext, str], AsyncIterator[Resp]]
+
+
+def node(fn: NodeHandler[Req, Resp]) -> Handler[Req, Resp]:
+    """A node certificate; the handler gets its common name (the node's name) as `cn`."""
+
+    async def wrapper(self: _Servicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        return await fn(self, request, context, cn)
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def node_stream(fn: NodeStreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
+    """The same for streaming calls."""
+
+    async def wrapper(
+        self: _Servicer, request: Req, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Resp]:
+        cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        async for item in fn(self, request, context, cn):
+            yield item
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+async def require_own_node(
+    servicer: _Servicer, cn: str, node_name: str, context: grpc.aio.ServicerContext, action: str
+) -> None:
+    """Leadership, then that a node acts only as itself (`action`: "report as", ...). Per
+    message of a stream, since leadership can end while the stream lasts."""
+    await servicer.lc.require_leader(context)
+    if cn != node_name:
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"certificate of {cn!r} cannot {action} {node_name!r}",
+        )
 
 
 def caller(context: grpc.aio.ServicerContext) -> str:

@@ -25,6 +25,7 @@ class NodeProxyAPI:
     """Logs and Exec of the ClusterAPI; `ClusterAPI` inherits them."""
 
     lc: LeaderContext
+    _node_channels: dict[str, grpc.aio.Channel]  # by agent address (set by ClusterAPI)
 
     def _agent_stub(self, inst: kat_pb2.Instance) -> tuple[kat_pb2_grpc.NodeAgentStub, str]:
         node = self.lc.registry.get(inst.node)
@@ -32,7 +33,7 @@ class NodeProxyAPI:
             raise LookupError(f"node {inst.node!r} of instance {inst.id} is not known")
         port = node.status.agent_port or self.lc.spec.agent_port
         target = f"{node.status.advertise_address}:{port}"
-        channels: dict[str, grpc.aio.Channel] = self.__dict__.setdefault("_node_channels", {})
+        channels = self._node_channels
         channel = channels.get(target)
         if channel is None:
             creds = rpc.client_credentials(self.lc.ca_cert, self.lc.node_cert, self.lc.node_key)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -79,13 +79,11 @@ class WorkloadAPI:
     """Workload calls of the ClusterAPI; `ClusterAPI` inherits them (it sets `lc`)."""
 
     lc: LeaderContext
-
-    def _state(self) -> dict[str, Any]:
-        return self.__dict__.setdefault("_workload_api", {"locks": {}})
+    # One apply/delete/rollback of a workload at a time on this leader (set by ClusterAPI).
+    _workload_locks: dict[tuple[str, str], asyncio.Lock]
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
-        locks: dict[tuple[str, str], asyncio.Lock] = self._state()["locks"]
-        return locks.setdefault((namespace, name), asyncio.Lock())
+        return self._workload_locks.setdefault((namespace, name), asyncio.Lock())
 
     async def _event(
         self,

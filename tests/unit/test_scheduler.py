@@ -5,6 +5,7 @@ import pytest
 
 from api.v1alpha1 import kat_pb2
 from internal.core.scheduler import (
+    RULES,
     Cluster,
     DaemonNodes,
     NodeState,
@@ -12,6 +13,7 @@ from internal.core.scheduler import (
     ScheduleResult,
     Toleration,
     WorkloadProfile,
+    first_reason,
 )
 
 GI = 2**30
@@ -376,3 +378,68 @@ def test_daemon_place_on() -> None:
     assert c.place_on(p, "a") == "node a: insufficient memory"
     assert c.place_on(p, "b") == "node b: not ready"
     assert c.place_on(p, "zz") == "node zz: not found"
+
+
+# ------------------------------------------------------------------ one rule, two uses
+
+
+def _mixed_cluster(rng: random.Random) -> tuple[list[kat_pb2.Node], list[WorkloadProfile]]:
+    nodes = [
+        node(
+            f"n{i:02d}",
+            cpu=rng.choice([500, 1000, 2000]),
+            memory=rng.choice([1, 2]) * GI,
+            ready=rng.random() > 0.1,
+            cordoned=rng.random() < 0.1,
+            labels={"zone": rng.choice(["a", "b"])},
+            taints=[("dedicated", "db", NS)] if rng.random() < 0.2 else [],
+            gpus=[(NVIDIA, 8000)] if rng.random() < 0.2 else [],
+        )
+        for i in range(40)
+    ]
+    db = (Toleration(key="dedicated", exists=True, effect=NS),)
+    profiles = [
+        profile(
+            f"default/w{w}",
+            cpu=rng.choice([0, 250, 600]),
+            memory=rng.choice([0, 256 * MI, GI]),
+            selector=rng.choice([None, {"zone": "a"}]),
+            tolerations=rng.choice([(), db]),
+            gpu=rng.choice([None, None, (NVIDIA, 3000)]),
+            ports=rng.choice([frozenset(), frozenset({8080})]),
+        )
+        for w in range(12)
+    ]
+    return nodes, profiles
+
+
+def test_placement_and_explanation_use_the_same_rules() -> None:
+    """Every placement lands on a node all rules accept at that moment, and an instance
+    left PENDING is explained by the rules rejecting every node."""
+    rng = random.Random(3)
+    for _ in range(20):
+        nodes, profiles = _mixed_cluster(rng)
+        cluster = Cluster.from_protos(nodes)
+        for p in profiles:
+            before = {
+                n.name: first_reason(RULES, n, p) for n in cluster.nodes
+            }  # the verdicts before this workload's placements
+            result = cluster.schedule(p, rng.randint(1, 30))
+            for name in set(result.nodes):
+                assert before[name] is None
+            if result.unplaced:
+                assert all(first_reason(RULES, n, p) is not None for n in cluster.nodes)
+                assert result.reason.startswith(f"0/{len(nodes)} nodes available")
+                assert result.reason == cluster.explain(p)
+
+
+def test_a_rule_that_does_not_apply_rejects_nothing() -> None:
+    """Placement skips rules whose `applies` is false; that must not change a verdict."""
+    rng = random.Random(5)
+    nodes, profiles = _mixed_cluster(rng)
+    cluster = Cluster.from_protos(nodes)
+    for p in profiles:
+        cluster.schedule(p, 10)  # some accounting, so the resource rules have something
+        for rule in RULES:
+            if not rule.applies(p):
+                assert all(rule.check(n, p) is None for n in cluster.nodes), rule.reason
