@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
-from internal.state import store as st
+from internal.state import keys
 from internal.state.store import Store
 from tests.helpers import EtcdEnv, requires_etcd
 
@@ -30,7 +30,7 @@ async def test_audit_records_list_filter_and_prune(etcd: EtcdEnv) -> None:
         recent = await store.list_audit(since=now - timedelta(days=2))
         assert [r.object for r in recent] == ["w1"]
         assert await store.list_events() == []  # apart from events
-        assert (await client.get_prefix(st.AUDIT)).kvs
+        assert (await client.get_prefix(keys.AUDIT)).kvs
         assert await store.prune_audit(now - timedelta(days=90), batch=2) == 3
         assert [r.object for r in await store.list_audit()] == ["w89", "w1"]
         assert await store.prune_audit(now - timedelta(days=90)) == 0
