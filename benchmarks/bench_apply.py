@@ -52,8 +52,8 @@ spec:
 
 
 def running(client: Client, name: str, want: int) -> bool:
-    items = client.call(
-        "ListInstances", kat_pb2.ListInstancesRequest(namespace="default", workload=name)
+    items = client.list_instances(
+        kat_pb2.ListInstancesRequest(namespace="default", workload=name)
     ).items
     return sum(1 for i in items if i.phase == kat_pb2.Instance.RUNNING) >= want
 
@@ -61,17 +61,17 @@ def running(client: Client, name: str, want: int) -> bool:
 def apply_until_running(client: Client, name: str, replicas: int) -> float:
     data = service(name, replicas)
     t0 = time.perf_counter()
-    client.call("Apply", kat_pb2.ApplyRequest(bundle=data))
+    client.apply(kat_pb2.ApplyRequest(bundle=data))
     wait_until(lambda: running(client, name, replicas), timeout=120, interval=0.01, what=name)
     return time.perf_counter() - t0
 
 
 def delete(client: Client, c: DevCluster, name: str) -> None:
-    client.call("DeleteWorkload", kat_pb2.DeleteWorkloadRequest(namespace="default", name=name))
+    client.delete_workload(kat_pb2.DeleteWorkloadRequest(namespace="default", name=name))
     wait_until(
         lambda: (
-            not client.call(
-                "ListInstances", kat_pb2.ListInstancesRequest(namespace="default", workload=name)
+            not client.list_instances(
+                kat_pb2.ListInstancesRequest(namespace="default", workload=name)
             ).items
         ),
         timeout=60,
@@ -112,7 +112,7 @@ def main() -> int:
             only = c.node("node1")["name"]
             for n in names:
                 if n != only:
-                    client.call("CordonNode", kat_pb2.NodeRequest(name=n))
+                    client.cordon_node(kat_pb2.NodeRequest(name=n))
             apply_until_running(client, "warm", 1)  # pulls the image once
             delete(client, c, "warm")
             kat, plain = [], []
@@ -127,12 +127,11 @@ def main() -> int:
                 file=out,
             )
             for n in names:
-                client.call("UncordonNode", kat_pb2.NodeRequest(name=n))
+                client.uncordon_node(kat_pb2.NodeRequest(name=n))
             took = apply_until_running(client, "many", a.replicas)
             nodes_used = {
                 i.node
-                for i in client.call(
-                    "ListInstances",
+                for i in client.list_instances(
                     kat_pb2.ListInstancesRequest(namespace="default", workload="many"),
                 ).items
             }

@@ -107,7 +107,7 @@ def install(args: list[str], unit_dir: Path = UNIT_DIR) -> str:
 
 def _kat_users() -> list[tuple[str, str]]:
     """(namespace, workload) of every workload user KAT made on this machine."""
-    from kat_agent.node.podman.service import GECOS_PREFIX, USERNAME_PREFIX
+    from kat_agent.node.podman.users import GECOS_PREFIX, USERNAME_PREFIX
 
     found = []
     for pw in pwd.getpwall():
@@ -124,7 +124,7 @@ def uninstall(
     unit_dir: Path = UNIT_DIR,
     users: list[tuple[str, str]] | None = None,
 ) -> list[str]:
-    from kat_agent.node.podman.service import remove_workload_user
+    from kat_agent.node.podman.users import remove_workload_user
 
     done = []
     path = unit_dir / UNIT_NAME

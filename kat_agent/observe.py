@@ -7,13 +7,13 @@ from internal.host.datadir import DataDir, NodeIdentity
 from internal.manifests import defaults
 from internal.observability import metrics
 from internal.observability.metrics_http import serve_metrics
-from kat_agent.version import AGENT_VERSION
+from internal.version import VERSION
 
 
 async def serve_node_metrics(
     dd: DataDir, identity: NodeIdentity, spec: kat_pb2.ClusterConfigurationSpec
 ) -> None:
-    metrics.set_version(AGENT_VERSION)
+    metrics.set_version(VERSION)
     # A configuration stored before metricsPort existed holds 0: use the default.
     port = spec.metrics_port or int(defaults.CLUSTER_DEFAULTS["metrics_port"])
     await serve_metrics(

@@ -1,1 +1,7 @@
-"""KAT."""
+"""katcall, KAT's command line."""
+
+import os
+
+# gRPC core logs TLS handshake failures on stderr by itself; katcall says what went wrong
+# in one sentence of its own (katcall/diagnose.py). Set before grpc is first imported.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")

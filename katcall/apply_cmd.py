@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from api.v1alpha1 import kat_pb2
-from internal.manifests import bundle
+from internal.manifests import bundle, resources
 from katcall.client import CallError, Client
 from katcall.session import connect
 from katcall.token_cmd import parse_duration
@@ -31,14 +31,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "apply",
         help="send a bundle directory or .kat file to the cluster",
-        description="Apply a Quadlet bundle (a directory) or a single .kat file "
-        "(e.g. a namespace.kat). Prints what changed; --wait follows the rollout.",
+        description="Apply a Quadlet bundle (a directory, or a .tar.gz), a single .kat file "
+        "(e.g. a namespace.kat) or, with -f -, either from stdin. Prints what changed; "
+        "--wait follows the rollout. A bundle that leaves out a file the stored revision "
+        "has (e.g. VirtualLoadBalancer.kat) is refused unless --prune says to remove it.",
     )
     p.add_argument(
         "-f", "--filename", dest="path", required=True, metavar="PATH", help="what to apply"
     )
     p.add_argument("--dry-run", action="store_true", help="validate and show changes only")
     p.add_argument("--wait", action="store_true", help="follow the rollout until it is done")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove bundle files (e.g. VirtualLoadBalancer.kat) the bundle no longer has",
+    )
     p.add_argument(
         "--timeout",
         type=parse_duration,
@@ -48,9 +55,84 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+class Refused(Exception):
+    """Nothing sent: the message says why, as one or more lines."""
+
+
+def _invalid(label: str, problems: list[str]) -> Refused:
+    noun = "problem" if len(problems) == 1 else "problems"
+    lines = [f"error: {label} is invalid ({len(problems)} {noun}):"]
+    return Refused("\n".join(lines + [f"  {p}" for p in problems]))
+
+
+def _pack_one(data: bytes, label: str) -> bytes:
+    """One file's bytes as a bundle; a file katcall cannot place (bad YAML, unknown kind)
+    is reported as `validate` reports it, with line and column."""
+    if data.startswith(b"\x1f\x8b"):
+        return data  # already a .tar.gz bundle
+    name = Path(label).name
+    if name in bundle.BUNDLE_FILE_NAMES:
+        return bundle.pack_files({name: data})
+    msg, problems = resources.parse_file(data, label)
+    if problems or msg is None:
+        raise _invalid(label, [str(p) for p in problems])
+    # Its kind names its bundle file (pack_file's rule; a cluster.kat is the leader's to refuse).
+    return bundle.pack_files({bundle.file_for_kind(msg.kind) or name: data})
+
+
+def read_bundle(path: str) -> bytes:
+    """What `apply -f PATH` sends: a directory packed, a file or stdin (`-`) as a bundle."""
+    if path == "-":
+        data = sys.stdin.buffer.read(bundle.DEFAULT_LIMITS.max_compressed + 1)
+        if len(data) > bundle.DEFAULT_LIMITS.max_compressed:
+            raise Refused("error: stdin is larger than a bundle may be")
+        return _pack_one(data, "<stdin>")
+    p = Path(path)
+    if p.is_dir():
+        return bundle.pack_dir(p)
+    with p.open("rb") as f:
+        data = f.read(bundle.DEFAULT_LIMITS.max_compressed + 1)
+    return _pack_one(data, path)
+
+
+_OPTIONAL_FILES = {
+    "VirtualLoadBalancer.kat": "virtual_load_balancer",
+    "JobDefinition.kat": "job_definition",
+    "BuildDefinition.kat": "build_definition",
+}
+
+
+def files_removed(client: Client, data: bytes) -> tuple[str, list[str], int]:
+    """(workload, files the stored revision has that `data` lacks, that revision)."""
+    try:
+        payload = resources.load_apply_payload(bundle.unpack(data))
+    except (resources.ValidationError, bundle.BundleError):
+        return "", [], 0  # the leader says what is wrong with it
+    if not isinstance(payload, kat_pb2.Bundle) or not payload.HasField("workload"):
+        return "", [], 0
+    meta = payload.workload.metadata
+    ref = kat_pb2.ObjectRef(namespace=meta.namespace or "default", name=meta.name)
+    try:
+        revisions = list(client.list_revisions(ref).items)
+    except CallError:
+        return meta.name, [], 0
+    if not revisions:
+        return meta.name, [], 0
+    stored = max(revisions, key=lambda r: r.revision)
+    gone = [
+        f
+        for f, field in _OPTIONAL_FILES.items()
+        if stored.bundle.HasField(field) and not payload.HasField(field)  # type: ignore[arg-type]
+    ]
+    return meta.name, gone, stored.revision
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        data = bundle.pack(Path(args.path))
+        data = read_bundle(args.path)
+    except Refused as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except bundle.BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -58,18 +140,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {args.path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     with connect(args) as client:
+        name, gone, revision = files_removed(client, data)
+        if gone and not args.prune:
+            print(
+                f"error: applying {args.path} would remove {', '.join(gone)} from workload/"
+                f"{name} (revision {revision} has it); add the file to the bundle, or pass "
+                "--prune to remove it",
+                file=sys.stderr,
+            )
+            return 1
         try:
-            resp = client.call("Apply", kat_pb2.ApplyRequest(bundle=data, dry_run=args.dry_run))
+            resp = client.apply(kat_pb2.ApplyRequest(bundle=data, dry_run=args.dry_run))
         except CallError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
-                problems = str(exc).splitlines()
-                noun = "problem" if len(problems) == 1 else "problems"
-                print(f"error: {args.path} is invalid ({len(problems)} {noun}):", file=sys.stderr)
-                for line in problems:
-                    print(f"  {line}", file=sys.stderr)
+                print(_invalid(args.path, str(exc).splitlines()), file=sys.stderr)
                 return 1
             raise
         print_result(resp, args.dry_run)
+        for f in gone:
+            print(f"  {f} {'would be ' if args.dry_run else ''}pruned")
         if not args.wait or args.dry_run or not resp.HasField("workload"):
             return 0
         return wait_for_rollout(client, resp.workload, args.timeout)
@@ -197,8 +286,8 @@ def wait_for_rollout(client: Client, applied: kat_pb2.Workload, timeout: float) 
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        stream = client.stream(
-            "WatchWorkloads", kat_pb2.WatchRequest(namespace=meta.namespace), timeout=left
+        stream = client.watch_workloads(
+            kat_pb2.WatchRequest(namespace=meta.namespace), timeout=left
         )
         try:
             ok, why = follow(stream, meta.namespace, meta.name, meta.generation, emit)

@@ -1,18 +1,18 @@
-"""`katcall get audit [--since 1h] [-o json]`: the leader's audit trail."""
+"""`katcall get audit [--since 1h] [-o wide|json]`: the leader's audit trail."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from api.v1alpha1 import kat_pb2
-from katcall import output
 from katcall.client import Client
-from katcall.get_cmd import register_resource
+from katcall.get_cmd import Resource, register_resource
 from katcall.token_cmd import parse_duration
 
 
-def _list(client: Client, args: argparse.Namespace) -> list[kat_pb2.AuditRecord]:
+def _list(client: Client, args: argparse.Namespace, _sel: dict[str, str]) -> list[Any]:
     req = kat_pb2.ListAuditRequest()
     if getattr(args, "since", ""):
         try:
@@ -23,20 +23,20 @@ def _list(client: Client, args: argparse.Namespace) -> list[kat_pb2.AuditRecord]
     return list(client.call("ListAudit", req).items)
 
 
-def _rows(items: list[kat_pb2.AuditRecord], wide: bool) -> str:
-    headers = ["TIME", "ACTOR", "VERB", "OBJECT", "OUTCOME"] + (
-        ["METHOD", "MESSAGE"] if wide else []
-    )
-    rows = []
-    for r in items:
-        when = r.time.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
-        row = [when, r.actor, r.verb, r.object, r.outcome]
-        if wide:
-            row += [r.method, r.message]
-        rows.append(row)
-    return output.table(headers, rows)
+def _headers(wide: bool, _ns: bool) -> list[str]:
+    return ["TIME", "ACTOR", "VERB", "OBJECT", "OUTCOME"] + (["METHOD", "MESSAGE"] if wide else [])
+
+
+def _row(r: Any, wide: bool, _ns: bool) -> list[str]:
+    row = [r.time.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ"), r.actor, r.verb, r.object]
+    row.append(r.outcome)
+    return row + ([r.method, r.message] if wide else [])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     # `get audit` is a resource of `katcall get` (its --since option is there too).
-    register_resource("audit", _list, _rows)
+    register_resource(
+        Resource(
+            "audit", "audit", _list, _headers, _row, key=lambda r: r.id, name_of=lambda r: r.id
+        )
+    )

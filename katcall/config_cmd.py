@@ -1,9 +1,11 @@
-"""`katcall config get-contexts|use-context|current-context`."""
+"""`katcall config view|get-contexts|use-context|current-context|merge`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import yaml
 
 from internal.security import clientconfig
 from katcall import output
@@ -20,6 +22,26 @@ def cmd_get_contexts(args: argparse.Namespace) -> int:
         for n, c in sorted(cfg.contexts.items())
     ]
     print(output.table(["CURRENT", "NAME", "ENDPOINTS"], rows))
+    return 0
+
+
+def view(cfg: clientconfig.ClientConfig, raw: bool = False) -> str:
+    """The config as YAML; certificates and keys shown as REDACTED unless `raw`."""
+    doc = yaml.safe_load(cfg.to_yaml())
+    if not raw:
+        for ctx in doc.get("contexts") or []:
+            for key in ("ca", "cert", "key"):
+                if ctx.get(key):
+                    ctx[key] = "REDACTED"
+    return yaml.safe_dump(doc, sort_keys=False).rstrip()
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    cfg = clientconfig.load(_path(args))
+    if args.minify:
+        ctx = cfg.context(getattr(args, "context", None))
+        cfg = clientconfig.ClientConfig(contexts={ctx.name: ctx}, current=ctx.name)
+    print(view(cfg, raw=args.raw))
     return 0
 
 
@@ -53,6 +75,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="manage cluster contexts in the katcall config")
     csub = p.add_subparsers(dest="config_cmd", required=True)
+    v = csub.add_parser("view", help="print the config (certificates and keys redacted)")
+    v.add_argument("--raw", action="store_true", help="show certificates and keys too")
+    v.add_argument("--minify", action="store_true", help="only the context in use")
+    v.set_defaults(func=cmd_view)
     csub.add_parser("get-contexts", help="list contexts").set_defaults(func=cmd_get_contexts)
     csub.add_parser("current-context", help="print the current context").set_defaults(
         func=cmd_current

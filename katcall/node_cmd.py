@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from api.v1alpha1 import kat_pb2
 from katcall.session import connect
 
 
-def _set(method: str, verb: str) -> object:
+def _set(cordon: bool, verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         with connect(args) as client:
-            client.call(method, kat_pb2.NodeRequest(name=args.node))
+            req = kat_pb2.NodeRequest(name=args.node)
+            if cordon:
+                client.cordon_node(req)
+            else:
+                client.uncordon_node(req)
         print(f"node/{args.node} {verb}")
         return 0
 
@@ -20,8 +25,7 @@ def _set(method: str, verb: str) -> object:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        client.call(
-            "DrainNode",
+        client.drain_node(
             kat_pb2.DrainRequest(name=args.node, timeout_seconds=args.timeout),
             timeout=args.timeout + 15,
         )
@@ -31,14 +35,14 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        client.call("RemoveNode", kat_pb2.NodeRequest(name=args.node))
+        client.remove_node(kat_pb2.NodeRequest(name=args.node))
     print(f"node/{args.node} removed")
     return 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        resp = client.call("Backup", kat_pb2.BackupRequest(), timeout=300)
+        resp = client.backup(kat_pb2.BackupRequest(), timeout=300)
     print(f"snapshot {resp.path} ({resp.size_bytes} bytes) written on the leader")
     return 0
 
@@ -57,10 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.set_defaults(func=cmd_remove)
     b = sub.add_parser("backup", help="take an etcd snapshot on the leader now")
     b.set_defaults(func=cmd_backup)
-    for name, method, verb, help_ in (
-        ("cordon", "CordonNode", "cordoned", "stop scheduling onto a node"),
-        ("uncordon", "UncordonNode", "uncordoned", "allow scheduling onto a node again"),
+    for name, cordon, verb, help_ in (
+        ("cordon", True, "cordoned", "stop scheduling onto a node"),
+        ("uncordon", False, "uncordoned", "allow scheduling onto a node again"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("node")
-        p.set_defaults(func=_set(method, verb))
+        p.set_defaults(func=_set(cordon, verb))

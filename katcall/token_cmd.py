@@ -22,8 +22,7 @@ def parse_duration(text: str) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        resp = client.call(
-            "CreateToken",
+        resp = client.create_token(
             kat_pb2.CreateTokenRequest(
                 ttl_seconds=args.ttl, max_uses=args.max_uses, description=args.description
             ),
@@ -38,13 +37,13 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        client.call("RevokeToken", kat_pb2.RevokeTokenRequest(id=args.id))
+        client.revoke_token(kat_pb2.RevokeTokenRequest(id=args.id))
     print(f"token {args.id} revoked")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    args.resource, args.name, args.namespace = "tokens", None, ""
+    args.resource, args.name, args.selector, args.watch = "tokens", None, None, False
     return get_cmd.cmd_get(args)
 
 
@@ -62,7 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-q", "--quiet", action="store_true", help="print only the token")
     c.set_defaults(func=cmd_create)
     ls = tsub.add_parser("list", help="list tokens (never their secrets)")
-    ls.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default="")
     ls.set_defaults(func=cmd_list)
     r = tsub.add_parser("revoke", help="revoke a token by id")
     r.add_argument("id")

@@ -4,9 +4,10 @@ simulated agents for testing the leader's side of workloads.
 A simulated agent is a test double for a node: it joins through the real Join RPC (its own
 key and certificate), sends heartbeats on the real Heartbeats stream, follows the real
 WatchAssignments stream and serves NodeAgent (logs, exec) on its own loopback address with
-mTLS. Instead of Podman it keeps "containers" in memory and acts on its assignments exactly
-as the node contract says (kat_agent/leader/assignments.py): start what is assigned, stop
-what is TERMINATING or no longer assigned, restart an exited container only when the
+mTLS. Instead of Podman it runs the in-memory fake runtime (kat_agent/node/podman/fake.py)
+and decides with the node's real pure core (internal/core/node_plan.py), so the node
+contract (kat_agent/leader/assignments.py) exists once in code: start what is assigned,
+stop what is TERMINATING or no longer assigned, restart an exited container only when the
 assignment's restart_count is higher than the one it last acted on. How each workload's
 containers behave (become ready, exit with a code) is scripted per workload with
 `Behavior`. Every change is recorded in a shared `World`, so tests can check invariants
@@ -26,15 +27,20 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal.core import node_plan as np
 from internal.core import tokens
 from internal.security import clientconfig, pki, rpc
+from kat_agent.node.podman.fake import FakeBehavior, FakeRuntime
+from kat_agent.node.podman.observe import ObservedContainer
+from kat_agent.node.podman.spec import InstanceSpec
 from tests.helpers import LoopThread, free_port
 
 P = kat_pb2.Instance
@@ -217,47 +223,6 @@ class Behavior:
 
 
 @dataclass
-class Container:
-    instance: kat_pb2.Instance  # as assigned
-    node: str
-    is_job: bool
-    acted: int  # the restart_count it was (re)started for
-    started: float
-    started_wall: float
-    finished: float | None = None
-    exit_code: int = 0
-    starts: int = 1
-
-    def report(self, behavior: Behavior, now: float) -> kat_pb2.Instance:
-        inst = P(
-            id=self.instance.id,
-            workload=self.instance.workload,
-            namespace=self.instance.namespace,
-            node=self.node,
-            generation=self.instance.generation,
-            job_run=self.instance.job_run,
-            restart_count=self.acted,
-            container_id=f"c-{self.instance.id}-{self.starts}",
-        )
-        inst.started_at.FromNanoseconds(int(self.started_wall * 1e9))
-        if self.finished is None and behavior.exit_after is not None:
-            if now - self.started >= behavior.exit_after:
-                self.finished = now
-                self.exit_code = behavior.exit_code
-        if self.finished is not None:
-            done = self.exit_code == 0 and self.is_job
-            inst.phase = P.SUCCEEDED if done else P.FAILED
-            inst.exit_code = self.exit_code
-            inst.message = "completed" if done else f"exited with code {self.exit_code}"
-            wall = self.started_wall + (self.finished - self.started)
-            inst.finished_at.FromNanoseconds(int(wall * 1e9))
-        else:
-            inst.phase = P.RUNNING
-            inst.ready = now - self.started >= behavior.ready_after
-        return inst
-
-
-@dataclass
 class Sample:
     at: float
     instances: dict[str, kat_pb2.Instance]  # every container's report, over all agents
@@ -318,7 +283,9 @@ class SimAgent:
         self.name, self.cert, self.key, self.address = name, cert, key, address
         self.labels = labels
         self.ca = leader.context.ca
-        self.containers: dict[str, Container] = {}
+        self.fake = FakeRuntime(behave=self._behave)
+        self.memory: dict[str, np.Memory] = {}
+        self.desired: dict[str, kat_pb2.Assignment] = {}
         self.snapshot: kat_pb2.AssignmentSet | None = None
         self.snapshots = 0
         self.connected = False
@@ -365,42 +332,73 @@ class SimAgent:
 
     # ---------------------------------------------------------------- node behaviour
 
-    def reports(self, now: float) -> list[kat_pb2.Instance]:
-        return [
-            c.report(self.world.behavior(c.instance), now) for c in list(self.containers.values())
-        ]
+    @property
+    def containers(self) -> dict[str, ObservedContainer]:
+        """The fake runtime's containers by instance id."""
+        self.fake.settle()
+        return {c.observed.instance_id: c.observed for c in list(self.fake.containers.values())}
 
-    def _apply(self, snap: kat_pb2.AssignmentSet) -> None:
-        now, wall = time.monotonic(), time.time()
-        wanted: dict[str, kat_pb2.Assignment] = {a.instance.id: a for a in snap.assignments}
-        for inst_id in list(self.containers):
-            a = wanted.get(inst_id)
-            if a is None or a.instance.phase == P.TERMINATING:
-                del self.containers[inst_id]
-        for inst_id, a in wanted.items():
-            phase = a.instance.phase
-            c = self.containers.get(inst_id)
-            if phase == P.TERMINATING:
-                if a.instance.purge_volumes:
-                    self.world.purged.add(inst_id)
+    def _behave(self, spec: InstanceSpec) -> FakeBehavior:
+        b = self.world.behaviors.get(f"{spec.workload}@{spec.generation}")
+        b = b or self.world.behaviors.get(spec.workload, Behavior())
+        return FakeBehavior(exit_after=b.exit_after, exit_code=b.exit_code)
+
+    def reports(self, now: float) -> list[kat_pb2.Instance]:
+        """What the node reports (node_plan.instance_report); readiness as scripted."""
+        out = []
+        containers = self.containers
+        desired = dict(self.desired)
+        for iid, mem in list(self.memory.items()):
+            obs = containers.get(iid)
+            view = np.InstanceView(iid, desired.get(iid), obs, mem)
+            inst = np.instance_report(self.name, view)
+            if inst is None:
                 continue
-            if c is None:
-                if phase in (P.SUCCEEDED, P.FAILED):
-                    continue  # done as far as the leader knows
-                is_job = a.bundle.workload.spec.type == kat_pb2.WorkloadSpec.JOB
-                self.containers[inst_id] = Container(
-                    a.instance, self.name, is_job, a.instance.restart_count, now, wall
-                )
-                self.world.starts.append((now, self.name, inst_id, a.instance.restart_count))
-                continue
-            c.instance = a.instance
-            behavior = self.world.behavior(a.instance)
-            c.report(behavior, now)  # settle an exit that is due
-            if c.finished is not None and a.instance.restart_count > c.acted:
-                c.acted = a.instance.restart_count
-                c.started, c.started_wall, c.finished, c.starts = now, wall, None, c.starts + 1
-                self.world.starts.append((now, self.name, inst_id, c.acted))
+            if inst.ready and obs is not None and obs.started_at is not None:
+                behavior = self.world.behavior(inst)
+                inst.ready = time.time() - obs.started_at.timestamp() >= behavior.ready_after
+            out.append(inst)
+        return out
+
+    async def _apply(self, snap: kat_pb2.AssignmentSet) -> None:
+        """Plan with node_plan and execute on the fake runtime until nothing is left to do."""
+        self.desired, _ = np.desired_by_id(snap, self.name)
+        for _ in range(10):
+            plan = np.node_plan(
+                self.desired, self.containers, self.memory, datetime.now(UTC), node=self.name
+            )
+            self.memory = dict(plan.memory)
+            progress = False
+            for action in plan.actions:
+                progress = await self._execute(action) or progress
+            if not progress:
+                break
         self._changed.set()
+
+    async def _execute(self, action: np.Action) -> bool:
+        """One action on the fake runtime; True if it changed a container."""
+        fake = self.fake
+        match action:
+            case np.Create(instance_id=iid, assignment=a):
+                spec = InstanceSpec.from_proto(a.instance, a.bundle.workload.spec)
+                spec = replace(spec, extra_labels=np.node_labels(a))
+                fake.images.add(spec.image)  # "pulled"
+                self.memory[iid] = np.created(self.memory.get(iid, np.Memory()), a)
+                await fake.create_and_start(spec)
+                self.world.starts.append(
+                    (time.monotonic(), self.name, iid, a.instance.restart_count)
+                )
+                return True
+            case np.StopAndRemove(container_id=cid):
+                await fake.stop(cid, 0)
+                await fake.remove(cid, force=True)
+                return True
+            case np.PurgeVolumes(instance_id=iid):
+                self.world.purged.add(iid)
+                self.memory[iid] = replace(self.memory[iid], purged=True)
+            case _:
+                pass  # Adopt, Watch, Forget, Report: nothing to do on the fake
+        return False
 
     # ---------------------------------------------------------------- streams
 
@@ -449,7 +447,7 @@ class SimAgent:
                 async for snap in call:
                     self.snapshot = snap
                     self.snapshots += 1
-                    self._apply(snap)
+                    await self._apply(snap)
                     self.world.record()
             except grpc.RpcError:
                 pass
@@ -473,11 +471,27 @@ class _NodeAgent(kat_pb2_grpc.NodeAgentServicer):
         await rpc.require_role(context, rpc.ROLE_NODE)
         if request.instance_id not in self.agent.containers:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no container {request.instance_id}")
-        lines = [f"line {i} of {request.instance_id}\n" for i in range(1, 4)]
+        # Three stdout lines a minute apart ending now, then (unless tailing) one on stderr;
+        # since_seconds and timestamps are honoured as Podman does.
+        now = time.time()
+        lines = [(now - 60 * (3 - i), f"line {i} of {request.instance_id}\n") for i in (1, 2, 3)]
         if request.tail:
             lines = lines[-request.tail :]
-        for line in lines:
-            yield kat_pb2.LogChunk(instance_id=request.instance_id, data=line.encode())
+        if request.since_seconds:
+            lines = [(t, text) for t, text in lines if t >= now - request.since_seconds]
+        for t, line in lines:
+            data = self._stamp(request, t, line)
+            yield kat_pb2.LogChunk(instance_id=request.instance_id, data=data)
+        if not request.tail:
+            err = self._stamp(request, now, f"oops from {request.instance_id}\n")
+            yield kat_pb2.LogChunk(instance_id=request.instance_id, data=err, stderr=True)
+
+    @staticmethod
+    def _stamp(request: kat_pb2.LogsRequest, t: float, line: str) -> bytes:
+        if not request.timestamps:
+            return line.encode()
+        stamp = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+        return f"{stamp} {line}".encode()
 
     async def Exec(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         await rpc.require_role(context, rpc.ROLE_NODE)
@@ -486,6 +500,15 @@ class _NodeAgent(kat_pb2_grpc.NodeAgentServicer):
         async for req in request_iterator:
             if first is None:
                 first = req
+                if req.tty:  # a terminal: answer as it goes, until stdin says "exit"
+                    yield kat_pb2.ExecResponse(stdout=f"tty {req.rows}x{req.cols}\r\n".encode())
+            elif first.tty and req.rows:
+                yield kat_pb2.ExecResponse(stdout=f"resized {req.rows}x{req.cols}\r\n".encode())
+            elif first.tty and req.stdin:
+                yield kat_pb2.ExecResponse(stdout=b"got " + req.stdin)
+                if b"exit" in req.stdin:
+                    yield kat_pb2.ExecResponse(exited=True, exit_code=0)
+                    return
             stdin += req.stdin
         assert first is not None
         out = f"{first.instance_id} ran {' '.join(first.command)}; stdin {stdin.decode()!r}\n"

@@ -935,42 +935,54 @@ class ListEventsRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., object_name: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("namespace", "workload", "instance_id", "follow", "tail")
+    __slots__ = ("namespace", "workload", "instance_id", "follow", "tail", "since_seconds", "timestamps", "previous")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     workload: str
     instance_id: str
     follow: bool
     tail: int
-    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., instance_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ...) -> None: ...
+    since_seconds: int
+    timestamps: bool
+    previous: bool
+    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., instance_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since_seconds: _Optional[int] = ..., timestamps: _Optional[bool] = ..., previous: _Optional[bool] = ...) -> None: ...
 
 class LogChunk(_message.Message):
-    __slots__ = ("instance_id", "data")
+    __slots__ = ("instance_id", "data", "stderr")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     data: bytes
-    def __init__(self, instance_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    stderr: bool
+    def __init__(self, instance_id: _Optional[str] = ..., data: _Optional[bytes] = ..., stderr: _Optional[bool] = ...) -> None: ...
 
 class ExecRequest(_message.Message):
-    __slots__ = ("namespace", "workload", "instance_id", "command", "stdin", "tty")
+    __slots__ = ("namespace", "workload", "instance_id", "command", "stdin", "tty", "rows", "cols")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     TTY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     workload: str
     instance_id: str
     command: _containers.RepeatedScalarFieldContainer[str]
     stdin: bytes
     tty: bool
-    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., instance_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., stdin: _Optional[bytes] = ..., tty: _Optional[bool] = ...) -> None: ...
+    rows: int
+    cols: int
+    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ..., instance_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., stdin: _Optional[bytes] = ..., tty: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
 
 class ExecResponse(_message.Message):
     __slots__ = ("stdout", "stderr", "exited", "exit_code")
@@ -1033,20 +1045,22 @@ class ClusterInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("cluster_uid", "leader_node", "leader_api_address", "api_endpoints", "configuration", "etcd_members")
+    __slots__ = ("cluster_uid", "leader_node", "leader_api_address", "api_endpoints", "configuration", "etcd_members", "version")
     CLUSTER_UID_FIELD_NUMBER: _ClassVar[int]
     LEADER_NODE_FIELD_NUMBER: _ClassVar[int]
     LEADER_API_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     API_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     CONFIGURATION_FIELD_NUMBER: _ClassVar[int]
     ETCD_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     cluster_uid: str
     leader_node: str
     leader_api_address: str
     api_endpoints: _containers.RepeatedScalarFieldContainer[str]
     configuration: ClusterConfiguration
     etcd_members: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cluster_uid: _Optional[str] = ..., leader_node: _Optional[str] = ..., leader_api_address: _Optional[str] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., etcd_members: _Optional[_Iterable[str]] = ...) -> None: ...
+    version: str
+    def __init__(self, cluster_uid: _Optional[str] = ..., leader_node: _Optional[str] = ..., leader_api_address: _Optional[str] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., etcd_members: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ()

@@ -74,8 +74,13 @@ def observe_instance(
     rec.exit_code = report.exit_code
     exited = instance_time(report, "finished_at") or now
     started = instance_time(report, "started_at") or exited
+    # A failure that is not an exit (no container could be created, or it vanished) has no
+    # start; the node dates it when it first saw it (finished_at), so the back-off runs
+    # from a fixed point (without a date it would be "now" on every pass, for ever).
     no_exit = (
-        report.phase == _Inst.FAILED and not report.exit_code and report.finished_at.seconds == 0
+        report.phase == _Inst.FAILED
+        and not report.exit_code
+        and (report.finished_at.seconds == 0 or not report.HasField("started_at"))
     )
     code = NO_EXIT if no_exit else report.exit_code
     d = rollout.decide_restart(
@@ -105,8 +110,14 @@ def observe_instance(
         return Observation(rec, (ev,))
     if d.action is _Restart.RESTART_LATER:
         rec.phase = _Inst.STARTING
-        rec.message = f"back-off: {why}"
-        return Observation(rec, (), d.at)
+        # After the first restart a failing instance is in a crash loop: say so the way
+        # users know it from Kubernetes (shown in `get instances -o wide`, and in events).
+        label = "CrashLoopBackOff" if rec.policy_restart_count > 0 else "back-off"
+        rec.message = f"{label}: {why}"
+        if record.message == rec.message:
+            return Observation(rec, (), d.at)  # still the same back-off: said already
+        text = f"instance {rec.id} on node {rec.node}: {why}"
+        return Observation(rec, (workload_event(key, "BackOff", text, True),), d.at)
     rec.phase = _Inst.STARTING
     rec.restart_count += 1
     rec.policy_restart_count = d.restart_count

@@ -143,6 +143,11 @@ def _read_limited(file: Path) -> bytes:
     return data
 
 
+def file_for_kind(kind: str) -> str | None:
+    """The bundle file name a resource of `kind` is stored under (None: not a bundle kind)."""
+    return _KIND_FILES.get(kind)
+
+
 def _name_for_kind(data: bytes, file: Path) -> str:
     try:
         doc = yaml.safe_load(data)

@@ -251,6 +251,21 @@ class Store(WorkloadRecords, AuditRecords):
                         self._event_lease = None
         raise StoreError(f"could not record event {ev.reason}: its lease keeps vanishing")
 
+    async def list_events_with_revision(
+        self, namespace: str | None = None
+    ) -> tuple[builtins.list[kat_pb2.Event], int]:
+        """Events oldest first (as list_events) and the store revision they were read at."""
+        items, revision = await self.list_with_revision(events_prefix(namespace), kat_pb2.Event)
+        events = [v.msg for v in items]
+        events.sort(key=lambda e: (e.timestamp.ToNanoseconds(), e.id))
+        return events, revision
+
+    def watch_events(
+        self, namespace: str | None = None, start_revision: int | None = None
+    ) -> AsyncIterator[WatchEvent[kat_pb2.Event]]:
+        """New events of one namespace, or of all (None)."""
+        return self.watch(events_prefix(namespace), kat_pb2.Event, start_revision)
+
     async def list_events(
         self, namespace: str | None = None, limit: int = 0
     ) -> builtins.list[kat_pb2.Event]:

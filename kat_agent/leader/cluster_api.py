@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -13,9 +14,10 @@ from internal.core import tokens
 from internal.core.events import new_event
 from internal.manifests.defaults import new_namespace
 from internal.state.etcd_values import EtcdError
-from internal.state.kv import AlreadyExists, StaleWrite, Versioned
+from internal.state.kv import AlreadyExists, EventType, StaleWrite, Versioned
+from internal.version import VERSION
 from kat_agent.leader.context import LeaderContext
-from kat_agent.leader.guards import admin
+from kat_agent.leader.guards import admin, admin_stream
 from kat_agent.leader.node_proxy import NodeProxyAPI
 from kat_agent.leader.workload_api import WorkloadAPI
 
@@ -286,6 +288,26 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
             events = events[-request.limit :]
         return kat_pb2.EventList(items=events)
 
+    @admin_stream
+    async def WatchEvents(
+        self, request: kat_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kat_pb2.Event]:
+        """The stored events (oldest first), then each new one as it is recorded; events
+        of cluster-scoped objects go with every namespace, as in ListEvents."""
+        ns = request.namespace
+
+        def wanted(e: kat_pb2.Event) -> bool:
+            return not ns or ns == "*" or e.namespace in ("", ns)
+
+        store = self.lc.store
+        events, revision = await store.list_events_with_revision(None)
+        for e in events:
+            if wanted(e):
+                yield e
+        async for ev in store.watch_events(None, revision + 1):
+            if ev.msg is not None and ev.type is EventType.PUT and wanted(ev.msg):
+                yield ev.msg
+
     @admin
     async def GetClusterInfo(
         self, request: kat_pb2.ClusterInfoRequest, context: grpc.aio.ServicerContext
@@ -297,6 +319,7 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
             leader_api_address=lc.api_address,
             api_endpoints=lc.api_endpoints(),
             configuration=lc.config,
+            version=VERSION,
         )
 
     @admin

@@ -78,6 +78,9 @@ class NodeProxyAPI:
             instance_id=inst.id,
             follow=request.follow,
             tail=request.tail,
+            since_seconds=request.since_seconds,
+            timestamps=request.timestamps,
+            previous=request.previous,
         )
         call = stub.Logs(forward, timeout=None if request.follow else _LOGS_TIMEOUT)
         try:

@@ -158,8 +158,7 @@ class NodeRegistry:
                 st.advertise_address = req.advertise_address
             if req.wireguard_public_key:
                 st.wireguard_public_key = req.wireguard_public_key
-            if req.agent_version:
-                st.agent_version = req.agent_version
+            st.agent_version = req.agent_version
             del st.instances[:]
             st.instances.extend(req.instances)
             node.metadata.labels.clear()

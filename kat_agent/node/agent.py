@@ -14,7 +14,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.datadir import DataDir, NodeIdentity
 from internal.security import rpc
-from kat_agent.version import AGENT_VERSION
+from internal.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Agent:
             labels=self.labels,
             advertise_address=self.identity.advertise_address,
             instances=self.instances(),
-            agent_version=AGENT_VERSION,
+            agent_version=VERSION,
         )
 
     async def heartbeat_once(self) -> kat_pb2.HeartbeatResponse | None:

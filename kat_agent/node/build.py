@@ -39,7 +39,7 @@ from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
 from internal.observability import metrics
-from kat_agent.node.podman.runtime import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.services import NodeSettings
 
 log = logging.getLogger(__name__)

@@ -1,19 +1,9 @@
-"""The node's reconciler: the instances the leader assigned (desired) against the
-containers Podman reports (observed), one step at a time per instance.
-
-Contract with the leader (see also README, "Node runtime"):
-- desired state is the last full `AssignmentSet` (from the stream, else the copy saved in
-  the data dir); until there is one, nothing is started or stopped, only observed;
-- an assigned instance without a container is created and started (PULLING, STARTING,
-  RUNNING); one that is TERMINATING or no longer assigned is stopped (SIGTERM, grace,
-  SIGKILL) and removed, and then no longer reported;
-- restarts are the leader's: the node starts a fresh container for an instance only
-  when the assignment's `restart_count` is above the count it last acted on (kept in a
-  container label, so it survives agent restarts). An exited container stays as it is,
-  reported SUCCEEDED (exit 0 of a JOB) or FAILED with its exit code, until then;
-- a failing health check (failureThreshold in a row) stops the container and reports
-  FAILED "health check failed"; the leader applies the restart policy;
-- containers are adopted, never restarted, when the agent restarts (same instance id).
+"""The node's reconciler, an executor: for each instance it observes (assignments from the
+leader, containers from Podman), asks the pure `node_plan` (internal/core/node_plan.py, where
+the contract with the leader is written out) what to do, does it through the container
+runtime (kat_agent/node/podman/runtime.py, or the in-memory fake) and reports. One worker
+task per instance, so a slow pull of one never holds up the others; level-triggered (every
+step looks at the current facts) and restart-safe (containers are adopted by their labels).
 """
 
 from __future__ import annotations
@@ -23,37 +13,44 @@ import contextlib
 import dataclasses
 import enum
 import logging
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from api.v1alpha1 import kat_pb2
+from internal.core.node_plan import (
+    Action,
+    Adopt,
+    Create,
+    Forget,
+    PurgeVolumes,
+    Report,
+    StopAndRemove,
+    StopUnhealthy,
+    Watch,
+    created,
+    desired_by_id,
+    health_check,
+    label_restarts,
+    node_labels,
+    plan_instance,
+)
 from internal.observability import metrics
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
-from kat_agent.node.podman.runtime import (
-    LABEL_PREFIX,
-    ContainerRuntimeError,
-    ErrorKind,
-    InstanceSpec,
-    ObservedContainer,
-)
-from kat_agent.node.podman.service import PodmanServiceError
-from kat_agent.node.podman.services import Backend, NodeSettings, PodmanPool
+from kat_agent.node.instance_state import InstanceState, find_containers
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
+from kat_agent.node.podman.mounts import purge_workload_volumes
+from kat_agent.node.podman.observe import ObservedContainer
+from kat_agent.node.podman.runtime import BackendPool, RuntimeBackend
+from kat_agent.node.podman.services import NodeSettings, PodmanPool
+from kat_agent.node.podman.spec import InstanceSpec
+from kat_agent.node.watchers import RETRY_BACKOFF, run_health_checks, wait_for_exit
 
 log = logging.getLogger(__name__)
 
-LABEL_RESTARTS = LABEL_PREFIX + "restart-count"
-LABEL_TYPE = LABEL_PREFIX + "workload-type"
-LABEL_JOB_RUN = LABEL_PREFIX + "job-run"
 
 P = kat_pb2.Instance
-
-HEALTH_DEFAULTS = {"period": 10, "timeout": 1, "success": 1, "failure": 3}
-NOT_STARTED = ("created", "configured", "initialized")
-RETRY_BACKOFF = (0.5, 10.0)
-TERMINAL = (kat_pb2.Instance.SUCCEEDED, kat_pb2.Instance.FAILED)
 
 
 class Step(enum.Enum):
@@ -63,120 +60,12 @@ class Step(enum.Enum):
     RETRY = "retry"  # failed for a passing reason (Podman restarting): back off
 
 
-@dataclass(eq=False)
-class InstanceState:
-    id: str
-    assignment: kat_pb2.Assignment | None = None
-    backend: Backend | None = None
-    observed: ObservedContainer | None = None
-    acted_restarts: int | None = None  # the leader's restart count last acted on
-    activity: int | None = None  # PULLING / STARTING / TERMINATING while doing it
-    message: str = ""  # with activity: what is going on
-    error: str = ""  # creating failed: FAILED without a container
-    vanished: bool = False  # no container where one should be (removed behind KAT's back)
-    health_failed: str = ""  # id of the container whose health check failed
-    purged: bool = False  # its workload's volumes were purged (purge_volumes)
-    ready: bool = False  # health check passed (only used with a health check)
-    busy: bool = False  # a step is running
-    epoch: int = 0  # bumped by every action (resync compares it)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task[None] | None = None
-    waiter: tuple[str, asyncio.Task[None]] | None = None
-    health: tuple[str, asyncio.Task[None]] | None = None
-
-    # ------------------------------------------------------------ facts
-
-    @property
-    def namespace(self) -> str:
-        if self.assignment is not None:
-            return self.assignment.instance.namespace
-        return self.observed.namespace if self.observed else ""
-
-    @property
-    def workload(self) -> str:
-        if self.assignment is not None:
-            return self.assignment.instance.workload
-        return self.observed.workload if self.observed else ""
-
-    @property
-    def is_job(self) -> bool:
-        if self.assignment is not None:
-            return self.assignment.bundle.workload.spec.type == kat_pb2.WorkloadSpec.JOB
-        return bool(self.observed and self.observed.labels.get(LABEL_TYPE) == "JOB")
-
-    def health_check(self) -> kat_pb2.HealthCheck | None:
-        if self.assignment is None:
-            return None
-        check = self.assignment.bundle.virtual_load_balancer.spec.health_check
-        return check if check.exec.command else None
-
-    def container_id(self) -> str:
-        return self.observed.container_id if self.observed else ""
-
-    # ------------------------------------------------------------ report
-
-    def report(self, node: str) -> kat_pb2.Instance | None:
-        """The instance as the node sees it; None once the node has nothing of it."""
-        a, obs = self.assignment, self.observed
-        if obs is None and self.activity is None and not self.error and not self.vanished:
-            if a is None or a.instance.phase in (P.TERMINATING, *TERMINAL):
-                return None
-        inst = kat_pb2.Instance(id=self.id, node=node)
-        inst.namespace = self.namespace
-        inst.workload = self.workload
-        if a is not None:
-            inst.generation = a.instance.generation
-            inst.job_run = a.instance.job_run
-        if obs is not None:
-            inst.generation = obs.generation or inst.generation
-            inst.job_run = inst.job_run or obs.labels.get(LABEL_JOB_RUN, "")
-            inst.container_id = obs.container_id
-            inst.ip = obs.ip
-            if obs.started_at:
-                inst.started_at.FromDatetime(obs.started_at)
-            if obs.finished_at:
-                inst.finished_at.FromDatetime(obs.finished_at)
-            if obs.exit_code is not None:
-                inst.exit_code = obs.exit_code
-        inst.restart_count = self.acted_restarts or 0
-        inst.phase, inst.message = self._phase()
-        inst.ready = bool(
-            inst.phase == P.RUNNING
-            and obs is not None
-            and obs.container_id != self.health_failed
-            and (self.ready or self.health_check() is None)
-        )
-        return inst
-
-    def _phase(self) -> tuple[int, str]:
-        obs = self.observed
-        if self.activity is not None:
-            return self.activity, self.message
-        if obs is not None:
-            if obs.running or obs.state == "paused":
-                if obs.container_id == self.health_failed:
-                    return P.RUNNING, "health check failed; stopping"
-                return P.RUNNING, "" if obs.running else obs.state
-            if obs.state == "exited":
-                code = obs.exit_code or 0
-                if obs.container_id == self.health_failed:
-                    return P.FAILED, "health check failed"
-                if code == 0 and self.is_job:
-                    return P.SUCCEEDED, "completed"
-                why = f"exited with code {code}"
-                return P.FAILED, f"{why} (out of memory)" if obs.oom_killed else why
-            if obs.state in NOT_STARTED:
-                return P.STARTING, ""
-            return P.RUNNING, obs.state  # stopping, removing: passing states
-        if self.error:
-            return P.FAILED, self.error
-        if self.vanished:
-            return P.FAILED, "container removed outside KAT"
-        return P.SCHEDULED, ""
-
-
 def _now() -> float:
     return time.time()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class NodeRuntime:
@@ -187,10 +76,10 @@ class NodeRuntime:
         self,
         settings: NodeSettings,
         on_change: Callable[[], None] = lambda: None,
-        pool: PodmanPool | None = None,
+        pool: BackendPool | None = None,
     ) -> None:
         self.settings = settings
-        self.pool = pool or PodmanPool(settings)
+        self.pool: BackendPool = pool or PodmanPool(settings)
         self.builder = Builder(settings)  # images from spec.source.git
         self.snapshots = SnapshotStore(settings.state_dir)
         self.states: dict[str, InstanceState] = {}
@@ -259,15 +148,9 @@ class NodeRuntime:
                 log.error("cannot save the assignments to %s: %s", self.snapshots.path, exc)
 
     def _apply(self, snapshot: kat_pb2.AssignmentSet) -> None:
-        node = self.settings.node_name
-        desired: dict[str, kat_pb2.Assignment] = {}
-        for a in snapshot.assignments:
-            if not a.instance.id:
-                continue
-            if a.instance.node and a.instance.node != node:
-                log.warning("ignoring instance %s assigned to %s", a.instance.id, a.instance.node)
-                continue
-            desired[a.instance.id] = a
+        desired, foreign = desired_by_id(snapshot, self.settings.node_name)
+        for a in foreign:
+            log.warning("ignoring instance %s assigned to %s", a.instance.id, a.instance.node)
         self._applied = True
         for iid, a in desired.items():
             st = self.states.get(iid) or self._new_state(iid)
@@ -335,7 +218,7 @@ class NodeRuntime:
             self._started = False
             tasks = []
             for st in self.states.values():
-                for t in (st.worker, _task(st.waiter), _task(st.health)):
+                for t in (st.worker, *st.watchers()):
                     if t is not None:
                         t.cancel()
                         tasks.append(t)
@@ -375,7 +258,7 @@ class NodeRuntime:
                 if st is None:
                     st = self._new_state(iid)
                     st.backend, st.observed = backend, c
-                    st.acted_restarts = _label_int(c, LABEL_RESTARTS)
+                    st.acted_restarts = label_restarts(c)
                     st.wake.set()
                     self._changed()
                     continue
@@ -386,7 +269,7 @@ class NodeRuntime:
                 if st.observed != c:
                     st.backend, st.observed = backend, c
                     if st.acted_restarts is None:
-                        st.acted_restarts = _label_int(c, LABEL_RESTARTS)
+                        st.acted_restarts = label_restarts(c)
                     st.vanished = False
                     st.wake.set()
                     self._changed()
@@ -398,14 +281,23 @@ class NodeRuntime:
                     and not st.busy
                     and st.epoch == epochs.get(iid)
                 ):
-                    log.warning("container of instance %s is gone", iid)
-                    self._cancel_watchers(st)
-                    st.observed = None
-                    st.vanished = st.assignment is not None
-                    st.wake.set()
-                    self._changed()
+                    self._vanished(st, st.observed.container_id)
         self.resync_count += 1
         return complete
+
+    def _vanished(self, st: InstanceState, cid: str) -> None:
+        """The container `cid` of `st` is gone without KAT removing it: the instance is
+        FAILED ("container removed outside KAT") until the leader asks for a restart."""
+        if st.busy or st.observed is None or st.observed.container_id != cid:
+            return  # being acted on, or already replaced: nothing to notice
+        log.warning("container %s of instance %s is gone", cid[:12], st.id)
+        self._cancel_watchers(st)
+        st.observed = None
+        st.vanished = st.assignment is not None
+        st.ready = False
+        st.epoch += 1
+        st.wake.set()
+        self._changed()
 
     # ------------------------------------------------------------ the worker
 
@@ -457,13 +349,15 @@ class NodeRuntime:
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
 
-    def _backend_in_use(self, backend: Backend, namespace: str, workload: str) -> bool:
+    def _backend_in_use(self, backend: RuntimeBackend, namespace: str, workload: str) -> bool:
         return any(
             o.backend is backend or (o.namespace, o.workload) == (namespace, workload)
             for o in self.states.values()
         )
 
-    async def _release_when_idle(self, backend: Backend, namespace: str, workload: str) -> None:
+    async def _release_when_idle(
+        self, backend: RuntimeBackend, namespace: str, workload: str
+    ) -> None:
         """Stop a workload user's Podman service once none of its instances has been on
         this node for `idle_service_seconds` (a re-apply soon after finds it running)."""
         if self._backend_in_use(backend, namespace, workload):
@@ -478,59 +372,34 @@ class NodeRuntime:
             )
 
     async def _step(self, st: InstanceState) -> Step:
-        if not self._applied:
-            if st.observed is not None and st.observed.running:
-                self._watch_exit(st)
-            return Step.IDLE  # no desired state known yet: touch nothing
-        a, obs = st.assignment, st.observed
-        if a is None or a.instance.phase == P.TERMINATING:
-            if obs is not None:
-                await self._stop_and_remove(st, P.TERMINATING, "stopping")
-                return Step.PROGRESS
-            if st.error or st.vanished:
-                st.error, st.vanished = "", False
-                self._changed()
-            if a is not None and a.instance.purge_volumes and not st.purged:
-                await self._purge_volumes(st)
-            return Step.DONE if a is None else Step.IDLE
-        want = a.instance.restart_count
-        if st.acted_restarts is not None and want < st.acted_restarts:
-            # The leader reset its count (MAX_COUNT's resetSeconds): follow it.
-            st.acted_restarts = want
+        """Plan (internal/core/node_plan.py) and execute one step of one instance."""
+        plan = plan_instance(st.view(), _utcnow(), desired_known=self._applied)
+        if st.remember(plan.memory):
             self._changed()
-        if obs is None:
-            if a.instance.phase in TERMINAL:
-                # Done as far as the leader knows: never started again.
-                if st.acted_restarts is None:
-                    st.acted_restarts = want
-                return Step.IDLE
-            if st.acted_restarts is not None and want <= st.acted_restarts:
-                if st.error or st.vanished:
-                    return Step.IDLE  # FAILED: waiting for the leader's restart
-            await self._create(st, a)
-            return Step.PROGRESS
-        if st.acted_restarts is None:
-            st.acted_restarts = _label_int(obs, LABEL_RESTARTS)
-            if st.acted_restarts is None:
-                st.acted_restarts = want
-        if obs.generation != a.instance.generation:
-            await self._stop_and_remove(st, P.STARTING, "replacing the container")
-            return Step.PROGRESS
-        if want > st.acted_restarts:
-            await self._stop_and_remove(st, P.STARTING, "restarting")
-            return Step.PROGRESS
-        if obs.running:
-            if obs.container_id == st.health_failed:
+        for action in plan.actions:
+            await self._execute(st, action)
+        if plan.done:
+            return Step.DONE
+        return Step.PROGRESS if plan.progress else Step.IDLE
+
+    async def _execute(self, st: InstanceState, action: Action) -> None:
+        match action:
+            case Create(assignment=a):
+                await self._create(st, a)
+            case StopAndRemove(phase=phase, message=message):
+                await self._stop_and_remove(st, phase, message)
+            case StopUnhealthy():
                 await self._stop_unhealthy(st)
-                return Step.PROGRESS
-            self._watch_exit(st)
-            self._watch_health(st)
-            return Step.IDLE
-        if obs.state in NOT_STARTED:
-            # Created but never started (an agent crash in between): start afresh.
-            await self._stop_and_remove(st, P.STARTING, "")
-            return Step.PROGRESS
-        return Step.IDLE  # exited: reported; the leader decides about a restart
+            case Watch(health=health):
+                self._watch_exit(st)
+                if health:
+                    self._watch_health(st)
+            case PurgeVolumes():
+                await self._purge_volumes(st)
+            case Adopt(container_id=cid, restart_count=count):
+                log.debug("instance %s: adopted container %s (restart %d)", st.id, cid[:12], count)
+            case Forget() | Report():
+                pass  # the worker forgets; reports are made on demand (report())
 
     # ------------------------------------------------------------ actions
 
@@ -541,8 +410,7 @@ class NodeRuntime:
     async def _create(self, st: InstanceState, a: kat_pb2.Assignment) -> None:
         inst, spec = a.instance, a.bundle.workload.spec
         st.epoch += 1
-        st.error, st.vanished, st.health_failed, st.ready = "", False, "", False
-        st.acted_restarts = inst.restart_count
+        st.remember(created(st.memory(), a))
         try:
             self._set_activity(st, P.PULLING, "")
             backend = await self.pool.backend_for(inst.namespace, inst.workload)
@@ -560,13 +428,7 @@ class NodeRuntime:
             await self.pool.ensure_image(backend, image)
             self._set_activity(st, P.STARTING, "")
             ispec = InstanceSpec.from_proto(inst, spec, image=image, network=backend.network)
-            labels = {
-                LABEL_RESTARTS: str(inst.restart_count),
-                LABEL_TYPE: kat_pb2.WorkloadSpec.Type.Name(spec.type),
-            }
-            if inst.job_run:
-                labels[LABEL_JOB_RUN] = inst.job_run
-            ispec = dataclasses.replace(ispec, extra_labels=labels)
+            ispec = dataclasses.replace(ispec, extra_labels=node_labels(a))
             try:
                 cid = await backend.runtime.create_and_start(ispec)
             except ContainerRuntimeError as exc:
@@ -657,22 +519,16 @@ class NodeRuntime:
         if others:
             return  # the last of them purges
         st.purged = True
-        if not ns or not wl or any(c in x for x in (ns, wl) for c in "/\0") or ".." in (ns, wl):
-            return
-        path = self.settings.volume_base_path / ns / wl
-        if path.is_dir():
-            await asyncio.to_thread(shutil.rmtree, path, True)
+        path = await asyncio.to_thread(
+            purge_workload_volumes, self.settings.volume_base_path, ns, wl
+        )
+        if path is not None:
             log.info("purged the volumes of %s/%s (%s)", ns, wl, path)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()  # the namespace's directory, when empty
 
     # ------------------------------------------------------------ watchers
 
     def _cancel_watchers(self, st: InstanceState) -> None:
-        for t in (_task(st.waiter), _task(st.health)):
-            if t is not None:
-                t.cancel()
-        st.waiter = st.health = None
+        st.cancel_watchers()
 
     def _watch_exit(self, st: InstanceState) -> None:
         obs, backend = st.observed, st.backend
@@ -685,22 +541,13 @@ class NodeRuntime:
         )
         st.waiter = (obs.container_id, task)
 
-    async def _wait_exit(self, st: InstanceState, backend: Backend, cid: str) -> None:
-        delay = RETRY_BACKOFF[0]
-        while True:
-            try:
-                await backend.runtime.wait(cid)
-                obs = await backend.runtime.observe(cid)
-            except ContainerRuntimeError as exc:
-                if exc.kind is ErrorKind.NOT_FOUND:
-                    return  # removed: the resync notices
-                await asyncio.sleep(delay)  # Podman restarting: wait again
-                delay = min(RETRY_BACKOFF[1], delay * 2)
-                continue
-            if not obs.running:
-                break
-            await asyncio.sleep(delay)  # Podman answered early: do not spin
-        if st.observed is not None and st.observed.container_id == cid:
+    async def _wait_exit(self, st: InstanceState, backend: RuntimeBackend, cid: str) -> None:
+        obs = await wait_for_exit(backend.runtime, cid)
+        if obs is None:
+            # Removed behind KAT's back (KAT cancels this watcher before it removes a
+            # container itself): say so now, not at the next resync.
+            self._vanished(st, cid)
+        elif st.observed is not None and st.observed.container_id == cid:
             st.observed = obs
             st.epoch += 1
             log.info("instance %s: container exited with code %s", st.id, obs.exit_code)
@@ -710,7 +557,7 @@ class NodeRuntime:
             self._changed()
 
     def _watch_health(self, st: InstanceState) -> None:
-        obs, backend, check = st.observed, st.backend, st.health_check()
+        obs, backend, check = st.observed, st.backend, health_check(st.assignment)
         if obs is None or backend is None or check is None:
             return
         if st.health is not None and st.health[0] == obs.container_id and not st.health[1].done():
@@ -723,81 +570,34 @@ class NodeRuntime:
     async def _check_health(
         self,
         st: InstanceState,
-        backend: Backend,
+        backend: RuntimeBackend,
         obs: ObservedContainer,
         check: kat_pb2.HealthCheck,
     ) -> None:
-        period = check.period_seconds or HEALTH_DEFAULTS["period"]
-        timeout = check.timeout_seconds or HEALTH_DEFAULTS["timeout"]
-        need_ok = check.success_threshold or HEALTH_DEFAULTS["success"]
-        need_bad = check.failure_threshold or HEALTH_DEFAULTS["failure"]
-        command = list(check.exec.command)
-        started = obs.started_at.timestamp() if obs.started_at else _now()
-        first = check.initial_delay_seconds - (_now() - started)
-        if first > 0:
-            await asyncio.sleep(first)
         cid = obs.container_id
-        good = bad = 0
-        while True:
-            began = time.monotonic()
-            ok: bool | None
-            try:
-                code, output = await backend.runtime.exec(cid, command, timeout)
-                ok = code == 0
-                detail = f"exit code {code}: {output[:200]!r}"
-            except ContainerRuntimeError as exc:
-                if exc.kind in (ErrorKind.NOT_RUNNING, ErrorKind.NOT_FOUND):
-                    return  # it stopped: the exit watcher reports that
-                ok = None if exc.kind is ErrorKind.UNAVAILABLE else False
-                detail = str(exc)
-            if ok:
-                good, bad = good + 1, 0
-                if not st.ready and good >= need_ok:
-                    st.ready = True
-                    log.info("instance %s is ready", st.id)
-                    self._changed()
-            elif ok is False:
-                good, bad = 0, bad + 1
-                log.info(
-                    "instance %s: health check failed (%d/%d): %s", st.id, bad, need_bad, detail
-                )
-                if bad >= need_bad:
-                    if st.observed is not None and st.observed.container_id == cid:
-                        st.health_failed, st.ready = cid, False
-                        st.wake.set()
-                        self._changed()
-                    return
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - began)))
+
+        def ready() -> None:
+            if not st.ready:
+                st.ready = True
+                log.info("instance %s is ready", st.id)
+                self._changed()
+
+        def failed() -> None:
+            if st.observed is not None and st.observed.container_id == cid:
+                st.health_failed, st.ready = cid, False
+                st.wake.set()
+                self._changed()
+
+        what = f"instance {st.id}"
+        await run_health_checks(
+            backend.runtime, obs, check, what=what, on_ready=ready, on_failed=failed
+        )
 
     # ------------------------------------------------------------ for the NodeAgent API
 
     def find(
         self, namespace: str, workload: str, instance_id: str
-    ) -> list[tuple[InstanceState, Backend, str]]:
+    ) -> list[tuple[InstanceState, RuntimeBackend, str]]:
         """Instances with a container matching the request (instance id, else all of
         the workload's), as (state, backend, container id)."""
-        out = []
-        for st in self.states.values():
-            if st.observed is None or st.backend is None:
-                continue
-            if instance_id and st.id != instance_id:
-                continue
-            if namespace and st.namespace != namespace:
-                continue
-            if workload and st.workload != workload:
-                continue
-            if not (instance_id or workload):
-                continue
-            out.append((st, st.backend, st.observed.container_id))
-        return sorted(out, key=lambda x: x[0].id)
-
-
-def _task(pair: tuple[str, asyncio.Task[None]] | None) -> asyncio.Task[None] | None:
-    return pair[1] if pair is not None else None
-
-
-def _label_int(c: ObservedContainer, label: str) -> int | None:
-    try:
-        return int(c.labels[label])
-    except (KeyError, ValueError):
-        return None
+        return find_containers(self.states.values(), namespace, workload, instance_id)

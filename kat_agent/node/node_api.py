@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -16,8 +17,8 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.security import rpc
 from kat_agent.node.instances import NodeRuntime
-from kat_agent.node.podman.runtime import ContainerRuntimeError, ErrorKind
-from kat_agent.node.podman.services import Backend
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.runtime import RuntimeBackend
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
 
     async def _targets(
         self, context: grpc.aio.ServicerContext, namespace: str, workload: str, instance_id: str
-    ) -> list[tuple[str, Backend, str]]:
+    ) -> list[tuple[str, RuntimeBackend, str]]:
         if not (instance_id or workload):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "name an instance_id or a workload"
@@ -75,19 +76,29 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
             context, request.namespace, request.workload, request.instance_id
         )
         tail = request.tail if request.tail > 0 else None
+        since = time.time() - request.since_seconds if request.since_seconds > 0 else None
+
+        def frames(
+            backend: RuntimeBackend, cid: str, follow: bool
+        ) -> AsyncIterator[tuple[int, bytes]]:
+            return backend.runtime.log_frames(
+                cid, follow=follow, tail=tail, since=since, timestamps=request.timestamps
+            )
+
         try:
             if not request.follow or len(targets) == 1:
                 for iid, backend, cid in targets:
-                    async for data in backend.runtime.logs(cid, follow=request.follow, tail=tail):
-                        yield kat_pb2.LogChunk(instance_id=iid, data=data)
+                    async for stream, data in frames(backend, cid, request.follow):
+                        yield kat_pb2.LogChunk(instance_id=iid, data=data, stderr=stream == 2)
                 return
             # Following several instances: interleave as lines come.
             queue: asyncio.Queue[kat_pb2.LogChunk | None] = asyncio.Queue(256)
 
-            async def pump(iid: str, backend: Backend, cid: str) -> None:
+            async def pump(iid: str, backend: RuntimeBackend, cid: str) -> None:
                 try:
-                    async for data in backend.runtime.logs(cid, follow=True, tail=tail):
-                        await queue.put(kat_pb2.LogChunk(instance_id=iid, data=data))
+                    async for stream, data in frames(backend, cid, True):
+                        chunk = kat_pb2.LogChunk(instance_id=iid, data=data, stderr=stream == 2)
+                        await queue.put(chunk)
                 finally:
                     await queue.put(None)
 
@@ -136,10 +147,20 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
             )
         _, backend, cid = targets[0]
 
+        sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+        def resize(msg: kat_pb2.ExecRequest) -> None:
+            if msg.rows and msg.cols:  # latest size wins: drop any not applied yet
+                while not sizes.empty():
+                    sizes.get_nowait()
+                sizes.put_nowait((msg.rows, msg.cols))
+
         async def stdin() -> AsyncIterator[bytes]:
+            resize(first)
             if first.stdin:
                 yield first.stdin
             async for msg in request_iterator:
+                resize(msg)
                 if msg.stdin:
                     yield msg.stdin
 
@@ -152,7 +173,12 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
         async def run() -> int:
             try:
                 return await backend.runtime.exec_stream(
-                    cid, list(first.command), on_output, stdin=stdin(), tty=first.tty
+                    cid,
+                    list(first.command),
+                    on_output,
+                    stdin=stdin(),
+                    tty=first.tty,
+                    sizes=sizes if first.tty else None,
                 )
             finally:
                 await out.put(None)

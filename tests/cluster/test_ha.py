@@ -49,7 +49,7 @@ def list_nodes_answered(c: DevCluster) -> bool:
     """katcall's own client and config (not its interpreter start-up), one fresh try."""
     with client(c) as fresh:
         try:
-            fresh.call("ListNodes", kat_pb2.ListRequest(), timeout=5)
+            fresh.list_nodes(kat_pb2.ListRequest(), timeout=5)
         except CallError:
             return False
     return True
@@ -97,7 +97,7 @@ def test_leader_failover_loses_no_acknowledged_write(cluster: DevCluster) -> Non
         try:
             while not stop.is_set():
                 try:
-                    resp = c.call("CreateToken", kat_pb2.CreateTokenRequest(description="ha"))
+                    resp = c.create_token(kat_pb2.CreateTokenRequest(description="ha"))
                 except CallError:
                     time.sleep(0.05)  # leaderless moment: try again, like a user would
                     continue

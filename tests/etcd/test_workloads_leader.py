@@ -513,9 +513,7 @@ def test_lost_node_instances_move_and_return_without_copies(
 
     net.start(a)  # back: its snapshot no longer has the old copy, so it is stopped
     poll(
-        lambda: (
-            a.connected and not [c for c in a.containers.values() if c.instance.workload == "mover"]
-        ),
+        lambda: a.connected and not [c for c in a.containers.values() if c.workload == "mover"],
         within=15,
         what="the returning node to drop its stale copy",
     )

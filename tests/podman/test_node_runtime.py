@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,23 +33,26 @@ import grpc
 import pytest
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal.core.node_plan import LABEL_RESTARTS
+from internal.core.observe import observe_instance
 from internal.host.datadir import DataDir, NodeIdentity
 from internal.security import pki, rpc
 from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import SNAPSHOT_FILE
-from kat_agent.node.instances import LABEL_RESTARTS, InstanceState, NodeRuntime
+from kat_agent.node.instances import InstanceState, NodeRuntime
 from kat_agent.node.main import serve_node
-from kat_agent.node.podman.runtime import (
+from kat_agent.node.podman.observe import ObservedContainer
+from kat_agent.node.podman.service import PodmanStorage
+from kat_agent.node.podman.services import NodeSettings, rootless_from_env
+from kat_agent.node.podman.spec import (
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_NAMESPACE,
     LABEL_WORKLOAD,
     InstanceSpec,
-    ObservedContainer,
 )
-from kat_agent.node.podman.service import PodmanStorage, remove_workload_user, workload_username
-from kat_agent.node.podman.services import NodeSettings, rootless_from_env
+from kat_agent.node.podman.users import remove_workload_user, workload_username
 from tests.helpers import (
     BUSYBOX_IMAGE,
     BUSYBOX_TARBALL,
@@ -764,6 +768,54 @@ async def test_new_generation_replaces_and_removal_behind_kats_back(
         await leader.publish(a)
         third = await leader.wait_for("gen-1", lambda i: running(i) and i.restart_count == 1)
         assert third.container_id not in (first.container_id, second.container_id)
+
+
+@needs_podman
+async def test_podman_rm_f_comes_back_with_the_leaders_restart_decision(
+    cluster: Callable[..., Any], env: PodmanEnv
+) -> None:
+    """`podman rm -f` of a managed container: the node reports it FAILED at once, dated
+    when first seen, so the leader's real restart decision (internal/core/observe.py,
+    ALWAYS with back-off) ends its back-off and restarts it; it is RUNNING and ready again.
+    The test plays the leader's reconcile loop with that decision."""
+    check = kat_pb2.HealthCheck(
+        exec=kat_pb2.ExecAction(command=["true"]), period_seconds=1, failure_threshold=3
+    )
+    a = assignment("rmf-1", "rmf", ["sleep", "3600"], health=check)
+    policy = kat_pb2.RestartPolicy(condition=kat_pb2.RestartPolicy.ALWAYS)
+    async with cluster() as (leader, node):
+        await leader.publish(a)
+        await node.start()
+        first = await leader.wait_for("rmf-1", lambda i: running(i) and i.ready, within=60)
+        record = kat_pb2.Instance()
+        record.CopyFrom(first)
+        events: list[kat_pb2.Event] = []
+        began = time.monotonic()
+        await asyncio.to_thread(env.podman, "rm", "-f", "-t", "0", first.container_id)
+
+        async def leader_step() -> kat_pb2.Instance | None:
+            nonlocal record
+            report = leader.reported().get("rmf-1")
+            obs = observe_instance(
+                record, report, policy=policy, run_to_completion=False, now=datetime.now(UTC)
+            )
+            record = obs.record
+            events.extend(obs.events)
+            if record.restart_count > a.instance.restart_count:
+                a.instance.restart_count = record.restart_count
+                await leader.publish(a)
+            back = report is not None and running(report) and report.ready
+            return report if back and report.container_id != first.container_id else None
+
+        # (a generous deadline: the figure printed is the measurement, not an assertion)
+        back = await poll(leader_step, within=60, what="rmf-1 RUNNING and ready again")
+        took = time.monotonic() - began
+        print(f"podman rm -f -> RUNNING and ready again (node + leader decision): {took:.2f}s")
+        assert back.restart_count == 1
+        reasons = [e.reason for e in events]
+        assert reasons[:2] == ["BackOff", "Restarted"], reasons
+        assert "container removed outside KAT" in events[0].message
+        assert events[0].type == kat_pb2.Event.WARNING
 
 
 @needs_podman

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -26,28 +27,22 @@ from typing import Any, TypeVar
 import pytest
 
 from api.v1alpha1 import kat_pb2
-from kat_agent.node.podman.runtime import (
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
+from kat_agent.node.podman.mounts import ClusterStorageVolume, HostPathVolume, MountSpec
+from kat_agent.node.podman.runtime import Runtime
+from kat_agent.node.podman.service import PodmanService, PodmanStorage, ping
+from kat_agent.node.podman.spec import (
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_NAMESPACE,
     LABEL_WORKLOAD,
-    ClusterStorageVolume,
-    ContainerRuntimeError,
-    ErrorKind,
-    HostPathVolume,
     InstanceSpec,
-    MountSpec,
-    Runtime,
 )
-from kat_agent.node.podman.service import (
+from kat_agent.node.podman.users import (
     MAX_USERNAME,
-    PodmanService,
-    PodmanServiceError,
-    PodmanStorage,
     WorkloadUser,
     ensure_workload_user,
-    ping,
     remove_workload_user,
     workload_username,
 )
@@ -424,6 +419,49 @@ def test_logs_tail_and_follow(env: Env, created: list[str]) -> None:
         async with asyncio.timeout(10):
             assert await anext(it) == b"x\n"
         await it.aclose()
+
+    env.run(body())
+
+
+@needs_podman
+def test_log_frames_keep_stderr_apart_with_timestamps_and_since(
+    env: Env, created: list[str]
+) -> None:
+    async def body() -> None:
+        script = "echo out1; echo err1 >&2; echo out2"
+        cid = await _start(env.rt, created, _spec("frames", ("sh", "-c", script)))
+        assert await env.rt.wait(cid) == 0
+        frames = [f async for f in env.rt.log_frames(cid)]
+        assert [(s, d) for s, d in frames if s == 1] == [(1, b"out1\n"), (1, b"out2\n")]
+        assert [(s, d) for s, d in frames if s == 2] == [(2, b"err1\n")]
+        stamped = [d async for _, d in env.rt.log_frames(cid, timestamps=True)]
+        assert all(re.match(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", d) for d in stamped), stamped
+        assert [d async for _, d in env.rt.log_frames(cid, since=time.time() + 60)] == []
+
+    env.run(body())
+
+
+@needs_podman
+def test_exec_stream_with_a_tty_takes_its_size(env: Env, created: list[str]) -> None:
+    async def body() -> None:
+        cid = await _start(env.rt, created, _spec("tty", ("sleep", "3600")))
+        sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        sizes.put_nowait((30, 100))
+        out = bytearray()
+
+        async def collect(_stream: int, data: bytes) -> None:
+            out.extend(data)
+
+        # The size is set just after the session starts: the shell looks until it sees it.
+        script = (
+            'for i in $(seq 100); do s=$(stty size); [ "$s" = "30 100" ] && break; '
+            'sleep 0.05; done; echo "size $s"'
+        )
+        async with asyncio.timeout(30):
+            code = await env.rt.exec_stream(
+                cid, ["sh", "-c", script], collect, tty=True, sizes=sizes
+            )
+        assert code == 0 and b"size 30 100" in out, bytes(out)
 
     env.run(body())
 

@@ -12,13 +12,7 @@ PACKAGES = ("api", "kat_agent", "katcall", "internal")
 MAX_LINES = 600
 # Being split in issue 8 by the node half of the work (kat_agent/node/**); remove each
 # entry as its split lands, so that the rule then holds everywhere.
-NOT_YET_SPLIT = frozenset(
-    {
-        "kat_agent/node/instances.py",
-        "kat_agent/node/podman/runtime.py",
-        "kat_agent/node/podman/service.py",
-    }
-)
+NOT_YET_SPLIT: frozenset[str] = frozenset()
 
 
 def _modules() -> dict[str, Path]:

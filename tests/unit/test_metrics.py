@@ -16,7 +16,7 @@ from internal.observability.grpc_metrics import split_method
 from internal.observability.metrics_http import start_metrics_server
 from internal.security import pki
 from kat_agent.credentials import CredentialError, issue_client_certificate
-from kat_agent.node.podman.runtime import podman_operation
+from kat_agent.node.podman.client import podman_operation
 
 
 @pytest.fixture(scope="module")

@@ -41,21 +41,15 @@ from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
-from kat_agent.node.podman.runtime import (
-    DEFAULT_VOLUME_BASE,
-    ContainerRuntimeError,
-    ErrorKind,
-    Runtime,
-)
-from kat_agent.node.podman.service import (
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
+from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE
+from kat_agent.node.podman.runtime import Runtime
+from kat_agent.node.podman.service import MAX_SOCKET_PATH, PodmanService, PodmanStorage
+from kat_agent.node.podman.users import (
     DEFAULT_HOME_BASE,
     GECOS_PREFIX,
-    MAX_SOCKET_PATH,
     RUNTIME_DIR_BASE,
     USERNAME_PREFIX,
-    PodmanService,
-    PodmanServiceError,
-    PodmanStorage,
     WorkloadUser,
     ensure_workload_user,
     remove_workload_user,
