@@ -196,6 +196,12 @@ def count_instances(gauge: Gauge, phases: Iterable[int]) -> None:
     set_by_label(gauge, counts, _PHASES)
 
 
+def container_started(restart_count: int) -> None:
+    CONTAINER_STARTS.inc()
+    if restart_count:
+        CONTAINER_RESTARTS.inc()
+
+
 def set_by_label(gauge: Gauge, counts: Mapping[str, int], known: tuple[str, ...]) -> None:
     """Set a gauge with one label to `counts`; every value in `known` is exported
     (0 when absent), so a phase that empties drops to 0 instead of vanishing."""

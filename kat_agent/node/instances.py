@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -364,12 +365,8 @@ class NodeRuntime:
             return
         await asyncio.sleep(self.settings.idle_service_seconds)
         if not self._backend_in_use(backend, namespace, workload):
-            await self.pool.retire(
-                backend,
-                namespace,
-                workload,
-                lambda: self._backend_in_use(backend, namespace, workload),
-            )
+            in_use = functools.partial(self._backend_in_use, backend, namespace, workload)
+            await self.pool.retire(backend, namespace, workload, in_use)
 
     async def _step(self, st: InstanceState) -> Step:
         """Plan (internal/core/node_plan.py) and execute one step of one instance."""
@@ -437,9 +434,7 @@ class NodeRuntime:
                 # Ours from an earlier attempt that was not seen yet: adopt it.
                 cid = ispec.container_name
             st.observed = await backend.runtime.observe(cid)
-            metrics.CONTAINER_STARTS.inc()
-            if inst.restart_count:
-                metrics.CONTAINER_RESTARTS.inc()
+            metrics.container_started(inst.restart_count)
             log.info(
                 "instance %s (%s/%s) started: container %s%s",
                 st.id,
