@@ -20,7 +20,7 @@ def _list(client: Client, args: argparse.Namespace, _sel: dict[str, str]) -> lis
         except argparse.ArgumentTypeError as exc:
             raise SystemExit(f"error: --since: {exc}") from None
         req.since.FromSeconds(int(time.time()) - since)
-    return list(client.call("ListAudit", req).items)
+    return list(client.list_audit(req).items)
 
 
 def _headers(wide: bool, _ns: bool) -> list[str]:
