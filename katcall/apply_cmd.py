@@ -241,8 +241,14 @@ def rollout_outcome(w: kat_pb2.Workload, generation: int) -> tuple[bool, str] | 
             return False, f"instance {inst.id} FAILED on node {inst.node}: {inst.message}"
     progressing = cond.get("Progressing")
     if progressing is not None and progressing.reason == "RolloutComplete":
+        # Belt and braces: success only when the desired number of instances of the
+        # current generation are ready, whatever the condition says.
         alive = [i for i in st.instances if i.phase != _Inst.TERMINATING]
-        if all(i.generation == current for i in alive):
+        ready = sum(1 for i in alive if i.generation == current and i.ready)
+        desired = st.desired_instances
+        if w.spec.type == kat_pb2.WorkloadSpec.SERVICE:
+            desired = max(desired, w.spec.replicas)
+        if all(i.generation == current for i in alive) and ready >= desired:
             return True, progressing.message
     return None
 

@@ -13,17 +13,28 @@ from collections.abc import Iterator
 
 from internal.security import clientconfig
 from katcall.client import Client
+from katcall.failover import DEFAULT_REQUEST_TIMEOUT
 
 OUTPUT_HELP = "output format: wide, json, yaml, name, jsonpath=EXPR (default: a table)"
 
 
 # (flags, default on the root parser, extra add_argument keywords)
-GLOBAL_OPTIONS: list[tuple[tuple[str, ...], object, dict[str, str]]] = [
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], object, dict[str, object]]] = [
     (("--katconfig",), None, {"help": "client config file (default: $KATCONFIG or ~/.kat/config)"}),
     (("--context",), None, {"help": "cluster context to use (default: the config's current one)"}),
     (("-n", "--namespace"), "", {"help": "namespace (default: default)"}),
     (("-A", "--all-namespaces"), False, {"action": "store_true", "help": "all namespaces"}),
     (("-o", "--output"), "", {"help": OUTPUT_HELP, "metavar": "FORMAT"}),
+    (
+        ("--request-timeout",),
+        DEFAULT_REQUEST_TIMEOUT,
+        {
+            "type": float,
+            "metavar": "SECONDS",
+            "help": "while no leader answers (a failover), keep retrying for this long"
+            f" (default {DEFAULT_REQUEST_TIMEOUT:g})",
+        },
+    ),
 ]
 
 
@@ -74,4 +85,5 @@ def connect(args: argparse.Namespace) -> Client:
             fresh.contexts[ctx.name].endpoints = endpoints
             clientconfig.save(fresh, path)
 
-    return Client(ctx, on_endpoints=remember)
+    timeout = getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT)
+    return Client(ctx, on_endpoints=remember, request_timeout=timeout)

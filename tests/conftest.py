@@ -9,12 +9,22 @@
   not yet started member in tmp_path for tests that stop or kill etcd; it is
   killed at teardown if the test left it running.
 Tests needing etcd are skipped with a clear reason when `etcd` is not on PATH.
+
+Isolation from a KAT running on the same machine (e.g. the README's quickstart, with
+/var/lib/kat and ~/.kat/config): workload users made by the tests' agents get a prefix of
+this session (`KAT_WORKLOAD_USER_PREFIX`, set here before anything starts, inherited by
+every agent the tests start), so they never share a user, its Podman storage, runtime dir
+or processes with that KAT and never adopt its users; `foreign_kat_guard` checks at the
+end of the session that the default-prefix workload users and their processes are as
+they were (tests/isolation.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +44,23 @@ from tests.helpers import (
 )
 
 DEFAULT_ASYNC_TIMEOUT = 60.0
+
+# Set at import, before any fixture starts an agent (children inherit it).
+os.environ.setdefault("KAT_WORKLOAD_USER_PREFIX", f"kt{secrets.token_hex(2)}_")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def foreign_kat_guard() -> Iterator[None]:
+    """Fail the session if the tests touched another KAT's workload users on this
+    machine (removed them, or stopped their containers)."""
+    from tests.isolation import foreign_workload_state
+
+    before = foreign_workload_state()
+    yield
+    after = foreign_workload_state()
+    lost = {user: ids - after.get(user, set()) for user, ids in before.items()}
+    lost = {user: ids for user, ids in lost.items() if ids or user not in after}
+    assert not lost, f"the tests touched workload users of another KAT: {lost}"
 
 
 def pytest_configure(config: pytest.Config) -> None:

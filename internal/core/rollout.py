@@ -27,9 +27,13 @@ Halting: when the rollout has not progressed (more updated instances, more of th
 fewer old ones) for `deadline_seconds`, the state is HALTED with a message naming the cause.
 Halting is a status, not a freeze: the rules above already stop a rollout whose new
 instances never get ready (no old instance is stopped, no instance beyond the surge is
-created), and instances lost meanwhile are still replaced. New progress resumes it. Once a
-generation has completed, later readiness dips are not a rollout any more: the state stays
-COMPLETE (the ready counts tell the rest).
+created), and instances lost meanwhile are still replaced. New progress resumes it.
+
+Honest completion: the state is COMPLETE only while exactly the desired number of instances of
+the current generation exist and all of them are ready, nothing is to be created or stopped
+and no old instance is left. A scale-up, a replacement (an instance lost with its node) or a
+readiness dip after completion is PROGRESSING again, with a fresh progress clock from the
+moment the workload stopped being complete.
 """
 
 from __future__ import annotations
@@ -148,7 +152,7 @@ class Progress:
     new_total: int = 0
     new_ready: int = 0
     old_left: int = _NEVER
-    completed: bool = False
+    completed: bool = False  # complete at the last step
 
 
 def _advance(
@@ -160,29 +164,26 @@ def _advance(
     old_left: int,
     complete: bool,
 ) -> Progress:
-    if progress is None or progress.generation != generation:
+    if progress is None or progress.generation != generation or progress.completed:
+        # A new rollout, or a complete one that stopped being complete (a scale-up, an
+        # instance lost): the marks and the progress clock start again from here.
         return Progress(generation, now, new_total, new_ready, old_left, complete)
     p = progress
-    moved = (
-        new_total > p.new_total
-        or new_ready > p.new_ready
-        or old_left < p.old_left
-        or (complete and not p.completed)
-    )
+    moved = new_total > p.new_total or new_ready > p.new_ready or old_left < p.old_left or complete
     return Progress(
         generation,
         now if moved else p.since,
         max(new_total, p.new_total),
         max(new_ready, p.new_ready),
         min(old_left, p.old_left),
-        p.completed or complete,
+        complete,
     )
 
 
 def _state(
-    progress: Progress, complete: bool, settled: bool, now: datetime, deadline_seconds: float
+    progress: Progress, complete: bool, now: datetime, deadline_seconds: float
 ) -> RolloutState:
-    if complete or (settled and progress.completed):
+    if complete:
         return RolloutState.COMPLETE
     if (now - progress.since).total_seconds() > deadline_seconds:
         return RolloutState.HALTED
@@ -272,9 +273,8 @@ def plan_rollout(
         create = min(create, max(0, limit - len(kept_new) - kept_old))
 
     complete = not stop and not create and not old and new_ready == replicas
-    settled = not old and len(new) == replicas
     p = _advance(progress, generation, now, len(new), new_ready, len(old), complete)
-    state = _state(p, complete, settled, now, deadline_seconds)
+    state = _state(p, complete, now, deadline_seconds)
     if state is RolloutState.HALTED:
         message = _halt_message(generation, p, now, deadline_seconds, new, new_ready, replicas)
     elif state is RolloutState.COMPLETE:
@@ -378,9 +378,8 @@ def plan_daemon_rollout(
 
     desired = len(targets)
     complete = not stop and not create_on and not old_left and new_ready == desired
-    settled = not old_left and new_total == desired
     p = _advance(progress, generation, now, new_total, new_ready, old_left, complete)
-    state = _state(p, complete, settled, now, deadline_seconds)
+    state = _state(p, complete, now, deadline_seconds)
     if state is RolloutState.HALTED:
         new_all = [i for n in targets for i in by_node.get(n, []) if i.generation == generation]
         message = _halt_message(generation, p, now, deadline_seconds, new_all, new_ready, desired)

@@ -17,9 +17,15 @@ LEADER_KEY = "kat-leader"
 # Trailing metadata key the leader sets to the API endpoints of all members.
 ENDPOINTS_KEY = "kat-endpoints"
 
+# Liveness of every long-lived channel and stream. A silent peer (a cable pulled, a
+# link down, a NAT that forgot us: nothing closes the socket) is noticed within
+# KEEPALIVE_TIME + KEEPALIVE_TIMEOUT (about 4 s): the connection is closed and every call
+# on it fails with UNAVAILABLE, so streams are reopened instead of waiting for ever.
+KEEPALIVE_TIME_MS = 2_000
+KEEPALIVE_TIMEOUT_MS = 2_000
 KEEPALIVE_OPTIONS: Sequence[tuple[str, int]] = (
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # Reconnect soon after a leader restarts (gRPC's default backs off to 2 min).
@@ -28,9 +34,16 @@ KEEPALIVE_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 )
+# The server pings too (the leader notices a silent agent's streams and closes them), and
+# accepts the clients' pings at their rate: gRPC's default would answer pings more often
+# than every 5 min with GOAWAY "too_many_pings".
 SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS + 1_000),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 )
 

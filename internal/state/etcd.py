@@ -342,7 +342,10 @@ class EtcdClient:
                         failure = item
                         break
                     delay = _WATCH_RETRY_MIN
-                    batch = [event_value(e) for e in item.events]
+                    # Only events of our key range: pyetcd multiplexes every watch on one
+                    # stream, and after a partition healed a resumed watch was seen getting
+                    # another watch's events (a node's record on the leader key).
+                    batch = [event_value(e) for e in item.events if _in_range(e.key, start, end)]
                     if batch:
                         next_rev = max(e.revision for e in batch) + 1
                         yield batch
@@ -473,3 +476,10 @@ class EtcdClient:
         return await self._pool.run(
             f"snapshot to {path}", save, kind="maintenance", retry=False, deadline=max_seconds
         )
+
+
+def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    """Whether `key` is the watched key (end empty) or in [start, end) ("\\0": to the end)."""
+    if not end:
+        return key == start
+    return key >= start and (end == b"\0" or key < end)

@@ -66,6 +66,8 @@ class AssignmentBook:
         self._ready = False
         self._closed = False
         self._last_revision = 0
+        # Bumped by `drop`: streams of a node opened before the bump end.
+        self._epochs: dict[str, int] = {}
 
     def _next_revision(self) -> int:
         self._last_revision = max(self._last_revision + 1, time.time_ns() // 1000)
@@ -84,6 +86,17 @@ class AssignmentBook:
             self._closed = True
             self._ready = False
             self._cond.notify_all()
+
+    async def drop(self, node: str) -> None:
+        """End the node's open streams (the leader stopped hearing it: its stream is most
+        likely writing into a dead connection). The node opens a new one when its
+        heartbeats come back, and gets the current snapshot on it."""
+        async with self._cond:
+            self._epochs[node] = self._epochs.get(node, 0) + 1
+            self._cond.notify_all()
+
+    def epoch(self, node: str) -> int:
+        return self._epochs.get(node, 0)
 
     @property
     def closed(self) -> bool:
@@ -121,11 +134,14 @@ class AssignmentBook:
             current = self._sets[node] = kat_pb2.AssignmentSet(revision=self._next_revision())
         return current
 
-    async def next_snapshot(self, node: str, after: int) -> kat_pb2.AssignmentSet | None:
-        """Wait for a snapshot of `node` newer than revision `after`; None once closed."""
+    async def next_snapshot(
+        self, node: str, after: int, epoch: int | None = None
+    ) -> kat_pb2.AssignmentSet | None:
+        """Wait for a snapshot of `node` newer than revision `after`; None once closed,
+        or once the node's streams were dropped after `epoch`."""
         async with self._cond:
             while True:
-                if self._closed:
+                if self._closed or (epoch is not None and self.epoch(node) != epoch):
                     return None
                 snap = self.snapshot(node)
                 if snap is not None and snap.revision != after:
@@ -138,11 +154,17 @@ async def stream_assignments(
 ) -> AsyncIterator[kat_pb2.AssignmentSet]:
     """A full snapshot for the node on connect and after every change (see the module
     docstring); ends with UNAVAILABLE (naming the new leader when known) when this
-    process stops leading."""
+    process stops leading, and when the node turns NOT_READY (`AssignmentBook.drop`)."""
     book = lc.assignments
     last = -1
+    epoch = book.epoch(node_name)
     while True:
-        snap = await book.next_snapshot(node_name, last)
+        snap = await book.next_snapshot(node_name, last, epoch)
+        if snap is None and lc.leading and book.epoch(node_name) != epoch:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "no heartbeats from this node; reconnect"
+            )
+            return
         if snap is None or not lc.leading:
             await lc.require_leader(context)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "leadership changed; reconnect")

@@ -57,6 +57,7 @@ class LeaderContext:
 
     def __post_init__(self) -> None:
         self.ca_hash = pki.ca_hash(self.ca_cert)
+        self.registry.on_lost.append(self.assignments.drop)
 
     @property
     def spec(self) -> kat_pb2.ClusterConfigurationSpec:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -54,6 +54,8 @@ class NodeRegistry:
         self._since = clock()
         # Bumped on every change to a node record, so derived views can be cached.
         self.version = 0
+        # Called with the name of every node marked NOT_READY (its streams are dropped).
+        self.on_lost: list[Callable[[str], Awaitable[None]]] = []
 
     async def load(self) -> None:
         """Fill the cache from etcd; liveness starts counting from now."""
@@ -198,6 +200,8 @@ class NodeRegistry:
                 name, "NodeNotReady", f"no heartbeat for over {silent}s", warning=True
             )
             log.warning("node %s is NOT_READY: no heartbeat for over %ss", name, silent)
+            for listener in self.on_lost:
+                await listener(name)
         return lost
 
     async def run_health(self) -> None:

@@ -105,6 +105,11 @@ class Agent:
         )
         self.capacity, self.allocatable = machine_resources()
         self.connected = asyncio.Event()
+        # One "session" per successful (re)connection of the heartbeat path; its event is
+        # set when that path breaks. The assignments stream lives exactly as long as one
+        # session, so it follows every reconnect and every move to another leader.
+        self.session = 0
+        self.session_over = asyncio.Event()
         self._stream: grpc.aio.StreamStreamCall | None = None
         # The node runtime reports its instances here and asks for an early
         # beat when one changes, so the leader hears of it without waiting a tick.
@@ -145,6 +150,8 @@ class Agent:
         self.leader_node = resp.leader_node
         if not self.connected.is_set():
             log.info("connected to leader %s", resp.leader_node)
+            self.session += 1
+            self.session_over = asyncio.Event()
         self.connected.set()
         if resp.api_endpoints and list(resp.api_endpoints) != self.identity.api_endpoints:
             self.link.update_endpoints(list(resp.api_endpoints))
@@ -166,6 +173,7 @@ class Agent:
         level = logging.WARNING if self.connected.is_set() else logging.DEBUG
         log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
         self.connected.clear()
+        self.session_over.set()
         self.link.failed(rpc.leader_from_status(code, trailing))
 
     async def run(self) -> None:

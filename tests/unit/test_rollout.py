@@ -258,13 +258,36 @@ def test_new_generation_restarts_progress() -> None:
     assert step.state is RolloutState.PROGRESSING
 
 
-def test_completed_generation_stays_complete_on_readiness_dips() -> None:
+def test_completion_is_honest_after_a_readiness_dip() -> None:
     ready = [inst(2), inst(2), inst(2)]
     p = plan(ready).progress
     assert p.completed
     dip = [*ready[:2], replace(ready[2], ready=False)]
-    step = plan(dip, now=T0 + timedelta(hours=2), progress=p)
-    assert step.state is RolloutState.COMPLETE and step.updated_ready == 2
+    later = T0 + timedelta(hours=2)
+    step = plan(dip, now=later, progress=p)
+    assert step.state is RolloutState.PROGRESSING and step.updated_ready == 2
+    # the progress clock starts at the dip, not at the old rollout
+    assert step.progress.since == later
+    assert plan(ready, now=later, progress=step.progress).state is RolloutState.COMPLETE
+
+
+def test_scale_up_is_progress_not_completion() -> None:
+    ready = [inst(2), inst(2), inst(2)]
+    p = plan(ready).progress
+    step = plan(ready, replicas=6, now=T0 + timedelta(hours=1), progress=p)
+    assert step.create == 3 and step.state is RolloutState.PROGRESSING
+    assert "3/6" in step.message
+    grown = [*ready, inst(2, ready=False), inst(2, ready=False), inst(2, ready=False)]
+    assert plan(grown, replicas=6, progress=step.progress).state is RolloutState.PROGRESSING
+    done = [*ready, inst(2), inst(2), inst(2)]
+    assert plan(done, replicas=6, progress=step.progress).state is RolloutState.COMPLETE
+
+
+def test_lost_instance_is_progress_until_replaced() -> None:
+    ready = [inst(2), inst(2), inst(2)]
+    p = plan(ready).progress
+    step = plan(ready[:2], now=T0 + timedelta(minutes=1), progress=p)
+    assert step.create == 1 and step.state is RolloutState.PROGRESSING
 
 
 # ------------------------------------------------------------------ DAEMON_SERVICE

@@ -49,10 +49,10 @@ from kat_agent.node.podman.users import (
     DEFAULT_HOME_BASE,
     GECOS_PREFIX,
     RUNTIME_DIR_BASE,
-    USERNAME_PREFIX,
     WorkloadUser,
     ensure_workload_user,
     remove_workload_user,
+    username_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -295,8 +295,9 @@ class PodmanPool:
 
     def _users_with_storage(self) -> list[WorkloadUser]:
         found = []
+        prefix = username_prefix()
         for pw in pwd.getpwall():
-            if pw.pw_name.startswith(USERNAME_PREFIX) and pw.pw_gecos.startswith(GECOS_PREFIX):
+            if pw.pw_name.startswith(prefix) and pw.pw_gecos.startswith(GECOS_PREFIX):
                 user = WorkloadUser(pw.pw_uid, pw.pw_gid, pw.pw_name)
                 with contextlib.suppress(OSError, KeyError):
                     if self._has_storage(user):

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,11 @@ from kat_agent.node.podman.errors import PodmanServiceError
 log = logging.getLogger(__name__)
 
 USERNAME_PREFIX = "kat_wl_"
+# Another prefix for the workload users of this process (and its children). The test suite
+# sets it, so that its agents never share a user (nor its Podman storage, runtime dir and
+# processes) with a KAT running on the same machine, and never adopt that KAT's users.
+USERNAME_PREFIX_ENV = "KAT_WORKLOAD_USER_PREFIX"
+_PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{1,10}_$")
 MAX_USERNAME = 32
 GECOS_PREFIX = "kat workload "
 DEFAULT_HOME_BASE = Path("/var/lib/kat-workloads")
@@ -69,13 +75,24 @@ class WorkloadUser(NamedTuple):
         }
 
 
+def username_prefix() -> str:
+    """`kat_wl_`, or $KAT_WORKLOAD_USER_PREFIX (3-12 characters of [a-z0-9_], ending in _)."""
+    value = os.environ.get(USERNAME_PREFIX_ENV) or USERNAME_PREFIX
+    if not _PREFIX_RE.match(value):
+        raise PodmanServiceError(
+            f"{USERNAME_PREFIX_ENV}={value!r}: want 3-12 characters of [a-z0-9_] ending in _"
+        )
+    return value
+
+
 def workload_username(namespace: str, name: str) -> str:
-    full = f"{USERNAME_PREFIX}{namespace}_{name}"
+    prefix = username_prefix()
+    full = f"{prefix}{namespace}_{name}"
     if len(full) <= MAX_USERNAME:
         return full
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:10]
-    keep = MAX_USERNAME - len(USERNAME_PREFIX) - 2 - len(digest)
-    return f"{USERNAME_PREFIX}{f'{namespace}_{name}'[:keep]}__{digest}"
+    keep = MAX_USERNAME - len(prefix) - 2 - len(digest)
+    return f"{prefix}{f'{namespace}_{name}'[:keep]}__{digest}"
 
 
 def _gecos(namespace: str, name: str) -> str:
