@@ -29,7 +29,7 @@ PACKAGES=(
   etcd-server etcd-client podman runc uidmap slirp4netns fuse-overlayfs busybox-static
   wireguard-tools wireguard-go iproute2 iptables util-linux git docker-registry
   make procps psmisc ca-certificates python3 python3-pip
-  prometheus  # promtool, and a real Prometheus for tests/cluster/test_metrics.py (not started)
+  prometheus  # promtool, and a real Prometheus for tests/cluster/test_metrics_prometheus.py (not started)
 )
 
 missing=()
