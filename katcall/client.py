@@ -189,7 +189,7 @@ class Client:
     def list_audit(
         self, request: pb.ListAuditRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.AuditList:
-        return self._unary(lambda stub: stub.ListAudit, request, timeout)
+        return self._unary("ListAudit", request, timeout)
 
     def list_tokens(
         self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
