@@ -1,40 +1,26 @@
-"""`kat-agent`: init, join."""
+"""`kat-agent`: init, join, backup, certificate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import signal
 import sys
 from pathlib import Path
 
-from kat_agent.daemon import NodeOptions, StartupError, backup_now, run_init, run_join
+from internal.observability.logs import quiet_grpc_core_logging, setup_logging
+
+quiet_grpc_core_logging(sys.argv)  # before anything imports grpc
+
+from kat_agent.daemon import (  # noqa: E402 - after gRPC's logging is configured
+    NodeOptions,
+    StartupError,
+    backup_now,
+    run_init,
+    run_join,
+)
 
 DEFAULT_DATA_DIR = Path("/var/lib/kat")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -63,6 +49,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
+    p.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="write the log here (0600, rotated at 20 MiB, 5 kept) instead of stderr",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     backup.add_argument("--log-format", default="text", choices=["text", "json"])
+    inst = sub.add_parser(
+        "install", help="write a systemd unit for `kat-agent init|join ...`, enable and start it"
+    )
+    inst.add_argument("agent_args", nargs=argparse.REMAINDER, help="init|join and its options")
+    inst.add_argument("--unit-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    inst.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    inst.add_argument("--log-format", default="text", choices=["text", "json"])
+    uninst = sub.add_parser(
+        "uninstall", help="remove the unit and the workload users KAT made (--purge: data dir too)"
+    )
+    uninst.add_argument("--purge", action="store_true", help="also delete the data directory")
+    uninst.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    uninst.add_argument("--unit-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    uninst.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    uninst.add_argument("--log-format", default="text", choices=["text", "json"])
+    cert = sub.add_parser(
+        "certificate", help="issue a client certificate (e.g. for Prometheus) from the cluster CA"
+    )
+    cert.add_argument("name", help="the certificate's common name, e.g. prometheus")
+    cert.add_argument("--role", default="monitoring", choices=["monitoring", "admin"])
+    cert.add_argument("--out-dir", type=Path, required=True, help="writes ca.crt, NAME.crt/.key")
+    cert.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    cert.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    cert.add_argument("--log-format", default="text", choices=["text", "json"])
     return parser
 
 
@@ -108,6 +130,30 @@ async def _run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    if args.command in ("install", "uninstall"):
+        from kat_agent import install as inst
+
+        unit_dir = args.unit_dir or inst.UNIT_DIR
+        try:
+            if args.command == "install":
+                print(inst.install(list(args.agent_args), unit_dir))
+            else:
+                print(
+                    "\n".join(inst.uninstall(args.data_dir, args.purge, unit_dir))
+                    or "nothing to do"
+                )
+        except inst.InstallError as exc:
+            raise StartupError(str(exc)) from None
+        return
+    if args.command == "certificate":
+        from kat_agent.credentials import CredentialError, issue_client_certificate
+
+        try:
+            paths = issue_client_certificate(args.data_dir, args.name, args.role, args.out_dir)
+        except CredentialError as exc:
+            raise StartupError(str(exc)) from None
+        print("\n".join(str(p) for p in paths))
+        return
     if args.command == "backup":
         path = await backup_now(NodeOptions(data_dir=args.data_dir), args.output)
         print(f"snapshot written to {path}")
@@ -145,7 +191,7 @@ def _startup_errors(exc: BaseException) -> list[StartupError]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format, getattr(args, "log_file", None))
     try:
         asyncio.run(_run(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

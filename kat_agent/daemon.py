@@ -443,9 +443,14 @@ async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> Node
 async def serve(
     dd: DataDir, identity: NodeIdentity, store: Store | None, opts: NodeOptions
 ) -> None:
+    from internal.observability.logs import set_node
+    from kat_agent.observe import serve_node_metrics
+
+    set_node(identity.name)
     config = load_local_config(dd)
     agent = Agent(dd, identity, config.spec.agent_tick_seconds, opts.labels)
     async with asyncio.TaskGroup() as tg:
+        tg.create_task(serve_node_metrics(dd, identity, config.spec), name="metrics")
         if store is not None:
             # imported here: agents that run no etcd member never load etcd or PKI code
             from kat_agent.member import run_member

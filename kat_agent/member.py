@@ -13,6 +13,7 @@ import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.datadir import DataDir, NodeIdentity
+from internal.observability import metrics
 from internal.security import rpc
 from internal.state.etcd import EtcdClient
 from internal.state.etcd_process import EtcdProcess, EtcdStartError, EtcdTLS
@@ -111,7 +112,11 @@ async def run_member(
     lc = build_leader_context(dd, store, config, cluster_uid, identity.name, api)
     registry, ca_cert, ca_key = lc.registry, lc.ca_cert, lc.ca_key
 
-    server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
+    from internal.observability.grpc_metrics import MetricsInterceptor
+    from kat_agent.leader.audit import AuditInterceptor, run_audit_pruning
+
+    interceptors = [MetricsInterceptor(), AuditInterceptor(lc, dd.audit_log)]
+    server = grpc.aio.server(options=rpc.SERVER_OPTIONS, interceptors=interceptors)
     agent_api = AgentAPI(lc)
     kat_pb2_grpc.add_ClusterAPIServicer_to_server(ClusterAPI(lc), server)
     kat_pb2_grpc.add_AgentAPIServicer_to_server(agent_api, server)
@@ -133,14 +138,20 @@ async def run_member(
         await registry.load()
         lc.leading = True
         lc.leader_address = api
+        metrics.ELECTIONS_WON.inc()
+        metrics.LEADER.set(1)
         log.info("%s is the leader", identity.name)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(registry.run_health(), name="node-health")
                 tg.create_task(run_controllers(lc), name="controllers")
                 tg.create_task(run_backups(lc), name="backups")
+                tg.create_task(run_audit_pruning(lc), name="audit-pruning")
         finally:
             lc.leading = False
+            metrics.LEADER.set(0)
+            metrics.NODES.clear()  # leader-only figures: absent on followers
+            metrics.CLUSTER_INSTANCES.clear()
             log.warning("%s stopped leading", identity.name)
 
     def on_leader(info: LeaderInfo | None) -> None:

@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.ingress_cmd",
     "katcall.token_cmd",
     "katcall.config_cmd",
+    "katcall.audit_cmd",
     "katcall.info_cmd",
     "katcall.completion_cmd",
 )

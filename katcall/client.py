@@ -186,6 +186,11 @@ class Client:
     ) -> pb.CreateTokenResponse:
         return self._unary("CreateToken", request, timeout)
 
+    def list_audit(
+        self, request: pb.ListAuditRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.AuditList:
+        return self._unary("ListAudit", request, timeout)
+
     def list_tokens(
         self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.TokenList:

@@ -309,4 +309,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="only items with these labels: key=value[,key=value] (workloads, instances, nodes)",
     )
     p.add_argument("-w", "--watch", action="store_true", help="print changes as they happen")
+    p.add_argument("--since", default="", help="audit: only records newer than this (e.g. 1h)")
     p.set_defaults(func=cmd_get, late_positionals=("name",))

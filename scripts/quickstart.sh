@@ -3,8 +3,10 @@
 # web service on it (examples/web, 3 replicas) and show it.
 #   KAT_DATA_DIR   data dir (default /var/lib/kat)
 #   KAT_CONFIG     cluster.kat to init with (default examples/cluster.kat)
-# The agent runs in the background; its log is $KAT_DATA_DIR/agent.log and
-# `scripts/quickstart.sh stop` stops it.
+# Where systemd is PID 1 the agent runs as the kat-agent.service unit
+# (`kat-agent install init ...`: restarted on failure, started at boot); elsewhere
+# (containers, CI) in the background. Either way its log is $KAT_DATA_DIR/agent.log
+# and `scripts/quickstart.sh stop` stops it (containers keep running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${KAT_DATA_DIR:-/var/lib/kat}"
@@ -12,10 +14,18 @@ CONFIG="${KAT_CONFIG:-examples/cluster.kat}"
 PIDFILE="$DATA/agent.pid"
 mkdir -p "$DATA"
 
-running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+SYSTEMD=0
+[ -d /run/systemd/system ] && command -v systemctl >/dev/null && SYSTEMD=1
+
+running() {
+  if [ $SYSTEMD = 1 ]; then systemctl is-active --quiet kat-agent.service; return; fi
+  [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
+}
 
 if [ "${1:-}" = "stop" ]; then
-  if running; then
+  if [ $SYSTEMD = 1 ]; then
+    systemctl stop kat-agent.service
+  elif running; then
     kill -TERM "$(cat "$PIDFILE")"
     for _ in $(seq 100); do running || break; sleep 0.1; done
   fi
@@ -25,7 +35,11 @@ if [ "${1:-}" = "stop" ]; then
 fi
 
 if running; then
-  echo "kat-agent already running (pid $(cat "$PIDFILE"))"
+  echo "kat-agent already running"
+elif [ $SYSTEMD = 1 ]; then
+  echo "installing and starting kat-agent.service (data dir $DATA, log $DATA/agent.log)"
+  kat-agent install init --config "$(realpath "$CONFIG")" --data-dir "$DATA" \
+    --log-file "$DATA/agent.log"
 else
   echo "starting kat-agent init (data dir $DATA, log $DATA/agent.log)"
   # The log is private (0600), also one an older version made world-readable.

@@ -30,6 +30,7 @@ PACKAGES=(
   wireguard-tools wireguard-go iproute2 iptables nftables util-linux git docker-registry
   haproxy dnsperf wrk tcpdump iperf3
   make procps psmisc ca-certificates python3 python3-pip
+  prometheus  # promtool, and a real Prometheus for tests/cluster/test_metrics_prometheus.py (not started)
 )
 
 missing=()
@@ -61,7 +62,7 @@ fi
 # Services that the packages may have enabled or started. They are not used by KAT as
 # system services (tests start their own etcd / registry), so make sure they are not
 # running and do not come back at boot. Works with or without systemd.
-for svc in etcd docker-registry; do
+for svc in etcd docker-registry prometheus prometheus-node-exporter; do
   if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
     if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
       log "disabling system service $svc"

@@ -714,7 +714,7 @@ class Node(_message.Message):
     def __init__(self, api_version: _Optional[str] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
 
 class ClusterConfigurationSpec(_message.Message):
-    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "host_mount_allowed_paths", "ingress_http_port", "ingress_https_port")
+    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "host_mount_allowed_paths", "ingress_http_port", "ingress_https_port", "metrics_port", "audit_retention_days", "container_log_max_size")
     CLUSTER_CIDR_FIELD_NUMBER: _ClassVar[int]
     SERVICE_CIDR_FIELD_NUMBER: _ClassVar[int]
     NODE_SUBNET_BITS_FIELD_NUMBER: _ClassVar[int]
@@ -734,6 +734,9 @@ class ClusterConfigurationSpec(_message.Message):
     HOST_MOUNT_ALLOWED_PATHS_FIELD_NUMBER: _ClassVar[int]
     INGRESS_HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
     INGRESS_HTTPS_PORT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_LOG_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     cluster_cidr: str
     service_cidr: str
     node_subnet_bits: int
@@ -753,7 +756,10 @@ class ClusterConfigurationSpec(_message.Message):
     host_mount_allowed_paths: _containers.RepeatedScalarFieldContainer[str]
     ingress_http_port: int
     ingress_https_port: int
-    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., host_mount_allowed_paths: _Optional[_Iterable[str]] = ..., ingress_http_port: _Optional[int] = ..., ingress_https_port: _Optional[int] = ...) -> None: ...
+    metrics_port: int
+    audit_retention_days: int
+    container_log_max_size: str
+    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., host_mount_allowed_paths: _Optional[_Iterable[str]] = ..., ingress_http_port: _Optional[int] = ..., ingress_https_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., audit_retention_days: _Optional[int] = ..., container_log_max_size: _Optional[str] = ...) -> None: ...
 
 class ClusterConfiguration(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")
@@ -1132,6 +1138,42 @@ class ClusterInfo(_message.Message):
 class BackupRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("time", "actor", "role", "verb", "method", "object", "outcome", "message", "id")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    VERB_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    actor: str
+    role: str
+    verb: str
+    method: str
+    object: str
+    outcome: str
+    message: str
+    id: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., role: _Optional[str] = ..., verb: _Optional[str] = ..., method: _Optional[str] = ..., object: _Optional[str] = ..., outcome: _Optional[str] = ..., message: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "limit")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    limit: int
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, items: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
 
 class CAMaterial(_message.Message):
     __slots__ = ("ca_cert_pem", "ca_key_pem", "etcd_ca_cert_pem", "etcd_ca_key_pem")

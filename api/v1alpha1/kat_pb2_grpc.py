@@ -175,6 +175,11 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.BackupRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.BackupResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/ListAudit',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AuditList.FromString,
+                _registered_method=True)
 
 
 class ClusterAPIServicer:
@@ -350,6 +355,13 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit trail of mutating calls (issue 13), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -492,6 +504,11 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.BackupRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.BackupResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.AuditList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1251,6 +1268,33 @@ class ClusterAPI:
             '/kat.v1alpha1.ClusterAPI/Backup',
             api_dot_v1alpha1_dot_kat__pb2.BackupRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/ListAudit',
+            api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.AuditList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,11 @@ class DataDir:
         return self.pki / "wireguard.key"
 
     @property
+    def audit_log(self) -> Path:
+        """JSON lines of every mutating API call this node answered as leader (0600)."""
+        return self.root / "audit.log"
+
+    @property
     def etcd_pki(self) -> Path:
         return self.pki / "etcd"
 

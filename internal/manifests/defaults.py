@@ -62,6 +62,9 @@ CLUSTER_DEFAULTS: dict[str, str | int] = {
     "join_port": 9117,
     "ingress_http_port": 80,
     "ingress_https_port": 443,
+    "metrics_port": 9119,
+    "audit_retention_days": 90,
+    "container_log_max_size": "10Mi",
 }
 
 _Spec = kat_pb2.WorkloadSpec

@@ -454,6 +454,7 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "wireguardPort",
         "ingressHTTPPort",
         "ingressHTTPSPort",
+        "metricsPort",
     ):
         value = getattr(spec, attr_name(spec, name))
         p = f"spec.{name}"
@@ -475,9 +476,15 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "agentTickSeconds",
         "nodeLossTimeoutSeconds",
         "backupRetention",
+        "auditRetentionDays",
     ):
         value = getattr(spec, attr_name(spec, name))
         check_min(value, 1, f"spec.{name}", rep)
+    try:
+        if quantity.parse_memory(spec.container_log_max_size) < 4096:
+            rep.add("spec.containerLogMaxSize", "must be at least 4Ki")
+    except ValueError as e:
+        rep.add("spec.containerLogMaxSize", str(e))
     tick, loss = spec.agent_tick_seconds, spec.node_loss_timeout_seconds
     if tick >= 1 and loss >= 1 and loss <= tick:
         rep.add(

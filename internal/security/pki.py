@@ -11,6 +11,7 @@ admin's name) and the role in the Organization attribute:
                                        serves its agent port, the leader its API
     kat:etcd   etcd members and their  serverAuth + clientAuth (under etcd's own CA)
                clients
+    kat:monitoring  Prometheus        extendedKeyUsage clientAuth; reads /metrics only
 
 The signer decides the subject and the SANs; a CSR only proves possession of
 its key (its subject and extensions are ignored).
@@ -38,11 +39,14 @@ from internal.host.files import write_atomic
 ROLE_ADMIN = "kat:admin"
 ROLE_NODE = "kat:node"
 ROLE_ETCD = "kat:etcd"
+# Reads /metrics on every agent and nothing else (no gRPC service accepts it).
+ROLE_MONITORING = "kat:monitoring"
 
 _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_ADMIN: (ExtendedKeyUsageOID.CLIENT_AUTH,),
     ROLE_NODE: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_ETCD: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+    ROLE_MONITORING: (ExtendedKeyUsageOID.CLIENT_AUTH,),
 }
 ROLES = tuple(_USAGES)
 

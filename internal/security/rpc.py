@@ -12,6 +12,7 @@ import grpc
 
 ROLE_ADMIN = "kat:admin"
 ROLE_NODE = "kat:node"
+ROLE_MONITORING = "kat:monitoring"  # /metrics only (internal/observability/metrics_http.py)
 
 # Trailing metadata key a non-leader sets to the leader's API address.
 LEADER_KEY = "kat-leader"

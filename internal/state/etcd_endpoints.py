@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
 from pyetcd.watch import Watcher
 
+from internal.observability import metrics
 from internal.state.etcd_values import (
     EtcdError,
     EtcdUnavailable,
@@ -182,8 +184,16 @@ class Endpoints:
         limit = (deadline or self.timeout) * attempts + 1.0
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
         # that arrives as the call completes, leaving the caller running on.
+        op = metrics.etcd_operation(what)
+        start = time.perf_counter()
         try:
             async with asyncio.timeout(limit):
                 return await fut
         except TimeoutError:
+            metrics.ETCD_ERRORS.labels(op).inc()
             raise EtcdUnavailable(f"etcd gave no answer to {what} within {limit:g}s") from None
+        except EtcdError:
+            metrics.ETCD_ERRORS.labels(op).inc()
+            raise
+        finally:
+            metrics.ETCD_SECONDS.labels(op).observe(time.perf_counter() - start)

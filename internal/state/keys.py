@@ -39,6 +39,7 @@ REVISIONS = "/kat/revisions/"
 INSTANCES = "/kat/instances/"
 TOKENS = "/kat/tokens/"
 EVENTS = "/kat/events/"
+AUDIT = "/kat/audit/"  # /kat/audit/<unix ns, 20 digits>-<id>: sorted by time, no lease
 CLUSTER_SCOPE = "_"  # the events "namespace" of cluster-scoped objects
 
 
@@ -107,6 +108,10 @@ def events_prefix(namespace: str | None = None) -> str:
 
 def event_key(namespace: str, timestamp_ns: int, event_id: str) -> str:
     return f"{events_prefix(namespace)}{timestamp_ns:020d}-{segment(event_id, 'event id')}"
+
+
+def audit_key(timestamp_ns: int, record_id: str) -> str:
+    return f"{AUDIT}{timestamp_ns:020d}-{segment(record_id, 'audit id')}"
 
 
 def check_key(key: str) -> str:

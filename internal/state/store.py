@@ -49,12 +49,13 @@ from internal.state.kv import (
     decode,
     versioned,
 )
+from internal.state.store_audit import AuditRecords
 from internal.state.store_workloads import WorkloadRecords
 
 # ---------------------------------------------------------------- the store
 
 
-class Store(WorkloadRecords):
+class Store(WorkloadRecords, AuditRecords):
     """Typed access to KAT's state in etcd."""
 
     def __init__(

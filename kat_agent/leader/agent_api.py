@@ -18,6 +18,7 @@ from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import ipam, tokens
 from internal.core.events import new_event
 from internal.core.ratelimit import FailureLimiter, peer_host
+from internal.observability import metrics
 from internal.security import pki, rpc
 from internal.state.etcd_values import EtcdError, EtcdUnavailable
 from internal.state.kv import AlreadyExists, StaleWrite, SubnetsExhausted
@@ -372,6 +373,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         self, cn: str, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.HeartbeatResponse:
         await self._require_current_node(cn, request.node_name, context, "report as")
+        metrics.HEARTBEATS.inc()
         for listener in self.lc.instance_listeners:
             await listener(request.node_name, request.instances)
         if not await self.lc.registry.heartbeat(request):

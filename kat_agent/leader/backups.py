@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
 from internal.core.events import new_event
+from internal.observability import metrics
 from internal.state.store import Store
 from kat_agent.leader.context import LeaderContext
 
@@ -29,6 +31,15 @@ def to_prune(names: list[str], keep: int) -> list[str]:
     return ours[: max(0, len(ours) - keep)]
 
 
+def newest_snapshot_time(directory: Path) -> float | None:
+    """The modification time of the newest snapshot in directory, if any."""
+    try:
+        ours = sorted(n for n in os.listdir(directory) if _NAME.match(n))
+        return (directory / ours[-1]).stat().st_mtime if ours else None
+    except OSError:
+        return None
+
+
 def prune(directory: Path, keep: int) -> None:
     for name in to_prune([p.name for p in directory.iterdir()], keep):
         (directory / name).unlink(missing_ok=True)
@@ -42,6 +53,7 @@ async def take_backup(
     directory = Path(spec.backup_path)
     path = directory / snapshot_name(now)
     size = await store.etcd.snapshot(path)
+    metrics.backup_taken(now.timestamp())
     keep = spec.backup_retention or DEFAULT_RETENTION
     await asyncio.to_thread(prune, directory, keep)
     await store.record_event(
@@ -58,6 +70,10 @@ async def take_backup(
 async def run_backups(lc: LeaderContext) -> None:
     """Reconcile loop: a snapshot every backupIntervalMinutes while leading."""
     interval = lc.spec.backup_interval_minutes * 60
+    # A leader after a failover: the age of the newest snapshot here, whoever took it.
+    newest = await asyncio.to_thread(newest_snapshot_time, Path(lc.spec.backup_path))
+    if newest is not None:
+        metrics.backup_taken(newest)
     while True:
         await asyncio.sleep(interval)
         try:

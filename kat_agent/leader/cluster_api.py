@@ -373,6 +373,14 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
         )
 
     @admin
+    async def ListAudit(
+        self, request: kat_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.AuditList:
+        from kat_agent.leader.audit import list_audit
+
+        return await list_audit(self.lc, request)
+
+    @admin
     async def Backup(
         self, request: kat_pb2.BackupRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.BackupResponse:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import secrets
 import string
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +30,7 @@ from internal.core.reconcile_model import NodeFacts, Observed, Plan, template_ge
 from internal.state.etcd_values import EtcdError
 from internal.state.kv import AlreadyExists, Compacted, StaleWrite, StoreError
 from kat_agent.leader.context import LeaderContext
+from kat_agent.leader.observe import observe_instances, observe_plan
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,7 @@ class WorkloadController:
             key = (w.metadata.namespace, w.metadata.name)
             known[key] = w
             bundle, created = await self._bundle(w, w.metadata.generation)
+            started = time.perf_counter()
             plan = reconcile.plan_workload(
                 w,
                 bundle,
@@ -193,6 +196,9 @@ class WorkloadController:
                 new_id=new_instance_suffix,
                 progress=self.progress.get(w.metadata.uid),
                 schedule_since=created,
+            )
+            observe_plan(
+                w, plan, by_workload.get(key, []), created, time.perf_counter() - started, now
             )
             if plan.progress is not None:
                 self.progress[w.metadata.uid] = plan.progress
@@ -207,6 +213,7 @@ class WorkloadController:
         uids = {w.metadata.uid for w in workloads}
         self.progress = {u: p for u, p in self.progress.items() if u in uids}
         await self._publish(final.values(), known)
+        observe_instances(final.values())
         if dirty:
             self.wake()
         return wake_at

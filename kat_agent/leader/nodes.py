@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from api.v1alpha1 import kat_pb2
 from internal.core.events import new_event
+from internal.observability import metrics
 from internal.state.kv import StaleWrite
 from internal.state.store import Store
 from kat_agent.node.network.overlay import HANDSHAKE_STALE_SECONDS
@@ -266,6 +267,7 @@ class NodeRegistry:
         interval = max(0.2, self._config.agent_tick_seconds / 2)
         while True:
             await self.mark_lost()
+            metrics.count_nodes(n.status.condition for n in self.stored())
             await asyncio.sleep(interval)
 
     async def _event(self, node: str, reason: str, message: str, *, warning: bool) -> None:

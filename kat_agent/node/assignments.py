@@ -17,6 +17,7 @@ import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.files import write_atomic
+from internal.observability import metrics
 from kat_agent.node.agent import Agent
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ async def follow_leader_stream(
         if over.is_set():
             log.info("heartbeat link changed; reopening the %s stream", what)
             continue
+        metrics.STREAM_RECONNECTS.inc()
         # Jitter spreads the reconnects of many nodes after a leader change.
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(high, delay * 2)

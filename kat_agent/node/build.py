@@ -34,9 +34,11 @@ import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
+from internal.observability import metrics
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.services import NodeSettings
 
@@ -159,7 +161,13 @@ class Builder:
                 tag = build_tag(ns, name, commit)
                 if await self._image_exists(tag) or await self._from_cache(w, commit, tag):
                     return tag
-            return await self._clone_and_build(bundle, commit)
+            started, result = time.perf_counter(), "failure"
+            try:
+                tag = await self._clone_and_build(bundle, commit)
+                result = "success"
+                return tag
+            finally:
+                metrics.BUILD_SECONDS.labels(result).observe(time.perf_counter() - started)
 
     async def _resolve(self, git: kat_pb2.GitSource) -> str:
         """The commit the source names, without cloning; "" when only a clone can tell

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from internal.core.node_plan import (
     node_labels,
     plan_instance,
 )
+from internal.observability import metrics
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
 from kat_agent.node.instance_state import InstanceState, find_containers
@@ -109,6 +111,7 @@ class NodeRuntime:
             if inst is not None:
                 inst.ip = inst.ip or self.plumbed_ip(st.id)
                 out.append(inst)
+        metrics.count_instances(metrics.NODE_INSTANCES, (i.phase for i in out))
         return out
 
     def _changed(self) -> None:
@@ -366,7 +369,8 @@ class NodeRuntime:
             return
         await asyncio.sleep(self.settings.idle_service_seconds)
         if not self._backend_in_use(backend, namespace, workload):
-            await self.pool.release(backend)
+            in_use = functools.partial(self._backend_in_use, backend, namespace, workload)
+            await self.pool.retire(backend, namespace, workload, in_use)
 
     async def _step(self, st: InstanceState) -> Step:
         """Plan (internal/core/node_plan.py) and execute one step of one instance."""
@@ -438,6 +442,7 @@ class NodeRuntime:
                 # Ours from an earlier attempt that was not seen yet: adopt it.
                 cid = ispec.container_name
             st.observed = await backend.runtime.observe(cid)
+            metrics.container_started(inst.restart_count)
             log.info(
                 "instance %s (%s/%s) started: container %s%s",
                 st.id,
@@ -450,8 +455,10 @@ class NodeRuntime:
             if exc.kind is ErrorKind.UNAVAILABLE:
                 raise
             st.error = str(exc)
+            metrics.CONTAINER_FAILURES.inc()
             log.warning("instance %s cannot start: %s", st.id, exc)
         except PodmanServiceError as exc:
+            metrics.CONTAINER_FAILURES.inc()
             st.error = f"cannot run as the workload's user: {exc}"
             log.warning("instance %s cannot start: %s", st.id, st.error)
         finally:
@@ -498,6 +505,7 @@ class NodeRuntime:
                 raise
             st.observed, st.vanished = None, True
         st.epoch += 1
+        metrics.CONTAINER_FAILURES.inc()
         log.warning("instance %s: health check failed; container stopped", st.id)
         self._changed()
 
@@ -546,6 +554,8 @@ class NodeRuntime:
             st.observed = obs
             st.epoch += 1
             log.info("instance %s: container exited with code %s", st.id, obs.exit_code)
+            if obs.exit_code:
+                metrics.CONTAINER_FAILURES.inc()
             st.wake.set()
             self._changed()
 

@@ -1034,7 +1034,7 @@ async def _has(data: Awaitable[bytes], needle: bytes) -> bool:
 
 
 @needs_podman
-@pytest.mark.async_timeout(120)
+@pytest.mark.async_timeout(450)
 async def test_rootless_workload_user(
     cluster: Callable[..., Any], env: PodmanEnv, tmp_path: Path
 ) -> None:
@@ -1055,6 +1055,7 @@ async def test_rootless_workload_user(
             rt = backends[user].runtime
             doc = await rt.inspect(inst.container_id)
             uid = backends[user].user.uid  # type: ignore[union-attr]
+            home = backends[user].user.home  # type: ignore[union-attr]
             status = _proc_status(int(doc["State"]["Pid"]))
             assert f"Uid:\t{uid}\t" in status  # runs as the workload user, not root
             # Not in root's storage.
@@ -1082,6 +1083,29 @@ async def test_rootless_workload_user(
                 lambda: user not in {b.key for b in node.rt.pool.backends()},
                 what="workload user's service released",
             )
+            # ... and the user itself: no account, home (with its image copy) or
+            # subordinate id range is left behind.
+            # (within a generous bound: the machine-wide user lock may be held by other
+            # agents' user changes)
+            await poll(lambda: not _user_exists(user), within=280, what="workload user removed")
+            assert not home.exists()
+            for table in ("/etc/subuid", "/etc/subgid"):
+                owners = _subid_owners(table)
+                assert user not in owners and str(uid) not in owners
     finally:
         remove_workload_user(ns, name)
         shutil.rmtree(homes, ignore_errors=True)
+
+
+def _subid_owners(table: str) -> set[str]:
+    return {line.split(":", 1)[0] for line in Path(table).read_text().splitlines()}
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

@@ -344,7 +344,41 @@ def test_stop_grace_term_then_kill(env: Env, created: list[str]) -> None:
     env.run(body())
 
 
+CHATTY = "i=0; while [ $i -lt 20000 ]; do echo line-$i-" + "x" * 40 + "; i=$((i+1)); done"
+
+
 @needs_podman
+def test_container_log_is_capped(env: Env, created: list[str]) -> None:
+    """containerLogMaxSize: a container writing far more than the cap leaves a log
+    file of at most about the cap (Podman truncates k8s-file logs at the size)."""
+
+    async def body() -> None:
+        cap = 64 * 1024
+        env.rt.log_max_bytes = cap
+        try:
+            cid = await _start(
+                env.rt,
+                created,
+                _spec(
+                    "chatty",
+                    (
+                        "sh",
+                        "-c",
+                        CHATTY,
+                    ),
+                ),
+            )
+        finally:
+            env.rt.log_max_bytes = 0
+        await env.rt.wait(cid)
+        doc = await env.rt.inspect(cid)
+        path = Path(doc["HostConfig"]["LogConfig"]["Path"])
+        size = await asyncio.to_thread(lambda: path.stat().st_size)
+        assert size <= cap * 2, size  # without the cap: about 1 MB
+
+    env.run(body())
+
+
 def test_exit_code_and_wait(env: Env, created: list[str]) -> None:
     async def body() -> None:
         cid = await _start(env.rt, created, _spec("exit3", ("sh", "-c", "exit 3")))

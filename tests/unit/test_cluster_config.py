@@ -44,6 +44,9 @@ def test_defaults_are_filled_in() -> None:
         "joinPort": 9117,
         "ingressHTTPPort": 80,
         "ingressHTTPSPort": 443,
+        "metricsPort": 9119,
+        "auditRetentionDays": 90,
+        "containerLogMaxSize": "10Mi",
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from urllib.parse import quote, urlencode
 from podman import PodmanClient
 from podman.errors import APIError
 
+from internal.observability import metrics
 from kat_agent.node.podman.errors import (
     ContainerRuntimeError,
     ErrorKind,
@@ -125,6 +127,17 @@ def tag_params(ref: str) -> dict[str, str]:
     return {"repo": repo, "tag": tag}
 
 
+_PODMAN_VERBS = frozenset({"create", "start", "stop", "kill", "wait", "logs", "json", "exec"})
+
+
+def podman_operation(method: str, path: str) -> str:
+    """A bounded name for a Podman API request: "POST containers/start" for
+    POST containers/<id>/start (ids and names left out)."""
+    segs = path.strip("/").split("/")
+    last = segs[-1] if len(segs) > 1 and segs[-1] in _PODMAN_VERBS else ""
+    return f"{method} {segs[0]}/{last}" if last else f"{method} {segs[0]}"
+
+
 class PodmanAPI:
     """The Podman API of one socket."""
 
@@ -142,7 +155,8 @@ class PodmanAPI:
         self, what: str, fn: Callable[[], T], default: ErrorKind = ErrorKind.OTHER
     ) -> T:
         try:
-            return await asyncio.to_thread(fn)
+            with metrics.timed(metrics.PODMAN_SECONDS, operation=what.split(" ", 1)[0]):
+                return await asyncio.to_thread(fn)
         except APIError as exc:
             raise from_api_error(what, exc, default) from exc
 
@@ -166,6 +180,7 @@ class PodmanAPI:
             f"Connection: {connection}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n"
         )
+        started = time.perf_counter()
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         except OSError as exc:
@@ -191,6 +206,9 @@ class PodmanAPI:
         except BaseException:
             writer.close()
             raise
+        op = podman_operation(method, path)
+        if not op.endswith("/wait"):  # a wait answers when the container exits
+            metrics.PODMAN_SECONDS.labels(op).observe(time.perf_counter() - started)
         return Response(int(parts[1]), headers, reader, writer)
 
     async def call_json(

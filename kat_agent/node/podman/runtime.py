@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from internal.core import hostpaths
+from internal.observability import metrics
 from kat_agent.node.podman.client import PodmanAPI, Response, frames
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE, VolumePreparer
@@ -140,12 +141,14 @@ class Runtime:
         *,
         volume_base_path: Path = DEFAULT_VOLUME_BASE,
         owner: tuple[int, int] | None = None,
+        log_max_bytes: int = 0,
         api_timeout: float = 60.0,
         host_mount_allowed: Sequence[str] = (),
         data_dir: str = hostpaths.DEFAULT_DATA_DIR,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.api = PodmanAPI(socket_path, api_timeout=api_timeout)
+        self.log_max_bytes = log_max_bytes  # containerLogMaxSize; 0: no cap
         self.volumes = VolumePreparer(volume_base_path, owner, host_mount_allowed, data_dir)
 
     async def close(self) -> None:
@@ -169,13 +172,20 @@ class Runtime:
         """Use `ref` from local storage; pull it only when it is missing."""
         if await self.image_exists(ref):
             return
-        error = await self.api.pull_image(ref)
+        try:
+            error = await self.api.pull_image(ref)
+        except ContainerRuntimeError:
+            metrics.IMAGE_PULLS.labels("failure").inc()
+            raise
         if error is not None or not await self.image_exists(ref):
+            metrics.IMAGE_PULLS.labels("failure").inc()
             raise ContainerRuntimeError(
                 ErrorKind.IMAGE_NOT_FOUND,
                 f"image {ref} is not in this node's Podman storage and pulling it failed: "
                 f"{error or 'no image after the pull'}",
             )
+
+        metrics.IMAGE_PULLS.labels("success").inc()
 
     async def import_image(self, tarball: Path, reference: str, changes: Sequence[str] = ()) -> str:
         """`podman import`: make image `reference` from a root filesystem tarball."""
@@ -239,7 +249,7 @@ class Runtime:
             )
         except OSError as exc:
             raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {exc}") from exc
-        data = await self.api.container_create(create_body(spec, mounts), what)
+        data = await self.api.container_create(create_body(spec, mounts, self.log_max_bytes), what)
         warnings = tuple(str(w) for w in (data.get("Warnings") or []))
         for w in warnings:
             log.warning("%s: %s", what, w)

@@ -32,8 +32,10 @@ import ipaddress
 import logging
 import os
 import pwd
+import shutil
 import stat
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from typing import Any
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.network.records import node_dns_address, search_path
-from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
+from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE
 from kat_agent.node.podman.runtime import Runtime
 from kat_agent.node.podman.service import MAX_SOCKET_PATH, PodmanService, PodmanStorage
@@ -51,6 +53,7 @@ from kat_agent.node.podman.users import (
     RUNTIME_DIR_BASE,
     WorkloadUser,
     ensure_workload_user,
+    remove_workload_user,
     username_prefix,
 )
 
@@ -99,6 +102,8 @@ class NodeSettings:
             return (), ()
         return (node_dns_address(self.subnet),), tuple(search_path(namespace, self.cluster_domain))
 
+    container_log_max_bytes: int = 0  # containerLogMaxSize; 0: no cap
+
     @property
     def tag(self) -> str:
         return hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:10]
@@ -108,6 +113,7 @@ class NodeSettings:
         opts: dict[str, Any] = {
             "volume_base_path": self.volume_base_path,
             "host_mount_allowed": self.host_mount_allowed,
+            "log_max_bytes": self.container_log_max_bytes,
         }
         if self.data_root is not None:
             opts["data_dir"] = str(self.data_root)
@@ -140,6 +146,7 @@ class NodeSettings:
             data_root=dd.root,
             host_mount_allowed=tuple(config.spec.host_mount_allowed_paths),
             cluster_domain=config.spec.cluster_domain or DEFAULT_CLUSTER_DOMAIN,
+            container_log_max_bytes=_log_max_bytes(config.spec.container_log_max_size),
         )
 
 
@@ -156,6 +163,31 @@ class Backend:
     @property
     def rootless(self) -> bool:
         return self.user is not None
+
+
+USER_REMOVAL_SECONDS = 60
+
+
+def _log_max_bytes(text: str) -> int:
+    """containerLogMaxSize in bytes; a configuration stored before the field: the default."""
+    from internal.manifests import defaults
+    from internal.manifests.quantity import parse_memory
+
+    try:
+        return parse_memory(text or str(defaults.CLUSTER_DEFAULTS["container_log_max_size"]))
+    except ValueError:
+        return 0
+
+
+def _run_into(fut: asyncio.Future[None], fn: Callable[..., None], *args: object) -> None:
+    """Run fn(*args) in this thread and settle fut on its loop."""
+    loop = fut.get_loop()
+    try:
+        fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+        loop.call_soon_threadsafe(lambda e=exc: fut.done() or fut.set_exception(e))
+        return
+    loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
 
 def _gateway(subnet: str) -> tuple[str, str]:
@@ -346,6 +378,66 @@ class PodmanPool:
             await backend.runtime.close()
             del self._users[backend.key]
             log.info("stopped the Podman service of %s (no containers left)", backend.key)
+
+    async def retire(
+        self, backend: Backend, namespace: str, workload: str, in_use: Callable[[], bool]
+    ) -> None:
+        """The workload's last container on this node is gone: stop its user's service
+        and delete the user, its home (image copies included) and its subordinate id
+        range, which later users reuse. Other agents on the same machine (dev clusters)
+        keep their own storage under the same user's home: then only this agent's part
+        goes, and the user stays for them."""
+        await self.release(backend)
+        user = backend.user
+        if user is None:
+            return
+        async with self._lock(user.username):
+            if in_use() or user.username in self._users:
+                log.info("kept workload user %s: in use again", user.username)
+                return  # an instance came back meanwhile
+            # Its own thread: the default executor can be full of Podman calls waiting on
+            # a socket that just went away, and removal must not queue behind them.
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            threading.Thread(
+                target=_run_into,
+                args=(done, self._remove_user, user, namespace, workload),
+                name="kat-remove-user",
+                daemon=True,
+            ).start()
+            try:
+                # Bounded: a re-apply of the workload waits for this lock.
+                async with asyncio.timeout(USER_REMOVAL_SECONDS):
+                    await done
+            except TimeoutError:
+                log.warning(
+                    "removing workload user %s takes over %ss; going on without waiting",
+                    user.username,
+                    USER_REMOVAL_SECONDS,
+                )
+            except (PodmanServiceError, OSError) as exc:
+                log.warning("could not remove workload user %s: %s", user.username, exc)
+
+    def _remove_user(self, user: WorkloadUser, namespace: str, workload: str) -> None:
+        try:
+            home = user.home
+        except KeyError:
+            return  # already gone
+        if self.settings.storage.root is not None:
+            shared = home / "kat-storage"
+            others = (
+                [p for p in shared.iterdir() if p.name != self.settings.tag]
+                if shared.is_dir()
+                else []
+            )
+            if others:
+                # Only this agent's part; the user's processes (FUSE mounts of other
+                # agents' storage among them) stay for the others.
+                shutil.rmtree(shared / self.settings.tag, ignore_errors=True)
+                log.info("kept workload user %s: other agents here use it", user.username)
+                return
+        # Ends the user's processes first (fuse-overlayfs, the pause process), then
+        # deletes the home: deleting under a live FUSE mount could hang.
+        remove_workload_user(namespace, workload)
 
     # ------------------------------------------------------------ images
 

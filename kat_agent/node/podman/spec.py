@@ -138,7 +138,9 @@ class InstanceSpec:
         )
 
 
-def create_body(spec: InstanceSpec, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+def create_body(
+    spec: InstanceSpec, mounts: list[dict[str, Any]], log_max_bytes: int = 0
+) -> dict[str, Any]:
     """The body of Podman's containers/create for `spec`, with its prepared bind mounts."""
     body: dict[str, Any] = {
         "name": spec.container_name,
@@ -146,7 +148,10 @@ def create_body(spec: InstanceSpec, mounts: list[dict[str, Any]]) -> dict[str, A
         "labels": spec.labels(),
         "env": dict(spec.env),
         "mounts": mounts,
-        "log_configuration": {"driver": LOG_DRIVER},
+        "log_configuration": {
+            "driver": LOG_DRIVER,
+            **({"size": log_max_bytes} if log_max_bytes > 0 else {}),
+        },
         "restart_policy": "no",
     }
     if spec.command:

@@ -1,0 +1,1 @@
+"""Metrics, audit and log plumbing shared by the leader and the agents."""

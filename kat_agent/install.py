@@ -1,0 +1,144 @@
+"""`kat-agent install init|join ...` and `kat-agent uninstall [--purge]`.
+
+install writes a systemd unit that runs the given command line (paths made
+absolute), restarts it on failure and stops only the agent process
+(KillMode=process: containers keep running, exactly as when the agent is stopped
+by hand; etcd and the Podman services are the agent's children and it stops them
+itself), then enables and starts it where systemd is PID 1. Elsewhere (containers,
+CI) it only writes the unit and says so.
+
+uninstall stops and removes the unit, removes the workload users KAT made (with
+their homes, image copies and subordinate id ranges) and, with --purge, the data
+directory. Containers in root's Podman storage under the data dir go with it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+UNIT_NAME = "kat-agent.service"
+UNIT_DIR = Path("/etc/systemd/system")
+# Options whose value is a path: made absolute, since systemd starts in /.
+PATH_OPTIONS = ("--config", "--data-dir", "--restore-from", "--log-file", "--etcd-binary")
+
+
+class InstallError(Exception):
+    pass
+
+
+def systemd_running() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
+def absolute_args(args: list[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(args)
+    for a in it:
+        key, eq, value = a.partition("=")
+        if key in PATH_OPTIONS and eq:
+            out.append(f"{key}={Path(value).absolute()}")
+        elif a in PATH_OPTIONS:
+            out += [a, str(Path(next(it, "")).absolute())]
+        else:
+            out.append(a)
+    return out
+
+
+def render_unit(
+    args: list[str], python: str = sys.executable, env: dict[str, str] | None = None
+) -> str:
+    """The unit for `kat-agent ARGS` (ARGS start with init or join)."""
+    if not args or args[0] not in ("init", "join"):
+        raise InstallError("install needs the command to run: kat-agent install init|join ...")
+    exec_start = shlex.join([python, "-m", "kat_agent.cli", *absolute_args(args)])
+    lines = [
+        "[Unit]",
+        "Description=KAT node agent (kat-agent)",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"ExecStart={exec_start}",
+        "Restart=on-failure",
+        "RestartSec=2s",
+        # Only the agent gets SIGTERM; it stops etcd and the Podman services itself, and
+        # containers (under conmon) keep running and are adopted when it starts again.
+        "KillMode=process",
+        "TimeoutStopSec=30s",
+        "LimitNOFILE=65536",
+    ]
+    for key, value in sorted((env or {}).items()):
+        lines.append(f"Environment={shlex.quote(f'{key}={value}')}")
+    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def _systemctl(*args: str) -> None:
+    res = subprocess.run(["systemctl", *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise InstallError(f"systemctl {' '.join(args)} failed: {res.stderr.strip()}")
+
+
+def install(args: list[str], unit_dir: Path = UNIT_DIR) -> str:
+    """Write (and where systemd runs: enable and start) the unit; returns what was done."""
+    env = {k: os.environ[k] for k in ("PYTHONPATH", "KAT_ROOTLESS") if os.environ.get(k)}
+    unit = render_unit(args, env=env)
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    path = unit_dir / UNIT_NAME
+    # A join token is a secret: then only root may read the unit (SPEC 10).
+    secret = any(a == "--token" or a.startswith("--token=") for a in args)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(unit)
+    path.chmod(0o600 if secret else 0o644)
+    if unit_dir == UNIT_DIR and systemd_running():
+        _systemctl("daemon-reload")
+        _systemctl("enable", "--now", UNIT_NAME)
+        return f"wrote {path}; enabled and started {UNIT_NAME}"
+    return f"wrote {path}; systemd is not running here: start the agent by hand"
+
+
+def _kat_users() -> list[tuple[str, str]]:
+    """(namespace, workload) of every workload user KAT made on this machine."""
+    from kat_agent.node.podman.users import GECOS_PREFIX, USERNAME_PREFIX
+
+    found = []
+    for pw in pwd.getpwall():
+        if pw.pw_name.startswith(USERNAME_PREFIX) and pw.pw_gecos.startswith(GECOS_PREFIX):
+            ns, _, name = pw.pw_gecos.removeprefix(GECOS_PREFIX).strip().partition("/")
+            if ns and name:
+                found.append((ns, name))
+    return found
+
+
+def uninstall(
+    data_dir: Path,
+    purge: bool,
+    unit_dir: Path = UNIT_DIR,
+    users: list[tuple[str, str]] | None = None,
+) -> list[str]:
+    from kat_agent.node.podman.users import remove_workload_user
+
+    done = []
+    path = unit_dir / UNIT_NAME
+    if path.exists():
+        if unit_dir == UNIT_DIR and systemd_running():
+            _systemctl("disable", "--now", UNIT_NAME)
+        path.unlink()
+        if unit_dir == UNIT_DIR and systemd_running():
+            _systemctl("daemon-reload")
+        done.append(f"removed {path}")
+    for ns, name in _kat_users() if users is None else users:
+        if remove_workload_user(ns, name):
+            done.append(f"removed workload user of {ns}/{name}")
+    if purge and data_dir.exists():
+        shutil.rmtree(data_dir)
+        done.append(f"removed {data_dir}")
+    return done
