@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -111,3 +112,10 @@ def find_containers(
             continue
         out.append((st, st.backend, st.observed.container_id))
     return sorted(out, key=lambda x: x[0].id)
+
+
+class Step(enum.Enum):
+    PROGRESS = "progress"  # did something; look again at once
+    IDLE = "idle"  # converged; wait for a change
+    DONE = "done"  # not assigned and no container: forget the instance
+    RETRY = "retry"  # failed for a passing reason (Podman restarting): back off

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import functools
 import logging
 import time
@@ -39,7 +38,7 @@ from internal.core.node_plan import (
 from internal.observability import metrics
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
-from kat_agent.node.instance_state import InstanceState, find_containers
+from kat_agent.node.instance_state import InstanceState, Step, find_containers
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
 from kat_agent.node.podman.mounts import purge_workload_volumes
 from kat_agent.node.podman.observe import ObservedContainer
@@ -52,13 +51,6 @@ log = logging.getLogger(__name__)
 
 
 P = kat_pb2.Instance
-
-
-class Step(enum.Enum):
-    PROGRESS = "progress"  # did something; look again at once
-    IDLE = "idle"  # converged; wait for a change
-    DONE = "done"  # not assigned and no container: forget the instance
-    RETRY = "retry"  # failed for a passing reason (Podman restarting): back off
 
 
 def _now() -> float:
