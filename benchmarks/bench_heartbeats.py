@@ -160,6 +160,7 @@ def main() -> int:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            env={**os.environ, "KAT_NODE_NETWORK": "off"},  # host namespace: no overlay or DNS
         )
         procs.append(leader)
         wait_for(data / "admin.katconfig", leader)
@@ -202,6 +203,7 @@ def main() -> int:
             stdout=agent_log,
             stderr=agent_log,
             start_new_session=True,
+            env={**os.environ, "KAT_NODE_NETWORK": "off"},  # host namespace: no overlay or DNS
         )
         procs.append(agent)
         wait_for(tmp / "agent" / "agent" / "node.json", agent)

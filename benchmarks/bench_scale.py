@@ -306,6 +306,7 @@ def main() -> int:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            env={**os.environ, "KAT_NODE_NETWORK": "off"},  # host namespace: no overlay or DNS
         )
         wait_for(data / "admin.katconfig", leader)
         return asyncio.run(run(a, data, leader.pid))

@@ -94,7 +94,8 @@ class Leader:
             f"  volumeBasePath: {self.root / 'volumes'}\n  backupPath: {self.root / 'backups'}\n"
         )
         log = open(self.root / "leader.log", "wb")  # noqa: SIM115 - closed with the process
-        env = dict(os.environ, KAT_ROOTLESS="0")
+        # KAT_NODE_NETWORK=off: this leader shares the host namespace (no overlay, firewall, DNS)
+        env = dict(os.environ, KAT_ROOTLESS="0", KAT_NODE_NETWORK="off")
         self.proc = subprocess.Popen(
             [
                 "kat-agent",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from api.v1alpha1 import kat_pb2
@@ -81,6 +82,10 @@ async def serve_node_api(dd: DataDir, address: str, runtime: NodeRuntime, agent:
         await server.stop(grace=1)
 
 
+def node_network_enabled() -> bool:
+    return os.environ.get("KAT_NODE_NETWORK", "on").lower() not in ("off", "0", "no")
+
+
 async def run_node(
     dd: DataDir,
     identity: NodeIdentity,
@@ -98,6 +103,13 @@ async def run_node(
         settings.volume_base_path,
     )
     address = f"{identity.advertise_address}:{config.spec.agent_port}"
+    if not node_network_enabled():
+        # An agent sharing the host's network namespace with others (the leader of the
+        # etcd-tier tests, benchmarks): no overlay interface, firewall table, DNS or
+        # ingress, which are per host and would outlive it or collide with a real node's.
+        log.warning("node network off (KAT_NODE_NETWORK=off): no overlay, firewall, DNS")
+        await serve_node(settings, dd, agent, address)
+        return
     overlay = Overlay(dd, identity, config.spec) if identity.subnet else None
     instance_net = None
     if overlay is not None and settings.rootless:

@@ -152,3 +152,11 @@ def test_no_hand_written_module_over_the_limit() -> None:
     for name in NOT_YET_SPLIT:
         too_long.pop(name, None)
     assert not too_long, f"modules over {MAX_LINES} lines: {too_long}"
+
+
+def test_test_file_names_are_unique_across_tiers() -> None:
+    # pytest's default (prepend) import mode imports test files by basename: two tiers
+    # holding the same name stop the whole run at collection.
+    tests = Path(__file__).resolve().parents[1]
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
