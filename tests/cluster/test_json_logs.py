@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,13 @@ def test_every_log_line_is_json_through_failures_and_a_failover(
         assert p.returncode != 0
     # an agent crash and restart
     c.kill("node3")
+    restarted = time.time()
     c.start("node3")
+    # node3 (an etcd member) must be back before a second member dies, or etcd has no
+    # quorum and no leader can be elected: wait for a heartbeat of the restarted agent
+    wait_until(
+        lambda: heartbeat_after(c, "node3", restarted), timeout=90, interval=1, what="node3 back"
+    )
     # the leader dies; another member takes over; the old one comes back
     old = leader(c)
     c.kill(c.node(old)["key"])
@@ -93,3 +101,14 @@ def test_every_log_line_is_json_through_failures_and_a_failover(
     # the leader then logged the first refusal only; the next one through says how many
     leader_log = Path(c.node("node1")["log"]).read_text()
     assert leader_log.count("join refused from") == 1 or "more like it" in leader_log
+
+
+def heartbeat_after(c: DevCluster, ref: str, t: float) -> bool:
+    name = c.node(ref).get("name")
+    for n in c.nodes_json():
+        if n["metadata"]["name"] == name:
+            beat = n["status"].get("lastHeartbeat", "")
+            if beat:
+                stamp = datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp()
+                return stamp > t + 1 and n["status"].get("condition") == "READY"
+    return False

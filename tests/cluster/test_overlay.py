@@ -154,11 +154,11 @@ def test_removed_node_leaves_every_peer_list_and_a_later_node_is_reachable(
         shutil.rmtree(data / sub, ignore_errors=True)
     token = cluster.katcall("token", "create", "-q").stdout.strip()
     assert token
-    state = cluster.state()
-    for n in state["nodes"]:
-        if n["key"] == node["key"]:
-            n["cmd"][n["cmd"].index("--token") + 1] = token
-    (cluster.dir / "state.json").write_text(json.dumps(state))
+    # dev-cluster starts joins with `--token-file` (0600): put the new token there
+    cmd = next(n["cmd"] for n in cluster.state()["nodes"] if n["key"] == node["key"])
+    token_file = Path(cmd[cmd.index("--token-file") + 1])
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     www = cluster.dir / "www"
     www.mkdir(exist_ok=True)
     (www / "index.html").write_text("hello from the late node\n")
