@@ -72,15 +72,14 @@ class NodeProxyAPI:
         self, inst: kat_pb2.Instance, request: kat_pb2.LogsRequest
     ) -> AsyncIterator[kat_pb2.LogChunk]:
         stub, target = self._agent_stub(inst)
-        forward = kat_pb2.LogsRequest(
-            namespace=inst.namespace,
-            workload=inst.workload,
-            instance_id=inst.id,
-            follow=request.follow,
-            tail=request.tail,
-            since_seconds=request.since_seconds,
-            timestamps=request.timestamps,
-            previous=request.previous,
+        # The node answers the same request, narrowed to this one instance: every option
+        # (follow, tail, since, timestamps, previous) passes through as the client set it.
+        forward = kat_pb2.LogsRequest()
+        forward.CopyFrom(request)
+        forward.namespace, forward.workload, forward.instance_id = (
+            inst.namespace,
+            inst.workload,
+            inst.id,
         )
         call = stub.Logs(forward, timeout=None if request.follow else _LOGS_TIMEOUT)
         try:
