@@ -210,8 +210,14 @@ async def _finish_local_identity(
     ca = pki.read_pair(dd.ca_cert, dd.ca_key)
     name = node.metadata.name
     api = f"{advertise}:{spec.api_port}"
-    bootstrap.issue_node_certificate(dd, ca, name, advertise)
-    admin = bootstrap.issue_admin_certificate(ca)
+    from internal.core import certlife
+    from kat_agent.leader.certificates import record_issued
+
+    life = certlife.lifetime(spec)
+    node_cert = bootstrap.issue_node_certificate(dd, ca, name, advertise, lifetime=life)
+    admin = bootstrap.issue_admin_certificate(ca, lifetime=life)
+    await record_issued(store, node_cert, "init")
+    await record_issued(store, admin.cert_pem, "init")
     cfg = clientconfig.ClientConfig()
     context = config.metadata.name or "kat"
     cfg.upsert(clientconfig.Context(context, [api], ca.cert_pem, admin.cert_pem, admin.key_pem))
@@ -457,6 +463,9 @@ async def serve(
 
             tg.create_task(run_member(dd, identity, store, config), name="member")
         tg.create_task(agent.run(), name="agent")
+        from kat_agent.renewal import run_node_certificate_renewal
+
+        tg.create_task(run_node_certificate_renewal(dd, agent), name="node-certificate")
         tg.create_task(
             run_node(dd, identity, agent, config, rootless=opts.rootless), name="node-runtime"
         )

@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.token_cmd",
     "katcall.config_cmd",
     "katcall.audit_cmd",
+    "katcall.certs_cmd",
     "katcall.info_cmd",
     "katcall.completion_cmd",
 )

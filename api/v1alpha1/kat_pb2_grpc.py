@@ -180,6 +180,11 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AuditList.FromString,
                 _registered_method=True)
+        self.ListCertificates = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/ListCertificates',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.CertificateList.FromString,
+                _registered_method=True)
 
 
 class ClusterAPIServicer:
@@ -362,6 +367,13 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCertificates(self, request, context):
+        """Every leaf certificate the cluster CA issued that has not expired yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -509,6 +521,11 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.AuditList.SerializeToString,
+            ),
+            'ListCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCertificates,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.CertificateList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1305,10 +1322,36 @@ class ClusterAPI:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ListCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/ListCertificates',
+            api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.CertificateList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentAPIStub:
-    """Served by the leader on apiPort to agents (node certificates).
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -1341,11 +1384,15 @@ class AgentAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/kat.v1alpha1.AgentAPI/RenewCertificate',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentAPIServicer:
-    """Served by the leader on apiPort to agents (node certificates).
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def Join(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -1380,6 +1427,13 @@ class AgentAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """A node (or an admin) renews its certificate (see RenewCertificateRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1408,6 +1462,11 @@ def add_AgentAPIServicer_to_server(servicer, server):
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.SerializeToString,
             ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kat.v1alpha1.AgentAPI', rpc_method_handlers)
@@ -1417,8 +1476,7 @@ def add_AgentAPIServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentAPI:
-    """Served by the leader on apiPort to agents (node certificates).
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def Join(request,
@@ -1545,6 +1603,33 @@ class AgentAPI:
             '/kat.v1alpha1.AgentAPI/WatchEndpoints',
             api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.AgentAPI/RenewCertificate',
+            api_dot_v1alpha1_dot_kat__pb2.RenewCertificateRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.RenewCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@
   pki/ca.crt               cluster CA certificate (every node)
   pki/ca.key               cluster CA key (etcd members that may lead)
   pki/node.crt, node.key   this node's identity (role kat:node)
+  pki/api.crt, api.key     the API server certificate of an etcd member (role kat:api)
   pki/etcd/...             etcd's own CA, server and client certificates
   pki/wireguard.key        this node's WireGuard private key (0600, never sent)
   etcd/                    etcd data
@@ -45,6 +46,14 @@ class DataDir:
     @property
     def node_key(self) -> Path:
         return self.pki / "node.key"
+
+    @property
+    def api_cert(self) -> Path:
+        return self.pki / "api.crt"
+
+    @property
+    def api_key(self) -> Path:
+        return self.pki / "api.key"
 
     @property
     def wireguard_key(self) -> Path:

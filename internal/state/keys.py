@@ -6,6 +6,9 @@ Key layout (values are serialized protobuf unless noted):
     /kat/config/cluster-uid                     cluster UID, UTF-8 text, written once
     /kat/pki/ca                                 CAMaterial: the cluster and etcd CAs with
                                                 their keys, for members that may lead
+    /kat/pki/issued/<serial, hex>               IssuedCertificate: the inventory of leaf
+                                                certificates the cluster CA issued (until
+                                                they expire)
     /kat/leader                                 ClusterInfo (leader_node, leader_api_address)
                                                 on the leader's lease (internal/state/election.py)
     /kat/nodes/<name>                           Node
@@ -30,6 +33,7 @@ ROOT = "/kat/"
 CLUSTER_CONFIG_KEY = "/kat/config/cluster"
 CLUSTER_UID_KEY = "/kat/config/cluster-uid"
 CA_MATERIAL_KEY = "/kat/pki/ca"
+ISSUED_CERTIFICATES = "/kat/pki/issued/"
 LEADER_KEY = "/kat/leader"
 NODES = "/kat/nodes/"
 SUBNETS = "/kat/ipam/subnets/"
@@ -86,6 +90,10 @@ def instances_prefix(namespace: str | None = None, workload: str | None = None) 
 
 def instance_key(namespace: str, workload: str, instance_id: str) -> str:
     return instances_prefix(namespace, workload) + segment(instance_id, "instance id")
+
+
+def issued_certificate_key(serial: str) -> str:
+    return ISSUED_CERTIFICATES + segment(serial, "certificate serial")
 
 
 def token_key(token_id: str) -> str:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal.core import tokens
+from internal.core import join_address, tokens
 from internal.core.events import new_event
 from internal.manifests.checks import check_label_key, check_labels
 from internal.manifests.defaults import new_namespace
@@ -266,6 +266,9 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "ttl and max uses must not be negative"
             )
+        problem = join_address.approved_problem(request.approved_addresses)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else tokens.DEFAULT_TTL
         record, text = tokens.new_token(
             self.lc.ca_hash,
@@ -276,6 +279,7 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
             description=request.description,
             etcd_member=request.etcd_member,
         )
+        record.approved_addresses.extend(a.strip() for a in request.approved_addresses)
         await self.lc.store.create_token(record)
         return kat_pb2.CreateTokenResponse(token=record, join_token=text)
 
@@ -379,6 +383,14 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
         from kat_agent.leader.audit import list_audit
 
         return await list_audit(self.lc, request)
+
+    @admin
+    async def ListCertificates(
+        self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.CertificateList:
+        from kat_agent.leader.certificates import list_certificates
+
+        return await list_certificates(self.lc.store)
 
     @admin
     async def Backup(

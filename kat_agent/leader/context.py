@@ -12,6 +12,7 @@ import grpc
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir
 from internal.security import pki, rpc
+from internal.security.certfiles import KeyPairFile
 from internal.state.etcd_values import EtcdError
 from internal.state.store import Store
 from kat_agent.leader.assignments import AssignmentBook
@@ -38,6 +39,8 @@ class LeaderContext:
     node_cert: bytes
     node_key: bytes
     ca_hash: str = field(init=False)
+    # The node certificate's files: node_cert/node_key as renewed (None: fixed ones).
+    node_pair: KeyPairFile | None = None
     # -- runtime state
     leading: bool = False
     leader_address: str = ""  # the current leader's API address, as last observed
@@ -158,4 +161,5 @@ def build_leader_context(
         etcd_ca=pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key"),
         node_cert=dd.node_cert.read_bytes(),
         node_key=dd.node_key.read_bytes(),
+        node_pair=KeyPairFile(dd.node_cert, dd.node_key),
     )

@@ -34,9 +34,17 @@ class NodeProxyAPI:
         port = node.status.agent_port or self.lc.spec.agent_port
         target = f"{node.status.advertise_address}:{port}"
         channels = self._node_channels
+        cert, key = self.lc.node_cert, self.lc.node_key
+        pair = self.lc.node_pair
+        if pair is not None:
+            if pair.refresh():  # renewed: new channels with the new certificate
+                for old in channels.values():
+                    asyncio.get_running_loop().create_task(old.close(grace=30))
+                channels.clear()
+            cert, key = pair.cert, pair.key
         channel = channels.get(target)
         if channel is None:
-            creds = rpc.client_credentials(self.lc.ca_cert, self.lc.node_cert, self.lc.node_key)
+            creds = rpc.client_credentials(self.lc.ca_cert, cert, key)
             channel = grpc.aio.secure_channel(target, creds, options=rpc.KEEPALIVE_OPTIONS)
             channels[target] = channel
         return kat_pb2_grpc.NodeAgentStub(channel), target

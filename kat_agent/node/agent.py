@@ -14,6 +14,7 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.datadir import DataDir, NodeIdentity
 from internal.security import rpc
+from internal.security.certfiles import KeyPairFile
 from internal.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -40,21 +41,33 @@ def machine_resources() -> tuple[kat_pb2.NodeResources, kat_pb2.NodeResources]:
 
 
 class LeaderLink:
-    """An mTLS channel to whichever API endpoint currently leads."""
+    """An mTLS channel to whichever API endpoint currently leads, made with the node's
+    certificate as it is on disk now (a renewed one from the next channel on)."""
 
-    def __init__(self, endpoints: list[str], ca: bytes, cert: bytes, key: bytes) -> None:
+    def __init__(self, endpoints: list[str], ca: bytes, pair: KeyPairFile) -> None:
         self.endpoints = list(endpoints)
-        self._creds = rpc.client_credentials(ca, cert, key)
+        self._ca, self._pair = ca, pair
+        self._version = pair.version
+        self._creds = rpc.client_credentials(ca, *pair.current())
         self._index = 0
         self._channel: grpc.aio.Channel | None = None
         self._target = ""
+
+    def refresh_credentials(self) -> None:
+        """Take the certificate on disk if it changed; the next call opens a new channel
+        (calls on the old one end, and are reopened by their loops)."""
+        self._pair.refresh()
+        if self._pair.version != self._version:
+            self._version = self._pair.version
+            self._creds = rpc.client_credentials(self._ca, self._pair.cert, self._pair.key)
+            self._target = ""  # reopen
 
     def _open(self, target: str) -> grpc.aio.Channel:
         if self._channel is None or target != self._target:
             if self._channel is not None:
                 asyncio.get_running_loop().create_task(self._channel.close())
             self._channel = grpc.aio.secure_channel(
-                target, self._creds, options=rpc.KEEPALIVE_OPTIONS
+                target, self._creds, options=rpc.api_channel_options()
             )
             self._target = target
         return self._channel
@@ -97,12 +110,8 @@ class Agent:
         self.identity = identity
         self.tick = tick_seconds
         self.labels = dict(labels or {})
-        self.link = LeaderLink(
-            identity.api_endpoints,
-            datadir.ca_cert.read_bytes(),
-            datadir.node_cert.read_bytes(),
-            datadir.node_key.read_bytes(),
-        )
+        self.node_pair = KeyPairFile(datadir.node_cert, datadir.node_key)
+        self.link = LeaderLink(identity.api_endpoints, datadir.ca_cert.read_bytes(), self.node_pair)
         self.capacity, self.allocatable = machine_resources()
         self.connected = asyncio.Event()
         # One "session" per successful (re)connection of the heartbeat path; its event is

@@ -75,6 +75,7 @@ async def serve_node_api(dd: DataDir, address: str, runtime: NodeRuntime, agent:
         dd.node_cert.read_bytes(),
         dd.node_key.read_bytes(),
         dd.ca_cert.read_bytes(),
+        pair=agent.node_pair,
     )
     try:
         await server.wait_for_termination()
