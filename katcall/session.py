@@ -87,7 +87,7 @@ def connect(args: argparse.Namespace) -> Client:
 
     timeout = getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT)
     client = Client(ctx, on_endpoints=remember, request_timeout=timeout)
-    from katcall.certs_cmd import renew_if_due
+    from katcall.renew import renew_if_due
 
     renew_if_due(client, path)  # an admin certificate renews itself when used
     return client

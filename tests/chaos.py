@@ -197,7 +197,7 @@ def serving_leaders(c: DevCluster) -> list[str]:
         if not n.get("etcd_member"):
             continue
         endpoint = f"{n['address']}:9115"
-        with grpc.secure_channel(endpoint, creds) as ch:
+        with grpc.secure_channel(endpoint, creds, options=rpc.api_channel_options()) as ch:
             try:
                 kat_pb2_grpc.ClusterAPIStub(ch).GetClusterInfo(
                     kat_pb2.ClusterInfoRequest(), timeout=3

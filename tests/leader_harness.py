@@ -162,7 +162,9 @@ class Leader:
         if self._channel is None:
             ctx = self.context
             self._channel = grpc.secure_channel(
-                self.api, rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
+                self.api,
+                rpc.client_credentials(ctx.ca, ctx.cert, ctx.key),
+                options=rpc.api_channel_options(),
             )
         return kat_pb2_grpc.ClusterAPIStub(self._channel)
 
@@ -192,8 +194,10 @@ class Leader:
     def katcall_json(self, *args: str) -> Any:
         return json.loads(self.katcall(*args, "-o", "json", check=True).stdout)
 
-    def join_token(self) -> str:
-        return self.stub().CreateToken(kat_pb2.CreateTokenRequest(), timeout=10).join_token
+    def join_token(self, approved: list[str] | None = None) -> str:
+        """A token; `approved`: addresses it may advertise besides the join's source."""
+        req = kat_pb2.CreateTokenRequest(approved_addresses=approved or [])
+        return self.stub().CreateToken(req, timeout=10).join_token
 
     # ---------------------------------------------------------------- reads
 
@@ -302,7 +306,9 @@ class SimAgent:
     async def start(self) -> None:
         self._changed = asyncio.Event()
         self._channel = grpc.aio.secure_channel(
-            self.leader.api, rpc.client_credentials(self.ca, self.cert, self.key)
+            self.leader.api,
+            rpc.client_credentials(self.ca, self.cert, self.key),
+            options=rpc.api_channel_options(),
         )
         self._tasks = [
             asyncio.create_task(self._heartbeats()),
@@ -565,7 +571,8 @@ class SimNet:
         with self._lock:
             ip = f"127.0.0.{self._next_ip}"
             self._next_ip += 1
-        token = self.leader.join_token()
+        # simulated nodes join from 127.0.0.1 and advertise 127.0.0.N: approved on the token
+        token = self.leader.join_token(approved=[ip])
         credential = tokens.parse(token).credential
         key = pki.generate_private_key()
         req = kat_pb2.JoinRequest(

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal.security import clientconfig, pki
+from internal.security import clientconfig, pki, rpc
 from tests.devcluster import DevCluster, unavailable_reason, wait_until
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
@@ -151,7 +151,7 @@ def _ctx(c: DevCluster) -> clientconfig.Context:
 
 
 def _call_list_nodes(c: DevCluster, creds: grpc.ChannelCredentials) -> grpc.StatusCode:
-    with grpc.secure_channel(api_address(c), creds) as ch:
+    with grpc.secure_channel(api_address(c), creds, rpc.api_channel_options()) as ch:
         try:
             kat_pb2_grpc.ClusterAPIStub(ch).ListNodes(kat_pb2.ListRequest(), timeout=10)
         except grpc.RpcError as err:
@@ -186,7 +186,7 @@ def test_api_refuses_clients_without_a_valid_admin_certificate(
     )
     assert _call_list_nodes(cluster, node_creds) == grpc.StatusCode.PERMISSION_DENIED
     # ... nor report heartbeats as another node
-    with grpc.secure_channel(api_address(cluster), node_creds) as ch:
+    with grpc.secure_channel(api_address(cluster), node_creds, rpc.api_channel_options()) as ch:
         with pytest.raises(grpc.RpcError) as err:
             kat_pb2_grpc.AgentAPIStub(ch).Heartbeat(
                 kat_pb2.HeartbeatRequest(node_name=node_name(cluster, "node3")), timeout=10
@@ -350,12 +350,14 @@ def test_a_removed_nodes_certificate_is_refused(cluster: DevCluster) -> None:
     from internal.core import tokens
 
     def join_once() -> tuple[str, bytes, bytes]:
-        cred = tokens.parse(new_token(cluster, "--max-uses", "1")).credential
+        addr = c_addr(cluster)  # joined from the host: the address is approved on the token
+        token = new_token(cluster, "--max-uses", "1", "--address", addr)
+        cred = tokens.parse(token).credential
         key = pki.generate_private_key()
         req = kat_pb2.JoinRequest(
             token=cred,
             csr_pem=pki.create_csr(key),
-            advertise_address=c_addr(cluster),
+            advertise_address=addr,
             hostname="gone",
         )
         ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
@@ -368,7 +370,7 @@ def test_a_removed_nodes_certificate_is_refused(cluster: DevCluster) -> None:
     def watch(name: str, key: bytes, cert: bytes) -> grpc.StatusCode:
         ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
         creds = grpc.ssl_channel_credentials(ca, key, cert)
-        with grpc.secure_channel(api_address(cluster), creds) as ch:
+        with grpc.secure_channel(api_address(cluster), creds, rpc.api_channel_options()) as ch:
             stream = kat_pb2_grpc.AgentAPIStub(ch).WatchAssignments(
                 kat_pb2.AssignmentsRequest(node_name=name), timeout=5
             )
