@@ -66,8 +66,11 @@ def poll(
 class Leader:
     """`kat-agent init` as a subprocess; use as a context manager (always stopped)."""
 
-    def __init__(self, root: Path, tick: int = 1, loss: int = 3) -> None:
+    def __init__(
+        self, root: Path, tick: int = 1, loss: int = 3, spec: dict[str, object] | None = None
+    ) -> None:
         self.root = root
+        self.extra_spec = dict(spec or {})  # more cluster.kat spec fields
         self.data = root / "leader"
         self.ports = {
             "apiPort": free_port(),
@@ -85,7 +88,8 @@ class Leader:
 
     def __enter__(self) -> Leader:
         self.root.mkdir(parents=True, exist_ok=True)
-        spec = "\n".join(f"  {k}: {v}" for k, v in self.ports.items())
+        fields = {**self.ports, **self.extra_spec}
+        spec = "\n".join(f"  {k}: {v}" for k, v in fields.items())
         config = self.root / "cluster.kat"
         config.write_text(
             "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\n"

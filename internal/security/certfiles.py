@@ -80,11 +80,17 @@ class KeyPairFile:
             return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
         initial = config(self.cert, self.key)
+        # Several users share one KeyPairFile: each follows `version`, not refresh()'s answer.
+        served = [self.version]
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
             # Called by gRPC for each new connection: None keeps the current one.
             try:
-                return config(self.cert, self.key) if self.refresh() else None
+                self.refresh()
+                if self.version == served[0]:
+                    return None
+                served[0] = self.version
+                return config(self.cert, self.key)
             except Exception:  # noqa: BLE001 - a fetcher must not raise into gRPC
                 return None
 

@@ -31,6 +31,7 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
         self.lc = lc
         self._workload_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._node_channels: dict[str, grpc.aio.Channel] = {}
+        self._node_channels_version = 0  # of lc.node_pair they were made with
 
     # ------------------------------------------------------------- nodes
 

@@ -26,6 +26,7 @@ class NodeProxyAPI:
 
     lc: LeaderContext
     _node_channels: dict[str, grpc.aio.Channel]  # by agent address (set by ClusterAPI)
+    _node_channels_version: int
 
     def _agent_stub(self, inst: kat_pb2.Instance) -> tuple[kat_pb2_grpc.NodeAgentStub, str]:
         node = self.lc.registry.get(inst.node)
@@ -37,10 +38,12 @@ class NodeProxyAPI:
         cert, key = self.lc.node_cert, self.lc.node_key
         pair = self.lc.node_pair
         if pair is not None:
-            if pair.refresh():  # renewed: new channels with the new certificate
+            pair.refresh()
+            if pair.version != self._node_channels_version:  # renewed: new channels
                 for old in channels.values():
                     asyncio.get_running_loop().create_task(old.close(grace=30))
                 channels.clear()
+                self._node_channels_version = pair.version
             cert, key = pair.cert, pair.key
         channel = channels.get(target)
         if channel is None:
