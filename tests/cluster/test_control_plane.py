@@ -194,6 +194,40 @@ def test_api_refuses_clients_without_a_valid_admin_certificate(
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_a_node_certificate_cannot_pose_as_the_api(cluster: DevCluster, tmp_path: Path) -> None:
+    """The fake-API attack: node3's real certificate (this cluster's CA, and 127.0.0.1 in its
+    addresses) serves a ClusterAPI on loopback; katcall with the real admin config,
+    pointed there, refuses it with a clear message and never calls it."""
+    from concurrent import futures
+
+    called: list[str] = []
+
+    class Fake(kat_pb2_grpc.ClusterAPIServicer):
+        def ListNodes(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+            called.append("ListNodes")
+            return kat_pb2.NodeList()
+
+    pki_dir = cluster.dir / "node3" / "pki"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    kat_pb2_grpc.add_ClusterAPIServicer_to_server(Fake(), server)
+    ca = (pki_dir / "ca.crt").read_bytes()
+    pair = [((pki_dir / "node.key").read_bytes(), (pki_dir / "node.crt").read_bytes())]
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(pair, ca, True))
+    server.start()
+    try:
+        assert cluster.katconfig is not None
+        cfg = clientconfig.load(cluster.katconfig)
+        cfg.context().endpoints = [f"127.0.0.1:{port}"]
+        clientconfig.save(cfg, tmp_path / "fake.katconfig")
+        p = cluster.katcall(
+            "--katconfig", str(tmp_path / "fake.katconfig"), "--request-timeout", "5", "get", "no"
+        )
+    finally:
+        server.stop(None)
+    assert p.returncode != 0 and not called
+    assert "not a KAT API server" in p.stderr and "O=kat:node" in p.stderr, p.stderr
+
+
 def test_node_key_files_are_private(cluster: DevCluster) -> None:
     for key in (
         "node1/pki/node.key",
