@@ -54,13 +54,16 @@ class LeaderLink:
         self._target = ""
 
     def refresh_credentials(self) -> None:
-        """Take the certificate on disk if it changed; the next call opens a new channel
-        (calls on the old one end, and are reopened by their loops)."""
+        """Take the certificate on disk if it changed: the old channel is closed (after a
+        short grace for calls in flight), so that every stream is reopened, by its own
+        loop, on a new channel with the new certificate."""
         self._pair.refresh()
         if self._pair.version != self._version:
             self._version = self._pair.version
             self._creds = rpc.client_credentials(self._ca, self._pair.cert, self._pair.key)
-            self._target = ""  # reopen
+            old, self._channel, self._target = self._channel, None, ""
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.close(grace=5))
 
     def _open(self, target: str) -> grpc.aio.Channel:
         if self._channel is None or target != self._target:

@@ -119,3 +119,60 @@ async def test_a_renewed_certificate_is_served_without_restart(
         with _admin_client(ca, endpoint) as client:
             info = await asyncio.to_thread(client.get_cluster_info, ask)
         assert info.leader_node == "real-api"
+
+
+def _served_serial(port: int) -> str:
+    import socket
+    import ssl
+
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with tls.wrap_socket(raw) as conn:
+            der = conn.getpeercert(binary_form=True)
+    assert der
+    return pki.cert_info(ssl.DER_cert_to_PEM_cert(der).encode()).serial
+
+
+async def test_the_metrics_endpoint_follows_a_renewal(
+    ca: pki.CertAndKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from internal.observability import metrics_http
+
+    monkeypatch.setattr(metrics_http, "RELOAD_SECONDS", 0.05)
+    cert, key = tmp_path / "n.crt", tmp_path / "n.key"
+    first = _node(ca)
+    pki.write_pair(cert, key, first)
+    port = free_port()
+    task = asyncio.create_task(
+        metrics_http.serve_metrics(
+            "127.0.0.1",
+            port,
+            first.cert_pem,
+            first.key_pem,
+            ca.cert_pem,
+            pair=KeyPairFile(cert, key),
+        )
+    )
+    try:
+        for _ in range(100):
+            try:
+                assert (
+                    await asyncio.to_thread(_served_serial, port)
+                    == pki.cert_info(first.cert_pem).serial
+                )
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        renewed = _node(ca)
+        pki.write_pair(cert, key, renewed)
+        want = pki.cert_info(renewed.cert_pem).serial
+        for _ in range(100):
+            if await asyncio.to_thread(_served_serial, port) == want:
+                break
+            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(_served_serial, port) == want
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
