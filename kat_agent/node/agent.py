@@ -52,6 +52,9 @@ class LeaderLink:
         self._index = 0
         self._channel: grpc.aio.Channel | None = None
         self._target = ""
+        # Set when the channel was closed for a renewed certificate: the streams it ends
+        # are reopened at once, on the same endpoint, and that is no failure.
+        self.renewed = False
 
     def refresh_credentials(self) -> None:
         """Take the certificate on disk if it changed: the old channel is closed (after a
@@ -62,6 +65,7 @@ class LeaderLink:
             self._version = self._pair.version
             self._creds = rpc.client_credentials(self._ca, self._pair.cert, self._pair.key)
             old, self._channel, self._target = self._channel, None, ""
+            self.renewed = True
             if old is not None:
                 asyncio.get_running_loop().create_task(old.close(grace=5))
 
@@ -188,9 +192,14 @@ class Agent:
             else:
                 stream.cancel()
         level = logging.WARNING if self.connected.is_set() else logging.DEBUG
-        log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
         self.connected.clear()
         self.session_over.set()
+        if self.link.renewed and code in (None, grpc.StatusCode.CANCELLED):
+            self.link.renewed = False
+            log.info("heartbeat stream reopened with the renewed certificate")
+            self._wake.set()  # beat again at once, on the same endpoint
+            return
+        log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
         self.link.failed(rpc.leader_from_status(code, trailing))
 
     async def run(self) -> None:
