@@ -36,6 +36,7 @@ from kat_agent.node.podman.client import PodmanAPI, Response, frames
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE, VolumePreparer
 from kat_agent.node.podman.observe import ObservedContainer
+from kat_agent.node.podman.orphans import end_container_processes
 from kat_agent.node.podman.spec import LABEL_MANAGED, InstanceSpec, create_body
 
 log = logging.getLogger(__name__)
@@ -307,11 +308,14 @@ class Runtime:
 
     async def remove(self, container_id: str, *, force: bool = False) -> None:
         """Remove the container; gone already is fine. `force` also removes a running
-        one, killing it at once (SIGKILL): `stop` it first to give it a grace period."""
+        one, killing it at once (SIGKILL): `stop` it first to give it a grace period.
+        Processes of it that still run here although Podman lost sight of them are ended."""
         params: dict[str, Any] = {"force": force, "v": True}
         if force:
             params["timeout"] = 0
         await self.api.container_remove(container_id, params)
+        # What Podman no longer knew as running may still run (orphans.py): end it too.
+        await asyncio.to_thread(end_container_processes, container_id)
 
     # ------------------------------------------------------------ logs and exec
 
