@@ -576,7 +576,7 @@ class SimNet:
             labels=labels or {},
             capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
         )
-        opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+        opts = [("grpc.ssl_target_name_override", pki.JOIN_SERVER_NAME)]
         join = f"127.0.0.1:{self.leader.ports['joinPort']}"
         ca = self.leader.context.ca
         with grpc.secure_channel(join, rpc.client_credentials(ca), options=opts) as ch:

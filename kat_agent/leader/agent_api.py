@@ -302,6 +302,8 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             adv = request.advertise_address
             ca = lc.etcd_ca
             resp.etcd_ca_pem = ca.cert_pem
+            # Only an etcd member may lead, and so needs the CA keys sealed in etcd.
+            resp.cluster_secret = lc.cluster_secret or b""
             resp.etcd_server_certificate_pem = pki.sign_csr(
                 ca.cert_pem,
                 ca.key_pem,

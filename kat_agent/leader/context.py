@@ -37,6 +37,8 @@ class LeaderContext:
     # This node's own identity (the leader's client certificate towards agents).
     node_cert: bytes
     node_key: bytes
+    # Seals the CA keys in etcd; handed to new etcd members at join (None: an old cluster).
+    cluster_secret: bytes | None = None
     ca_hash: str = field(init=False)
     # -- runtime state
     leading: bool = False
@@ -145,7 +147,10 @@ def build_leader_context(
     api_address: str,
 ) -> LeaderContext:
     """The context of a member whose PKI is in `dd` (reads its files)."""
+    from internal.security import sealing
+
     ca_key = dd.ca_key.read_bytes() if dd.ca_key.exists() else None
+    secret = sealing.read_secret(dd.cluster_secret) if dd.cluster_secret.exists() else None
     return LeaderContext(
         store=store,
         config=config,
@@ -158,4 +163,5 @@ def build_leader_context(
         etcd_ca=pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key"),
         node_cert=dd.node_cert.read_bytes(),
         node_key=dd.node_key.read_bytes(),
+        cluster_secret=secret,
     )
