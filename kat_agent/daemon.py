@@ -239,6 +239,9 @@ async def _finish_local_identity(
     api = f"{advertise}:{spec.api_port}"
     bootstrap.issue_node_certificate(dd, ca, name, advertise)
     admin = bootstrap.issue_admin_certificate(ca)
+    from kat_agent.leader.admin_api import record_admin_certificate
+
+    await record_admin_certificate(store, "admin", admin.cert_pem, "init")
     cfg = clientconfig.ClientConfig()
     context = config.metadata.name or "kat"
     cfg.upsert(clientconfig.Context(context, [api], ca.cert_pem, admin.cert_pem, admin.key_pem))

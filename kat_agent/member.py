@@ -166,6 +166,7 @@ async def run_member(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(lc.watch_quorum(), name="quorum")
+            tg.create_task(lc.revocations.run(), name="revocations")
             tg.create_task(election.run(lead), name="election")
     finally:
         with contextlib.suppress(Exception):

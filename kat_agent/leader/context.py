@@ -17,6 +17,7 @@ from internal.state.store import Store
 from kat_agent.leader.assignments import AssignmentBook
 from kat_agent.leader.endpoints import EndpointBook
 from kat_agent.leader.nodes import NodeRegistry
+from kat_agent.leader.revocation import Revocations, StreamCutter
 
 
 @dataclass(eq=False)
@@ -40,6 +41,9 @@ class LeaderContext:
     # Seals the CA keys in etcd; handed to new etcd members at join (None: an old cluster).
     cluster_secret: bytes | None = None
     ca_hash: str = field(init=False)
+    # Revoked certificates (checked on every call) and the nodes' open streams.
+    revocations: Revocations = field(init=False)
+    node_streams: StreamCutter = field(default_factory=StreamCutter)
     # -- runtime state
     leading: bool = False
     leader_address: str = ""  # the current leader's API address, as last observed
@@ -62,7 +66,9 @@ class LeaderContext:
 
     def __post_init__(self) -> None:
         self.ca_hash = pki.ca_hash(self.ca_cert)
+        self.revocations = Revocations(self.store)
         self.registry.on_lost.append(self.assignments.drop)
+        self.registry.on_removed.append(self.node_streams.cut)
 
     @property
     def spec(self) -> kat_pb2.ClusterConfigurationSpec:
