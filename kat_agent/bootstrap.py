@@ -189,7 +189,7 @@ def fetch_pinned_ca(
         except pki.CertificateError:
             continue
     raise JoinError(
-        f"the leader at {host}:{port} presented no CA matching the token's "
+        f"the leader at {host}:{port} presented a CA that does not match the token's "
         f"(sha256:{expected_hash}); refusing to trust it"
     )
 
