@@ -83,6 +83,7 @@ def test_the_join_port_serves_a_leaf_certificate_not_the_ca(leader: Leader) -> N
     # and a join (pinning the CA from that chain) works
     resp, _ = leader.join_node("leafcheck", "127.0.0.90")
     assert resp.node.metadata.name == "leafcheck"
+    assert not resp.cluster_secret  # a worker never gets the secret that seals the CA keys
     leader.katcall("node", "remove", "leafcheck", check=True)
 
 
