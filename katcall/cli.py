@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.label_cmd",
     "katcall.ingress_cmd",
     "katcall.token_cmd",
+    "katcall.admin_cmd",
     "katcall.config_cmd",
     "katcall.audit_cmd",
     "katcall.info_cmd",

@@ -191,6 +191,21 @@ class Client:
     ) -> pb.CreateTokenResponse:
         return self._unary("CreateToken", request, timeout)
 
+    def create_admin(
+        self, request: pb.CreateAdminRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.CreateAdminResponse:
+        return self._unary("CreateAdmin", request, timeout)
+
+    def revoke_admin(
+        self, request: pb.AdminRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.AdminRecord:
+        return self._unary("RevokeAdmin", request, timeout)
+
+    def list_admins(
+        self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.AdminList:
+        return self._unary("ListAdmins", request, timeout)
+
     def list_audit(
         self, request: pb.ListAuditRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.AuditList:

@@ -1176,16 +1176,22 @@ class AuditList(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
 
 class CAMaterial(_message.Message):
-    __slots__ = ("ca_cert_pem", "ca_key_pem", "etcd_ca_cert_pem", "etcd_ca_key_pem")
+    __slots__ = ("ca_cert_pem", "ca_key_pem", "etcd_ca_cert_pem", "etcd_ca_key_pem", "sealed_ca_key", "sealed_etcd_ca_key", "secret_id")
     CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
     ETCD_CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     ETCD_CA_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    SEALED_CA_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEALED_ETCD_CA_KEY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ID_FIELD_NUMBER: _ClassVar[int]
     ca_cert_pem: bytes
     ca_key_pem: bytes
     etcd_ca_cert_pem: bytes
     etcd_ca_key_pem: bytes
-    def __init__(self, ca_cert_pem: _Optional[bytes] = ..., ca_key_pem: _Optional[bytes] = ..., etcd_ca_cert_pem: _Optional[bytes] = ..., etcd_ca_key_pem: _Optional[bytes] = ...) -> None: ...
+    sealed_ca_key: bytes
+    sealed_etcd_ca_key: bytes
+    secret_id: str
+    def __init__(self, ca_cert_pem: _Optional[bytes] = ..., ca_key_pem: _Optional[bytes] = ..., etcd_ca_cert_pem: _Optional[bytes] = ..., etcd_ca_key_pem: _Optional[bytes] = ..., sealed_ca_key: _Optional[bytes] = ..., sealed_etcd_ca_key: _Optional[bytes] = ..., secret_id: _Optional[str] = ...) -> None: ...
 
 class BackupResponse(_message.Message):
     __slots__ = ("path", "size_bytes", "taken_at")
@@ -1200,6 +1206,72 @@ class BackupResponse(_message.Message):
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AdminRecord(_message.Message):
+    __slots__ = ("name", "certificate_sha256", "created", "created_by", "not_after", "revoked", "revoked_at", "revoked_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    certificate_sha256: _containers.RepeatedScalarFieldContainer[str]
+    created: _timestamp_pb2.Timestamp
+    created_by: str
+    not_after: _timestamp_pb2.Timestamp
+    revoked: bool
+    revoked_at: _timestamp_pb2.Timestamp
+    revoked_by: str
+    def __init__(self, name: _Optional[str] = ..., certificate_sha256: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class CreateAdminRequest(_message.Message):
+    __slots__ = ("name", "csr_pem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    csr_pem: bytes
+    def __init__(self, name: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class CreateAdminResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_pem", "api_endpoints", "admin")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    API_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_pem: bytes
+    api_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    admin: AdminRecord
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., admin: _Optional[_Union[AdminRecord, _Mapping]] = ...) -> None: ...
+
+class AdminRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class AdminList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[AdminRecord]
+    def __init__(self, items: _Optional[_Iterable[_Union[AdminRecord, _Mapping]]] = ...) -> None: ...
+
+class CertificateRevocation(_message.Message):
+    __slots__ = ("certificate_sha256", "common_name", "role", "revoked_at", "revoked_by")
+    CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMMON_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    certificate_sha256: str
+    common_name: str
+    role: str
+    revoked_at: _timestamp_pb2.Timestamp
+    revoked_by: str
+    def __init__(self, certificate_sha256: _Optional[str] = ..., common_name: _Optional[str] = ..., role: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("token", "csr_pem", "advertise_address", "hostname", "labels", "etcd_member", "capacity", "wireguard_public_key", "node_name", "etcd_server_csr_pem", "etcd_client_csr_pem")
@@ -1251,7 +1323,7 @@ class Peer(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., advertise_address: _Optional[str] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., wireguard_port: _Optional[int] = ..., observed_address: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node", "certificate_pem", "ca_pem", "configuration", "peers", "api_endpoints", "etcd_endpoints", "cluster_uid", "etcd_ca_pem", "etcd_server_certificate_pem", "etcd_client_certificate_pem", "etcd_initial_cluster")
+    __slots__ = ("node", "certificate_pem", "ca_pem", "configuration", "peers", "api_endpoints", "etcd_endpoints", "cluster_uid", "etcd_ca_pem", "etcd_server_certificate_pem", "etcd_client_certificate_pem", "etcd_initial_cluster", "cluster_secret")
     class EtcdInitialClusterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1271,6 +1343,7 @@ class JoinResponse(_message.Message):
     ETCD_SERVER_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     ETCD_CLIENT_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     ETCD_INITIAL_CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_SECRET_FIELD_NUMBER: _ClassVar[int]
     node: Node
     certificate_pem: bytes
     ca_pem: bytes
@@ -1283,7 +1356,8 @@ class JoinResponse(_message.Message):
     etcd_server_certificate_pem: bytes
     etcd_client_certificate_pem: bytes
     etcd_initial_cluster: _containers.ScalarMap[str, str]
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    cluster_secret: bytes
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ..., cluster_secret: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address", "agent_version", "overlay")

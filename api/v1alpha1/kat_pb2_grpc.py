@@ -180,6 +180,21 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AuditList.FromString,
                 _registered_method=True)
+        self.CreateAdmin = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/CreateAdmin',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.CreateAdminRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.CreateAdminResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdmin = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/RevokeAdmin',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.AdminRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AdminRecord.FromString,
+                _registered_method=True)
+        self.ListAdmins = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/ListAdmins',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AdminList.FromString,
+                _registered_method=True)
 
 
 class ClusterAPIServicer:
@@ -362,6 +377,25 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAdmin(self, request, context):
+        """Per-person admin certificates (issue 10): the key stays with katcall, the leader signs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdmin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdmins(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -509,6 +543,21 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.AuditList.SerializeToString,
+            ),
+            'CreateAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdmin,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.CreateAdminRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.CreateAdminResponse.SerializeToString,
+            ),
+            'RevokeAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdmin,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.AdminRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.AdminRecord.SerializeToString,
+            ),
+            'ListAdmins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdmins,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.AdminList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1295,6 +1344,87 @@ class ClusterAPI:
             '/kat.v1alpha1.ClusterAPI/ListAudit',
             api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.AuditList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/CreateAdmin',
+            api_dot_v1alpha1_dot_kat__pb2.CreateAdminRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.CreateAdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/RevokeAdmin',
+            api_dot_v1alpha1_dot_kat__pb2.AdminRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.AdminRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdmins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/ListAdmins',
+            api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.AdminList.FromString,
             options,
             channel_credentials,
             insecure,
