@@ -191,6 +191,16 @@ class Client:
     ) -> pb.AuditList:
         return self._unary("ListAudit", request, timeout)
 
+    def restart_workload(
+        self, request: pb.ObjectRef, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.Workload:
+        return self._unary("RestartWorkload", request, timeout)
+
+    def list_instance_stats(
+        self, request: pb.TopRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.TopResponse:
+        return self._unary("ListInstanceStats", request, timeout)
+
     def list_tokens(
         self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.TokenList:

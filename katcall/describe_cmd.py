@@ -14,7 +14,7 @@ from collections.abc import Callable
 from api.v1alpha1 import kat_pb2
 from internal.core.scheduler import Requests
 from internal.manifests.quantity import format_cpu
-from katcall import get_cmd, output, overlay_view
+from katcall import describe_more, get_cmd, output, overlay_view
 from katcall.client import CallError, Client
 from katcall.ingress_cmd import service_section
 from katcall.session import connect
@@ -318,6 +318,7 @@ DESCRIBERS: dict[str, Callable[[Client, argparse.Namespace], str]] = {
     "instances": _describe_instance,
     "namespaces": _describe_namespace,
     "workloads": _describe_workload,
+    **describe_more.DESCRIBERS,
 }
 
 
@@ -327,8 +328,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if describer is None and res.name in get_cmd.DESCRIBERS:
         return get_cmd.DESCRIBERS[res.name](args)
     if describer is None:
-        known = ", ".join(sorted({*DESCRIBERS, *get_cmd.DESCRIBERS}))
-        raise SystemExit(f"error: describe supports {known}, not {args.resource!r}")
+        describer = describe_more.describe_listed  # any other listable kind
     with connect(args) as client:
         print(describer(client, args))
     return 0
@@ -336,6 +336,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser("describe", help="show one resource in detail, with its recent events")
-    d.add_argument("resource", metavar="RESOURCE", help="node, instance, namespace or workload")
+    d.add_argument(
+        "resource",
+        metavar="RESOURCE",
+        help="node, instance, namespace, workload, token, event (or any kind `get` lists)",
+    )
     d.add_argument("name", metavar="NAME")
     d.set_defaults(func=cmd_describe)

@@ -21,12 +21,16 @@ from internal.version import VERSION
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.guards import admin, admin_stream
 from kat_agent.leader.node_proxy import NodeProxyAPI
+from kat_agent.leader.rollout_api import RolloutAPI
+from kat_agent.leader.stats_proxy import StatsProxyAPI
 from kat_agent.leader.workload_api import WorkloadAPI
 
 log = logging.getLogger(__name__)
 
 
-class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
+class ClusterAPI(
+    WorkloadAPI, RolloutAPI, NodeProxyAPI, StatsProxyAPI, kat_pb2_grpc.ClusterAPIServicer
+):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
         self._workload_locks: dict[tuple[str, str], asyncio.Lock] = {}
