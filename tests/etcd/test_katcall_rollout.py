@@ -168,3 +168,17 @@ def test_describe_token_event_and_audit_record(leader: Leader, net: SimNet) -> N
     assert a.stdout.startswith(f"Audit {audit[-1]['id']}") and "actor:" in a.stdout
     bad = leader.katcall("describe", "token", "nope")
     assert bad.returncode == 1 and "token 'nope' not found" in bad.stderr
+
+
+def test_top_names_a_node_whose_agent_does_not_answer(leader: Leader, net: SimNet) -> None:
+    """The simulated agent serves no Stats (an agent of an older version, or one that is
+    down): top says which node and why on stderr, and fails only as no node answered."""
+    poll(lambda: ids(leader), within=30, what="rollweb instances")
+    p = leader.katcall("top", "instances", timeout=90)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "warning: node ro: unimplemented" in p.stderr and "no running instances" in p.stdout
+    n = leader.katcall("top", "nodes", timeout=90)
+    assert n.returncode == 1 and "warning: node ro:" in n.stderr
+    assert n.stdout.splitlines()[0].split()[:3] == ["NAME", "CPU", "CPU%"]
+    bad = leader.katcall("top", "pods")
+    assert bad.returncode == 1 and "top shows instances or nodes" in bad.stderr
