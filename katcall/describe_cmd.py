@@ -17,6 +17,7 @@ from internal.manifests.quantity import format_cpu
 from katcall import describe_more, get_cmd, output, overlay_view
 from katcall.client import CallError, Client
 from katcall.ingress_cmd import service_section
+from katcall.rollout_cmd import history_rows
 from katcall.session import connect
 from katcall.workload_cmd import TYPE, image_of, instance_table, phase
 
@@ -275,6 +276,8 @@ def describe_workload(
     if rp.condition == kat_pb2.RestartPolicy.MAX_COUNT:
         restart += f" (maxRestarts {rp.max_restarts}, resetSeconds {rp.reset_seconds})"
     lines.append(f"Restarts:     {restart}")
+    if spec.HasField("restarted_at"):
+        lines.append(f"Restarted:    {_when(spec.restarted_at)} (katcall rollout restart)")
     lines.append("Conditions:")
     if st.conditions:
         rows = [[c.type, c.status, c.reason, c.message] for c in st.conditions]
@@ -291,18 +294,8 @@ def describe_workload(
         lines.append("  <none>")
     lines.append("Revisions:")
     if revisions:
-        rows = [
-            [
-                str(r.revision),
-                r.created.ToJsonString(),
-                r.created_by,
-                r.bundle.workload.spec.source.image,
-            ]
-            for r in revisions
-        ]
-        lines += [
-            "  " + r for r in output.table(["REVISION", "CREATED", "BY", "IMAGE"], rows).split("\n")
-        ]
+        headers, rows = history_rows(revisions, meta.generation)
+        lines += ["  " + r for r in output.table(headers, rows).split("\n")]
     else:
         lines.append("  <none>")
     lines.append("Events:")

@@ -71,8 +71,8 @@ class NodeRuntime:
         self.pool: BackendPool = pool or PodmanPool(settings)
         self.builder = Builder(settings)  # images from spec.source.git
         self.snapshots = SnapshotStore(settings.state_dir)
-        self.previous_logs = PreviousLogs(settings.state_dir / "previous-logs")
         self.states: dict[str, InstanceState] = {}
+        self.previous_logs = PreviousLogs(settings.state_dir / "previous-logs", self.states)
         self._on_change = on_change
         self._desired: kat_pb2.AssignmentSet | None = None
         self._applied = False  # a desired state is known and applied

@@ -166,12 +166,11 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
             if lines is not None:
                 out += [kat_pb2.LogChunk(instance_id=iid, data=d, stderr=s == 2) for s, d in lines]
         if not out:
-            node = self.runtime.settings.node_name
+            # (the leader puts "node NAME: " in front)
             what = f"instance {ids[0]} has no" if len(ids) == 1 else "no instance here has a"
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"{what} previous container on node {node}: "
-                "not restarted since it was placed there",
+                f"{what} previous container: not restarted since it was placed on this node",
             )
         return out
 

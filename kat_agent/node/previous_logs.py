@@ -19,7 +19,7 @@ import os
 import re
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -55,8 +55,12 @@ def _time_of(line: bytes) -> float | None:
 
 
 class PreviousLogs:
-    def __init__(self, directory: Path) -> None:
+    """`live` holds the node's instance ids: a save also removes the files of instances no
+    longer there (gone while the agent was down, so never forgotten one by one)."""
+
+    def __init__(self, directory: Path, live: Container[str] = ()) -> None:
         self.dir = directory
+        self.live = live
 
     def path(self, instance_id: str) -> Path:
         return self.dir / f"{instance_id}.log"
@@ -81,6 +85,9 @@ class PreviousLogs:
     def _write(self, instance_id: str, body: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.path(instance_id), body, mode=0o600)
+        for old in self.dir.glob("*.log"):
+            if old.stem != instance_id and old.stem not in self.live:
+                self.drop(old.stem)
 
     def drop(self, instance_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -23,9 +23,18 @@ def cpu_cores(first: ContainerStats, second: ContainerStats) -> float:
 
 
 async def _sample(backend: RuntimeBackend, cids: list[str]) -> dict[str, ContainerStats]:
-    with contextlib.suppress(ContainerRuntimeError):  # Podman down: no numbers, no failure
+    """One sample of each container. Podman fails the whole call when one of them is gone
+    (removed meanwhile): then each is asked alone. Podman down: no numbers, no failure."""
+    try:
         return await backend.runtime.stats(cids)
-    return {}
+    except ContainerRuntimeError:
+        if len(cids) == 1:
+            return {}
+    out: dict[str, ContainerStats] = {}
+    for cid in cids:
+        with contextlib.suppress(ContainerRuntimeError):
+            out.update(await backend.runtime.stats([cid]))
+    return out
 
 
 async def instance_stats(

@@ -108,3 +108,13 @@ def test_history_marks_the_current_revision_and_shows_the_cause() -> None:
     assert rows[0] == ["1", "2023-11-14T22:13:20Z", "admin", "a:1", "first"]
     assert rows[1][0] == "2 (current)" and rows[1][-1] == "-"
     assert rollout_cmd.target("workload/web", None) == "web"
+
+
+def test_a_save_removes_the_logs_of_instances_gone_from_the_node(tmp_path: Path) -> None:
+    live = {"kept": object()}
+    store = PreviousLogs(tmp_path, live)
+    for iid in ("kept", "gone"):
+        store.path(iid).parent.mkdir(parents=True, exist_ok=True)
+        store.path(iid).write_bytes(b"")
+    asyncio.run(store.save(Logged([(1, b"2026-01-01T00:00:00Z x\n")]), "c", "new"))  # type: ignore[arg-type]
+    assert sorted(p.stem for p in tmp_path.glob("*.log")) == ["kept", "new"]
