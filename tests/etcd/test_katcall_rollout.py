@@ -97,6 +97,12 @@ def test_rollout_history_restart_status_and_undo(
         "restart"
     )
 
+    audit = leader.katcall("get", "audit", check=True).stdout.splitlines()
+    assert any(
+        " restart " in line and f"workload default/{NAME}" in line and line.endswith("OK")
+        for line in audit
+    ), audit
+
     # an apply of the unchanged bundle after a restart changes nothing (restartedAt kept)
     again = leader.katcall("apply", "-f", str(b.write()), check=True)
     assert leader.workload(NAME).metadata.generation == 3, again.stdout
