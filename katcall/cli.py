@@ -27,6 +27,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.apply_cmd",
     "katcall.get_cmd",
     "katcall.workload_cmd",
+    "katcall.rollout_cmd",
+    "katcall.top_cmd",
     "katcall.describe_cmd",
     "katcall.logs_cmd",
     "katcall.node_cmd",

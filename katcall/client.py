@@ -9,6 +9,7 @@ is caught by the type checker, not at run time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -81,6 +82,7 @@ class Client:
 
     def close(self) -> None:
         for ch in self._channels.values():
+            _connectivity_polling_done(ch)
             ch.close()
 
     def __enter__(self) -> Client:
@@ -210,6 +212,16 @@ class Client:
         self, request: pb.ListAuditRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.AuditList:
         return self._unary("ListAudit", request, timeout)
+
+    def restart_workload(
+        self, request: pb.ObjectRef, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.Workload:
+        return self._unary("RestartWorkload", request, timeout)
+
+    def list_instance_stats(
+        self, request: pb.TopRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.TopResponse:
+        return self._unary("ListInstanceStats", request, timeout)
 
     def list_tokens(
         self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
@@ -394,6 +406,16 @@ class ResumingStream:
     def cancel(self) -> bool:
         self._cancelled = True
         return self._call.cancel() if self._call is not None else False
+
+
+def _connectivity_polling_done(channel: grpc.Channel, within: float = 0.5) -> None:
+    """Let grpc's connectivity thread (started by channel_ready_future) notice it has no
+    subscriber left before the channel closes: it polls every 0.2 s and, finding the channel
+    closed, dies with a traceback on stderr ("Cannot invoke RPC: Channel closed!")."""
+    state = getattr(channel, "_connectivity_state", None)
+    deadline = time.monotonic() + within
+    while getattr(state, "polling", False) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def describe(err: grpc.RpcError) -> str:

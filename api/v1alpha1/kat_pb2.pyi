@@ -251,7 +251,7 @@ class Volume(_message.Message):
     def __init__(self, name: _Optional[str] = ..., simple_cluster_storage: _Optional[_Union[SimpleClusterStorage, _Mapping]] = ..., host_mount: _Optional[_Union[HostMount, _Mapping]] = ...) -> None: ...
 
 class WorkloadSpec(_message.Message):
-    __slots__ = ("type", "source", "replicas", "update_strategy", "restart_policy", "node_selector", "tolerations", "container", "volumes")
+    __slots__ = ("type", "source", "replicas", "update_strategy", "restart_policy", "node_selector", "tolerations", "container", "volumes", "restarted_at")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[WorkloadSpec.Type]
@@ -278,6 +278,7 @@ class WorkloadSpec(_message.Message):
     TOLERATIONS_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    RESTARTED_AT_FIELD_NUMBER: _ClassVar[int]
     type: WorkloadSpec.Type
     source: WorkloadSource
     replicas: int
@@ -287,7 +288,8 @@ class WorkloadSpec(_message.Message):
     tolerations: _containers.RepeatedCompositeFieldContainer[Toleration]
     container: Container
     volumes: _containers.RepeatedCompositeFieldContainer[Volume]
-    def __init__(self, type: _Optional[_Union[WorkloadSpec.Type, str]] = ..., source: _Optional[_Union[WorkloadSource, _Mapping]] = ..., replicas: _Optional[int] = ..., update_strategy: _Optional[_Union[UpdateStrategy, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., tolerations: _Optional[_Iterable[_Union[Toleration, _Mapping]]] = ..., container: _Optional[_Union[Container, _Mapping]] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ...) -> None: ...
+    restarted_at: _timestamp_pb2.Timestamp
+    def __init__(self, type: _Optional[_Union[WorkloadSpec.Type, str]] = ..., source: _Optional[_Union[WorkloadSource, _Mapping]] = ..., replicas: _Optional[int] = ..., update_strategy: _Optional[_Union[UpdateStrategy, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., tolerations: _Optional[_Iterable[_Union[Toleration, _Mapping]]] = ..., container: _Optional[_Union[Container, _Mapping]] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., restarted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Condition(_message.Message):
     __slots__ = ("type", "status", "reason", "message", "last_transition_time")
@@ -340,16 +342,18 @@ class Workload(_message.Message):
     def __init__(self, api_version: _Optional[str] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., status: _Optional[_Union[WorkloadStatus, _Mapping]] = ...) -> None: ...
 
 class WorkloadRevision(_message.Message):
-    __slots__ = ("revision", "bundle", "created", "created_by")
+    __slots__ = ("revision", "bundle", "created", "created_by", "change_cause")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_CAUSE_FIELD_NUMBER: _ClassVar[int]
     revision: int
     bundle: Bundle
     created: _timestamp_pb2.Timestamp
     created_by: str
-    def __init__(self, revision: _Optional[int] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
+    change_cause: str
+    def __init__(self, revision: _Optional[int] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., change_cause: _Optional[str] = ...) -> None: ...
 
 class Bundle(_message.Message):
     __slots__ = ("workload", "virtual_load_balancer", "job_definition", "build_definition")
@@ -1459,3 +1463,49 @@ class EndpointSet(_message.Message):
     revision: int
     ingress_nodes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceEndpoints, _Mapping]]] = ..., revision: _Optional[int] = ..., ingress_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InstanceStats(_message.Message):
+    __slots__ = ("instance_id", "namespace", "workload", "node", "cpu_cores", "memory_bytes", "memory_limit_bytes")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    namespace: str
+    workload: str
+    node: str
+    cpu_cores: float
+    memory_bytes: int
+    memory_limit_bytes: int
+    def __init__(self, instance_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., node: _Optional[str] = ..., cpu_cores: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[InstanceStats]
+    def __init__(self, items: _Optional[_Iterable[_Union[InstanceStats, _Mapping]]] = ...) -> None: ...
+
+class TopRequest(_message.Message):
+    __slots__ = ("namespace", "node")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    node: str
+    def __init__(self, namespace: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class TopResponse(_message.Message):
+    __slots__ = ("instances", "unreachable")
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[InstanceStats]
+    unreachable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, instances: _Optional[_Iterable[_Union[InstanceStats, _Mapping]]] = ..., unreachable: _Optional[_Iterable[str]] = ...) -> None: ...

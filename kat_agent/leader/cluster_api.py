@@ -23,12 +23,21 @@ from kat_agent.leader.admin_api import AdminAPI
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.guards import admin, admin_stream, caller
 from kat_agent.leader.node_proxy import NodeProxyAPI
+from kat_agent.leader.rollout_api import RolloutAPI
+from kat_agent.leader.stats_proxy import StatsProxyAPI
 from kat_agent.leader.workload_api import WorkloadAPI
 
 log = logging.getLogger(__name__)
 
 
-class ClusterAPI(WorkloadAPI, NodeProxyAPI, AdminAPI, kat_pb2_grpc.ClusterAPIServicer):
+class ClusterAPI(
+    WorkloadAPI,
+    RolloutAPI,
+    NodeProxyAPI,
+    StatsProxyAPI,
+    AdminAPI,
+    kat_pb2_grpc.ClusterAPIServicer,
+):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
         self._workload_locks: dict[tuple[str, str], asyncio.Lock] = {}

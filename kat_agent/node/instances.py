@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -46,16 +45,13 @@ from kat_agent.node.podman.observe import ObservedContainer
 from kat_agent.node.podman.runtime import BackendPool, RuntimeBackend
 from kat_agent.node.podman.services import NodeSettings, PodmanPool
 from kat_agent.node.podman.spec import InstanceSpec
+from kat_agent.node.previous_logs import PreviousLogs
 from kat_agent.node.watchers import RETRY_BACKOFF, run_health_checks, wait_for_exit
 
 log = logging.getLogger(__name__)
 
 
 P = kat_pb2.Instance
-
-
-def _now() -> float:
-    return time.time()
 
 
 def _utcnow() -> datetime:
@@ -77,6 +73,7 @@ class NodeRuntime:
         self.builder = Builder(settings)  # images from spec.source.git
         self.snapshots = SnapshotStore(settings.state_dir)
         self.states: dict[str, InstanceState] = {}
+        self.previous_logs = PreviousLogs(settings.state_dir / "previous-logs", self.states)
         self._on_change = on_change
         self._desired: kat_pb2.AssignmentSet | None = None
         self._applied = False  # a desired state is known and applied
@@ -321,6 +318,7 @@ class NodeRuntime:
 
     def _forget(self, st: InstanceState) -> None:
         self._cancel_watchers(st)
+        self.previous_logs.drop(st.id)
         if self.states.get(st.id) is st:
             del self.states[st.id]
         self._changed()
@@ -374,8 +372,8 @@ class NodeRuntime:
         match action:
             case Create(assignment=a):
                 await self._create(st, a)
-            case StopAndRemove(phase=phase, message=message):
-                await self._stop_and_remove(st, phase, message)
+            case StopAndRemove(phase=phase, message=message, reason=reason):
+                await self._stop_and_remove(st, phase, message, reason)
             case StopUnhealthy():
                 await self._stop_unhealthy(st)
             case Watch(health=health):
@@ -452,7 +450,7 @@ class NodeRuntime:
             st.epoch += 1
             self._set_activity(st, None)
 
-    async def _stop_and_remove(self, st: InstanceState, phase: int, message: str) -> None:
+    async def _stop_and_remove(self, st: InstanceState, phase: int, message: str, why: str) -> None:
         obs, backend = st.observed, st.backend
         assert obs is not None and backend is not None
         st.epoch += 1
@@ -465,6 +463,8 @@ class NodeRuntime:
                 except ContainerRuntimeError as exc:
                     if exc.kind not in (ErrorKind.NOT_FOUND, ErrorKind.NOT_RUNNING):
                         raise
+            if why == "restart":  # for `katcall logs --previous`
+                await self.previous_logs.save(backend.runtime, obs.container_id, st.id)
             await backend.runtime.remove(obs.container_id, force=True)
             log.info("instance %s: container %s removed", st.id, obs.container_id[:12])
             st.observed = None

@@ -45,6 +45,17 @@ EXEC_OUTPUT_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
+class ContainerStats:
+    """One sample of Podman's stats: cpu time used so far and the clock it was read at
+    (both ns; two samples give the cpu use between them), and memory in use and allowed."""
+
+    cpu_nanos: int
+    system_nanos: int
+    memory_bytes: int
+    memory_limit_bytes: int
+
+
+@dataclass(frozen=True)
 class CreateResult:
     container_id: str
     warnings: tuple[str, ...] = ()
@@ -106,6 +117,10 @@ class ContainerRuntime(Protocol):
         tty: bool = False,
         sizes: asyncio.Queue[tuple[int, int]] | None = None,
     ) -> int: ...
+
+    async def stats(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        """One sample per running container, by container id."""
+        ...
 
 
 class RuntimeBackend(Protocol):
@@ -316,6 +331,19 @@ class Runtime:
         await self.api.container_remove(container_id, params)
         # What Podman no longer knew as running may still run (orphans.py): end it too.
         await asyncio.to_thread(end_container_processes, container_id)
+
+    async def stats(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        if not container_ids:
+            return {}
+        return {
+            str(s.get("ContainerID", "")): ContainerStats(
+                cpu_nanos=int(s.get("CPUNano") or 0),
+                system_nanos=int(s.get("SystemNano") or 0),
+                memory_bytes=int(s.get("MemUsage") or 0),
+                memory_limit_bytes=int(s.get("MemLimit") or 0),
+            )
+            for s in await self.api.container_stats(container_ids)
+        }
 
     # ------------------------------------------------------------ logs and exec
 
