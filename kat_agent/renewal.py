@@ -84,7 +84,7 @@ async def ensure_api_certificate(lc: LeaderContext, dd: DataDir, advertise: str)
     )
     pki.write_pair(dd.api_cert, dd.api_key, pair)
     log.info("issued the API certificate of %s (%s)", lc.node_name, problem)
-    from kat_agent.leader.certificates import record_issued
+    from kat_agent.leader.inventory import record_issued
 
     try:
         await record_issued(lc.store, pair.cert_pem, "renewal" if "life" in problem else "init")

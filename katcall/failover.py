@@ -39,6 +39,7 @@ REPEATABLE_METHODS = frozenset(
         "GetNode",
         "ListTokens",
         "ListAudit",
+        "ListInstanceStats",
         "GetClusterInfo",
         "CordonNode",
         "UncordonNode",

@@ -15,6 +15,8 @@ admin's name) and the role in the Organization attribute:
     kat:api    the API server of an    serverAuth only, and the DNS name API_SERVER_NAME
                etcd member             that no other certificate carries: katcall and
                                        agents accept only it as the cluster's API
+    kat:join   the leader's join port serverAuth only; its key lives in the member's
+               memory and is remade at every start (the CA key never serves TLS)
 
 The signer decides the subject and the SANs; a CSR only proves possession of
 its key (its subject and extensions are ignored).
@@ -48,6 +50,7 @@ ROLE_MONITORING = "kat:monitoring"
 # which the signer puts in these certificates only (internal/security/rpc.py).
 ROLE_API = "kat:api"
 API_SERVER_NAME = "api.kat.internal"
+ROLE_JOIN = "kat:join"
 
 _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_ADMIN: (ExtendedKeyUsageOID.CLIENT_AUTH,),
@@ -55,12 +58,14 @@ _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_ETCD: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_MONITORING: (ExtendedKeyUsageOID.CLIENT_AUTH,),
     ROLE_API: (ExtendedKeyUsageOID.SERVER_AUTH,),
+    ROLE_JOIN: (ExtendedKeyUsageOID.SERVER_AUTH,),
 }
 ROLES = tuple(_USAGES)
 
-# The CA certificate names itself so it can also serve TLS on the leader's join
-# port, where a joining agent pins it by hash (see kat_agent/bootstrap.py).
+# Older leaders served the join port with the CA certificate itself, under this name.
 CA_SERVER_NAME = "kat-ca"
+# The name in the join port's own serving certificate (role kat:join).
+JOIN_SERVER_NAME = "kat-join"
 
 CA_VALIDITY_DAYS = 3650
 CERT_VALIDITY_DAYS = 365

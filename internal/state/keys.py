@@ -4,8 +4,10 @@ Key layout (values are serialized protobuf unless noted):
 
     /kat/config/cluster                         ClusterConfiguration
     /kat/config/cluster-uid                     cluster UID, UTF-8 text, written once
-    /kat/pki/ca                                 CAMaterial: the cluster and etcd CAs with
-                                                their keys, for members that may lead
+    /kat/pki/ca                                 CAMaterial: the cluster and etcd CAs, their
+                                                keys sealed with the cluster secret
+    /kat/pki/admins/<name>                      AdminRecord: one person's admin certificates
+    /kat/pki/revoked/<sha256 of cert DER, hex>  CertificateRevocation: refused on every call
     /kat/pki/issued/<serial, hex>               IssuedCertificate: the inventory of leaf
                                                 certificates the cluster CA issued (until
                                                 they expire)
@@ -34,6 +36,8 @@ CLUSTER_CONFIG_KEY = "/kat/config/cluster"
 CLUSTER_UID_KEY = "/kat/config/cluster-uid"
 CA_MATERIAL_KEY = "/kat/pki/ca"
 ISSUED_CERTIFICATES = "/kat/pki/issued/"
+ADMINS = "/kat/pki/admins/"
+REVOKED = "/kat/pki/revoked/"
 LEADER_KEY = "/kat/leader"
 NODES = "/kat/nodes/"
 SUBNETS = "/kat/ipam/subnets/"
@@ -94,6 +98,14 @@ def instance_key(namespace: str, workload: str, instance_id: str) -> str:
 
 def issued_certificate_key(serial: str) -> str:
     return ISSUED_CERTIFICATES + segment(serial, "certificate serial")
+
+
+def admin_key(name: str) -> str:
+    return ADMINS + segment(name, "admin name")
+
+
+def revoked_key(certificate_sha256: str) -> str:
+    return REVOKED + segment(certificate_sha256, "certificate hash")
 
 
 def token_key(token_id: str) -> str:

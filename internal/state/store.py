@@ -51,12 +51,13 @@ from internal.state.kv import (
 )
 from internal.state.store_audit import AuditRecords
 from internal.state.store_certs import CertificateRecords
+from internal.state.store_pki import PkiRecords
 from internal.state.store_workloads import WorkloadRecords
 
 # ---------------------------------------------------------------- the store
 
 
-class Store(WorkloadRecords, AuditRecords, CertificateRecords):
+class Store(WorkloadRecords, AuditRecords, PkiRecords, CertificateRecords):
     """Typed access to KAT's state in etcd."""
 
     def __init__(

@@ -1,5 +1,4 @@
-"""Leaf certificates on the leader: the inventory in etcd (`katcall get certificates`)
-and renewal (AgentAPI.RenewCertificate).
+"""Renewal of leaf certificates on the leader (AgentAPI.RenewCertificate).
 
 A renewal is a CSR for a new key, sent over mTLS with the certificate it replaces: the
 leader issues the same common name, role and addresses as that certificate (never what
@@ -10,7 +9,6 @@ certificate becomes the node's, the old one stays accepted until it is replaced.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import grpc
@@ -18,7 +16,7 @@ import grpc
 from api.v1alpha1 import kat_pb2
 from internal.core import certlife
 from internal.security import pki, rpc
-from internal.state.store import Store
+from kat_agent.leader.inventory import record_issued
 
 if TYPE_CHECKING:
     from kat_agent.leader.context import LeaderContext
@@ -28,31 +26,6 @@ log = logging.getLogger(__name__)
 # Roles a certificate may renew itself through the RPC (API certificates are renewed
 # by their member, which holds the CA key).
 RENEWABLE = (rpc.ROLE_NODE, rpc.ROLE_ADMIN)
-
-
-def issued_record(cert_pem: bytes, reason: str) -> kat_pb2.IssuedCertificate:
-    info = pki.cert_info(cert_pem)
-    rec = kat_pb2.IssuedCertificate(
-        serial=info.serial,
-        common_name=info.common_name,
-        role=info.role,
-        dns_names=list(info.dns_names),
-        ip_addresses=list(info.ip_addresses),
-        reason=reason,
-        sha256=rpc.certificate_sha256(cert_pem),
-    )
-    rec.not_before.FromDatetime(info.not_before)
-    rec.not_after.FromDatetime(info.not_after)
-    return rec
-
-
-async def record_issued(store: Store, cert_pem: bytes, reason: str) -> None:
-    """Add a certificate to the inventory, and forget the expired ones."""
-    await store.record_issued_certificate(issued_record(cert_pem, reason))
-    try:
-        await store.prune_issued_certificates(datetime.now(UTC))
-    except Exception as exc:  # noqa: BLE001 - pruning is best effort, the record is in
-        log.warning("pruning expired certificates from the inventory failed: %s", exc)
 
 
 async def renew(
@@ -72,6 +45,18 @@ async def renew(
     if lc.ca_key is None:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this leader cannot sign")
     old_sha = rpc.certificate_sha256(current)
+    if lc.revocations.is_revoked(old_sha):
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the certificate of {info.common_name!r} is revoked; it cannot be renewed",
+        )
+    if info.role == rpc.ROLE_ADMIN:
+        record = await lc.store.get_admin(info.common_name)
+        if record is not None and record.msg.revoked:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"admin {info.common_name!r} is revoked; its certificate cannot be renewed",
+            )
     if info.role == rpc.ROLE_NODE:
         bound = lc.registry.bound_certificate(info.common_name)
         if bound is None or (
@@ -109,13 +94,11 @@ async def renew(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"node {info.common_name!r} is not in the cluster",
             )
+    if info.role == rpc.ROLE_ADMIN:
+        # the person's record lists every certificate: `admin revoke` ends this one too
+        from kat_agent.leader.admin_api import record_admin_certificate
+
+        await record_admin_certificate(lc.store, info.common_name, cert, info.common_name)
     await record_issued(lc.store, cert, "renewal")
     log.info("renewed the %s certificate of %s", info.role, info.common_name)
     return kat_pb2.RenewCertificateResponse(certificate_pem=cert)
-
-
-async def list_certificates(store: Store) -> kat_pb2.CertificateList:
-    now = datetime.now(UTC).timestamp()
-    items = [c for c in await store.list_issued_certificates() if c.not_after.seconds >= now]
-    items.sort(key=lambda c: (c.role, c.common_name, c.not_after.seconds))
-    return kat_pb2.CertificateList(items=items)

@@ -108,7 +108,7 @@ def _join(leader: Leader, token: str, address: str) -> grpc.RpcError | kat_pb2.J
         advertise_address=address,
         hostname="claims",
     )
-    opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+    opts = [("grpc.ssl_target_name_override", pki.JOIN_SERVER_NAME)]
     target = f"127.0.0.1:{leader.ports['joinPort']}"
     ca = leader.context.ca
     with grpc.secure_channel(target, rpc.client_credentials(ca), options=opts) as ch:
