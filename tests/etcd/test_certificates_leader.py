@@ -147,3 +147,47 @@ def test_a_join_gets_a_certificate_only_for_a_verified_address(tmp_path: Path) -
         resp = _join(leader, leader.join_token(), "127.0.0.1")
         assert isinstance(resp, grpc.RpcError)  # 127.0.0.1 is the leader's own address ...
         assert "belongs to node" in resp.details()  # type: ignore[attr-defined]
+
+
+def _renew(leader: Leader, cert: bytes, key: bytes) -> tuple[bytes, bytes]:
+    """A renewal over mTLS with (cert, key): the new certificate and its new key."""
+    creds = rpc.client_credentials(leader.context.ca, cert, key)
+    new_key = pki.generate_private_key()
+    with grpc.secure_channel(leader.api, creds, options=rpc.api_channel_options()) as ch:
+        req = kat_pb2.RenewCertificateRequest(csr_pem=pki.create_csr(new_key))
+        resp = kat_pb2_grpc.AgentAPIStub(ch).RenewCertificate(req, timeout=30)
+    return resp.certificate_pem, new_key
+
+
+def test_renewal_keeps_identity_and_ends_with_revocation(tmp_path: Path) -> None:
+    """A per-person admin renews as the same person (and `admin revoke` ends the renewed
+    certificate too); a revoked admin and a removed node cannot renew."""
+    from internal.security import clientconfig
+
+    with Leader(tmp_path) as leader:
+        cfg_path = tmp_path / "alice.katconfig"
+        leader.katcall("admin", "create", "alice", "-o", str(cfg_path), check=True)
+        alice = clientconfig.load(cfg_path).context()
+        renewed, renewed_key = _renew(leader, alice.cert, alice.key)
+        info = pki.cert_info(renewed)
+        assert (info.common_name, info.role) == ("alice", "kat:admin")
+        listed = leader.katcall("admin", "list", "-o", "json", check=True).stdout
+        assert rpc.certificate_sha256(renewed) in listed  # in alice's record
+        leader.katcall("admin", "revoke", "alice", check=True)
+        for cert, key in ((alice.cert, alice.key), (renewed, renewed_key)):
+            with pytest.raises(grpc.RpcError) as err:
+                _renew(leader, cert, key)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+
+        # a node renews with its own identity and addresses; once removed it cannot
+        resp, key = leader.join_node("renewer", "127.0.0.88")
+        new, new_key = _renew(leader, resp.certificate_pem, key)
+        got = pki.cert_info(new)
+        assert got.common_name == resp.node.metadata.name and got.role == "kat:node"
+        assert "127.0.0.88" in got.ip_addresses
+        leader.katcall("node", "remove", resp.node.metadata.name, check=True, timeout=120)
+        # before and after its renewal: both refused
+        for cert, k in ((resp.certificate_pem, key), (new, new_key)):
+            with pytest.raises(grpc.RpcError) as err:
+                _renew(leader, cert, k)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
