@@ -119,6 +119,8 @@ class Agent:
         self.wireguard_public_key = ""
         self._wake = asyncio.Event()
         self.leader_node = ""  # the leader's node name, as its last answer said
+        # Called when the link to the leader comes up or goes down (detached operation).
+        self.on_link_change: Callable[[], None] = lambda: None
 
     def beat_now(self) -> None:
         self._wake.set()
@@ -157,7 +159,8 @@ class Agent:
             log.info("connected to leader %s", resp.leader_node)
             self.session += 1
             self.session_over = asyncio.Event()
-        self.connected.set()
+            self.connected.set()
+            self.on_link_change()
         if resp.api_endpoints and list(resp.api_endpoints) != self.identity.api_endpoints:
             self.link.update_endpoints(list(resp.api_endpoints))
             self.identity.api_endpoints = list(resp.api_endpoints)
@@ -175,11 +178,14 @@ class Agent:
                 details = await stream.details() or details
             else:
                 stream.cancel()
-        level = logging.WARNING if self.connected.is_set() else logging.DEBUG
+        was_connected = self.connected.is_set()
+        level = logging.WARNING if was_connected else logging.DEBUG
         log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
         self.connected.clear()
         self.session_over.set()
         self.link.failed(rpc.leader_from_status(code, trailing))
+        if was_connected:
+            self.on_link_change()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

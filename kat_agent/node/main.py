@@ -161,6 +161,8 @@ async def serve_node(
     and, on ingress nodes, the HAProxy that `ingress` drives."""
     runtime = runtime or NodeRuntime(settings, agent.beat_now)
     agent.instances = runtime.report
+    runtime.detached = lambda: not agent.connected.is_set()
+    agent.on_link_change = runtime.link_changed
     if overlay is not None:
         agent.overlay = overlay.status
         agent.wireguard_public_key = overlay.public_key
