@@ -41,12 +41,16 @@ ROLE_NODE = "kat:node"
 ROLE_ETCD = "kat:etcd"
 # Reads /metrics on every agent and nothing else (no gRPC service accepts it).
 ROLE_MONITORING = "kat:monitoring"
+# HTTPS certificates the cluster CA issues for ingress hosts: server only, so such a
+# certificate can never authenticate a client to KAT's own APIs.
+ROLE_INGRESS = "kat:ingress"
 
 _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_ADMIN: (ExtendedKeyUsageOID.CLIENT_AUTH,),
     ROLE_NODE: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_ETCD: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_MONITORING: (ExtendedKeyUsageOID.CLIENT_AUTH,),
+    ROLE_INGRESS: (ExtendedKeyUsageOID.SERVER_AUTH,),
 }
 ROLES = tuple(_USAGES)
 

@@ -410,6 +410,26 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         async for view in stream_endpoints(self.lc, context):
             yield view
 
+    @node
+    async def GetIngressCertificates(
+        self,
+        request: kat_pb2.IngressCertificatesRequest,
+        context: grpc.aio.ServicerContext,
+        cn: str,
+    ) -> kat_pb2.IngressCertificateList:
+        from kat_agent.leader.ingress_certs import certificates_for_node
+
+        await self.lc.require_leader(context)
+        return await certificates_for_node(
+            self.lc,
+            cn,
+            request,
+            context,
+            lambda: self._require_current_node(
+                cn, request.node_name, context, "get ingress certificates of"
+            ),
+        )
+
 
 def _is_ip(text: str) -> bool:
     try:

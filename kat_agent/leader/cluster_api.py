@@ -20,13 +20,14 @@ from internal.state.kv import AlreadyExists, EventType, StaleWrite, Versioned
 from internal.version import VERSION
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.guards import admin, admin_stream
+from kat_agent.leader.ingress_certs import IngressCertsAPI
 from kat_agent.leader.node_proxy import NodeProxyAPI
 from kat_agent.leader.workload_api import WorkloadAPI
 
 log = logging.getLogger(__name__)
 
 
-class ClusterAPI(WorkloadAPI, NodeProxyAPI, kat_pb2_grpc.ClusterAPIServicer):
+class ClusterAPI(WorkloadAPI, NodeProxyAPI, IngressCertsAPI, kat_pb2_grpc.ClusterAPIServicer):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
         self._workload_locks: dict[tuple[str, str], asyncio.Lock] = {}

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
@@ -18,7 +18,7 @@ from kat_agent.node.instances import NodeRuntime
 from kat_agent.node.network.discovery import Discovery, make_dns
 from kat_agent.node.network.dns import dns_port_from_env
 from kat_agent.node.network.firewall import run_firewall
-from kat_agent.node.network.ingress import IngressProxy
+from kat_agent.node.network.ingress import CertFetcher, IngressProxy
 from kat_agent.node.network.instance_net import InstanceNetwork
 from kat_agent.node.network.manager import Overlay
 from kat_agent.node.node_api import NodeAgentService, start_node_api
@@ -82,6 +82,19 @@ async def serve_node_api(dd: DataDir, address: str, runtime: NodeRuntime, agent:
         await server.stop(grace=1)
 
 
+def ingress_cert_fetcher(agent: Agent, node_name: str) -> CertFetcher:
+    """The ingress node's certificates (with keys) for its tls hosts, from the leader."""
+
+    async def fetch(hosts: Sequence[str]) -> list[kat_pb2.IngressCertificate]:
+        if not agent.connected.is_set():
+            raise RuntimeError("the leader is not reachable")
+        request = kat_pb2.IngressCertificatesRequest(node_name=node_name, hosts=hosts)
+        answer = await agent.link.stub().GetIngressCertificates(request, timeout=10)
+        return list(answer.items)
+
+    return fetch
+
+
 def node_network_enabled() -> bool:
     return os.environ.get("KAT_NODE_NETWORK", "on").lower() not in ("off", "0", "no")
 
@@ -122,9 +135,10 @@ async def run_node(
     discovery = Discovery(settings.state_dir, settings.cluster_domain)
     ingress = IngressProxy(
         identity.name,
-        settings.state_dir / "ingress",
+        dd.ingress_dir,
         config.spec.ingress_http_port,
         config.spec.ingress_https_port,
+        ingress_cert_fetcher(agent, identity.name),
     )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(
@@ -167,6 +181,7 @@ async def serve_node(
         overlay.on_change = agent.beat_now
     if instance_net is not None:
         runtime.plumbed_ip = instance_net.address_of
+        runtime.plumbs_rootless = True
         instance_net.on_change = agent.beat_now
 
     def on_snapshot(snapshot: kat_pb2.AssignmentSet) -> None:
