@@ -77,6 +77,13 @@ class IngressProxy:
     def wanted(self) -> bool:
         return self.node_name in self.view.ingress_nodes
 
+    async def forget(self) -> None:
+        """The node left the cluster: HAProxy stops (run() is cancelled first) and the
+        certificate files (keys) go."""
+        await self._stop()
+        if self.cert_dir.exists():
+            await asyncio.to_thread(self._write_certs, {}, {})
+
     def plan(self) -> haproxy_config.IngressPlan:
         plan = haproxy_config.plan_routes(self.view.services)
         for problem in plan.problems:
