@@ -259,6 +259,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         await require_own_node(self, cn, name, context, action)
         bound = self.lc.registry.bound_certificate(cn)
         if bound is None or (bound and bound != rpc.peer_certificate_sha256(context)):
+            context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",

@@ -196,6 +196,8 @@ async def serve_node(
         instance_net.on_change = agent.beat_now
 
     departure = departure or Departure(dd.left_marker)
+    if overlay is not None:
+        agent.on_removed = departure.leave
 
     def on_snapshot(snapshot: kat_pb2.AssignmentSet) -> None:
         if overlay is not None:
