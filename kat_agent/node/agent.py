@@ -125,6 +125,7 @@ class Agent:
         # node was removed) on every beat for REMOVED_AFTER_SECONDS.
         self.on_removed: Callable[[], None] = lambda: None
         self._revoked_since: float | None = None
+        self.removed = False
 
     def beat_now(self) -> None:
         self._wake.set()
@@ -198,8 +199,9 @@ class Agent:
             return
         if self._revoked_since is None:
             self._revoked_since = now
-        elif now - self._revoked_since >= REMOVED_AFTER_SECONDS:
+        elif now - self._revoked_since >= REMOVED_AFTER_SECONDS and not self.removed:
             log.warning("this node was removed from the cluster (its certificate is revoked)")
+            self.removed = True
             self.on_removed()
 
     async def run(self) -> None:
