@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 from api.v1alpha1 import kat_pb2
+from internal.core.observe import CRASH_LOOP
 from katcall import get_cmd, output
 from katcall.client import CallError, Client
 from katcall.get_cmd import Resource
@@ -23,6 +24,10 @@ def age_of(seconds: int) -> str:
 
 
 def phase(inst: kat_pb2.Instance) -> str:
+    """The PHASE cell: the phase, or, as kubectl's STATUS does, `CrashLoopBackOff` for an
+    instance waiting out its back-off after failing again (the leader's message says so)."""
+    if inst.phase == _Inst.STARTING and inst.message.startswith(CRASH_LOOP):
+        return CRASH_LOOP
     return PHASE(inst.phase) if inst.phase else "PENDING"
 
 

@@ -21,6 +21,10 @@ _Inst = kat_pb2.Instance
 _Spec = kat_pb2.WorkloadSpec
 _Restart = rollout.RestartAction
 
+# The message prefix of an instance failing again and waiting out its back-off (the word
+# users know from Kubernetes; katcall shows it in the PHASE column).
+CRASH_LOOP = "CrashLoopBackOff"
+
 # ------------------------------------------------------------------ observed state
 
 
@@ -112,7 +116,7 @@ def observe_instance(
         rec.phase = _Inst.STARTING
         # After the first restart a failing instance is in a crash loop: say so the way
         # users know it from Kubernetes (shown in `get instances -o wide`, and in events).
-        label = "CrashLoopBackOff" if rec.policy_restart_count > 0 else "back-off"
+        label = CRASH_LOOP if rec.policy_restart_count > 0 else "back-off"
         rec.message = f"{label}: {why}"
         if record.message == rec.message:
             return Observation(rec, (), d.at)  # still the same back-off: said already

@@ -19,6 +19,7 @@ from kat_agent.node.instances import NodeRuntime
 from kat_agent.node.podman.fake import FakeBehavior, FakePool, FakeRuntime
 from kat_agent.node.podman.observe import ObservedContainer
 from kat_agent.node.podman.services import NodeSettings
+from katcall.workload_cmd import instance_row
 from tests.helpers import wait_until
 
 P = kat_pb2.Instance
@@ -208,6 +209,9 @@ def test_the_leader_ends_the_back_off_of_a_dated_failure() -> None:
         done.record, second, policy=policy, run_to_completion=False, now=T0 + timedelta(seconds=3)
     )
     assert crash.record.message.startswith("CrashLoopBackOff: ")
+    # `katcall get instances` shows it in the default table, as kubectl's STATUS does.
+    assert instance_row(crash.record, wide=False)[3] == "CrashLoopBackOff"
+    assert instance_row(wait.record, wide=False)[3] == "STARTING"
 
 
 def test_node_plan_reports_every_instance_it_has() -> None:
