@@ -132,6 +132,37 @@ def test_every_node_answers_exactly_the_ready_instances(
         wait_until(lambda node=node: check_from_node(node), timeout=90, what=f"DNS from {node}")
 
 
+def test_service_name_answers_from_every_node_across_nodes(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
+    """wget by the service name from an instance on every node, and by each instance's
+    own name to every instance on another node (the overlay, found through DNS)."""
+    c = cluster  # right after the first test: its 3 instances run on the 3 nodes
+    p = c.katcall("apply", "-f", str(web_bundle(tmp_path)), "--wait", timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    answered = wait_until(
+        lambda: by_name_from_every_instance(c), timeout=120, what="wget by name everywhere"
+    )
+    assert len(answered) == 9 and all(answered.values()), answered
+
+
+def by_name_from_every_instance(c: DevCluster) -> dict[tuple[str, str], bool] | None:
+    """(from, to) -> answered, for to = the service and every instance's own name; None
+    until 3 instances on 3 nodes are ready (a health check may flap on a loaded machine)."""
+    ready = [i for i in instances(c) if i.get("phase") == "RUNNING" and i.get("ready")]
+    if len(ready) != 3 or len({i["node"] for i in ready}) != 3:
+        return None
+    out: dict[tuple[str, str], bool] = {}
+    for src in ready:
+        for name in [NAME] + [f"{i['id']}.{NAME}" for i in ready if i["node"] != src["node"]]:
+            p = c.katcall(
+                "exec", "web", "--instance", src["id"], "--",
+                "timeout", "5", "wget", "-q", "-O", "-", f"http://{name}:8080/", timeout=30,
+            )  # fmt: skip
+            out[(src["id"], name)] = "hello from" in p.stdout
+    return out if all(out.values()) else None
+
+
 def test_scale_down_reaches_every_node_within_5s(cluster: DevCluster, tmp_path: Path) -> None:
     c = cluster
     keys = [n["key"] for n in c.state()["nodes"]]
@@ -227,37 +258,6 @@ def _refused(address: str) -> bool:
     except OSError:
         return True
     return False
-
-
-def test_service_name_answers_from_every_node_across_nodes(
-    cluster: DevCluster, tmp_path: Path
-) -> None:
-    """wget by the service name from an instance on every node, and by each instance's
-    own name to every instance on another node (the overlay, found through DNS)."""
-    c = cluster
-    p = c.katcall("apply", "-f", str(web_bundle(tmp_path)), "--wait", timeout=240)
-    assert p.returncode == 0, p.stdout + p.stderr
-    answered = wait_until(
-        lambda: by_name_from_every_instance(c), timeout=120, what="wget by name everywhere"
-    )
-    assert len(answered) == 9 and all(answered.values()), answered
-
-
-def by_name_from_every_instance(c: DevCluster) -> dict[tuple[str, str], bool] | None:
-    """(from, to) -> answered, for to = the service and every instance's own name; None
-    until 3 instances on 3 nodes are ready (a health check may flap on a loaded machine)."""
-    ready = [i for i in instances(c) if i.get("phase") == "RUNNING" and i.get("ready")]
-    if len(ready) != 3 or len({i["node"] for i in ready}) != 3:
-        return None
-    out: dict[tuple[str, str], bool] = {}
-    for src in ready:
-        for name in [NAME] + [f"{i['id']}.{NAME}" for i in ready if i["node"] != src["node"]]:
-            p = c.katcall(
-                "exec", "web", "--instance", src["id"], "--",
-                "timeout", "5", "wget", "-q", "-O", "-", f"http://{name}:8080/", timeout=30,
-            )  # fmt: skip
-            out[(src["id"], name)] = "hello from" in p.stdout
-    return out if all(out.values()) else None
 
 
 def test_tls_rule_serves_supplied_or_cluster_ca_certificate_and_redirects(
