@@ -214,6 +214,10 @@ async def test_tls_host_serves_the_supplied_certificate_and_redirects(
         serving[0] = second
         await until(lambda: https_get(https_port, second[0]))
         assert proxy.reloads >= 1
+        # A key file removed behind the agent's back comes back at the next refresh.
+        pem.unlink()
+        await until(pem.exists)
+        assert pem.read_bytes() == second[0] + second[1]
 
         # No longer an ingress node: HAProxy stops and the keys go with it.
         proxy.offer(view(backends, BACKENDS, ingress=False))
