@@ -77,7 +77,7 @@ async def register(join_addr: str, ca: bytes, credential: str, i: int) -> tuple[
         hostname=f"sim-{i}",
         capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
     )
-    opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+    opts = [("grpc.ssl_target_name_override", pki.JOIN_SERVER_NAME)]
     async with grpc.aio.secure_channel(join_addr, rpc.client_credentials(ca), options=opts) as ch:
         resp = await kat_pb2_grpc.AgentAPIStub(ch).Join(req, timeout=60)
     return resp.node.metadata.name, resp.certificate_pem, key

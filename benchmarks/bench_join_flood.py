@@ -30,7 +30,7 @@ from internal.security import pki  # noqa: E402
 
 async def _flood(target: str, ca: bytes, joins: int, big: int, concurrency: int) -> dict:
     opts = [
-        ("grpc.ssl_target_name_override", pki.CA_SERVER_NAME),
+        ("grpc.ssl_target_name_override", pki.JOIN_SERVER_NAME),
         ("grpc.max_send_message_length", 64 << 20),
     ]
     codes: dict[str, int] = {}

@@ -13,14 +13,14 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.core import tokens
 from internal.host.datadir import DataDir
-from internal.security import pki, rpc
+from internal.security import pki, rpc, sealing
 
 log = logging.getLogger(__name__)
 
-# The join port serves the CA certificate itself, so that a joining agent can
-# check it against the token's hash before trusting anything; the CA carries
-# this DNS name for the TLS name check.
-CA_SERVER_NAME = pki.CA_SERVER_NAME
+# The join port serves a leaf certificate (role kat:join) followed by the CA
+# certificate: a joining agent finds the CA in that chain by the token's hash, then
+# talks to the port verifying the leaf against that CA under this name.
+JOIN_SERVER_NAME = pki.JOIN_SERVER_NAME
 
 
 class JoinError(Exception):
@@ -37,9 +37,17 @@ def ensure_etcd_ca(dd: DataDir) -> pki.CertAndKey:
     return pki.ensure_ca(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key", "kat-etcd-ca")
 
 
+_CA_KEY = "cluster CA key"
+_ETCD_CA_KEY = "etcd CA key"
+
+
 def ca_material(dd: DataDir) -> kat_pb2.CAMaterial:
-    """The CA material of this data dir, to replicate to members through etcd."""
-    return kat_pb2.CAMaterial(
+    """The CA material of this data dir, to replicate to members through etcd: the
+    certificates in the clear, the keys sealed with the cluster secret (made here at
+    init), so that reading etcd or a snapshot alone does not give the CA."""
+    secret = sealing.ensure_secret(dd.cluster_secret)
+    return seal_material(
+        secret,
         ca_cert_pem=dd.ca_cert.read_bytes(),
         ca_key_pem=dd.ca_key.read_bytes(),
         etcd_ca_cert_pem=(dd.etcd_pki / "ca.crt").read_bytes(),
@@ -47,13 +55,51 @@ def ca_material(dd: DataDir) -> kat_pb2.CAMaterial:
     )
 
 
-def write_ca_material(dd: DataDir, material: kat_pb2.CAMaterial, *, etcd: bool = True) -> None:
+def seal_material(
+    secret: bytes,
+    *,
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    etcd_ca_cert_pem: bytes,
+    etcd_ca_key_pem: bytes,
+) -> kat_pb2.CAMaterial:
+    return kat_pb2.CAMaterial(
+        ca_cert_pem=ca_cert_pem,
+        etcd_ca_cert_pem=etcd_ca_cert_pem,
+        sealed_ca_key=sealing.seal(secret, ca_key_pem, _CA_KEY),
+        sealed_etcd_ca_key=sealing.seal(secret, etcd_ca_key_pem, _ETCD_CA_KEY),
+        secret_id=sealing.secret_id(secret),
+    )
+
+
+def open_material(material: kat_pb2.CAMaterial, secret: bytes | None) -> tuple[bytes, bytes]:
+    """(cluster CA key, etcd CA key) of stored material; SecretError without the right
+    secret. Material from before sealing (keys in the clear) opens without one."""
+    if not material.sealed_ca_key:
+        return material.ca_key_pem, material.etcd_ca_key_pem
+    if secret is None:
+        raise sealing.SecretError("the CA keys in etcd are sealed; the cluster secret is needed")
+    if material.secret_id and material.secret_id != sealing.secret_id(secret):
+        raise sealing.SecretError(
+            f"the CA keys were sealed with cluster secret {material.secret_id}, not with "
+            f"{sealing.secret_id(secret)} (wrong secret for this cluster?)"
+        )
+    return (
+        sealing.unseal(secret, material.sealed_ca_key, _CA_KEY),
+        sealing.unseal(secret, material.sealed_etcd_ca_key, _ETCD_CA_KEY),
+    )
+
+
+def write_ca_material(
+    dd: DataDir, material: kat_pb2.CAMaterial, secret: bytes | None, *, etcd: bool = True
+) -> None:
     """Install replicated CA material (a member that may lead needs the keys)."""
+    ca_key, etcd_key = open_material(material, secret)
     pki.write_certificate(dd.ca_cert, material.ca_cert_pem)
-    pki.write_private_key(dd.ca_key, material.ca_key_pem)
+    pki.write_private_key(dd.ca_key, ca_key)
     if etcd:
         pki.write_certificate(dd.etcd_pki / "ca.crt", material.etcd_ca_cert_pem)
-        pki.write_private_key(dd.etcd_pki / "ca.key", material.etcd_ca_key_pem)
+        pki.write_private_key(dd.etcd_pki / "ca.key", etcd_key)
 
 
 def ensure_etcd_certs(dd: DataDir, node_name: str, advertise: str) -> None:
@@ -95,8 +141,33 @@ def issue_admin_certificate(ca: pki.CertAndKey, name: str = "admin") -> pki.Cert
     return pki.issue_certificate(ca.cert_pem, ca.key_pem, common_name=name, role=pki.ROLE_ADMIN)
 
 
-def fetch_pinned_ca(host: str, port: int, expected_hash: str, timeout: float = 10.0) -> bytes:
-    """The leader's CA certificate, accepted only if it matches the token's hash."""
+def issue_join_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, advertise: str) -> pki.CertAndKey:
+    """The join port's serving identity: a new key (in memory only) and a kat:join
+    certificate, with the CA certificate after it so that a joining agent can pin it."""
+    pair = pki.issue_certificate(
+        ca_cert_pem,
+        ca_key_pem,
+        common_name=JOIN_SERVER_NAME,
+        role=pki.ROLE_JOIN,
+        dns_names=[JOIN_SERVER_NAME],
+        ip_addresses=[advertise],
+    )
+    return pki.CertAndKey(pair.cert_pem + ca_cert_pem, pair.key_pem)
+
+
+def _presented_chain(tls: ssl.SSLSocket) -> list[bytes]:
+    """PEM of every certificate the server sent (unverified: the hash check decides).
+    Public in Python 3.13, private (but present) in 3.11."""
+    get = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain  # type: ignore[attr-defined]
+    chain = get() or []
+    return [c.public_bytes(ssl._ssl.ENCODING_PEM).encode() for c in chain]  # type: ignore[attr-defined]
+
+
+def fetch_pinned_ca(
+    host: str, port: int, expected_hash: str, timeout: float = 10.0
+) -> tuple[bytes, str]:
+    """The leader's CA certificate, accepted only if it matches the token's hash, and
+    the TLS name to check the join port's certificate under."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Verification happens below, against the pinned hash, not a trust store.
     ctx.check_hostname = False
@@ -104,19 +175,23 @@ def fetch_pinned_ca(host: str, port: int, expected_hash: str, timeout: float = 1
     ctx.set_alpn_protocols(["h2"])
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            with ctx.wrap_socket(sock, server_hostname=CA_SERVER_NAME) as tls:
-                der = tls.getpeercert(binary_form=True)
+            with ctx.wrap_socket(sock, server_hostname=JOIN_SERVER_NAME) as tls:
+                chain = _presented_chain(tls)
     except OSError as exc:
         raise JoinError(f"cannot reach the leader's join port {host}:{port}: {exc}") from None
-    if not der:
+    if not chain:
         raise JoinError(f"the leader at {host}:{port} presented no certificate")
-    pem = ssl.DER_cert_to_PEM_cert(der).encode()
-    if not pki.ca_hash_matches(pem, expected_hash):
-        raise JoinError(
-            f"the leader at {host}:{port} presented a CA ({pki.ca_hash(pem)}) that does not "
-            f"match the token's (sha256:{expected_hash}); refusing to trust it"
-        )
-    return pem
+    for i, pem in enumerate(chain):
+        try:
+            if pki.ca_hash_matches(pem, expected_hash):
+                # chain[0] is the CA itself only on a leader from before kat:join
+                return pem, pki.CA_SERVER_NAME if i == 0 else JOIN_SERVER_NAME
+        except pki.CertificateError:
+            continue
+    raise JoinError(
+        f"the leader at {host}:{port} presented a CA that does not match the token's "
+        f"(sha256:{expected_hash}); refusing to trust it"
+    )
 
 
 async def join_cluster(
@@ -132,12 +207,15 @@ async def join_cluster(
         raise JoinError(str(exc)) from None
     host = leader.rsplit(":", 1)[0] if ":" in leader else leader
     host = host.strip("[]")
-    ca_pem = await asyncio.to_thread(fetch_pinned_ca, host, parsed.join_port, parsed.ca_hash)
+    ca_pem, server_name = await asyncio.to_thread(
+        fetch_pinned_ca, host, parsed.join_port, parsed.ca_hash
+    )
     key = pki.generate_private_key()
     request.token = parsed.credential
     request.csr_pem = pki.create_csr(key)
     creds = rpc.client_credentials(ca_pem)
-    options = [("grpc.ssl_target_name_override", CA_SERVER_NAME)]
+    # gRPC verifies the join port's certificate against the pinned CA.
+    options = [("grpc.ssl_target_name_override", server_name)]
     async with grpc.aio.secure_channel(f"{host}:{parsed.join_port}", creds, options=options) as ch:
         try:
             resp: kat_pb2.JoinResponse = await kat_pb2_grpc.AgentAPIStub(ch).Join(

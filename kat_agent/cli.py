@@ -67,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--restore-from",
         type=Path,
         default=None,
-        help="start from an etcd snapshot (fresh data dir)",
+        help="start from an etcd snapshot (fresh data dir; needs --cluster-secret-file)",
+    )
+    init.add_argument(
+        "--cluster-secret-file",
+        type=Path,
+        default=None,
+        help="with --restore-from: the cluster secret (a member's <data-dir>/pki/cluster-secret)",
     )
     _common(init)
     join = sub.add_parser("join", help="join this node to a cluster (or resume it)")
@@ -157,6 +163,10 @@ async def _run(args: argparse.Namespace) -> None:
     if args.command == "backup":
         path = await backup_now(NodeOptions(data_dir=args.data_dir), args.output)
         print(f"snapshot written to {path}")
+        print(
+            "restoring it needs the cluster secret too: back up "
+            f"{args.data_dir / 'pki' / 'cluster-secret'} apart from the snapshot"
+        )
         return
     opts = NodeOptions(
         data_dir=args.data_dir,
@@ -169,7 +179,7 @@ async def _run(args: argparse.Namespace) -> None:
         rootless=getattr(args, "rootless", None),
     )
     if args.command == "init":
-        await run_init(args.config, opts, args.restore_from)
+        await run_init(args.config, opts, args.restore_from, args.cluster_secret_file)
     else:
         token = args.token
         if token is None:

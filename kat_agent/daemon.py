@@ -82,9 +82,13 @@ def _initial_cluster_file(dd: DataDir) -> Path:
 
 
 async def run_init(
-    config_path: Path | None, opts: NodeOptions, restore_from: Path | None = None
+    config_path: Path | None,
+    opts: NodeOptions,
+    restore_from: Path | None = None,
+    cluster_secret_file: Path | None = None,
 ) -> None:
     from internal.manifests import resources
+    from internal.security import sealing
     from kat_agent import bootstrap
     from kat_agent.member import MemberStartError, member_store
 
@@ -110,10 +114,23 @@ async def run_init(
         else (opts.advertise_address or default_advertise_address())
     )
     name = identity.name if identity else (opts.node_name or socket.gethostname())
+    failed_restore = ""
 
     restoring = identity is None and restore_from is not None
+    secret = b""
     if restoring:
         assert restore_from is not None
+        # Asked for before anything is restored: the snapshot's CA keys are sealed.
+        if cluster_secret_file is None:
+            raise StartupError(
+                "restoring a snapshot needs --cluster-secret-file: the CA keys in it are "
+                "sealed with the cluster secret (pki/cluster-secret of any etcd member; "
+                "see docs/security.md)"
+            )
+        try:
+            secret = sealing.read_secret(cluster_secret_file)
+        except sealing.SecretError as exc:
+            raise StartupError(str(exc)) from None
         bootstrap.ensure_etcd_ca(dd)  # the snapshot brings the cluster CA
         bootstrap.ensure_etcd_certs(dd, name, advertise)
         await restore_snapshot(dd, restore_from, config.spec, name, advertise)
@@ -124,7 +141,13 @@ async def run_init(
         async with member_store(dd, config.spec, name, advertise, opts.etcd_binary) as store:
             if identity is None:
                 if restoring:
-                    identity, join_token = await restored_init(dd, store, name, advertise, opts)
+                    try:
+                        identity, join_token = await restored_init(
+                            dd, store, name, advertise, opts, secret
+                        )
+                    except sealing.SecretError as exc:
+                        failed_restore = str(exc)
+                        raise StartupError(str(exc)) from None
                     print(f"KAT cluster restored from {restore_from}.", flush=True)
                 else:
                     identity, join_token = await first_init(
@@ -140,6 +163,10 @@ async def run_init(
             await serve(dd, identity, store, opts)
     except MemberStartError as exc:
         raise StartupError(str(exc)) from None
+    finally:
+        if failed_restore:
+            # Nothing of a refused restore stays: the same command can be run again.
+            await asyncio.to_thread(shutil.rmtree, dd.etcd_data, True)
 
 
 def _read_cluster_kat(config_path: Path | None) -> kat_pb2.ClusterConfiguration:
@@ -212,6 +239,9 @@ async def _finish_local_identity(
     api = f"{advertise}:{spec.api_port}"
     bootstrap.issue_node_certificate(dd, ca, name, advertise)
     admin = bootstrap.issue_admin_certificate(ca)
+    from kat_agent.leader.admin_api import record_admin_certificate
+
+    await record_admin_certificate(store, "admin", admin.cert_pem, "init")
     cfg = clientconfig.ClientConfig()
     context = config.metadata.name or "kat"
     cfg.upsert(clientconfig.Context(context, [api], ca.cert_pem, admin.cert_pem, admin.key_pem))
@@ -302,10 +332,13 @@ async def restore_snapshot(
 
 
 async def restored_init(
-    dd: DataDir, store: Store, name: str, advertise: str, opts: NodeOptions
+    dd: DataDir, store: Store, name: str, advertise: str, opts: NodeOptions, secret: bytes
 ) -> tuple[NodeIdentity, str]:
     """Take over a restored cluster: its CA, configuration and records; this node
-    becomes its only etcd member (other members must join again)."""
+    becomes its only etcd member (other members must join again). `secret` opens the
+    snapshot's CA keys (SecretError if it does not); a snapshot from before sealing
+    gets its keys sealed with it."""
+    from internal.security import sealing
     from kat_agent import bootstrap
 
     material = await store.get_ca_material()
@@ -313,10 +346,9 @@ async def restored_init(
     cluster_uid = await store.get_cluster_uid()
     if material is None or stored is None or cluster_uid is None:
         raise StartupError("the snapshot holds no KAT cluster (no CA, configuration or UID)")
-    bootstrap.write_ca_material(dd, material, etcd=False)
-    material.etcd_ca_cert_pem = (dd.etcd_pki / "ca.crt").read_bytes()
-    material.etcd_ca_key_pem = (dd.etcd_pki / "ca.key").read_bytes()
-    await store.replace_ca_material(material)
+    bootstrap.write_ca_material(dd, material, secret, etcd=False)
+    sealing.write_secret(dd.cluster_secret, secret)
+    await store.replace_ca_material(bootstrap.ca_material(dd))
     config = stored.msg
     write_atomic(_config_copy(dd), config.SerializeToString(), 0o600)
     for other in await store.list_nodes():
@@ -362,6 +394,7 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
     if not identity.etcd_member:
         await serve(dd, identity, None, opts)
         return
+    from internal.security import sealing
     from kat_agent import bootstrap
     from kat_agent.member import MemberStartError, member_store
 
@@ -381,7 +414,13 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
         ) as store:
             material = await store.get_ca_material()
             if material is not None and not dd.ca_key.exists():
-                bootstrap.write_ca_material(dd, material)
+                secret = None
+                if dd.cluster_secret.exists():
+                    secret = sealing.read_secret(dd.cluster_secret)
+                try:
+                    bootstrap.write_ca_material(dd, material, secret)
+                except sealing.SecretError as exc:
+                    raise StartupError(f"cannot install the cluster CA: {exc}") from None
             await serve(dd, identity, store, opts)
     except MemberStartError as exc:
         raise StartupError(str(exc)) from None
@@ -413,6 +452,10 @@ async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> Node
         raise StartupError(str(exc)) from None
     dd.left_marker.unlink(missing_ok=True)  # a member again: its network parts come back
     if opts.etcd_member:
+        from internal.security import sealing
+
+        if resp.cluster_secret:
+            sealing.write_secret(dd.cluster_secret, resp.cluster_secret)
         p = dd.etcd_pki
         pki.write_certificate(p / "ca.crt", resp.etcd_ca_pem)
         pki.write_private_key(p / "server.key", etcd_keys[0])

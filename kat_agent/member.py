@@ -128,8 +128,13 @@ async def run_member(
     )
     kat_pb2_grpc.add_AgentAPIServicer_to_server(agent_api, join_server)
     if ca_key is not None:
+        from kat_agent.bootstrap import issue_join_certificate
+
         join = f"{identity.advertise_address}:{spec.join_port}"
-        join_server.add_secure_port(join, rpc.tls_server_credentials(ca_cert, ca_key))
+        served = issue_join_certificate(ca_cert, ca_key, identity.advertise_address)
+        join_server.add_secure_port(
+            join, rpc.tls_server_credentials(served.cert_pem, served.key_pem)
+        )
     await server.start()
     await join_server.start()
     log.info("API serving on %s (join port %s)", api, spec.join_port)
@@ -161,6 +166,7 @@ async def run_member(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(lc.watch_quorum(), name="quorum")
+            tg.create_task(lc.revocations.run(), name="revocations")
             tg.create_task(election.run(lead), name="election")
     finally:
         with contextlib.suppress(Exception):

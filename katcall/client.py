@@ -9,6 +9,7 @@ is caught by the type checker, not at run time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -66,6 +67,11 @@ class Client:
         self._on_endpoints = on_endpoints
         self._creds = rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
         self._channels: dict[str, grpc.Channel] = {}
+        # The endpoint that last answered a unary call (every admin call checks that the
+        # server leads): tried first, and where streams are opened. A stream's start
+        # cannot fail over by itself (its errors come when it is read), so it needs it.
+        self.leader: str | None = None
+        self._answered: str | None = None
 
     def _channel(self, endpoint: str) -> grpc.Channel:
         if endpoint not in self._channels:
@@ -76,6 +82,7 @@ class Client:
 
     def close(self) -> None:
         for ch in self._channels.values():
+            _connectivity_polling_done(ch)
             ch.close()
 
     def __enter__(self) -> Client:
@@ -104,7 +111,7 @@ class Client:
     def watch_workloads(
         self, request: pb.WatchRequest, *, timeout: float | None = None
     ) -> Stream[pb.WorkloadWatchEvent]:
-        return self._stream(lambda stub: stub.WatchWorkloads(request, timeout=timeout))
+        return self._watch(lambda stub: stub.WatchWorkloads(request, timeout=timeout))
 
     def delete_workload(
         self, request: pb.DeleteWorkloadRequest, *, timeout: float = DEFAULT_TIMEOUT
@@ -134,7 +141,7 @@ class Client:
     def watch_events(
         self, request: pb.WatchRequest, *, timeout: float | None = None
     ) -> Stream[pb.Event]:
-        return self._stream(lambda stub: stub.WatchEvents(request, timeout=timeout))
+        return self._watch(lambda stub: stub.WatchEvents(request, timeout=timeout))
 
     def logs(self, request: pb.LogsRequest, *, timeout: float | None = None) -> Stream[pb.LogChunk]:
         return self._stream(lambda stub: stub.Logs(request, timeout=timeout))
@@ -186,10 +193,35 @@ class Client:
     ) -> pb.CreateTokenResponse:
         return self._unary("CreateToken", request, timeout)
 
+    def create_admin(
+        self, request: pb.CreateAdminRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.CreateAdminResponse:
+        return self._unary("CreateAdmin", request, timeout)
+
+    def revoke_admin(
+        self, request: pb.AdminRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.AdminRecord:
+        return self._unary("RevokeAdmin", request, timeout)
+
+    def list_admins(
+        self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.AdminList:
+        return self._unary("ListAdmins", request, timeout)
+
     def list_audit(
         self, request: pb.ListAuditRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.AuditList:
         return self._unary("ListAudit", request, timeout)
+
+    def restart_workload(
+        self, request: pb.ObjectRef, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.Workload:
+        return self._unary("RestartWorkload", request, timeout)
+
+    def list_instance_stats(
+        self, request: pb.TopRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.TopResponse:
+        return self._unary("ListInstanceStats", request, timeout)
 
     def list_tokens(
         self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
@@ -258,6 +290,7 @@ class Client:
                     raise
                 continue
             self._learn(call.trailing_metadata())
+            self.leader = self._answered
             return response
 
     def _announce(self, line: str) -> None:
@@ -266,8 +299,23 @@ class Client:
             failover._stderr(line)
 
     def _stream(self, start: Callable[[Stub], Any]) -> Any:
-        """Start a streaming RPC on the leader."""
+        """Start a streaming RPC on the leader (found first with a unary call, which
+        rides through a failover)."""
+        if self.leader is None:
+            self._unary("GetClusterInfo", pb.ClusterInfoRequest(), DEFAULT_TIMEOUT)
         return self._with_leader(start)
+
+    def _watch(self, start: Callable[[Stub], Any]) -> Stream[Any]:
+        """A watch that follows the leader: reopened on the new leader when the stream
+        breaks with UNAVAILABLE (the leader went away or stepped down), for up to
+        `request_timeout` seconds without a leader. Only for watches, whose first
+        messages are the current state again: a reopened Logs or Exec would repeat."""
+        return ResumingStream(self, start)
+
+    def lost_leader(self, err: grpc.RpcError) -> None:
+        """A stream from the leader broke: look for the leader again, first where the
+        error points."""
+        self.leader = rpc.leader_from_error(err)
 
     def _learn(self, trailing: Any) -> None:
         for key, value in trailing or ():
@@ -280,6 +328,8 @@ class Client:
 
     def _with_leader(self, fn: Callable[[Stub], T]) -> T:
         queue = list(self.ctx.endpoints)
+        if self.leader:
+            queue = [self.leader, *(e for e in queue if e != self.leader)]
         tried: list[str] = []
         last = ""
         answered = ""  # the most telling error: from a live server
@@ -288,13 +338,17 @@ class Client:
             endpoint = queue.pop(0)
             tried.append(endpoint)
             channel = self._channel(endpoint)
+            ready = grpc.channel_ready_future(channel)
             try:
-                grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+                ready.result(timeout=CONNECT_TIMEOUT)
             except grpc.FutureTimeoutError:
+                ready.cancel()  # else its polling thread outlives the channel and complains
                 last = f"not reachable within {CONNECT_TIMEOUT:g}s"
                 continue
             try:
-                return fn(Stub(channel))
+                result = fn(Stub(channel))
+                self._answered = endpoint
+                return result
             except grpc.RpcError as err:
                 if err.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
                     raise CallError(describe(err), err.code()) from None  # type: ignore[attr-defined]
@@ -316,6 +370,67 @@ class Client:
             grpc.StatusCode.UNAUTHENTICATED if lasting else grpc.StatusCode.UNAVAILABLE,
             executed_maybe=executed_maybe,
         )
+
+
+class ResumingStream:
+    """A watch stream on the leader that is reopened on the next leader when it breaks
+    with UNAVAILABLE (see Client._watch). Iterate it; cancel() ends it."""
+
+    def __init__(self, client: Client, start: Callable[[Stub], Any]) -> None:
+        self._client = client
+        self._start = start
+        self._call: Any = None
+        self._cancelled = False
+        self._retry: failover.Retry | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            if self._cancelled:
+                raise StopIteration
+            if self._call is None:
+                try:
+                    self._call = self._client._stream(self._start)
+                except CallError as err:
+                    if not failover.waits_for_leader(err.code, str(err)) or not self._pause(
+                        str(err)
+                    ):
+                        raise
+                    continue
+            try:
+                item = next(self._call)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or self._cancelled:  # type: ignore[attr-defined]
+                    raise
+                self._call = None
+                self._client.lost_leader(err)
+                if not self._pause(describe(err)):
+                    raise
+                continue
+            self._retry = None  # a message: the next break gets a fresh budget
+            return item
+
+    def _pause(self, why: str) -> bool:
+        if self._retry is None:
+            client = self._client
+            self._retry = failover.Retry(client.request_timeout, announce=client._announce)
+        return self._retry.pause(why)
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return self._call.cancel() if self._call is not None else False
+
+
+def _connectivity_polling_done(channel: grpc.Channel, within: float = 0.5) -> None:
+    """Let grpc's connectivity thread (started by channel_ready_future) notice it has no
+    subscriber left before the channel closes: it polls every 0.2 s and, finding the channel
+    closed, dies with a traceback on stderr ("Cannot invoke RPC: Channel closed!")."""
+    state = getattr(channel, "_connectivity_state", None)
+    deadline = time.monotonic() + within
+    while getattr(state, "polling", False) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def describe(err: grpc.RpcError) -> str:

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from api.v1alpha1 import kat_pb2
 from internal.core.scheduler import Requests
 from internal.manifests.quantity import format_cpu
-from katcall import get_cmd, output, overlay_view
+from katcall import describe_more, get_cmd, output, overlay_view
 from katcall.client import CallError, Client
 from katcall.ingress_cmd import service_section
+from katcall.rollout_cmd import history_rows
 from katcall.session import connect
 from katcall.workload_cmd import TYPE, image_of, instance_table, phase
 
@@ -275,6 +276,8 @@ def describe_workload(
     if rp.condition == kat_pb2.RestartPolicy.MAX_COUNT:
         restart += f" (maxRestarts {rp.max_restarts}, resetSeconds {rp.reset_seconds})"
     lines.append(f"Restarts:     {restart}")
+    if spec.HasField("restarted_at"):
+        lines.append(f"Restarted:    {_when(spec.restarted_at)} (katcall rollout restart)")
     lines.append("Conditions:")
     if st.conditions:
         rows = [[c.type, c.status, c.reason, c.message] for c in st.conditions]
@@ -291,18 +294,8 @@ def describe_workload(
         lines.append("  <none>")
     lines.append("Revisions:")
     if revisions:
-        rows = [
-            [
-                str(r.revision),
-                r.created.ToJsonString(),
-                r.created_by,
-                r.bundle.workload.spec.source.image,
-            ]
-            for r in revisions
-        ]
-        lines += [
-            "  " + r for r in output.table(["REVISION", "CREATED", "BY", "IMAGE"], rows).split("\n")
-        ]
+        headers, rows = history_rows(revisions, meta.generation)
+        lines += ["  " + r for r in output.table(headers, rows).split("\n")]
     else:
         lines.append("  <none>")
     lines.append("Events:")
@@ -318,6 +311,7 @@ DESCRIBERS: dict[str, Callable[[Client, argparse.Namespace], str]] = {
     "instances": _describe_instance,
     "namespaces": _describe_namespace,
     "workloads": _describe_workload,
+    **describe_more.DESCRIBERS,
 }
 
 
@@ -327,8 +321,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if describer is None and res.name in get_cmd.DESCRIBERS:
         return get_cmd.DESCRIBERS[res.name](args)
     if describer is None:
-        known = ", ".join(sorted({*DESCRIBERS, *get_cmd.DESCRIBERS}))
-        raise SystemExit(f"error: describe supports {known}, not {args.resource!r}")
+        describer = describe_more.describe_listed  # any other listable kind
     with connect(args) as client:
         print(describer(client, args))
     return 0
@@ -336,6 +329,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser("describe", help="show one resource in detail, with its recent events")
-    d.add_argument("resource", metavar="RESOURCE", help="node, instance, namespace or workload")
+    d.add_argument(
+        "resource",
+        metavar="RESOURCE",
+        help="node, instance, namespace, workload, token, event (or any kind `get` lists)",
+    )
     d.add_argument("name", metavar="NAME")
     d.set_defaults(func=cmd_describe)

@@ -40,6 +40,7 @@ REPEATABLE_METHODS = frozenset(
         "ListTokens",
         "ListIngressCertificates",
         "ListAudit",
+        "ListInstanceStats",
         "GetClusterInfo",
         "CordonNode",
         "UncordonNode",

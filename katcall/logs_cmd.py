@@ -49,6 +49,9 @@ class LineSplitter:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    if args.all_instances and args.instance:
+        print("error: give --instance or --all-instances, not both", file=sys.stderr)
+        return 2
     req = kat_pb2.LogsRequest(
         namespace=args.namespace or "default",
         workload=args.workload,
@@ -57,6 +60,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         tail=args.tail,
         since_seconds=args.since or 0,
         timestamps=args.timestamps,
+        previous=args.previous,
     )
     outs: dict[bool, BinaryIO] = {False: sys.stdout.buffer, True: sys.stderr.buffer}
     prefix = LineSplitter()
@@ -213,10 +217,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "logs",
         help="print the logs of a workload's instances",
         description="Print a workload's logs: container stdout on stdout, stderr on stderr. "
-        "Without --instance, all instances, each line prefixed with [instance].",
+        "Without --instance, all instances, each line prefixed with [instance]. --previous "
+        "shows the container an instance had before its last restart: its node keeps that "
+        "container's output (the newest 1 MiB) when it replaces it.",
     )
     lg.add_argument("workload")
     lg.add_argument("--instance", help="one instance (default: all instances of the workload)")
+    lg.add_argument(
+        "--all-instances",
+        action="store_true",
+        help="every instance, each line prefixed with [instance] (the default without --instance)",
+    )
+    lg.add_argument(
+        "-p",
+        "--previous",
+        action="store_true",
+        help="the container before the instance's last restart (kept by its node)",
+    )
     lg.add_argument("-f", "--follow", action="store_true", help="keep streaming new output")
     lg.add_argument("--tail", type=int, default=0, help="only the last N lines (default: all)")
     lg.add_argument(

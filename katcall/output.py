@@ -45,7 +45,9 @@ def check_format(fmt: str, allowed: Sequence[str] = FORMATS) -> str:
 
 def object_name(msg: Message) -> str:
     meta = getattr(msg, "metadata", None)
-    return meta.name if meta is not None else str(getattr(msg, "id", ""))
+    if meta is not None:
+        return meta.name
+    return str(getattr(msg, "id", "") or getattr(msg, "name", ""))
 
 
 def render(items: Sequence[Message], fmt: str, *, single: bool = False, kind: str = "") -> str:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from api.v1alpha1 import kat_pb2
 from internal.core.observe import CRASH_LOOP
-from katcall import get_cmd, output
+from katcall import get_cmd, output, rollout_cmd
 from katcall.client import CallError, Client
 from katcall.get_cmd import Resource
 from katcall.session import connect, namespace
@@ -212,8 +212,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 namespace=args.namespace or "default", name=args.name, to_revision=args.to_revision
             ),
         )
-    print(f"workload/{args.name} rolled back (now generation {w.metadata.generation})")
-    return 0
+        print(f"workload/{args.name} rolled back (now generation {w.metadata.generation})")
+        return rollout_cmd.finish(client, w, args)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -240,6 +240,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rb.add_argument(
         "--to-revision", type=int, default=0, help="revision to return to (default: the previous)"
     )
+    rollout_cmd.add_wait(rb)
     rb.set_defaults(func=cmd_rollback)
 
     cr = sub.add_parser("create", help="create a namespace")

@@ -244,7 +244,10 @@ def apply(c: DevCluster, bundle: Bundle, *extra: str, timeout: float = 120) -> t
 
 def prepare(c: DevCluster, bundle: Bundle) -> None:
     """Apply the workload and wait until every copy runs."""
-    c.katcall("get", "nodes", check=True)  # the saved config learns every member
+    # The saved config learns every member (a just-started cluster may still be settling).
+    if wait_for(lambda: c.katcall("get", "nodes").returncode == 0, 30) is None:
+        p = c.katcall("get", "nodes")
+        raise RuntimeError(f"katcall get nodes failed: {p.stderr.strip()}")
     rc, out = apply(c, bundle, "--wait", "--timeout", "3m", timeout=200)
     if rc != 0:
         raise RuntimeError(f"apply --wait failed: {out}")
@@ -252,13 +255,18 @@ def prepare(c: DevCluster, bundle: Bundle) -> None:
         raise RuntimeError(f"{bundle.name} did not converge: {podman_copies(c, bundle.name)}")
 
 
-def follower_with_copy(c: DevCluster, name: str, avoid: str = "") -> str:
-    """The key of a non-leader node running a copy of the workload."""
+def follower_with_copy(
+    c: DevCluster, name: str, avoid: str = "", *, or_leader: bool = False
+) -> str:
+    """The key of a non-leader node running a copy of the workload (with `or_leader`,
+    the leader's when no follower runs one: after a heal all copies may be there)."""
     lead = leader_name(c)
     on = {i.node for i in instances(c, name) if i.ready}
     for n in c.state()["nodes"]:
         if n["name"] != lead and n["name"] in on and n["key"] != avoid:
             return str(n["key"])
+    if or_leader and lead in on:
+        return str(next(n["key"] for n in c.state()["nodes"] if n["name"] == lead))
     raise RuntimeError(f"no follower runs a copy of {name}")
 
 
@@ -332,7 +340,7 @@ def fault_partition_leader(c: DevCluster, bundle: Bundle, loss_timeout: float = 
 
 
 def fault_remove_container(c: DevCluster, bundle: Bundle) -> Result:
-    key = follower_with_copy(c, bundle.name)
+    key = follower_with_copy(c, bundle.name, or_leader=True)
     result = Result(f"remove a container with podman rm -f ({key})")
     with recording(result):
         cid = podman_running(c, key, bundle.name)[0]
@@ -371,7 +379,7 @@ def _podman_service_pids(c: DevCluster, key: str) -> list[int]:
 
 
 def fault_kill_podman(c: DevCluster, bundle: Bundle) -> Result:
-    key = follower_with_copy(c, bundle.name)
+    key = follower_with_copy(c, bundle.name, or_leader=True)
     result = Result(f"kill a node's Podman service ({key})")
     with recording(result):
         pids = _podman_service_pids(c, key)
@@ -408,6 +416,14 @@ def fault_kill_leader_during_applies(
         start_gen = workload(c, bundle.name).metadata.generation
         durations: list[float] = []
         failed: list[str] = []
+        # A user's `get workloads -w` open through the failover keeps showing changes.
+        watch_out = c.dir / "watch-through-failover.txt"
+        watch = subprocess.Popen(
+            [*c.state()["katcall_cmd"], "get", "workloads", "-w"],
+            stdout=watch_out.open("w"),
+            stderr=subprocess.STDOUT,
+            env={**c.env, "KATCONFIG": str(c.katconfig)},
+        )
         try:
             for n in range(count):
                 if n == kill_after:
@@ -421,6 +437,13 @@ def fault_kill_leader_during_applies(
         finally:
             c.start(key)
         w = workload(c, bundle.name)
+        final = str(w.metadata.generation)
+        shown = wait_for(lambda: _watch_shows(watch_out, bundle.name, final), 30)
+        watch.kill()
+        watch.wait()
+        result.checks["an open `get -w` follows the new leader"] = shown is not None
+        if shown is None:
+            result.notes.append("get -w: " + watch_out.read_text()[-300:])
         env = {e.name: e.value for e in w.spec.container.env}
         result.checks[f"all {count} applies succeeded"] = not failed
         result.checks["none lost (generation and spec)"] = (
@@ -435,6 +458,15 @@ def fault_kill_leader_during_applies(
         t = wait_for(lambda: converged(c, bundle.name, bundle.replicas), 120)
         result.checks["desired copies after the failover"] = t is not None
     return result
+
+
+def _watch_shows(path: Path, name: str, generation: str) -> bool:
+    """Whether a `get workloads -w` output has a row of `name` at `generation`."""
+    for line in path.read_text().splitlines():
+        cells = line.split()
+        if cells and cells[0] == name and generation in cells:
+            return True
+    return False
 
 
 FAULTS: dict[str, Callable[[DevCluster, Bundle], Result]] = {

@@ -52,11 +52,13 @@ os.environ.setdefault("KAT_WORKLOAD_USER_PREFIX", f"kt{secrets.token_hex(2)}_")
 @pytest.fixture(scope="session", autouse=True)
 def foreign_kat_guard() -> Iterator[None]:
     """Fail the session if the tests touched another KAT's workload users on this
-    machine (removed them, or stopped their containers)."""
-    from tests.isolation import foreign_workload_state
+    machine (removed them, stopped their containers, or made their Podman lose sight of
+    them); remove the workload users this session made."""
+    from tests.isolation import foreign_workload_state, remove_own_workload_users
 
     before = foreign_workload_state()
     yield
+    remove_own_workload_users()
     after = foreign_workload_state()
     lost = {user: ids - after.get(user, set()) for user, ids in before.items()}
     lost = {user: ids for user, ids in lost.items() if ids or user not in after}

@@ -1,17 +1,25 @@
 """What the test suite must leave alone: workload users of a KAT running on the same
 machine (the default `kat_wl_` prefix; the tests' agents use a prefix of their own, see
-tests/conftest.py) and their long-lived processes (the conmon of every container)."""
+tests/conftest.py), their long-lived processes (the conmon of every container) and what
+their Podman says runs (a container can vanish from Podman's view while its processes
+keep running: that happened once, when tests shared workload users with the quickstart)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import pwd
+import socket
 from pathlib import Path
 
+from kat_agent.node.podman.errors import PodmanServiceError
 from kat_agent.node.podman.users import (
     DEFAULT_HOME_BASE,
     GECOS_PREFIX,
+    RUNTIME_DIR_BASE,
     USERNAME_PREFIX,
+    remove_workload_user,
     username_prefix,
 )
 
@@ -51,8 +59,61 @@ def _containers_by_uid() -> dict[int, set[str]]:
     return found
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=10)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self._path)
+
+
+def podman_running(uid: int) -> set[str]:
+    """Ids of the running containers that the KAT Podman services of `uid` list (the
+    sockets /run/user/<uid>/kat-*.sock; none when no service runs)."""
+    ids: set[str] = set()
+    for sock in sorted((RUNTIME_DIR_BASE / str(uid)).glob("kat-*.sock")):
+        conn = _UnixConnection(sock)
+        try:
+            conn.request("GET", "/v4.0.0/libpod/containers/json")
+            resp = conn.getresponse()
+            if resp.status == 200:
+                ids |= {c["Id"] for c in json.loads(resp.read())}
+        except OSError:
+            continue  # no service behind this socket (stopped): nothing to compare
+        finally:
+            conn.close()
+    return ids
+
+
 def foreign_workload_state() -> dict[str, set[str]]:
     """username -> ids of the running containers of that user, for every foreign
-    workload user."""
+    workload user: `conmon:<id>` for each container process, `podman:<id>` for each
+    container its Podman lists as running."""
     containers = _containers_by_uid()
-    return {name: containers.get(uid, set()) for name, uid in foreign_workload_users().items()}
+    return {
+        name: {f"conmon:{c}" for c in containers.get(uid, set())}
+        | {f"podman:{c}" for c in podman_running(uid)}
+        for name, uid in foreign_workload_users().items()
+    }
+
+
+def remove_own_workload_users() -> list[str]:
+    """Remove the workload users that this session's agents made and left behind (an
+    agent killed by a test does not remove its users). Returns their names."""
+    ours = username_prefix()
+    removed: list[str] = []
+    if ours == USERNAME_PREFIX:
+        return removed  # the default prefix: those users are a real KAT's, never ours
+    for pw in pwd.getpwall():
+        if not (pw.pw_name.startswith(ours) and pw.pw_gecos.startswith(GECOS_PREFIX)):
+            continue
+        namespace, _, name = pw.pw_gecos.removeprefix(GECOS_PREFIX).partition("/")
+        try:
+            if remove_workload_user(namespace, name, grace=2.0):
+                removed.append(pw.pw_name)
+        except (OSError, PodmanServiceError) as exc:
+            print(f"could not remove the test workload user {pw.pw_name}: {exc}")
+    return removed

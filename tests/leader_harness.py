@@ -195,6 +195,26 @@ class Leader:
     def join_token(self) -> str:
         return self.stub().CreateToken(kat_pb2.CreateTokenRequest(), timeout=10).join_token
 
+    def join_node(
+        self, hostname: str, ip: str, labels: dict[str, str] | None = None
+    ) -> tuple[kat_pb2.JoinResponse, bytes]:
+        """A node joined through the real Join RPC: the answer and the node's key."""
+        credential = tokens.parse(self.join_token()).credential
+        key = pki.generate_private_key()
+        req = kat_pb2.JoinRequest(
+            token=credential,
+            csr_pem=pki.create_csr(key),
+            advertise_address=ip,
+            hostname=hostname,
+            labels=labels or {},
+            capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
+        )
+        # the join port's kat:join certificate, verified against the cluster CA
+        opts = [("grpc.ssl_target_name_override", pki.JOIN_SERVER_NAME)]
+        join = f"127.0.0.1:{self.ports['joinPort']}"
+        with grpc.secure_channel(join, rpc.client_credentials(self.context.ca), options=opts) as ch:
+            return kat_pb2_grpc.AgentAPIStub(ch).Join(req, timeout=30), key
+
     # ---------------------------------------------------------------- reads
 
     def instances(self, namespace: str = "default", workload: str = "") -> list[kat_pb2.Instance]:
@@ -565,22 +585,7 @@ class SimNet:
         with self._lock:
             ip = f"127.0.0.{self._next_ip}"
             self._next_ip += 1
-        token = self.leader.join_token()
-        credential = tokens.parse(token).credential
-        key = pki.generate_private_key()
-        req = kat_pb2.JoinRequest(
-            token=credential,
-            csr_pem=pki.create_csr(key),
-            advertise_address=ip,
-            hostname=hostname,
-            labels=labels or {},
-            capacity=kat_pb2.NodeResources(cpu_millis=4000, memory_bytes=8 << 30),
-        )
-        opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
-        join = f"127.0.0.1:{self.leader.ports['joinPort']}"
-        ca = self.leader.context.ca
-        with grpc.secure_channel(join, rpc.client_credentials(ca), options=opts) as ch:
-            resp = kat_pb2_grpc.AgentAPIStub(ch).Join(req, timeout=30)
+        resp, key = self.leader.join_node(hostname, ip, labels)
         agent = SimAgent(
             self.world,
             self.leader,

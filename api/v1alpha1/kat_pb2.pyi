@@ -251,7 +251,7 @@ class Volume(_message.Message):
     def __init__(self, name: _Optional[str] = ..., simple_cluster_storage: _Optional[_Union[SimpleClusterStorage, _Mapping]] = ..., host_mount: _Optional[_Union[HostMount, _Mapping]] = ...) -> None: ...
 
 class WorkloadSpec(_message.Message):
-    __slots__ = ("type", "source", "replicas", "update_strategy", "restart_policy", "node_selector", "tolerations", "container", "volumes")
+    __slots__ = ("type", "source", "replicas", "update_strategy", "restart_policy", "node_selector", "tolerations", "container", "volumes", "restarted_at")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[WorkloadSpec.Type]
@@ -278,6 +278,7 @@ class WorkloadSpec(_message.Message):
     TOLERATIONS_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    RESTARTED_AT_FIELD_NUMBER: _ClassVar[int]
     type: WorkloadSpec.Type
     source: WorkloadSource
     replicas: int
@@ -287,7 +288,8 @@ class WorkloadSpec(_message.Message):
     tolerations: _containers.RepeatedCompositeFieldContainer[Toleration]
     container: Container
     volumes: _containers.RepeatedCompositeFieldContainer[Volume]
-    def __init__(self, type: _Optional[_Union[WorkloadSpec.Type, str]] = ..., source: _Optional[_Union[WorkloadSource, _Mapping]] = ..., replicas: _Optional[int] = ..., update_strategy: _Optional[_Union[UpdateStrategy, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., tolerations: _Optional[_Iterable[_Union[Toleration, _Mapping]]] = ..., container: _Optional[_Union[Container, _Mapping]] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ...) -> None: ...
+    restarted_at: _timestamp_pb2.Timestamp
+    def __init__(self, type: _Optional[_Union[WorkloadSpec.Type, str]] = ..., source: _Optional[_Union[WorkloadSource, _Mapping]] = ..., replicas: _Optional[int] = ..., update_strategy: _Optional[_Union[UpdateStrategy, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., tolerations: _Optional[_Iterable[_Union[Toleration, _Mapping]]] = ..., container: _Optional[_Union[Container, _Mapping]] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., restarted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Condition(_message.Message):
     __slots__ = ("type", "status", "reason", "message", "last_transition_time")
@@ -340,16 +342,18 @@ class Workload(_message.Message):
     def __init__(self, api_version: _Optional[str] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., status: _Optional[_Union[WorkloadStatus, _Mapping]] = ...) -> None: ...
 
 class WorkloadRevision(_message.Message):
-    __slots__ = ("revision", "bundle", "created", "created_by")
+    __slots__ = ("revision", "bundle", "created", "created_by", "change_cause")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_CAUSE_FIELD_NUMBER: _ClassVar[int]
     revision: int
     bundle: Bundle
     created: _timestamp_pb2.Timestamp
     created_by: str
-    def __init__(self, revision: _Optional[int] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
+    change_cause: str
+    def __init__(self, revision: _Optional[int] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., change_cause: _Optional[str] = ...) -> None: ...
 
 class Bundle(_message.Message):
     __slots__ = ("workload", "virtual_load_balancer", "job_definition", "build_definition")
@@ -1176,16 +1180,22 @@ class AuditList(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
 
 class CAMaterial(_message.Message):
-    __slots__ = ("ca_cert_pem", "ca_key_pem", "etcd_ca_cert_pem", "etcd_ca_key_pem")
+    __slots__ = ("ca_cert_pem", "ca_key_pem", "etcd_ca_cert_pem", "etcd_ca_key_pem", "sealed_ca_key", "sealed_etcd_ca_key", "secret_id")
     CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
     ETCD_CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     ETCD_CA_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    SEALED_CA_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEALED_ETCD_CA_KEY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ID_FIELD_NUMBER: _ClassVar[int]
     ca_cert_pem: bytes
     ca_key_pem: bytes
     etcd_ca_cert_pem: bytes
     etcd_ca_key_pem: bytes
-    def __init__(self, ca_cert_pem: _Optional[bytes] = ..., ca_key_pem: _Optional[bytes] = ..., etcd_ca_cert_pem: _Optional[bytes] = ..., etcd_ca_key_pem: _Optional[bytes] = ...) -> None: ...
+    sealed_ca_key: bytes
+    sealed_etcd_ca_key: bytes
+    secret_id: str
+    def __init__(self, ca_cert_pem: _Optional[bytes] = ..., ca_key_pem: _Optional[bytes] = ..., etcd_ca_cert_pem: _Optional[bytes] = ..., etcd_ca_key_pem: _Optional[bytes] = ..., sealed_ca_key: _Optional[bytes] = ..., sealed_etcd_ca_key: _Optional[bytes] = ..., secret_id: _Optional[str] = ...) -> None: ...
 
 class BackupResponse(_message.Message):
     __slots__ = ("path", "size_bytes", "taken_at")
@@ -1200,6 +1210,72 @@ class BackupResponse(_message.Message):
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AdminRecord(_message.Message):
+    __slots__ = ("name", "certificate_sha256", "created", "created_by", "not_after", "revoked", "revoked_at", "revoked_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    certificate_sha256: _containers.RepeatedScalarFieldContainer[str]
+    created: _timestamp_pb2.Timestamp
+    created_by: str
+    not_after: _timestamp_pb2.Timestamp
+    revoked: bool
+    revoked_at: _timestamp_pb2.Timestamp
+    revoked_by: str
+    def __init__(self, name: _Optional[str] = ..., certificate_sha256: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class CreateAdminRequest(_message.Message):
+    __slots__ = ("name", "csr_pem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    csr_pem: bytes
+    def __init__(self, name: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class CreateAdminResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_pem", "api_endpoints", "admin")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    API_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_pem: bytes
+    api_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    admin: AdminRecord
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., admin: _Optional[_Union[AdminRecord, _Mapping]] = ...) -> None: ...
+
+class AdminRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class AdminList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[AdminRecord]
+    def __init__(self, items: _Optional[_Iterable[_Union[AdminRecord, _Mapping]]] = ...) -> None: ...
+
+class CertificateRevocation(_message.Message):
+    __slots__ = ("certificate_sha256", "common_name", "role", "revoked_at", "revoked_by")
+    CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMMON_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    certificate_sha256: str
+    common_name: str
+    role: str
+    revoked_at: _timestamp_pb2.Timestamp
+    revoked_by: str
+    def __init__(self, certificate_sha256: _Optional[str] = ..., common_name: _Optional[str] = ..., role: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
 
 class IngressCertificate(_message.Message):
     __slots__ = ("host", "cert_pem", "key_pem", "sha256", "not_after", "dns_names", "issuer", "source", "created")
@@ -1297,7 +1373,7 @@ class Peer(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., advertise_address: _Optional[str] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., wireguard_port: _Optional[int] = ..., observed_address: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node", "certificate_pem", "ca_pem", "configuration", "peers", "api_endpoints", "etcd_endpoints", "cluster_uid", "etcd_ca_pem", "etcd_server_certificate_pem", "etcd_client_certificate_pem", "etcd_initial_cluster")
+    __slots__ = ("node", "certificate_pem", "ca_pem", "configuration", "peers", "api_endpoints", "etcd_endpoints", "cluster_uid", "etcd_ca_pem", "etcd_server_certificate_pem", "etcd_client_certificate_pem", "etcd_initial_cluster", "cluster_secret")
     class EtcdInitialClusterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1317,6 +1393,7 @@ class JoinResponse(_message.Message):
     ETCD_SERVER_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     ETCD_CLIENT_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     ETCD_INITIAL_CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_SECRET_FIELD_NUMBER: _ClassVar[int]
     node: Node
     certificate_pem: bytes
     ca_pem: bytes
@@ -1329,7 +1406,8 @@ class JoinResponse(_message.Message):
     etcd_server_certificate_pem: bytes
     etcd_client_certificate_pem: bytes
     etcd_initial_cluster: _containers.ScalarMap[str, str]
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    cluster_secret: bytes
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ..., cluster_secret: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address", "agent_version", "overlay")
@@ -1431,3 +1509,49 @@ class EndpointSet(_message.Message):
     revision: int
     ingress_nodes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceEndpoints, _Mapping]]] = ..., revision: _Optional[int] = ..., ingress_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InstanceStats(_message.Message):
+    __slots__ = ("instance_id", "namespace", "workload", "node", "cpu_cores", "memory_bytes", "memory_limit_bytes")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    namespace: str
+    workload: str
+    node: str
+    cpu_cores: float
+    memory_bytes: int
+    memory_limit_bytes: int
+    def __init__(self, instance_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., node: _Optional[str] = ..., cpu_cores: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[InstanceStats]
+    def __init__(self, items: _Optional[_Iterable[_Union[InstanceStats, _Mapping]]] = ...) -> None: ...
+
+class TopRequest(_message.Message):
+    __slots__ = ("namespace", "node")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    node: str
+    def __init__(self, namespace: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class TopResponse(_message.Message):
+    __slots__ = ("instances", "unreachable")
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[InstanceStats]
+    unreachable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, instances: _Optional[_Iterable[_Union[InstanceStats, _Mapping]]] = ..., unreachable: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -180,6 +180,31 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AuditList.FromString,
                 _registered_method=True)
+        self.CreateAdmin = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/CreateAdmin',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.CreateAdminRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.CreateAdminResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdmin = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/RevokeAdmin',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.AdminRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AdminRecord.FromString,
+                _registered_method=True)
+        self.ListAdmins = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/ListAdmins',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.AdminList.FromString,
+                _registered_method=True)
+        self.RestartWorkload = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/RestartWorkload',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ObjectRef.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.Workload.FromString,
+                _registered_method=True)
+        self.ListInstanceStats = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/ListInstanceStats',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.TopRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.TopResponse.FromString,
+                _registered_method=True)
         self.SetIngressCertificate = channel.unary_unary(
                 '/kat.v1alpha1.ClusterAPI/SetIngressCertificate',
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
@@ -377,6 +402,40 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAdmin(self, request, context):
+        """Per-person admin certificates (issue 10): the key stays with katcall, the leader signs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdmin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdmins(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartWorkload(self, request, context):
+        """`katcall rollout restart`: a new generation with the same spec and a new
+        restarted_at, rolled out like any other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInstanceStats(self, request, context):
+        """`katcall top`: the current cpu and memory use of instances, from each node's Podman.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetIngressCertificate(self, request, context):
         """HTTPS certificates of ingress hosts (`katcall ingress cert set|list|remove`). The
         private key goes in and never comes out of ClusterAPI: listings carry no key.
@@ -544,6 +603,31 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListAuditRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.AuditList.SerializeToString,
+            ),
+            'CreateAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdmin,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.CreateAdminRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.CreateAdminResponse.SerializeToString,
+            ),
+            'RevokeAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdmin,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.AdminRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.AdminRecord.SerializeToString,
+            ),
+            'ListAdmins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdmins,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.AdminList.SerializeToString,
+            ),
+            'RestartWorkload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartWorkload,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ObjectRef.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.Workload.SerializeToString,
+            ),
+            'ListInstanceStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstanceStats,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.TopRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.TopResponse.SerializeToString,
             ),
             'SetIngressCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.SetIngressCertificate,
@@ -1356,6 +1440,141 @@ class ClusterAPI:
             _registered_method=True)
 
     @staticmethod
+    def CreateAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/CreateAdmin',
+            api_dot_v1alpha1_dot_kat__pb2.CreateAdminRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.CreateAdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/RevokeAdmin',
+            api_dot_v1alpha1_dot_kat__pb2.AdminRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.AdminRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdmins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/ListAdmins',
+            api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.AdminList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartWorkload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/RestartWorkload',
+            api_dot_v1alpha1_dot_kat__pb2.ObjectRef.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.Workload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstanceStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/ListInstanceStats',
+            api_dot_v1alpha1_dot_kat__pb2.TopRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.TopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def SetIngressCertificate(request,
             target,
             options=(),
@@ -1757,6 +1976,11 @@ class NodeAgentStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.Empty.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.HeartbeatRequest.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/kat.v1alpha1.NodeAgent/Stats',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.StatsRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -1781,6 +2005,12 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1798,6 +2028,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.Empty.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.HeartbeatRequest.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.StatsRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1882,6 +2117,33 @@ class NodeAgent:
             '/kat.v1alpha1.NodeAgent/Status',
             api_dot_v1alpha1_dot_kat__pb2.Empty.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.HeartbeatRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.NodeAgent/Stats',
+            api_dot_v1alpha1_dot_kat__pb2.StatsRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 <data-dir>/
   pki/ca.crt               cluster CA certificate (every node)
   pki/ca.key               cluster CA key (etcd members that may lead)
+  pki/cluster-secret       seals the CA keys stored in etcd (etcd members, 0600)
   pki/node.crt, node.key   this node's identity (role kat:node)
   pki/etcd/...             etcd's own CA, server and client certificates
   pki/wireguard.key        this node's WireGuard private key (0600, never sent)
@@ -40,6 +41,11 @@ class DataDir:
     @property
     def ca_key(self) -> Path:
         return self.pki / "ca.key"
+
+    @property
+    def cluster_secret(self) -> Path:
+        # Seals the CA keys in etcd (internal/security/sealing.py); etcd members only.
+        return self.pki / "cluster-secret"
 
     @property
     def node_cert(self) -> Path:

@@ -12,6 +12,8 @@ admin's name) and the role in the Organization attribute:
     kat:etcd   etcd members and their  serverAuth + clientAuth (under etcd's own CA)
                clients
     kat:monitoring  Prometheus        extendedKeyUsage clientAuth; reads /metrics only
+    kat:join   the leader's join port serverAuth only; its key lives in the member's
+               memory and is remade at every start (the CA key never serves TLS)
 
 The signer decides the subject and the SANs; a CSR only proves possession of
 its key (its subject and extensions are ignored).
@@ -41,6 +43,7 @@ ROLE_NODE = "kat:node"
 ROLE_ETCD = "kat:etcd"
 # Reads /metrics on every agent and nothing else (no gRPC service accepts it).
 ROLE_MONITORING = "kat:monitoring"
+ROLE_JOIN = "kat:join"
 # HTTPS certificates the cluster CA issues for ingress hosts: server only, so such a
 # certificate can never authenticate a client to KAT's own APIs.
 ROLE_INGRESS = "kat:ingress"
@@ -50,13 +53,15 @@ _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_NODE: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_ETCD: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_MONITORING: (ExtendedKeyUsageOID.CLIENT_AUTH,),
+    ROLE_JOIN: (ExtendedKeyUsageOID.SERVER_AUTH,),
     ROLE_INGRESS: (ExtendedKeyUsageOID.SERVER_AUTH,),
 }
 ROLES = tuple(_USAGES)
 
-# The CA certificate names itself so it can also serve TLS on the leader's join
-# port, where a joining agent pins it by hash (see kat_agent/bootstrap.py).
+# Older leaders served the join port with the CA certificate itself, under this name.
 CA_SERVER_NAME = "kat-ca"
+# The name in the join port's own serving certificate (role kat:join).
+JOIN_SERVER_NAME = "kat-join"
 
 CA_VALIDITY_DAYS = 3650
 CERT_VALIDITY_DAYS = 365

@@ -4,8 +4,10 @@ Key layout (values are serialized protobuf unless noted):
 
     /kat/config/cluster                         ClusterConfiguration
     /kat/config/cluster-uid                     cluster UID, UTF-8 text, written once
-    /kat/pki/ca                                 CAMaterial: the cluster and etcd CAs with
-                                                their keys, for members that may lead
+    /kat/pki/ca                                 CAMaterial: the cluster and etcd CAs, their
+                                                keys sealed with the cluster secret
+    /kat/pki/admins/<name>                      AdminRecord: one person's admin certificates
+    /kat/pki/revoked/<sha256 of cert DER, hex>  CertificateRevocation: refused on every call
     /kat/leader                                 ClusterInfo (leader_node, leader_api_address)
                                                 on the leader's lease (internal/state/election.py)
     /kat/nodes/<name>                           Node
@@ -32,6 +34,8 @@ ROOT = "/kat/"
 CLUSTER_CONFIG_KEY = "/kat/config/cluster"
 CLUSTER_UID_KEY = "/kat/config/cluster-uid"
 CA_MATERIAL_KEY = "/kat/pki/ca"
+ADMINS = "/kat/pki/admins/"
+REVOKED = "/kat/pki/revoked/"
 LEADER_KEY = "/kat/leader"
 NODES = "/kat/nodes/"
 SUBNETS = "/kat/ipam/subnets/"
@@ -89,6 +93,14 @@ def instances_prefix(namespace: str | None = None, workload: str | None = None) 
 
 def instance_key(namespace: str, workload: str, instance_id: str) -> str:
     return instances_prefix(namespace, workload) + segment(instance_id, "instance id")
+
+
+def admin_key(name: str) -> str:
+    return ADMINS + segment(name, "admin name")
+
+
+def revoked_key(certificate_sha256: str) -> str:
+    return REVOKED + segment(certificate_sha256, "certificate hash")
 
 
 def token_key(token_id: str) -> str:

@@ -52,12 +52,13 @@ from internal.state.kv import (
     versioned,
 )
 from internal.state.store_audit import AuditRecords
+from internal.state.store_pki import PkiRecords
 from internal.state.store_workloads import WorkloadRecords
 
 # ---------------------------------------------------------------- the store
 
 
-class Store(WorkloadRecords, AuditRecords):
+class Store(WorkloadRecords, AuditRecords, PkiRecords):
     """Typed access to KAT's state in etcd."""
 
     def __init__(

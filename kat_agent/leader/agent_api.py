@@ -254,8 +254,8 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
     async def _require_current_node(
         self, cn: str, name: str, context: grpc.aio.ServicerContext, action: str
     ) -> None:
-        """require_own_node, and that the caller's certificate is the one its node holds
-        now: a node removed (or its certificate replaced) is refused on every call."""
+        """require_own_node, and (per message of a stream: a node can be removed while
+        it lasts) that the caller's certificate is the one its node holds now."""
         await require_own_node(self, cn, name, context, action)
         bound = self.lc.registry.bound_certificate(cn)
         if bound is None or (bound and bound != rpc.peer_certificate_sha256(context)):
@@ -303,6 +303,8 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             adv = request.advertise_address
             ca = lc.etcd_ca
             resp.etcd_ca_pem = ca.cert_pem
+            # Only an etcd member may lead, and so needs the CA keys sealed in etcd.
+            resp.cluster_secret = lc.cluster_secret or b""
             resp.etcd_server_certificate_pem = pki.sign_csr(
                 ca.cert_pem,
                 ca.key_pem,
@@ -401,13 +403,12 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         async for update in stream_assignments(self.lc, request.node_name, context):
             yield update
 
+    @node_stream
     async def WatchEndpoints(
-        self, request: kat_pb2.EndpointsRequest, context: grpc.aio.ServicerContext
+        self, request: kat_pb2.EndpointsRequest, context: grpc.aio.ServicerContext, cn: str
     ) -> AsyncIterator[kat_pb2.EndpointSet]:
         from kat_agent.leader.endpoints import stream_endpoints
 
-        await rpc.require_role(context, rpc.ROLE_NODE)
-        await self.lc.require_leader(context)
         async for view in stream_endpoints(self.lc, context):
             yield view
 

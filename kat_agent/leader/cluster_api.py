@@ -15,19 +15,31 @@ from internal.core.events import new_event
 from internal.manifests.checks import check_label_key, check_labels
 from internal.manifests.defaults import new_namespace
 from internal.manifests.problems import Reporter
+from internal.security import rpc
 from internal.state.etcd_values import EtcdError
 from internal.state.kv import AlreadyExists, EventType, StaleWrite, Versioned
 from internal.version import VERSION
+from kat_agent.leader.admin_api import AdminAPI
 from kat_agent.leader.context import LeaderContext
-from kat_agent.leader.guards import admin, admin_stream
+from kat_agent.leader.guards import admin, admin_stream, caller
 from kat_agent.leader.ingress_certs import IngressCertsAPI
 from kat_agent.leader.node_proxy import NodeProxyAPI
+from kat_agent.leader.rollout_api import RolloutAPI
+from kat_agent.leader.stats_proxy import StatsProxyAPI
 from kat_agent.leader.workload_api import WorkloadAPI
 
 log = logging.getLogger(__name__)
 
 
-class ClusterAPI(WorkloadAPI, NodeProxyAPI, IngressCertsAPI, kat_pb2_grpc.ClusterAPIServicer):
+class ClusterAPI(
+    WorkloadAPI,
+    RolloutAPI,
+    NodeProxyAPI,
+    StatsProxyAPI,
+    AdminAPI,
+    IngressCertsAPI,
+    kat_pb2_grpc.ClusterAPIServicer,
+):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
         self._workload_locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -216,6 +228,17 @@ class ClusterAPI(WorkloadAPI, NodeProxyAPI, IngressCertsAPI, kat_pb2_grpc.Cluste
                 problem = await self._remove_etcd_member(request.name)
                 if problem:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+            if node.status.certificate_sha256:
+                # kept even if the name is joined again: the old certificate stays refused
+                revocation = kat_pb2.CertificateRevocation(
+                    certificate_sha256=node.status.certificate_sha256,
+                    common_name=request.name,
+                    role=rpc.ROLE_NODE,
+                    revoked_by=caller(context),
+                )
+                revocation.revoked_at.FromDatetime(datetime.now(UTC))
+                await lc.store.revoke_certificate(revocation)
+                lc.revocations.add(node.status.certificate_sha256)
             await lc.registry.forget(request.name)
             if node.status.subnet:
                 await lc.store.release_subnet(node.status.subnet, request.name)

@@ -17,6 +17,7 @@ from internal.state.store import Store
 from kat_agent.leader.assignments import AssignmentBook
 from kat_agent.leader.endpoints import EndpointBook
 from kat_agent.leader.nodes import NodeRegistry
+from kat_agent.leader.revocation import Revocations, StreamCutter
 
 
 @dataclass(eq=False)
@@ -37,7 +38,12 @@ class LeaderContext:
     # This node's own identity (the leader's client certificate towards agents).
     node_cert: bytes
     node_key: bytes
+    # Seals the CA keys in etcd; handed to new etcd members at join (None: an old cluster).
+    cluster_secret: bytes | None = None
     ca_hash: str = field(init=False)
+    # Revoked certificates (checked on every call) and the nodes' open streams.
+    revocations: Revocations = field(init=False)
+    node_streams: StreamCutter = field(default_factory=StreamCutter)
     # -- runtime state
     leading: bool = False
     leader_address: str = ""  # the current leader's API address, as last observed
@@ -60,7 +66,9 @@ class LeaderContext:
 
     def __post_init__(self) -> None:
         self.ca_hash = pki.ca_hash(self.ca_cert)
+        self.revocations = Revocations(self.store)
         self.registry.on_lost.append(self.assignments.drop)
+        self.registry.on_removed.append(self.node_streams.cut)
 
     @property
     def spec(self) -> kat_pb2.ClusterConfigurationSpec:
@@ -145,7 +153,10 @@ def build_leader_context(
     api_address: str,
 ) -> LeaderContext:
     """The context of a member whose PKI is in `dd` (reads its files)."""
+    from internal.security import sealing
+
     ca_key = dd.ca_key.read_bytes() if dd.ca_key.exists() else None
+    secret = sealing.read_secret(dd.cluster_secret) if dd.cluster_secret.exists() else None
     return LeaderContext(
         store=store,
         config=config,
@@ -158,4 +169,5 @@ def build_leader_context(
         etcd_ca=pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key"),
         node_cert=dd.node_cert.read_bytes(),
         node_key=dd.node_key.read_bytes(),
+        cluster_secret=secret,
     )

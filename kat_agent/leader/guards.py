@@ -13,6 +13,7 @@ import grpc
 from internal.security import rpc
 from internal.state.etcd_values import EtcdUnavailable
 from internal.state.kv import Compacted, StaleWrite
+from kat_agent.leader.revocation import StreamCut, until_cut
 
 if TYPE_CHECKING:
     from kat_agent.leader.context import LeaderContext
@@ -31,10 +32,35 @@ StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Res
 
 
 async def _check_admin(servicer: _Servicer, context: grpc.aio.ServicerContext) -> str:
-    """The admin certificate's common name, after checking that this process leads."""
+    """The admin certificate's common name, after checking that it is not revoked and
+    that this process leads."""
     who = await rpc.require_role(context, rpc.ROLE_ADMIN)
+    await servicer.lc.revocations.check(context, rpc.peer_certificate_sha256(context))
     await servicer.lc.require_leader(context)
     return who
+
+
+async def _check_node(servicer: _Servicer, context: grpc.aio.ServicerContext) -> str:
+    """The node certificate's common name, once this process leads and the certificate is
+    the one its node holds now: a removed node's (or a replaced) certificate is refused."""
+    cn = await rpc.require_role(context, rpc.ROLE_NODE)
+    lc = servicer.lc
+    await lc.require_leader(context)
+    digest = rpc.peer_certificate_sha256(context)
+    bound = lc.registry.bound_certificate(cn)
+    if bound is None or (bound and bound != digest) or lc.revocations.is_revoked(digest):
+        context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))  # the agent leaves on it
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",
+        )
+    return cn
+
+
+def guarded(fn: Any) -> Any:
+    """Mark a handler as checked by one of these guards (tests/unit checks every RPC)."""
+    fn.__kat_guarded__ = True
+    return fn
 
 
 def _send_endpoints(servicer: _Servicer, context: grpc.aio.ServicerContext) -> None:
@@ -60,7 +86,7 @@ def admin(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         raise AssertionError("unreachable")
 
     wrapper.__name__ = fn.__name__
-    return wrapper
+    return guarded(wrapper)
 
 
 def admin_stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
@@ -82,7 +108,7 @@ def admin_stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
 
     wrapper.__name__ = fn.__name__
-    return wrapper
+    return guarded(wrapper)
 
 
 def leader(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -93,7 +119,7 @@ def leader(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         return await fn(self, request, context)
 
     wrapper.__name__ = fn.__name__
-    return wrapper
+    return guarded(wrapper)
 
 
 NodeHandler = Callable[[Any, Req, grpc.aio.ServicerContext, str], Awaitable[Resp]]
@@ -101,28 +127,39 @@ NodeStreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext, str], AsyncIte
 
 
 def node(fn: NodeHandler[Req, Resp]) -> Handler[Req, Resp]:
-    """A node certificate; the handler gets its common name (the node's name) as `cn`."""
+    """A current node certificate (`_check_node`); the handler gets its common name (the
+    node's name) as `cn`."""
 
     async def wrapper(self: _Servicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        cn = await rpc.require_role(context, rpc.ROLE_NODE)
+        cn = await _check_node(self, context)
         return await fn(self, request, context, cn)
 
     wrapper.__name__ = fn.__name__
-    return wrapper
+    return guarded(wrapper)
 
 
 def node_stream(fn: NodeStreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
-    """The same for streaming calls."""
+    """The same for streaming calls; the stream is cut (PERMISSION_DENIED) as soon as
+    its node is removed, whatever it is waiting for."""
 
     async def wrapper(
         self: _Servicer, request: Req, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Resp]:
-        cn = await rpc.require_role(context, rpc.ROLE_NODE)
-        async for item in fn(self, request, context, cn):
-            yield item
+        cn = await _check_node(self, context)
+        with self.lc.node_streams.opened(cn) as cut:
+            try:
+                async for item in until_cut(fn(self, request, context, cn), cut):
+                    yield item  # type: ignore[misc]
+            except StreamCut:
+                log.info("cut a %s stream of removed node %s", fn.__name__, cn)
+                context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"node {cn!r} was removed from the cluster; its certificate is revoked",
+                )
 
     wrapper.__name__ = fn.__name__
-    return wrapper
+    return guarded(wrapper)
 
 
 async def require_own_node(

@@ -191,4 +191,4 @@ def _note(inst: kat_pb2.Instance, exc: BaseException) -> kat_pb2.LogChunk:
     else:
         why = str(exc)
     text = f"[kat] logs of {inst.id} on node {inst.node} unavailable: {why}\n"
-    return kat_pb2.LogChunk(instance_id=inst.id, data=text.encode())
+    return kat_pb2.LogChunk(instance_id=inst.id, data=text.encode(), stderr=True)

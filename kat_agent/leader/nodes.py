@@ -61,6 +61,9 @@ class NodeRegistry:
         self.version = 0
         # Called with the name of every node marked NOT_READY (its streams are dropped).
         self.on_lost: list[Callable[[str], Awaitable[None]]] = []
+        # Called with the name of every node whose record was deleted (its open streams
+        # are cut: kat_agent/leader/revocation.py).
+        self.on_removed: list[Callable[[str], None]] = []
 
     async def load(self) -> None:
         """Fill the cache from etcd; liveness starts counting from now."""
@@ -106,6 +109,8 @@ class NodeRegistry:
             self._last_beat.pop(name, None)
             self._overlay.pop(name, None)
             self.version += 1
+        for listener in self.on_removed:
+            listener(name)
 
     def touch(self) -> None:
         """Mark the node set as changed, so that whoever watches `version` looks again."""

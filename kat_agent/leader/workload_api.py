@@ -28,6 +28,7 @@ from internal.manifests.defaults import DEFAULT_NAMESPACE, new_namespace, object
 from internal.state.keys import WORKLOADS, workloads_prefix
 from internal.state.kv import AlreadyExists, EventType, StaleWrite, Versioned
 from kat_agent.leader.guards import admin, admin_stream, caller
+from kat_agent.leader.rollout_api import change_cause, keep_restarted_at
 
 if TYPE_CHECKING:
     from kat_agent.leader.context import LeaderContext
@@ -220,6 +221,8 @@ class WorkloadAPI:
         who: str,
         expected: int = 0,
         dry_run: bool = False,
+        cause: str = "",
+        keep_restart: bool = True,
     ) -> kat_pb2.ApplyResponse:
         store = self.lc.store
         resources.apply_defaults(bundle)
@@ -238,6 +241,8 @@ class WorkloadAPI:
                         f"{expected}: it changed since you read it; fetch it and apply again",
                     )
                 old_bundle = await self._stored_bundle(current.msg) if current else None
+                if current and keep_restart:
+                    keep_restarted_at(bundle, current.msg)
                 plan = plan_apply(
                     current.msg if current else None,
                     old_bundle,
@@ -253,6 +258,8 @@ class WorkloadAPI:
                 )
                 if dry_run or not plan.changed:
                     return response
+                if plan.revision is not None:
+                    plan.revision.change_cause = cause or change_cause(bundle, plan.changes)
                 try:
                     rv = await store.commit_workload(
                         plan.workload,
@@ -437,7 +444,8 @@ class WorkloadAPI:
         who = caller(context)
         old = kat_pb2.Bundle()
         old.CopyFrom(target.bundle)
-        response = await self._apply_bundle(old, context, who=who)
+        cause = f"rollback to revision {target.revision}"
+        response = await self._apply_bundle(old, context, who=who, cause=cause, keep_restart=False)
         gen = response.workload.metadata.generation
         await self._event(
             "RolledBack",

@@ -114,6 +114,50 @@ def find_containers(
     return sorted(out, key=lambda x: x[0].id)
 
 
+@dataclass
+class Resync:
+    """What one Podman service's list says against what the executor tracks (`compare`):
+    containers of unknown instances (adopted), tracked ones that changed, and tracked
+    ones whose container is gone."""
+
+    found: list[tuple[str, ObservedContainer]] = field(default_factory=list)
+    changed: list[tuple[InstanceState, ObservedContainer]] = field(default_factory=list)
+    gone: list[InstanceState] = field(default_factory=list)
+
+
+def compare(
+    states: dict[str, InstanceState],
+    backend: RuntimeBackend,
+    listed: Iterable[ObservedContainer],
+    epochs: dict[str, int],
+) -> Resync:
+    """Compare `backend`'s container list with the tracked `states`. Instances acted on
+    meanwhile (busy, or their epoch moved since `epochs` was taken before listing) are
+    left alone: the list may predate the action."""
+    out = Resync()
+    seen = {c.instance_id: c for c in listed if c.instance_id}
+    for iid, c in seen.items():
+        st = states.get(iid)
+        if st is None:
+            out.found.append((iid, c))
+        elif st.busy or st.epoch != epochs.get(iid):
+            continue
+        elif st.backend is not None and st.backend is not backend:
+            continue
+        elif st.observed != c:
+            out.changed.append((st, c))
+    for iid, st in states.items():
+        if (
+            st.backend is backend
+            and st.observed is not None
+            and iid not in seen
+            and not st.busy
+            and st.epoch == epochs.get(iid)
+        ):
+            out.gone.append(st)
+    return out
+
+
 class Step(enum.Enum):
     PROGRESS = "progress"  # did something; look again at once
     IDLE = "idle"  # converged; wait for a change

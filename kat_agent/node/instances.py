@@ -13,9 +13,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from api.v1alpha1 import kat_pb2
 from internal.core.node_plan import (
@@ -38,23 +38,20 @@ from internal.core.node_plan import (
 from internal.observability import metrics
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
-from kat_agent.node.instance_state import InstanceState, Step, find_containers
+from kat_agent.node.instance_state import InstanceState, Step, compare, find_containers
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
 from kat_agent.node.podman.mounts import purge_workload_volumes
 from kat_agent.node.podman.observe import ObservedContainer
 from kat_agent.node.podman.runtime import BackendPool, RuntimeBackend
 from kat_agent.node.podman.services import NodeSettings, PodmanPool
 from kat_agent.node.podman.spec import InstanceSpec
+from kat_agent.node.previous_logs import PreviousLogs
 from kat_agent.node.watchers import RETRY_BACKOFF, run_health_checks, wait_for_exit
 
 log = logging.getLogger(__name__)
 
 
 P = kat_pb2.Instance
-
-
-def _now() -> float:
-    return time.time()
 
 
 def _utcnow() -> datetime:
@@ -76,6 +73,7 @@ class NodeRuntime:
         self.builder = Builder(settings)  # images from spec.source.git
         self.snapshots = SnapshotStore(settings.state_dir)
         self.states: dict[str, InstanceState] = {}
+        self.previous_logs = PreviousLogs(settings.state_dir / "previous-logs", self.states)
         self._on_change = on_change
         self._desired: kat_pb2.AssignmentSet | None = None
         self._applied = False  # a desired state is known and applied
@@ -85,7 +83,7 @@ class NodeRuntime:
         self.resync_count = 0
         self._reported = 0
         self._pump: asyncio.Task[None] | None = None
-        self._releases: set[asyncio.Task[None]] = set()  # stopping idle user services
+        self._side_tasks: set[asyncio.Task[None]] = set()  # idle services, vanished remains
         self._to_save: kat_pb2.AssignmentSet | None = None
         self._saver: asyncio.Task[None] | None = None
         # The overlay address of an instance whose network KAT plumbs itself (rootless;
@@ -228,9 +226,9 @@ class NodeRuntime:
                 tasks.append(self._pump)
             if self._saver is not None:
                 tasks.append(self._saver)  # let the last save finish
-            for t in self._releases:
+            for t in self._side_tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, *self._releases, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)
             await self.pool.close()
 
     # ------------------------------------------------------------ observing
@@ -248,39 +246,22 @@ class NodeRuntime:
                 log.warning("cannot list the containers of %s: %s", backend.key, exc)
                 complete = False
                 continue
-            seen: dict[str, ObservedContainer] = {}
-            for c in found:
-                if c.instance_id:
-                    seen[c.instance_id] = c
-            for iid, c in seen.items():
-                st = self.states.get(iid)
-                if st is None:
-                    st = self._new_state(iid)
-                    st.backend, st.observed = backend, c
+            diff = compare(self.states, backend, found, epochs)
+            for iid, c in diff.found:
+                st = self._new_state(iid)
+                st.backend, st.observed = backend, c
+                st.acted_restarts = label_restarts(c)
+                st.wake.set()
+            for st, c in diff.changed:
+                st.backend, st.observed = backend, c
+                if st.acted_restarts is None:
                     st.acted_restarts = label_restarts(c)
-                    st.wake.set()
-                    self._changed()
-                    continue
-                if st.busy or st.epoch != epochs.get(iid):
-                    continue
-                if st.backend is not None and st.backend is not backend:
-                    continue
-                if st.observed != c:
-                    st.backend, st.observed = backend, c
-                    if st.acted_restarts is None:
-                        st.acted_restarts = label_restarts(c)
-                    st.vanished = False
-                    st.wake.set()
-                    self._changed()
-            for iid, st in list(self.states.items()):
-                if (
-                    st.backend is backend
-                    and st.observed is not None
-                    and iid not in seen
-                    and not st.busy
-                    and st.epoch == epochs.get(iid)
-                ):
-                    self._vanished(st, st.observed.container_id)
+                st.vanished = False
+                st.wake.set()
+            for st in diff.gone:
+                self._vanished(st, st.observed.container_id if st.observed else "")
+            if diff.found or diff.changed:
+                self._changed()
         self.resync_count += 1
         return complete
 
@@ -291,6 +272,8 @@ class NodeRuntime:
             return  # being acted on, or already replaced: nothing to notice
         log.warning("container %s of instance %s is gone", cid[:12], st.id)
         self._cancel_watchers(st)
+        if st.backend is not None:
+            self._side_task(self._clear_remains(st.backend, cid))
         st.observed = None
         st.vanished = st.assignment is not None
         st.ready = False
@@ -337,16 +320,26 @@ class NodeRuntime:
 
     def _forget(self, st: InstanceState) -> None:
         self._cancel_watchers(st)
+        self.previous_logs.drop(st.id)
         if self.states.get(st.id) is st:
             del self.states[st.id]
         self._changed()
         backend = st.backend
         if backend is not None and backend.user is not None:
-            task = asyncio.get_running_loop().create_task(
-                self._release_when_idle(backend, st.namespace, st.workload)
-            )
-            self._releases.add(task)
-            task.add_done_callback(self._releases.discard)
+            self._side_task(self._release_when_idle(backend, st.namespace, st.workload))
+
+    def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` beside the workers (cancelled when the runtime stops)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _clear_remains(self, backend: RuntimeBackend, cid: str) -> None:
+        """What Podman still keeps of a vanished container goes, and what still runs of
+        it although Podman lost sight of it is ended (Runtime.remove, podman/orphans.py):
+        the replacement must not run beside it."""
+        with contextlib.suppress(ContainerRuntimeError):
+            await backend.runtime.remove(cid, force=True)
 
     def _backend_in_use(self, backend: RuntimeBackend, namespace: str, workload: str) -> bool:
         return any(
@@ -381,8 +374,8 @@ class NodeRuntime:
         match action:
             case Create(assignment=a):
                 await self._create(st, a)
-            case StopAndRemove(phase=phase, message=message):
-                await self._stop_and_remove(st, phase, message)
+            case StopAndRemove(phase=phase, message=message, reason=reason):
+                await self._stop_and_remove(st, phase, message, reason)
             case StopUnhealthy():
                 await self._stop_unhealthy(st)
             case Watch(health=health):
@@ -459,7 +452,7 @@ class NodeRuntime:
             st.epoch += 1
             self._set_activity(st, None)
 
-    async def _stop_and_remove(self, st: InstanceState, phase: int, message: str) -> None:
+    async def _stop_and_remove(self, st: InstanceState, phase: int, message: str, why: str) -> None:
         obs, backend = st.observed, st.backend
         assert obs is not None and backend is not None
         st.epoch += 1
@@ -472,6 +465,8 @@ class NodeRuntime:
                 except ContainerRuntimeError as exc:
                     if exc.kind not in (ErrorKind.NOT_FOUND, ErrorKind.NOT_RUNNING):
                         raise
+            if why == "restart":  # for `katcall logs --previous`
+                await self.previous_logs.save(backend.runtime, obs.container_id, st.id)
             await backend.runtime.remove(obs.container_id, force=True)
             log.info("instance %s: container %s removed", st.id, obs.container_id[:12])
             st.observed = None

@@ -19,6 +19,7 @@ from internal.security import rpc
 from kat_agent.node.instances import NodeRuntime
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.runtime import RuntimeBackend
+from kat_agent.node.stats import instance_stats
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,28 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
         await self._authorize(context)
         return self.status()
 
+    async def Stats(
+        self, request: kat_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.StatsResponse:
+        await self._authorize(context)
+        items = await instance_stats(list(self.runtime.states.values()), request.namespace)
+        for item in items:
+            item.node = self.runtime.settings.node_name
+        return kat_pb2.StatsResponse(items=items)
+
     async def Logs(
         self, request: kat_pb2.LogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[kat_pb2.LogChunk]:
         await self._authorize(context)
+        tail = request.tail if request.tail > 0 else None
+        since = time.time() - request.since_seconds if request.since_seconds > 0 else None
+        if request.previous:  # kept by the node at the last restart; never followed
+            for chunk in await self._previous(context, request, tail, since):
+                yield chunk
+            return
         targets = await self._targets(
             context, request.namespace, request.workload, request.instance_id
         )
-        tail = request.tail if request.tail > 0 else None
-        since = time.time() - request.since_seconds if request.since_seconds > 0 else None
 
         def frames(
             backend: RuntimeBackend, cid: str, follow: bool
@@ -125,6 +139,40 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
                 else grpc.StatusCode.UNAVAILABLE
             )
             await context.abort(code, str(exc))
+
+    async def _previous(
+        self,
+        context: grpc.aio.ServicerContext,
+        request: kat_pb2.LogsRequest,
+        tail: int | None,
+        since: float | None,
+    ) -> list[kat_pb2.LogChunk]:
+        """The kept log of each matching instance's previous container. An instance need
+        not have a container now (one crash-looping between restarts has none)."""
+        if request.instance_id:
+            ids = [request.instance_id]
+        else:
+            ids = sorted(
+                st.id
+                for st in self.runtime.states.values()
+                if st.workload == request.workload
+                and (not request.namespace or st.namespace == request.namespace)
+            )
+        out: list[kat_pb2.LogChunk] = []
+        for iid in ids:
+            lines = self.runtime.previous_logs.read(
+                iid, tail=tail, since=since, timestamps=request.timestamps
+            )
+            if lines is not None:
+                out += [kat_pb2.LogChunk(instance_id=iid, data=d, stderr=s == 2) for s, d in lines]
+        if not out:
+            # (the leader puts "node NAME: " in front)
+            what = f"instance {ids[0]} has no" if len(ids) == 1 else "no instance here has a"
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"{what} previous container: not restarted since it was placed on this node",
+            )
+        return out
 
     async def Exec(
         self,

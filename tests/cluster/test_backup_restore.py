@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from internal.security import sealing
 from tests.devcluster import DevCluster, unavailable_reason, wait_until
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
@@ -35,8 +37,7 @@ def test_snapshot_restored_into_a_fresh_data_dir_gives_back_the_records(tmp_path
 
         c.kill("node1")
         fresh = tmp_path / "restored"
-        c.popen(
-            "node1",
+        restore = [
             "kat-agent",
             "init",
             "--restore-from",
@@ -45,7 +46,23 @@ def test_snapshot_restored_into_a_fresh_data_dir_gives_back_the_records(tmp_path
             str(fresh),
             "--advertise-address",
             c.address("node1"),
-        )
+        ]
+
+        def refused(*extra: str) -> str:
+            p = c.popen("node1", *restore, *extra, stderr=subprocess.PIPE, text=True)
+            _, err = p.communicate(timeout=120)
+            assert p.returncode != 0, err
+            # nothing of a refused restore stays: the next attempt starts clean
+            assert not (fresh / "etcd").exists() or not any((fresh / "etcd").iterdir())
+            return err
+
+        # the snapshot alone does not give the CA: its keys are sealed with the secret
+        assert "needs --cluster-secret-file" in refused()
+        wrong = tmp_path / "wrong-secret"
+        sealing.write_secret(wrong, sealing.new_secret())
+        assert "wrong secret" in refused("--cluster-secret-file", str(wrong))
+        secret = Path(c.node("node1")["data_dir"], "pki", "cluster-secret")
+        c.popen("node1", *restore, "--cluster-secret-file", str(secret))
         # the old admin config still works: the snapshot carries the cluster CA
         wait_until(
             lambda: c.katcall("get", "nodes").returncode == 0, timeout=60, what="restored API"
@@ -58,8 +75,7 @@ def test_snapshot_restored_into_a_fresh_data_dir_gives_back_the_records(tmp_path
 
 
 def test_restore_refuses_a_missing_snapshot(tmp_path: Path) -> None:
-    import subprocess
-
+    sealing.write_secret(tmp_path / "secret", sealing.new_secret())
     p = subprocess.run(
         [
             "kat-agent",
@@ -70,6 +86,8 @@ def test_restore_refuses_a_missing_snapshot(tmp_path: Path) -> None:
             str(tmp_path / "d"),
             "--advertise-address",
             "127.0.0.1",
+            "--cluster-secret-file",
+            str(tmp_path / "secret"),
         ],
         capture_output=True,
         text=True,

@@ -304,7 +304,7 @@ def test_default_token_cannot_add_an_etcd_member(cluster: DevCluster, tmp_path: 
 
 def _raw_join(c: DevCluster, req: kat_pb2.JoinRequest) -> grpc.RpcError:
     ca = Path(c.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
-    opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+    opts = [("grpc.ssl_target_name_override", pki.JOIN_SERVER_NAME)]
     target = f"{c.address('node1')}:9117"
     with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=opts) as ch:
         with pytest.raises(grpc.RpcError) as err:
@@ -359,7 +359,7 @@ def test_a_removed_nodes_certificate_is_refused(cluster: DevCluster) -> None:
             hostname="gone",
         )
         ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
-        opts = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+        opts = [("grpc.ssl_target_name_override", pki.JOIN_SERVER_NAME)]
         target = f"{cluster.address('node1')}:9117"
         with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=opts) as ch:
             resp = kat_pb2_grpc.AgentAPIStub(ch).Join(req, timeout=30)

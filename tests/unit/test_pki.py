@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import os
@@ -222,16 +223,35 @@ async def test_mtls_handshake_identity_and_foreign_ca(pki_dir: PkiFiles) -> None
         await server.stop(None)
 
 
-async def test_ca_can_serve_itself_for_the_pinned_join(pki_dir: PkiFiles) -> None:
+async def test_join_port_serves_a_leaf_and_the_ca_is_pinned_from_its_chain(
+    pki_dir: PkiFiles,
+) -> None:
+    from kat_agent import bootstrap
+
     ca = pki_dir.ca()
+    served = bootstrap.issue_join_certificate(ca.cert_pem, ca.key_pem, "127.0.0.1")
+    leaf = pki.cert_info(served.cert_pem)  # the first certificate of the chain
+    assert not leaf.is_ca and leaf.server_auth and not leaf.client_auth
+    assert leaf.role == pki.ROLE_JOIN and not pki.key_matches_certificate(
+        ca.cert_pem, served.key_pem
+    )
     server = grpc.aio.server()
     kat_pb2_grpc.add_NodeAgentServicer_to_server(_Echo(), server)
-    creds = grpc.ssl_server_credentials([(ca.key_pem, ca.cert_pem)])
+    creds = grpc.ssl_server_credentials([(served.key_pem, served.cert_pem)])
     port = server.add_secure_port(f"127.0.0.1:{free_port()}", creds)
     await server.start()
     try:
-        client = grpc.ssl_channel_credentials(ca.cert_pem)
-        options = [("grpc.ssl_target_name_override", pki.CA_SERVER_NAME)]
+        pinned, name = await asyncio.to_thread(
+            bootstrap.fetch_pinned_ca, "127.0.0.1", port, pki.ca_hash(ca.cert_pem)
+        )
+        assert pinned.strip() == ca.cert_pem.strip() and name == pki.JOIN_SERVER_NAME
+        other = pki.create_ca("other")
+        with pytest.raises(bootstrap.JoinError, match="does not match the token"):
+            await asyncio.to_thread(
+                bootstrap.fetch_pinned_ca, "127.0.0.1", port, pki.ca_hash(other.cert_pem)
+            )
+        client = grpc.ssl_channel_credentials(pinned)
+        options = [("grpc.ssl_target_name_override", name)]
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", client, options=options) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await kat_pb2_grpc.NodeAgentStub(ch).Status(kat_pb2.Empty(), timeout=5)

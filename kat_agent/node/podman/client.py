@@ -439,6 +439,15 @@ class PodmanAPI:
                 resp.close()
         return resp
 
+    async def container_stats(self, container_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """One stats sample (libpod format: CPUNano, SystemNano, MemUsage, ...) of each
+        container; gone or stopped ones are left out."""
+        params = {"containers": list(container_ids), "stream": "false"}
+        _, data = await self.call_json(
+            "GET", "containers/stats", what="container stats", params=params
+        )
+        return [s for s in (data or {}).get("Stats") or [] if isinstance(s, dict)]
+
     # ------------------------------------------------------------ exec
 
     async def exec_create(self, container_id: str, body: Mapping[str, Any], what: str) -> str:

@@ -20,8 +20,11 @@ from datetime import UTC, datetime
 
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.observe import ObservedContainer
-from kat_agent.node.podman.runtime import RuntimeBackend
+from kat_agent.node.podman.runtime import ContainerStats, RuntimeBackend
 from kat_agent.node.podman.spec import InstanceSpec
+
+FAKE_CPU_CORES = 0.25
+FAKE_MEMORY_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,18 @@ class FakeRuntime:
         """The fake's lines are all stdout and carry no time."""
         async for line in self.logs(container_id, follow=follow, tail=tail):
             yield 1, line
+
+    async def stats(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        """The fake's running containers use a quarter of a core and 8 MiB."""
+        self._check("stats", "")
+        now = self.clock()
+        out = {}
+        for cid in container_ids:
+            c = self.containers.get(cid)
+            if c is not None and c.observed.running:
+                cpu = int((now - c.started) * 1e9 * FAKE_CPU_CORES)
+                out[cid] = ContainerStats(cpu, int(now * 1e9), FAKE_MEMORY_BYTES, 0)
+        return out
 
     async def exec_stream(
         self,

@@ -36,11 +36,23 @@ from kat_agent.node.podman.client import PodmanAPI, Response, frames
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE, VolumePreparer
 from kat_agent.node.podman.observe import ObservedContainer
+from kat_agent.node.podman.orphans import end_container_processes
 from kat_agent.node.podman.spec import LABEL_MANAGED, InstanceSpec, create_body
 
 log = logging.getLogger(__name__)
 
 EXEC_OUTPUT_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """One sample of Podman's stats: cpu time used so far and the clock it was read at
+    (both ns; two samples give the cpu use between them), and memory in use and allowed."""
+
+    cpu_nanos: int
+    system_nanos: int
+    memory_bytes: int
+    memory_limit_bytes: int
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,10 @@ class ContainerRuntime(Protocol):
         tty: bool = False,
         sizes: asyncio.Queue[tuple[int, int]] | None = None,
     ) -> int: ...
+
+    async def stats(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        """One sample per running container, by container id."""
+        ...
 
 
 class RuntimeBackend(Protocol):
@@ -307,11 +323,27 @@ class Runtime:
 
     async def remove(self, container_id: str, *, force: bool = False) -> None:
         """Remove the container; gone already is fine. `force` also removes a running
-        one, killing it at once (SIGKILL): `stop` it first to give it a grace period."""
+        one, killing it at once (SIGKILL): `stop` it first to give it a grace period.
+        Processes of it that still run here although Podman lost sight of them are ended."""
         params: dict[str, Any] = {"force": force, "v": True}
         if force:
             params["timeout"] = 0
         await self.api.container_remove(container_id, params)
+        # What Podman no longer knew as running may still run (orphans.py): end it too.
+        await asyncio.to_thread(end_container_processes, container_id)
+
+    async def stats(self, container_ids: Sequence[str]) -> dict[str, ContainerStats]:
+        if not container_ids:
+            return {}
+        return {
+            str(s.get("ContainerID", "")): ContainerStats(
+                cpu_nanos=int(s.get("CPUNano") or 0),
+                system_nanos=int(s.get("SystemNano") or 0),
+                memory_bytes=int(s.get("MemUsage") or 0),
+                memory_limit_bytes=int(s.get("MemLimit") or 0),
+            )
+            for s in await self.api.container_stats(container_ids)
+        }
 
     # ------------------------------------------------------------ logs and exec
 

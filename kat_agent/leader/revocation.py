@@ -1,0 +1,119 @@
+"""Certificates that must stop working now: revoked admins (checked on every call,
+from a set kept current by an etcd watch, so a check costs one set lookup) and the
+open streams of removed nodes (cut with PERMISSION_DENIED the moment the node goes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+
+from internal.state.etcd_values import EtcdError
+from internal.state.kv import Compacted, EventType
+from internal.state.store import Store
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 1.0
+
+
+class Revocations:
+    """The hashes of revoked certificates (/kat/pki/revoked/), followed by a watch."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._revoked: set[str] = set()
+        self.loaded = asyncio.Event()
+
+    def is_revoked(self, certificate_sha256: str) -> bool:
+        return certificate_sha256 in self._revoked
+
+    def add(self, certificate_sha256: str) -> None:
+        """Effective at once on this member (the watch brings it to the others)."""
+        self._revoked.add(certificate_sha256)
+
+    async def run(self) -> None:
+        """Reconcile loop: list, then watch from the listed revision; again from a fresh
+        list after a compaction or an etcd failure (revocations are never undone, so a
+        set that only grows between lists is never wrong)."""
+        while True:
+            try:
+                items, revision = await self._store.list_revocations()
+                self._revoked = {r.certificate_sha256 for r in items}
+                self.loaded.set()
+                async for ev in self._store.watch_revocations(revision + 1):
+                    if ev.type == EventType.PUT and ev.msg is not None:
+                        self._revoked.add(ev.msg.certificate_sha256)
+            except (Compacted, EtcdError) as exc:
+                log.warning("revocation watch restarts: %s", exc)
+            await asyncio.sleep(RETRY_SECONDS)
+
+    async def check(self, context: grpc.aio.ServicerContext, certificate_sha256: str) -> None:
+        """Abort the call if its certificate is revoked (or, fail closed, if the list
+        was never read)."""
+        if not self.loaded.is_set():
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "certificate revocations not loaded yet; retry"
+            )
+        if certificate_sha256 in self._revoked:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this certificate is revoked")
+
+
+class StreamCutter:
+    """The open streams of each node, to end them when the node is removed."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, set[asyncio.Event]] = {}
+
+    @contextlib.contextmanager
+    def opened(self, node: str) -> Iterator[asyncio.Event]:
+        cut = asyncio.Event()
+        self._open.setdefault(node, set()).add(cut)
+        try:
+            yield cut
+        finally:
+            streams = self._open.get(node)
+            if streams is not None:
+                streams.discard(cut)
+                if not streams:
+                    del self._open[node]
+
+    def cut(self, node: str) -> None:
+        for event in self._open.get(node, ()):
+            event.set()
+
+    def count(self, node: str) -> int:
+        return len(self._open.get(node, ()))
+
+
+class StreamCut(Exception):
+    """The stream's node was removed while it was open."""
+
+
+async def until_cut(items: AsyncIterator[object], cut: asyncio.Event) -> AsyncIterator[object]:
+    """`items` until they end or `cut` is set (then StreamCut, after closing `items`)."""
+    waiter = asyncio.ensure_future(cut.wait())
+    it = aiter(items)
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(it))
+            done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if step not in done:
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                raise StreamCut
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        waiter.cancel()
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):
+                await aclose()

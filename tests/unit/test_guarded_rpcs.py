@@ -1,0 +1,66 @@
+"""Every leader RPC goes through a guard of kat_agent/leader/guards.py: that is where
+revoked admin certificates and removed nodes' certificates are refused on every call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from api.v1alpha1 import kat_pb2
+from kat_agent.leader.agent_api import AgentAPI
+from kat_agent.leader.cluster_api import ClusterAPI
+from kat_agent.leader.revocation import StreamCut, StreamCutter, until_cut
+
+
+@pytest.mark.parametrize("servicer", [ClusterAPI, AgentAPI])
+def test_every_rpc_method_is_guarded(servicer: type) -> None:
+    service = kat_pb2.DESCRIPTOR.services_by_name[servicer.__name__]
+    unguarded = [
+        m.name
+        for m in service.methods
+        if not getattr(getattr(servicer, m.name), "__kat_guarded__", False)
+    ]
+    assert unguarded == []
+
+
+async def test_a_cut_ends_a_waiting_stream_and_closes_it() -> None:
+    closed = asyncio.Event()
+
+    async def forever():  # type: ignore[no-untyped-def]
+        try:
+            yield 1
+            await asyncio.Event().wait()
+            yield 2
+        finally:
+            closed.set()
+
+    streams = StreamCutter()
+    got = []
+    first = asyncio.Event()
+    with streams.opened("n1") as cut:
+        assert streams.count("n1") == 1
+
+        async def consume() -> None:
+            async for item in until_cut(forever(), cut):
+                got.append(item)
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(first.wait(), 5)
+        streams.cut("n2")  # another node: nothing happens
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        streams.cut("n1")
+        with pytest.raises(StreamCut):
+            await asyncio.wait_for(task, 5)
+    assert got == [1] and closed.is_set() and streams.count("n1") == 0
+
+
+async def test_an_uncut_stream_runs_to_its_end() -> None:
+    async def three():  # type: ignore[no-untyped-def]
+        for i in range(3):
+            yield i
+
+    with StreamCutter().opened("n") as cut:
+        assert [i async for i in until_cut(three(), cut)] == [0, 1, 2]
