@@ -1694,7 +1694,7 @@ class AgentAPIStub:
         self.GetIngressCertificates = channel.unary_unary(
                 '/kat.v1alpha1.AgentAPI/GetIngressCertificates',
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.SerializeToString,
-                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.FromString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.FromString,
                 _registered_method=True)
 
 
@@ -1774,7 +1774,7 @@ def add_AgentAPIServicer_to_server(servicer, server):
             'GetIngressCertificates': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIngressCertificates,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.FromString,
-                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.SerializeToString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1939,7 +1939,7 @@ class AgentAPI:
             target,
             '/kat.v1alpha1.AgentAPI/GetIngressCertificates',
             api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.SerializeToString,
-            api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.FromString,
+            api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,14 +72,13 @@ def _leaf_facts(leaf: x509.Certificate) -> tuple[list[str], str]:
     return names, leaf.issuer.rfc4514_string()
 
 
-def describe(host: str, cert_pem: bytes, key_pem: bytes, source: str) -> kat_pb2.IngressCertificate:
+def describe(host: str, cert_pem: bytes, key_pem: bytes, source: str) -> kat_pb2.IngressKeyPair:
     """The record kept for a host (with its key)."""
     leaf = x509.load_pem_x509_certificates(cert_pem)[0]
     names, issuer = _leaf_facts(leaf)
     out = kat_pb2.IngressCertificate(
         host=host,
         cert_pem=cert_pem,
-        key_pem=key_pem,
         sha256=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
         dns_names=names,
         issuer=issuer,
@@ -87,20 +86,19 @@ def describe(host: str, cert_pem: bytes, key_pem: bytes, source: str) -> kat_pb2
     )
     out.not_after.FromDatetime(leaf.not_valid_after_utc)
     out.created.GetCurrentTime()
-    return out
+    return kat_pb2.IngressKeyPair(certificate=out, key_pem=key_pem)
 
 
-def public(cert: kat_pb2.IngressCertificate) -> kat_pb2.IngressCertificate:
-    """The same without the key: what listings and `set` answer with."""
+def public(pair: kat_pb2.IngressKeyPair) -> kat_pb2.IngressCertificate:
+    """The certificate alone: what listings and `set` answer with."""
     out = kat_pb2.IngressCertificate()
-    out.CopyFrom(cert)
-    out.ClearField("key_pem")
+    out.CopyFrom(pair.certificate)
     return out
 
 
 def check_supplied(
     host: str, cert_pem: bytes, key_pem: bytes, now: dt.datetime | None = None
-) -> kat_pb2.IngressCertificate:
+) -> kat_pb2.IngressKeyPair:
     """The record for an operator's certificate, or IngressCertError saying why not."""
     h = normalize_host(host)
     if not cert_pem or len(cert_pem) > MAX_CERT_BYTES:
@@ -135,7 +133,7 @@ def check_supplied(
     return describe(h, cert_pem.strip() + b"\n", key_pem.strip() + b"\n", "supplied")
 
 
-def issue(ca_cert: bytes, ca_key: bytes, host: str) -> kat_pb2.IngressCertificate:
+def issue(ca_cert: bytes, ca_key: bytes, host: str) -> kat_pb2.IngressKeyPair:
     """A certificate from the cluster CA for `host` (the CA's certificate appended)."""
     h = normalize_host(host)
     pair = pki.issue_certificate(
@@ -150,6 +148,6 @@ def issue(ca_cert: bytes, ca_key: bytes, host: str) -> kat_pb2.IngressCertificat
     return describe(h, chain, pair.key_pem.strip() + b"\n", "cluster-ca")
 
 
-def needs_renewal(cert: kat_pb2.IngressCertificate, now: dt.datetime | None = None) -> bool:
+def needs_renewal(pair: kat_pb2.IngressKeyPair, now: dt.datetime | None = None) -> bool:
     when = now or dt.datetime.now(dt.UTC)
-    return cert.not_after.ToDatetime(dt.UTC) - when < RENEW_BEFORE
+    return pair.certificate.not_after.ToDatetime(dt.UTC) - when < RENEW_BEFORE

@@ -18,7 +18,7 @@ Key layout (values are serialized protobuf unless noted):
     /kat/revisions/<ns>/<name>/<rev, 10 digits> WorkloadRevision
     /kat/instances/<ns>/<workload>/<id>         Instance
     /kat/tokens/<id>                            JoinToken
-    /kat/ingress/certs/<host>                   IngressCertificate (with its key): served
+    /kat/ingress/certs/<host>                   IngressKeyPair (certificate and key): served
                                                 only to ingress nodes, never listed with it
     /kat/events/<ns or "_">/<unix ns, 20 digits>-<id>
                                                 Event, on a shared lease so it expires;

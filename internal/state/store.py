@@ -207,17 +207,17 @@ class Store(WorkloadRecords, AuditRecords, PkiRecords):
 
     # ------------------------------------------------------------ ingress certificates
 
-    async def get_ingress_cert(self, host: str) -> kat_pb2.IngressCertificate | None:
-        found = await self.get(ingress_cert_key(host), kat_pb2.IngressCertificate)
+    async def get_ingress_cert(self, host: str) -> kat_pb2.IngressKeyPair | None:
+        found = await self.get(ingress_cert_key(host), kat_pb2.IngressKeyPair)
         return None if found is None else found.msg
 
-    async def list_ingress_certs(self) -> builtins.list[kat_pb2.IngressCertificate]:
-        return [v.msg for v in await self.list(INGRESS_CERTS, kat_pb2.IngressCertificate)]
+    async def list_ingress_certs(self) -> builtins.list[kat_pb2.IngressKeyPair]:
+        return [v.msg for v in await self.list(INGRESS_CERTS, kat_pb2.IngressKeyPair)]
 
-    async def put_ingress_cert(self, cert: kat_pb2.IngressCertificate) -> None:
-        """Create or replace the host's certificate (last writer wins)."""
-        key = ingress_cert_key(cert.host)
-        found = await self.get(key, kat_pb2.IngressCertificate)
+    async def put_ingress_cert(self, cert: kat_pb2.IngressKeyPair) -> None:
+        """Create or replace the host's certificate and key (last writer wins)."""
+        key = ingress_cert_key(cert.certificate.host)
+        found = await self.get(key, kat_pb2.IngressKeyPair)
         if found is None:
             await self.create(key, cert)
         else:

@@ -418,7 +418,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         request: kat_pb2.IngressCertificatesRequest,
         context: grpc.aio.ServicerContext,
         cn: str,
-    ) -> kat_pb2.IngressCertificateList:
+    ) -> kat_pb2.IngressKeyPairList:
         from kat_agent.leader.ingress_certs import certificates_for_node
 
         await self.lc.require_leader(context)

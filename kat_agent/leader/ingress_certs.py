@@ -45,23 +45,24 @@ class IngressCertsAPI:
         except ic.IngressCertError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self.lc.store.put_ingress_cert(record)
+        cert = ic.public(record)
         await self.lc.store.record_event(
             new_event(
                 "IngressCertificateSet",
-                f"certificate {record.sha256[:16]} (until {record.not_after.ToJsonString()})",
+                f"certificate {cert.sha256[:16]} (until {cert.not_after.ToJsonString()})",
                 kind="Ingress",
-                name=record.host,
+                name=cert.host,
             )
         )
-        log.info("ingress certificate for %s set (%s)", record.host, record.sha256[:16])
-        return ic.public(record)
+        log.info("ingress certificate for %s set (%s)", cert.host, cert.sha256[:16])
+        return cert
 
     @admin
     async def ListIngressCertificates(
         self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext
     ) -> kat_pb2.IngressCertificateList:
-        items = sorted(await self.lc.store.list_ingress_certs(), key=lambda c: c.host)
-        return kat_pb2.IngressCertificateList(items=[ic.public(c) for c in items])
+        items = [ic.public(p) for p in await self.lc.store.list_ingress_certs()]
+        return kat_pb2.IngressCertificateList(items=sorted(items, key=lambda c: c.host))
 
     @admin
     async def RemoveIngressCertificate(
@@ -83,7 +84,7 @@ async def certificates_for_node(
     request: kat_pb2.IngressCertificatesRequest,
     context: grpc.aio.ServicerContext,
     require_current_node: Callable[[], Awaitable[None]],
-) -> kat_pb2.IngressCertificateList:
+) -> kat_pb2.IngressKeyPairList:
     """The AgentAPI half: certificates with keys for an ingress node's tls hosts."""
     await require_current_node()
     node = lc.registry.get(cn)
@@ -100,10 +101,10 @@ async def certificates_for_node(
         hosts = sorted({ic.normalize_host(h) for h in request.hosts})
     except ic.IngressCertError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    out = kat_pb2.IngressCertificateList()
+    out = kat_pb2.IngressKeyPairList()
     for host in hosts:
         cert = await lc.store.get_ingress_cert(host)
-        if cert is None or (cert.source == "cluster-ca" and ic.needs_renewal(cert)):
+        if cert is None or (cert.certificate.source == "cluster-ca" and ic.needs_renewal(cert)):
             if lc.ca_key is None:
                 continue  # this member cannot sign; the host stays on plain HTTP
             try:

@@ -88,7 +88,7 @@ async def serve_node_api(dd: DataDir, address: str, runtime: NodeRuntime, agent:
 def ingress_cert_fetcher(agent: Agent, node_name: str) -> CertFetcher:
     """The ingress node's certificates (with keys) for its tls hosts, from the leader."""
 
-    async def fetch(hosts: Sequence[str]) -> list[kat_pb2.IngressCertificate]:
+    async def fetch(hosts: Sequence[str]) -> list[kat_pb2.IngressKeyPair]:
         if not agent.connected.is_set():
             raise RuntimeError("the leader is not reachable")
         request = kat_pb2.IngressCertificatesRequest(node_name=node_name, hosts=hosts)

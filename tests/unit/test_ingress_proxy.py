@@ -188,7 +188,8 @@ async def test_tls_host_serves_the_supplied_certificate_and_redirects(
     async def fetch(hosts):  # type: ignore[no-untyped-def]
         asked.append(list(hosts))
         cert, key = serving[0]
-        return [kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert, key_pem=key)]
+        c = kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert)
+        return [kat_pb2.IngressKeyPair(certificate=c, key_pem=key)]
 
     http_port, https_port = free_port(), free_port()
     work = tmp_path / "ingress"

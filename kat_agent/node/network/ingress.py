@@ -42,7 +42,7 @@ DEFAULT_HTTP_PORT = 80
 DEFAULT_HTTPS_PORT = 443
 CERT_REFRESH_SECONDS = 10.0
 
-CertFetcher = Callable[[Sequence[str]], Awaitable[Sequence[kat_pb2.IngressCertificate]]]
+CertFetcher = Callable[[Sequence[str]], Awaitable[Sequence[kat_pb2.IngressKeyPair]]]
 
 
 class IngressProxy:
@@ -119,9 +119,10 @@ class IngressProxy:
         got: dict[str, bytes] = {}
         if hosts and self.fetch_certs is not None:
             try:
-                for c in await self.fetch_certs(sorted(hosts)):
-                    if c.host in hosts and c.cert_pem and c.key_pem:
-                        got[file_stem(c.host)] = c.cert_pem + c.key_pem
+                for pair in await self.fetch_certs(sorted(hosts)):
+                    c = pair.certificate
+                    if c.host in hosts and c.cert_pem and pair.key_pem:
+                        got[file_stem(c.host)] = c.cert_pem + pair.key_pem
             except Exception as exc:  # noqa: BLE001 - the files already there keep serving
                 log.warning("ingress: cannot fetch certificates (keeping the current): %s", exc)
         return await asyncio.to_thread(self._write_certs, wanted, got)
