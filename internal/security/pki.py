@@ -44,6 +44,9 @@ ROLE_ETCD = "kat:etcd"
 # Reads /metrics on every agent and nothing else (no gRPC service accepts it).
 ROLE_MONITORING = "kat:monitoring"
 ROLE_JOIN = "kat:join"
+# HTTPS certificates the cluster CA issues for ingress hosts: server only, so such a
+# certificate can never authenticate a client to KAT's own APIs.
+ROLE_INGRESS = "kat:ingress"
 
 _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_ADMIN: (ExtendedKeyUsageOID.CLIENT_AUTH,),
@@ -51,6 +54,7 @@ _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_ETCD: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_MONITORING: (ExtendedKeyUsageOID.CLIENT_AUTH,),
     ROLE_JOIN: (ExtendedKeyUsageOID.SERVER_AUTH,),
+    ROLE_INGRESS: (ExtendedKeyUsageOID.SERVER_AUTH,),
 }
 ROLES = tuple(_USAGES)
 

@@ -18,6 +18,9 @@ ROLE_MONITORING = "kat:monitoring"  # /metrics only (internal/observability/metr
 LEADER_KEY = "kat-leader"
 # Trailing metadata key the leader sets to the API endpoints of all members.
 ENDPOINTS_KEY = "kat-endpoints"
+# Trailing metadata of a refusal because the caller's node certificate is no longer its
+# node's (the node was removed): the agent leaves the cluster when it keeps hearing it.
+REVOKED_KEY = "kat-revoked"
 
 # Liveness of every long-lived channel and stream. A silent peer (a cable pulled, a
 # link down, a NAT that forgot us: nothing closes the socket) is noticed within

@@ -259,6 +259,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         await require_own_node(self, cn, name, context, action)
         bound = self.lc.registry.bound_certificate(cn)
         if bound is None or (bound and bound != rpc.peer_certificate_sha256(context)):
+            context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",
@@ -410,6 +411,26 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
 
         async for view in stream_endpoints(self.lc, context):
             yield view
+
+    @node
+    async def GetIngressCertificates(
+        self,
+        request: kat_pb2.IngressCertificatesRequest,
+        context: grpc.aio.ServicerContext,
+        cn: str,
+    ) -> kat_pb2.IngressKeyPairList:
+        from kat_agent.leader.ingress_certs import certificates_for_node
+
+        await self.lc.require_leader(context)
+        return await certificates_for_node(
+            self.lc,
+            cn,
+            request,
+            context,
+            lambda: self._require_current_node(
+                cn, request.node_name, context, "get ingress certificates of"
+            ),
+        )
 
 
 def _is_ip(text: str) -> bool:

@@ -49,6 +49,7 @@ async def _check_node(servicer: _Servicer, context: grpc.aio.ServicerContext) ->
     digest = rpc.peer_certificate_sha256(context)
     bound = lc.registry.bound_certificate(cn)
     if bound is None or (bound and bound != digest) or lc.revocations.is_revoked(digest):
+        context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))  # the agent leaves on it
         await context.abort(
             grpc.StatusCode.PERMISSION_DENIED,
             f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",
@@ -151,6 +152,7 @@ def node_stream(fn: NodeStreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
                     yield item  # type: ignore[misc]
             except StreamCut:
                 log.info("cut a %s stream of removed node %s", fn.__name__, cn)
+                context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"node {cn!r} was removed from the cluster; its certificate is revoked",

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import grpc
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # Kept back from the machine's capacity for the system and KAT itself.
 RESERVED_CPU_MILLIS = 100
+REMOVED_AFTER_SECONDS = 10.0
 RESERVED_MEMORY_BYTES = 256 * 1024 * 1024
 
 
@@ -121,6 +123,11 @@ class Agent:
         self.leader_node = ""  # the leader's node name, as its last answer said
         # Called when the link to the leader comes up or goes down (detached operation).
         self.on_link_change: Callable[[], None] = lambda: None
+        # Called once the leader has refused this node's certificate as revoked (the
+        # node was removed) on every beat for REMOVED_AFTER_SECONDS.
+        self.on_removed: Callable[[], None] = lambda: None
+        self._revoked_since: float | None = None
+        self.removed = False
 
     def beat_now(self) -> None:
         self._wake.set()
@@ -155,6 +162,7 @@ class Agent:
             return None
         assert isinstance(resp, kat_pb2.HeartbeatResponse)
         self.leader_node = resp.leader_node
+        self._revoked_since = None
         if not self.connected.is_set():
             log.info("connected to leader %s", resp.leader_node)
             self.session += 1
@@ -186,6 +194,21 @@ class Agent:
         self.link.failed(rpc.leader_from_status(code, trailing))
         if was_connected:
             self.on_link_change()
+        self._note_revoked(any(k == rpc.REVOKED_KEY for k, _ in trailing or ()))
+
+    def _note_revoked(self, revoked: bool) -> None:
+        """One refusal is not enough (a leader that has just taken over could be
+        wrong for a moment): refusals for REMOVED_AFTER_SECONDS without a beat accepted
+        in between (other failures, such as a follower's redirect, do not count)."""
+        now = time.monotonic()
+        if not revoked:
+            return
+        if self._revoked_since is None:
+            self._revoked_since = now
+        elif now - self._revoked_since >= REMOVED_AFTER_SECONDS and not self.removed:
+            log.warning("this node was removed from the cluster (its certificate is revoked)")
+            self.removed = True
+            self.on_removed()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -90,6 +90,8 @@ class NodeRuntime:
         # The overlay address of an instance whose network KAT plumbs itself (rootless;
         # kat_agent/node/network/instance_net.py), for instances Podman gives none.
         self.plumbed_ip: Callable[[str], str] = lambda instance_id: ""
+        # That plumbing runs: rootless containers reach the node's DNS over kat0 too.
+        self.plumbs_rootless = False
 
     # ------------------------------------------------------------ reporting
 
@@ -429,7 +431,7 @@ class NodeRuntime:
             self._set_activity(st, P.STARTING, "")
             ispec = InstanceSpec.from_proto(inst, spec, image=image, network=backend.network)
             ispec = dataclasses.replace(ispec, extra_labels=node_labels(a))
-            if backend.network:
+            if backend.network or (self.plumbs_rootless and backend.rootless):
                 # The node's DNS (kat_agent/node/network/dns.py) with the cluster search path.
                 servers, search = self.settings.container_dns(inst.namespace)
                 ispec = dataclasses.replace(ispec, dns_servers=servers, dns_search=search)
