@@ -455,6 +455,7 @@ async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> Node
         resp = await bootstrap.join_cluster(dd, leader, token, req)
     except bootstrap.JoinError as exc:
         raise StartupError(str(exc)) from None
+    dd.left_marker.unlink(missing_ok=True)  # a member again: its network parts come back
     if opts.etcd_member:
         from internal.security import sealing
 

@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.node_cmd",
     "katcall.label_cmd",
     "katcall.ingress_cmd",
+    "katcall.ingress_cert_cmd",
     "katcall.token_cmd",
     "katcall.admin_cmd",
     "katcall.config_cmd",

@@ -273,6 +273,21 @@ class Client:
     ) -> pb.EndpointSet:
         return self._unary("GetEndpoints", request, timeout)
 
+    def set_ingress_certificate(
+        self, request: pb.IngressCertificateRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.IngressCertificate:
+        return self._unary("SetIngressCertificate", request, timeout)
+
+    def list_ingress_certificates(
+        self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.IngressCertificateList:
+        return self._unary("ListIngressCertificates", request, timeout)
+
+    def remove_ingress_certificate(
+        self, request: pb.IngressCertificateRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.Empty:
+        return self._unary("RemoveIngressCertificate", request, timeout)
+
     def get_cluster_info(
         self, request: pb.ClusterInfoRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.ClusterInfo:

@@ -311,9 +311,26 @@ def _partition(c: DevCluster, bundle: Bundle, key: str, fault: str, loss_timeout
             )
             if took is not None:
                 result.timings["instances replaced elsewhere"] = took
-            kept = len(podman_running(c, key, name))
+            running = podman_running(c, key, name)
+            kept = len(running)
             result.checks["partitioned node kept its containers"] = kept >= mine
             result.notes.append(f"{node}: {mine} copies before, {kept} while partitioned")
+            if running:
+                # Cut off from the leader, the node still restarts what fails (detached).
+                subprocess.run(
+                    [*podman_args(c, key), "rm", "-f", running[0]],
+                    capture_output=True,
+                    timeout=60,
+                )
+                back = wait_for(
+                    lambda: len(set(podman_running(c, key, name)) - {running[0]}) >= kept,
+                    60,
+                )
+                result.checks["a container removed while cut off is back within 15 s"] = (
+                    back is not None and back <= 15
+                )
+                if back is not None:
+                    result.timings["removed while cut off, back"] = back
         t = wait_for(lambda: converged(c, name, replicas), 60)
         result.checks["exactly the desired copies within 30 s"] = t is not None and t <= 30
         if t is not None:
@@ -406,6 +423,51 @@ def fault_kill_podman(c: DevCluster, bundle: Bundle) -> Result:
     return result
 
 
+def _monitors(ids: list[str]) -> list[str]:
+    """Those of the container ids whose conmon still runs (the container's processes)."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith("conmon") and "-c" in argv:
+                cid = argv[argv.index("-c") + 1] if argv.index("-c") + 1 < len(argv) else ""
+                alive += [i for i in ids if cid.startswith(i)]
+    return alive
+
+
+def fault_podman_forgets(c: DevCluster, bundle: Bundle) -> Result:
+    """Podman loses its view of running containers (its tmp dir, where it notes that it
+    has run since boot, wiped; its service killed): the next Podman "refreshes" every
+    container to stopped while their processes run on. KAT must end those processes and
+    run the desired copies again, once each."""
+    key = follower_with_copy(c, bundle.name, or_leader=True)
+    result = Result(f"Podman forgets its running containers ({key})")
+    with recording(result):
+        before = podman_running(c, key, bundle.name)
+        tmp = Path(c.node(key)["data_dir"]) / "podman" / "tmp"
+        t0 = time.monotonic()
+        for entry in tmp.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        for pid in _podman_service_pids(c, key):
+            os.kill(pid, signal.SIGKILL)
+        t = wait_for(
+            lambda: not _monitors(before) and converged(c, bundle.name, bundle.replicas), 60
+        )
+        result.checks["old processes ended, desired copies ready"] = t is not None
+        if t is None:
+            result.notes.append(f"still running: {_monitors(before)}")
+            result.notes.append(f"copies: {podman_copies(c, bundle.name)}")
+        else:
+            result.timings["desired copies ready, old ones gone"] = time.monotonic() - t0
+    return result
+
+
 def fault_kill_leader_during_applies(
     c: DevCluster, bundle: Bundle, count: int = 40, kill_after: int = 10
 ) -> Result:
@@ -475,6 +537,7 @@ FAULTS: dict[str, Callable[[DevCluster, Bundle], Result]] = {
     "kill-leader-applies": fault_kill_leader_during_applies,
     "kill-podman": fault_kill_podman,
     "remove-container": fault_remove_container,
+    "podman-forgets": fault_podman_forgets,
 }
 
 

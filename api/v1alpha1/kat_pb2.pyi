@@ -1287,6 +1287,64 @@ class CertificateRevocation(_message.Message):
     revoked_by: str
     def __init__(self, certificate_sha256: _Optional[str] = ..., common_name: _Optional[str] = ..., role: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
 
+class IngressCertificate(_message.Message):
+    __slots__ = ("host", "cert_pem", "sha256", "not_after", "dns_names", "issuer", "source", "created")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    cert_pem: bytes
+    sha256: str
+    not_after: _timestamp_pb2.Timestamp
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    issuer: str
+    source: str
+    created: _timestamp_pb2.Timestamp
+    def __init__(self, host: _Optional[str] = ..., cert_pem: _Optional[bytes] = ..., sha256: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dns_names: _Optional[_Iterable[str]] = ..., issuer: _Optional[str] = ..., source: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class IngressKeyPair(_message.Message):
+    __slots__ = ("certificate", "key_pem")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate: IngressCertificate
+    key_pem: bytes
+    def __init__(self, certificate: _Optional[_Union[IngressCertificate, _Mapping]] = ..., key_pem: _Optional[bytes] = ...) -> None: ...
+
+class IngressKeyPairList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[IngressKeyPair]
+    def __init__(self, items: _Optional[_Iterable[_Union[IngressKeyPair, _Mapping]]] = ...) -> None: ...
+
+class IngressCertificateRequest(_message.Message):
+    __slots__ = ("host", "cert_pem", "key_pem")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    cert_pem: bytes
+    key_pem: bytes
+    def __init__(self, host: _Optional[str] = ..., cert_pem: _Optional[bytes] = ..., key_pem: _Optional[bytes] = ...) -> None: ...
+
+class IngressCertificateList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[IngressCertificate]
+    def __init__(self, items: _Optional[_Iterable[_Union[IngressCertificate, _Mapping]]] = ...) -> None: ...
+
+class IngressCertificatesRequest(_message.Message):
+    __slots__ = ("node_name", "hosts")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_name: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
     __slots__ = ("token", "csr_pem", "advertise_address", "hostname", "labels", "etcd_member", "capacity", "wireguard_public_key", "node_name", "etcd_server_csr_pem", "etcd_client_csr_pem")
     class LabelsEntry(_message.Message):

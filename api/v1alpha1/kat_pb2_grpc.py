@@ -205,6 +205,21 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.TopRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.TopResponse.FromString,
                 _registered_method=True)
+        self.SetIngressCertificate = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/SetIngressCertificate',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificate.FromString,
+                _registered_method=True)
+        self.ListIngressCertificates = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/ListIngressCertificates',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.FromString,
+                _registered_method=True)
+        self.RemoveIngressCertificate = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/RemoveIngressCertificate',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.Empty.FromString,
+                _registered_method=True)
         self.ListCertificates = channel.unary_unary(
                 '/kat.v1alpha1.ClusterAPI/ListCertificates',
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
@@ -426,6 +441,26 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetIngressCertificate(self, request, context):
+        """HTTPS certificates of ingress hosts (`katcall ingress cert set|list|remove`). The
+        private key goes in and never comes out of ClusterAPI: listings carry no key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIngressCertificates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveIngressCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCertificates(self, request, context):
         """Every leaf certificate the cluster CA issued that has not expired yet.
         """
@@ -605,6 +640,21 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.ListInstanceStats,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.TopRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.TopResponse.SerializeToString,
+            ),
+            'SetIngressCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetIngressCertificate,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificate.SerializeToString,
+            ),
+            'ListIngressCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIngressCertificates,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.SerializeToString,
+            ),
+            'RemoveIngressCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveIngressCertificate,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.Empty.SerializeToString,
             ),
             'ListCertificates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCertificates,
@@ -1542,6 +1592,87 @@ class ClusterAPI:
             _registered_method=True)
 
     @staticmethod
+    def SetIngressCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/SetIngressCertificate',
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIngressCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/ListIngressCertificates',
+            api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveIngressCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/RemoveIngressCertificate',
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListCertificates(request,
             target,
             options=(),
@@ -1603,6 +1734,11 @@ class AgentAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
                 _registered_method=True)
+        self.GetIngressCertificates = channel.unary_unary(
+                '/kat.v1alpha1.AgentAPI/GetIngressCertificates',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.FromString,
+                _registered_method=True)
         self.RenewCertificate = channel.unary_unary(
                 '/kat.v1alpha1.AgentAPI/RenewCertificate',
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateRequest.SerializeToString,
@@ -1646,6 +1782,14 @@ class AgentAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetIngressCertificates(self, request, context):
+        """The certificates and keys of the given tls hosts: only for a node labelled
+        kat.dws.rip/ingress=true; an operator-supplied one, else one the cluster CA issues.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RenewCertificate(self, request, context):
         """A node (or an admin) renews its certificate (see RenewCertificateRequest).
         """
@@ -1680,6 +1824,11 @@ def add_AgentAPIServicer_to_server(servicer, server):
                     servicer.WatchEndpoints,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.SerializeToString,
+            ),
+            'GetIngressCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIngressCertificates,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.SerializeToString,
             ),
             'RenewCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewCertificate,
@@ -1822,6 +1971,33 @@ class AgentAPI:
             '/kat.v1alpha1.AgentAPI/WatchEndpoints',
             api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIngressCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.AgentAPI/GetIngressCertificates',
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.FromString,
             options,
             channel_credentials,
             insecure,

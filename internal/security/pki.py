@@ -51,6 +51,9 @@ ROLE_MONITORING = "kat:monitoring"
 ROLE_API = "kat:api"
 API_SERVER_NAME = "api.kat.internal"
 ROLE_JOIN = "kat:join"
+# HTTPS certificates the cluster CA issues for ingress hosts: server only, so such a
+# certificate can never authenticate a client to KAT's own APIs.
+ROLE_INGRESS = "kat:ingress"
 
 _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_ADMIN: (ExtendedKeyUsageOID.CLIENT_AUTH,),
@@ -59,6 +62,7 @@ _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_MONITORING: (ExtendedKeyUsageOID.CLIENT_AUTH,),
     ROLE_API: (ExtendedKeyUsageOID.SERVER_AUTH,),
     ROLE_JOIN: (ExtendedKeyUsageOID.SERVER_AUTH,),
+    ROLE_INGRESS: (ExtendedKeyUsageOID.SERVER_AUTH,),
 }
 ROLES = tuple(_USAGES)
 

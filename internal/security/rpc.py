@@ -23,6 +23,9 @@ API_SERVER_NAME = "api.kat.internal"
 LEADER_KEY = "kat-leader"
 # Trailing metadata key the leader sets to the API endpoints of all members.
 ENDPOINTS_KEY = "kat-endpoints"
+# Trailing metadata of a refusal because the caller's node certificate is no longer its
+# node's (the node was removed): the agent leaves the cluster when it keeps hearing it.
+REVOKED_KEY = "kat-revoked"
 
 # Liveness of every long-lived channel and stream. A silent peer (a cable pulled, a
 # link down, a NAT that forgot us: nothing closes the socket) is noticed within

@@ -21,6 +21,8 @@ Key layout (values are serialized protobuf unless noted):
     /kat/revisions/<ns>/<name>/<rev, 10 digits> WorkloadRevision
     /kat/instances/<ns>/<workload>/<id>         Instance
     /kat/tokens/<id>                            JoinToken
+    /kat/ingress/certs/<host>                   IngressKeyPair (certificate and key): served
+                                                only to ingress nodes, never listed with it
     /kat/events/<ns or "_">/<unix ns, 20 digits>-<id>
                                                 Event, on a shared lease so it expires;
                                                 "_" holds events of cluster-scoped objects
@@ -46,6 +48,7 @@ WORKLOADS = "/kat/workloads/"
 REVISIONS = "/kat/revisions/"
 INSTANCES = "/kat/instances/"
 TOKENS = "/kat/tokens/"
+INGRESS_CERTS = "/kat/ingress/certs/"
 EVENTS = "/kat/events/"
 AUDIT = "/kat/audit/"  # /kat/audit/<unix ns, 20 digits>-<id>: sorted by time, no lease
 CLUSTER_SCOPE = "_"  # the events "namespace" of cluster-scoped objects
@@ -110,6 +113,10 @@ def revoked_key(certificate_sha256: str) -> str:
 
 def token_key(token_id: str) -> str:
     return TOKENS + segment(token_id, "token id")
+
+
+def ingress_cert_key(host: str) -> str:
+    return INGRESS_CERTS + segment(host, "ingress host")
 
 
 def subnet_key(cidr: str) -> str:

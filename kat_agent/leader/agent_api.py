@@ -271,6 +271,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         # the certificate before a renewal stays accepted on connections made with it
         renewed_from = self.lc.registry.previous_certificate(cn)
         if bound is None or (bound and held not in (bound, renewed_from)):
+            context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",
@@ -422,6 +423,26 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
 
         async for view in stream_endpoints(self.lc, context):
             yield view
+
+    @node
+    async def GetIngressCertificates(
+        self,
+        request: kat_pb2.IngressCertificatesRequest,
+        context: grpc.aio.ServicerContext,
+        cn: str,
+    ) -> kat_pb2.IngressKeyPairList:
+        from kat_agent.leader.ingress_certs import certificates_for_node
+
+        await self.lc.require_leader(context)
+        return await certificates_for_node(
+            self.lc,
+            cn,
+            request,
+            context,
+            lambda: self._require_current_node(
+                cn, request.node_name, context, "get ingress certificates of"
+            ),
+        )
 
     @guarded  # certificates.renew checks role, revocation, the node's binding, leadership
     async def RenewCertificate(

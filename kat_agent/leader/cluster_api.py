@@ -22,6 +22,7 @@ from internal.version import VERSION
 from kat_agent.leader.admin_api import AdminAPI
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.guards import admin, admin_stream, caller
+from kat_agent.leader.ingress_certs import IngressCertsAPI
 from kat_agent.leader.node_proxy import NodeProxyAPI
 from kat_agent.leader.rollout_api import RolloutAPI
 from kat_agent.leader.stats_proxy import StatsProxyAPI
@@ -36,6 +37,7 @@ class ClusterAPI(
     NodeProxyAPI,
     StatsProxyAPI,
     AdminAPI,
+    IngressCertsAPI,
     kat_pb2_grpc.ClusterAPIServicer,
 ):
     def __init__(self, lc: LeaderContext) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import grpc
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # Kept back from the machine's capacity for the system and KAT itself.
 RESERVED_CPU_MILLIS = 100
+REMOVED_AFTER_SECONDS = 10.0
 RESERVED_MEMORY_BYTES = 256 * 1024 * 1024
 
 
@@ -135,6 +137,13 @@ class Agent:
         self.wireguard_public_key = ""
         self._wake = asyncio.Event()
         self.leader_node = ""  # the leader's node name, as its last answer said
+        # Called when the link to the leader comes up or goes down (detached operation).
+        self.on_link_change: Callable[[], None] = lambda: None
+        # Called once the leader has refused this node's certificate as revoked (the
+        # node was removed) on every beat for REMOVED_AFTER_SECONDS.
+        self.on_removed: Callable[[], None] = lambda: None
+        self._revoked_since: float | None = None
+        self.removed = False
 
     def beat_now(self) -> None:
         self._wake.set()
@@ -169,11 +178,13 @@ class Agent:
             return None
         assert isinstance(resp, kat_pb2.HeartbeatResponse)
         self.leader_node = resp.leader_node
+        self._revoked_since = None
         if not self.connected.is_set():
             log.info("connected to leader %s", resp.leader_node)
             self.session += 1
             self.session_over = asyncio.Event()
-        self.connected.set()
+            self.connected.set()
+            self.on_link_change()
         if resp.api_endpoints and list(resp.api_endpoints) != self.identity.api_endpoints:
             self.link.update_endpoints(list(resp.api_endpoints))
             self.identity.api_endpoints = list(resp.api_endpoints)
@@ -191,16 +202,36 @@ class Agent:
                 details = await stream.details() or details
             else:
                 stream.cancel()
-        level = logging.WARNING if self.connected.is_set() else logging.DEBUG
+        was_connected = self.connected.is_set()
+        level = logging.WARNING if was_connected else logging.DEBUG
         self.connected.clear()
         self.session_over.set()
         if self.link.renewed and code in (None, grpc.StatusCode.CANCELLED):
             self.link.renewed = False
             log.info("heartbeat stream reopened with the renewed certificate")
             self._wake.set()  # beat again at once, on the same endpoint
+            if was_connected:
+                self.on_link_change()
             return
         log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
         self.link.failed(rpc.leader_from_status(code, trailing))
+        if was_connected:
+            self.on_link_change()
+        self._note_revoked(any(k == rpc.REVOKED_KEY for k, _ in trailing or ()))
+
+    def _note_revoked(self, revoked: bool) -> None:
+        """One refusal is not enough (a leader that has just taken over could be
+        wrong for a moment): refusals for REMOVED_AFTER_SECONDS without a beat accepted
+        in between (other failures, such as a follower's redirect, do not count)."""
+        now = time.monotonic()
+        if not revoked:
+            return
+        if self._revoked_since is None:
+            self._revoked_since = now
+        elif now - self._revoked_since >= REMOVED_AFTER_SECONDS and not self.removed:
+            log.warning("this node was removed from the cluster (its certificate is revoked)")
+            self.removed = True
+            self.on_removed()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -89,3 +89,7 @@ def test_wait_follows_the_leader_from_a_follower_endpoint(
 
 def test_removed_container_comes_back(cluster: tuple[DevCluster, chaos.Bundle]) -> None:
     check(chaos.fault_remove_container(*cluster))
+
+
+def test_podman_that_forgets_its_containers(cluster: tuple[DevCluster, chaos.Bundle]) -> None:
+    check(chaos.fault_podman_forgets(*cluster))
