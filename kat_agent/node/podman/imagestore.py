@@ -97,9 +97,10 @@ def detect_driver() -> RootlessDriver:
 
 
 def existing_driver(graphroot: Path) -> str | None:
-    """The driver a user's existing storage was made with ("vfs"/"overlay"), or None."""
-    for name in ("overlay", "vfs"):
-        if (graphroot / f"{name}-images").is_dir():
+    """The driver a user's existing storage was made with ("vfs"/"overlay"), or None.
+    (Podman records it in its database too and refuses to start with another one.)"""
+    for name in ("vfs", "overlay"):
+        if any((graphroot / f"{name}{part}").is_dir() for part in ("", "-containers", "-images")):
             return name
     return None
 

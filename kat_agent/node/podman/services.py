@@ -136,6 +136,15 @@ class NodeSettings:
             opts["data_dir"] = str(self.data_root)
         return opts
 
+    @staticmethod
+    def run_dir_for(data_root: Path) -> Path:
+        """Root's Podman socket directory of the node with this data dir."""
+        run_dir = data_root.absolute() / "agent" / "podman"
+        if len(str(run_dir / "podman.sock")) > MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(data_root.absolute()).encode()).hexdigest()[:12]
+            run_dir = RUN_BASE / digest
+        return run_dir
+
     @classmethod
     def for_node(
         cls,
@@ -146,10 +155,7 @@ class NodeSettings:
         environ: Mapping[str, str] | None = None,
     ) -> NodeSettings:
         env = os.environ if environ is None else environ
-        run_dir = dd.root.absolute() / "agent" / "podman"
-        if len(str(run_dir / "podman.sock")) > MAX_SOCKET_PATH:
-            digest = hashlib.sha256(str(dd.root.absolute()).encode()).hexdigest()[:12]
-            run_dir = RUN_BASE / digest
+        run_dir = cls.run_dir_for(dd.root)
         conf = env.get("CONTAINERS_CONF")
         return cls(
             node_name=identity.name,
