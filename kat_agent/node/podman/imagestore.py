@@ -37,6 +37,8 @@ from pathlib import Path
 
 from internal.host.files import write_atomic
 from kat_agent.node.podman.errors import PodmanServiceError
+from kat_agent.node.podman.service import PodmanStorage
+from kat_agent.node.podman.users import RUNTIME_DIR_BASE, WorkloadUser
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,59 @@ def storage_conf(driver: RootlessDriver, graphroot: Path, runroot: Path, store: 
     return "\n".join(lines) + "\n"
 
 
-def write_storage_conf(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_user_storage_conf(
+    path: Path,
+    user: WorkloadUser,
+    storage: PodmanStorage,
+    driver: RootlessDriver,
+    store: SharedImageStore | None,
+) -> RootlessDriver:
+    """Write the user's storage.conf at `path` (this node's driver and shared store, or
+    vfs for storage that already exists with vfs: Podman cannot switch it) and make its
+    graph root and runroot; the driver it uses. Blocking."""
+    graphroot = storage.root or user.home / ".local" / "share" / "containers" / "storage"
+    runroot = storage.runroot or RUNTIME_DIR_BASE / str(user.uid) / "containers"
+    if existing_driver(graphroot) == "vfs" and driver.name != "vfs":
+        log.warning(
+            "workload user %s keeps its existing vfs storage (%s): Podman cannot switch "
+            "the driver of existing storage",
+            user.username,
+            graphroot,
+        )
+        driver = VFS
+    for d in (graphroot, runroot, path.parent.parent, path.parent):
+        if not d.is_dir():
+            d.mkdir(mode=0o700, parents=True)
+            os.chown(d, user.uid, user.gid)
+    text = storage_conf(driver, graphroot, runroot, store.path if store else None)
     write_atomic(path, text.encode(), 0o644)
+    return driver
+
+
+def shared_store_for(
+    driver: RootlessDriver, tag: str, base: Path = SHARED_STORE_BASE
+) -> SharedImageStore | None:
+    """The node's shared store (prepared) if `driver` reads one; logs the choice. Blocking."""
+    if driver.shared and driver.mount_program:
+        store = SharedImageStore.for_tag(tag, driver.mount_program, base)
+        store.prepare()
+        log.info(
+            "rootless workload storage: overlay via %s, images shared from %s",
+            driver.mount_program,
+            store.path,
+        )
+        return store
+    if driver.name == "vfs":
+        log.warning(
+            "rootless workload storage: vfs (a full image copy per container): neither "
+            "fuse-overlayfs nor unprivileged kernel overlay is available on this node"
+        )
+    else:
+        log.info(
+            "rootless workload storage: kernel overlay, one image copy per workload user "
+            "(install fuse-overlayfs to share one copy per node)"
+        )
+    return None
 
 
 @dataclass(frozen=True)

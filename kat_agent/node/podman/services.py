@@ -55,9 +55,8 @@ from kat_agent.node.podman.imagestore import (
     RootlessDriver,
     SharedImageStore,
     detect_driver,
-    existing_driver,
-    storage_conf,
-    write_storage_conf,
+    shared_store_for,
+    write_user_storage_conf,
 )
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE
 from kat_agent.node.podman.runtime import Runtime
@@ -302,27 +301,10 @@ class PodmanPool:
 
     async def _choose_rootless_storage(self) -> None:
         s = self.settings
-        driver = s.rootless_driver or await asyncio.to_thread(detect_driver)
-        self.driver = driver
-        if driver.shared and driver.mount_program:
-            store = SharedImageStore.for_tag(s.tag, driver.mount_program, s.image_store_base)
-            await asyncio.to_thread(store.prepare)
-            self.image_store = store
-            log.info(
-                "rootless workload storage: overlay via %s, images shared from %s",
-                driver.mount_program,
-                store.path,
-            )
-        elif driver.name == "vfs":
-            log.warning(
-                "rootless workload storage: vfs (a full image copy per container): neither "
-                "fuse-overlayfs nor unprivileged kernel overlay is available on this node"
-            )
-        else:
-            log.info(
-                "rootless workload storage: kernel overlay, one image copy per workload "
-                "user (install fuse-overlayfs to share one copy per node)"
-            )
+        self.driver = s.rootless_driver or await asyncio.to_thread(detect_driver)
+        self.image_store = await asyncio.to_thread(
+            shared_store_for, self.driver, s.tag, s.image_store_base
+        )
 
     def _prepare_dirs(self) -> None:
         s = self.settings
@@ -370,30 +352,8 @@ class PodmanPool:
     def _write_user_storage_conf(
         self, user: WorkloadUser, storage: PodmanStorage
     ) -> tuple[RootlessDriver, Path]:
-        """The user's storage.conf: this node's driver and shared store, except for
-        storage that already exists with another driver (Podman cannot switch it)."""
-        graphroot = storage.root or user.home / ".local" / "share" / "containers" / "storage"
-        runroot = storage.runroot or RUNTIME_DIR_BASE / str(user.uid) / "containers"
-        driver = self.driver or VFS
-        if existing_driver(graphroot) == "vfs" and driver.name != "vfs":
-            log.warning(
-                "workload user %s keeps its existing vfs storage (%s): Podman cannot "
-                "switch the driver of existing storage",
-                user.username,
-                graphroot,
-            )
-            driver = VFS
-        store = self.image_store.path if self.image_store else None
-        for d in (graphroot, runroot):
-            if not d.is_dir():
-                d.mkdir(mode=0o700, parents=True)
-                os.chown(d, user.uid, user.gid)
         path = self.storage_conf_path(user)
-        for d in (path.parent.parent, path.parent):
-            if not d.is_dir():
-                d.mkdir(mode=0o700)
-                os.chown(d, user.uid, user.gid)
-        write_storage_conf(path, storage_conf(driver, graphroot, runroot, store))
+        driver = write_user_storage_conf(path, user, storage, self.driver or VFS, self.image_store)
         return driver, path
 
     def _has_storage(self, user: WorkloadUser) -> bool:
