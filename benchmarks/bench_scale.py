@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -96,21 +97,23 @@ async def node_streams(
         )
 
         async def heartbeat() -> None:
-            while not stop.is_set():
-                await beats.write(beat)
-                await beats.read()
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                while not stop.is_set():
+                    await beats.write(beat)
+                    await beats.read()
+                    try:
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    except TimeoutError:
+                        pass
 
         async def follow() -> None:
             current = None
-            async for update in watch:  # what kat_agent/node/assignments.py does
-                seen.messages += 1
-                seen.bytes += update.ByteSize()
-                current = apply_update(current, update)
-                seen.per_node[name] = len(current.assignments)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for update in watch:  # what kat_agent/node/assignments.py does
+                    seen.messages += 1
+                    seen.bytes += update.ByteSize()
+                    current = apply_update(current, update)
+                    seen.per_node[name] = len(current.assignments)
 
         tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(follow())]
         await stop.wait()
@@ -220,17 +223,25 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
 
         t0 = time.perf_counter()
         nodes = list(await asyncio.gather(*(one(i) for i in range(a.nodes))))
-        print(f"joined {len(nodes)} simulated nodes in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"joined {len(nodes)} simulated nodes in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         seen = Delivered()
         stop = asyncio.Event()
         streams = [asyncio.create_task(node_streams(api, ctx.ca, n, seen, stop)) for n in nodes]
         # wait until every stream delivered its first (empty) snapshot
-        deadline = time.monotonic() + 120
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + 600
         while len(seen.per_node) < len(nodes):
             if time.monotonic() > deadline:
                 raise SystemExit(f"only {len(seen.per_node)} streams opened")
             await asyncio.sleep(0.1)
-        print(f"{len(nodes)} nodes connected: leader RSS {rss_mb(leader_pid):.1f} MB")
+        print(
+            f"{len(nodes)} nodes connected in {time.perf_counter() - t0:.1f} s: "
+            f"leader RSS {rss_mb(leader_pid):.1f} MB (load average {load()})",
+            flush=True,
+        )
 
         last = ""
         try:
@@ -298,6 +309,7 @@ def print_profile(path: Path, top: int = 30) -> None:
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--replicas", type=int, default=100)
