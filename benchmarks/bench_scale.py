@@ -75,6 +75,7 @@ class Delivered:
         self.per_node: dict[str, int] = {}
         self.messages = 0
         self.bytes = 0
+        self.errors: dict[str, int] = {}  # stream errors by status code
 
     def total(self) -> int:
         return sum(self.per_node.values())
@@ -108,12 +109,16 @@ async def node_streams(
 
         async def follow() -> None:
             current = None
-            with contextlib.suppress(grpc.aio.AioRpcError):
+            try:
                 async for update in watch:  # what kat_agent/node/assignments.py does
                     seen.messages += 1
                     seen.bytes += update.ByteSize()
                     current = apply_update(current, update)
                     seen.per_node[name] = len(current.assignments)
+            except grpc.aio.AioRpcError as err:
+                if not stop.is_set():
+                    code = f"{err.code().name}: {err.details()}"
+                    seen.errors[code] = seen.errors.get(code, 0) + 1
 
         tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(follow())]
         await stop.wait()
@@ -233,9 +238,15 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
         # wait until every stream delivered its first (empty) snapshot
         t0 = time.perf_counter()
         deadline = time.monotonic() + 600
+        next_note = time.monotonic() + 30
         while len(seen.per_node) < len(nodes):
+            if time.monotonic() > next_note:
+                print(f"  {len(seen.per_node)} streams open; errors {seen.errors}")
+                next_note += 30
             if time.monotonic() > deadline:
-                raise SystemExit(f"only {len(seen.per_node)} streams opened")
+                raise SystemExit(
+                    f"only {len(seen.per_node)} streams opened; errors {seen.errors}"
+                )
             await asyncio.sleep(0.1)
         print(
             f"{len(nodes)} nodes connected in {time.perf_counter() - t0:.1f} s: "

@@ -272,3 +272,6 @@ async def stream_assignments(
             return
         last = snap.revision
         yield snap
+        # Do not keep the sent message (a full snapshot carries every peer) alive while
+        # waiting: with 1,000 idle streams that was most of the leader's memory.
+        snap = None
