@@ -41,6 +41,7 @@ from internal.core.assignments import apply_update  # noqa: E402
 from internal.manifests import bundle  # noqa: E402
 from internal.security import clientconfig, rpc  # noqa: E402
 from internal.state.etcd import EtcdClient  # noqa: E402
+from internal.state.etcd_values import EtcdError  # noqa: E402
 
 PORTS = {
     "apiPort": 29115,
@@ -141,8 +142,12 @@ def etcd_client(data: Path) -> EtcdClient:
 
 
 async def etcd_count(etcd: EtcdClient, prefix: str) -> int:
-    """How many keys are under `prefix` (keys only: cheap enough to poll)."""
-    return len((await etcd.get_prefix(prefix, keys_only=True)).kvs)
+    """How many keys are under `prefix` (keys only: cheap enough to poll); -1 when etcd
+    did not answer this time (a loaded machine)."""
+    try:
+        return len((await etcd.get_prefix(prefix, keys_only=True)).kvs)
+    except EtcdError:
+        return -1
 
 
 def etcd_metrics(data: Path) -> dict[str, float]:
@@ -244,9 +249,7 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
                 print(f"  {len(seen.per_node)} streams open; errors {seen.errors}")
                 next_note += 30
             if time.monotonic() > deadline:
-                raise SystemExit(
-                    f"only {len(seen.per_node)} streams opened; errors {seen.errors}"
-                )
+                raise SystemExit(f"only {len(seen.per_node)} streams opened; errors {seen.errors}")
             await asyncio.sleep(0.1)
         print(
             f"{len(nodes)} nodes connected in {time.perf_counter() - t0:.1f} s: "

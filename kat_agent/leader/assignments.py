@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 # Changes kept per node for streams that are a little behind; further behind: a full
 # snapshot.
 HISTORY = 8
+# Messages that carry the peers (full snapshots, peer changes) being sent at once.
+BIG_MESSAGES = 8
 
 
 @dataclass
@@ -105,6 +107,7 @@ class AssignmentBook:
         self._last_revision = 0
         # Bumped by `drop`: streams of a node opened before the bump end.
         self._epochs: dict[str, int] = {}
+        self.big_messages = asyncio.Semaphore(BIG_MESSAGES)
 
     def _next_revision(self) -> int:
         self._last_revision = max(self._last_revision + 1, time.time_ns() // 1000)
@@ -271,7 +274,15 @@ async def stream_assignments(
             await context.abort(grpc.StatusCode.UNAVAILABLE, "leadership changed; reconnect")
             return
         last = snap.revision
-        yield snap
+        if snap.peers:
+            # A message with every peer is ~100 bytes per node, to every node: after a
+            # leader change or a peer change all streams wake at once, and 1,000 such
+            # messages built and queued together were most of the leader's memory. A
+            # few at a time: each is handed to the transport before the next is built.
+            async with book.big_messages:
+                yield snap
+        else:
+            yield snap
         # Do not keep the sent message (a full snapshot carries every peer) alive while
         # waiting: with 1,000 idle streams that was most of the leader's memory.
         snap = None
