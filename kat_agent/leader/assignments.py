@@ -46,6 +46,7 @@ The contract between the leader and a node's runtime:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -278,9 +279,17 @@ async def stream_assignments(
             # A message with every peer is ~100 bytes per node, to every node: after a
             # leader change or a peer change all streams wake at once, and 1,000 such
             # messages built and queued together were most of the leader's memory. A
-            # few at a time: each is handed to the transport before the next is built.
-            async with book.big_messages:
+            # few at a time (each waits until the transport took it); a stream whose
+            # node stopped reading does not hold the others up for more than a second.
+            got = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    got = await book.big_messages.acquire()
+            try:
                 yield snap
+            finally:
+                if got:
+                    book.big_messages.release()
         else:
             yield snap
         # Do not keep the sent message (a full snapshot carries every peer) alive while
