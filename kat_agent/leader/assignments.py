@@ -46,7 +46,6 @@ The contract between the leader and a node's runtime:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -63,8 +62,6 @@ if TYPE_CHECKING:
 # Changes kept per node for streams that are a little behind; further behind: a full
 # snapshot.
 HISTORY = 8
-# Messages that carry the peers (full snapshots, peer changes) being sent at once.
-BIG_MESSAGES = 8
 
 
 @dataclass
@@ -108,7 +105,6 @@ class AssignmentBook:
         self._last_revision = 0
         # Bumped by `drop`: streams of a node opened before the bump end.
         self._epochs: dict[str, int] = {}
-        self.big_messages = asyncio.Semaphore(BIG_MESSAGES)
 
     def _next_revision(self) -> int:
         self._last_revision = max(self._last_revision + 1, time.time_ns() // 1000)
@@ -275,23 +271,7 @@ async def stream_assignments(
             await context.abort(grpc.StatusCode.UNAVAILABLE, "leadership changed; reconnect")
             return
         last = snap.revision
-        if snap.peers:
-            # A message with every peer is ~100 bytes per node, to every node: after a
-            # leader change or a peer change all streams wake at once, and 1,000 such
-            # messages built and queued together were most of the leader's memory. A
-            # few at a time (each waits until the transport took it); a stream whose
-            # node stopped reading does not hold the others up for more than a second.
-            got = False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    got = await book.big_messages.acquire()
-            try:
-                yield snap
-            finally:
-                if got:
-                    book.big_messages.release()
-        else:
-            yield snap
+        yield snap
         # Do not keep the sent message (a full snapshot carries every peer) alive while
-        # waiting: with 1,000 idle streams that was most of the leader's memory.
+        # waiting for the next change: 1,000 idle streams would each hold one.
         snap = None
