@@ -94,9 +94,7 @@ async def node_streams(
             allocatable=kat_pb2.NodeResources(cpu_millis=64000, memory_bytes=64 << 30),
         )
         beats = stub.Heartbeats()
-        watch = stub.WatchAssignments(
-            kat_pb2.AssignmentsRequest(node_name=name, accept_deltas=True)
-        )
+        request = kat_pb2.AssignmentsRequest(node_name=name, accept_deltas=True)
 
         async def heartbeat() -> None:
             with contextlib.suppress(grpc.aio.AioRpcError):
@@ -109,22 +107,27 @@ async def node_streams(
                         pass
 
         async def follow() -> None:
-            current = None
-            try:
-                async for update in watch:  # what kat_agent/node/assignments.py does
-                    seen.messages += 1
-                    seen.bytes += update.ByteSize()
-                    current = apply_update(current, update)
-                    seen.per_node[name] = len(current.assignments)
-            except grpc.aio.AioRpcError as err:
-                if not stop.is_set():
+            # What kat_agent/node/assignments.py does: apply deltas to the full snapshot
+            # each stream starts with, and reopen a stream that fails.
+            while not stop.is_set():
+                watch = stub.WatchAssignments(request)
+                current = None
+                try:
+                    async for update in watch:
+                        seen.messages += 1
+                        seen.bytes += update.ByteSize()
+                        current = apply_update(current, update)
+                        seen.per_node[name] = len(current.assignments)
+                except grpc.aio.AioRpcError as err:
+                    if stop.is_set():
+                        return
                     code = f"{err.code().name}: {err.details()}"
                     seen.errors[code] = seen.errors.get(code, 0) + 1
+                    await asyncio.sleep(0.5)
 
         tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(follow())]
         await stop.wait()
         beats.cancel()
-        watch.cancel()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -278,7 +281,8 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
                     f"({total / up:.0f}/s), scale-down {down:.2f} s ({total / down:.0f}/s); "
                     f"leader CPU {cpu_up:.1f} s for the scale-up, {cpu_all:.2f} cores average; "
                     f"RSS {rss:.1f} MB; stream messages {seen.messages - m0} "
-                    f"({(seen.bytes - b0) / 1e6:.1f} MB); load average {load()}"
+                    f"({(seen.bytes - b0) / 1e6:.1f} MB); stream errors so far {seen.errors}; "
+                    f"load average {load()}"
                 )
 
                 def delta(key: str, a: dict[str, float], b: dict[str, float]) -> float:
