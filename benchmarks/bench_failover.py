@@ -44,7 +44,7 @@ async def first_answer(katconfig: Path, endpoints: list[str], limit: float = 60)
     """Poll ListNodes on `endpoints` until one answers; returns that endpoint."""
     ctx = clientconfig.load(katconfig).context()
     creds = rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
-    channels = [grpc.aio.secure_channel(e, creds) for e in endpoints]
+    channels = [grpc.aio.secure_channel(e, creds, rpc.api_channel_options()) for e in endpoints]
     try:
         stubs = [kat_pb2_grpc.ClusterAPIStub(ch) for ch in channels]
         deadline = time.monotonic() + limit

@@ -86,7 +86,8 @@ async def node_streams(
     api: str, ca: bytes, node: tuple[str, bytes, bytes], seen: Delivered, stop: asyncio.Event
 ) -> None:
     name, cert, key = node
-    async with grpc.aio.secure_channel(api, rpc.client_credentials(ca, cert, key)) as ch:
+    creds = rpc.client_credentials(ca, cert, key)
+    async with grpc.aio.secure_channel(api, creds, rpc.api_channel_options()) as ch:
         stub = kat_pb2_grpc.AgentAPIStub(ch)
         beat = kat_pb2.HeartbeatRequest(
             node_name=name,
@@ -212,12 +213,15 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
     ctx = clientconfig.load(data / "admin.katconfig").context()
     creds = rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
     api = ctx.endpoints[0]
-    async with grpc.aio.secure_channel(api, creds) as ch, etcd_client(data) as etcd:
+    channel = grpc.aio.secure_channel(api, creds, rpc.api_channel_options())
+    async with channel as ch, etcd_client(data) as etcd:
         client = kat_pb2_grpc.ClusterAPIStub(ch)
         deadline = time.monotonic() + 60
         while True:  # UNAVAILABLE until the election is won
             try:
-                created = await client.CreateToken(kat_pb2.CreateTokenRequest(), timeout=10)
+                # the simulated nodes join from 127.0.0.1 with other addresses
+                request = kat_pb2.CreateTokenRequest(approved_addresses=["127.0.0.0/8"])
+                created = await client.CreateToken(request, timeout=10)
                 break
             except grpc.aio.AioRpcError:
                 if time.monotonic() > deadline:
