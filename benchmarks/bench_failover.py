@@ -1,56 +1,135 @@
-"""Seconds from killing the leader's node to the first API call served, on a
-real 3-member dev cluster (scripts/dev-cluster), median of several runs.
+"""Seconds from losing the leader to the first API call a new leader serves, on a real
+3-member dev cluster (scripts/dev-cluster), median of several runs, for a crash and for a
+clean stop.
 
-    python3 benchmarks/bench_failover.py [--runs 5]
+    python3 benchmarks/bench_failover.py [--runs 5] [--modes crash,stop]
 
-Each run SIGKILLs the current leader's agent (and with it its etcd), polls
-`katcall get nodes` with the unchanged config until it answers, then restarts
-the killed node and waits until all three nodes are READY again.
+- crash: SIGKILL the leader's agent and its etcd (`dev-cluster kill`): the new leader
+  can only take over once the election lease expires (target: lease TTL + 2 s);
+- stop: SIGTERM the leader's agent (what systemd does on `systemctl stop`): it revokes its
+  lease on the way out, so another member takes over at once (target: under 2 s).
+
+The clock starts when the signal is sent; it stops when a ListNodes call (mTLS, the admin
+config's credentials, sent to every other member every 50 ms in this process, so no CLI
+start-up time is counted) is answered. Between runs the node is started again and the
+bench waits until all three nodes are READY. The last line is
+`failover_crash_median_s=X failover_stop_median_s=Y ttl_s=T`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import grpc
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from api.v1alpha1 import kat_pb2, kat_pb2_grpc  # noqa: E402
+from internal.security import clientconfig, rpc  # noqa: E402
+from kat_agent.member import leader_ttl  # noqa: E402
 from tests.devcluster import DevCluster, wait_until  # noqa: E402
+
+NODE_LOSS_TIMEOUT = 5  # scripts/dev-cluster's default nodeLossTimeoutSeconds
+
+
+async def first_answer(katconfig: Path, endpoints: list[str], limit: float = 60) -> str:
+    """Poll ListNodes on `endpoints` until one answers; returns that endpoint."""
+    ctx = clientconfig.load(katconfig).context()
+    creds = rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
+    channels = [grpc.aio.secure_channel(e, creds, rpc.api_channel_options()) for e in endpoints]
+    try:
+        stubs = [kat_pb2_grpc.ClusterAPIStub(ch) for ch in channels]
+        deadline = time.monotonic() + limit
+
+        async def ask(i: int) -> str | None:
+            try:
+                await stubs[i].ListNodes(kat_pb2.ListRequest(), timeout=1)
+                return endpoints[i]
+            except grpc.aio.AioRpcError:
+                return None
+
+        while time.monotonic() < deadline:
+            for got in await asyncio.gather(*(ask(i) for i in range(len(stubs)))):
+                if got is not None:
+                    return got
+            await asyncio.sleep(0.05)
+        raise SystemExit(f"no API answer within {limit} s")
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+def one_run(c: DevCluster, mode: str) -> tuple[str, float]:
+    nodes = c.nodes_json()
+    leader = next(n for n in nodes if n["status"].get("leader"))["metadata"]["name"]
+    info = c.node(leader)
+    port = c.state().get("api_port", 9115)
+    others = [f"{c.address(n['metadata']['name'])}:{port}" for n in nodes]
+    others = [e for e in others if not e.startswith(f"{info['address']}:")]
+    assert c.katconfig is not None
+    t0 = time.monotonic()
+    if mode == "crash":
+        c.kill(info["key"])
+    else:
+        os.kill(info["pid"], signal.SIGTERM)
+    asyncio.run(first_answer(c.katconfig, others))
+    took = time.monotonic() - t0
+    if mode == "stop":  # let it finish its shutdown before it is started again
+        wait_until(lambda: not _alive(info["pid"]), timeout=60, what="agent exit")
+    c.start(info["key"])
+    wait_until(lambda: len(c.ready_nodes()) == 3, timeout=120, what="all READY")
+    return leader, took
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by dev-cluster) counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--modes", default="crash,stop")
     a = ap.parse_args()
+    modes = [m for m in a.modes.split(",") if m]
+    ttl = leader_ttl(kat_pb2.ClusterConfigurationSpec(node_loss_timeout_seconds=NODE_LOSS_TIMEOUT))
+    medians: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kat-failover-") as tmp:
         with DevCluster(3, Path(tmp) / "c", etcd_members=3) as c:
             c.katcall("get", "nodes", check=True)  # learn every endpoint
-            times = []
-            for run in range(a.runs):
-                nodes = c.nodes_json()
-                leader = next(n for n in nodes if n["status"].get("leader"))["metadata"]["name"]
-                key = c.node(leader)["key"]
-                c.kill(key)
-                t0 = time.monotonic()
-                wait_until(
-                    lambda: c.katcall("get", "nodes", timeout=20).returncode == 0,
-                    timeout=60,
-                    interval=0.1,
-                    what="API answer",
+            for mode in modes:
+                times = []
+                for run in range(a.runs):
+                    leader, took = one_run(c, mode)
+                    times.append(took)
+                    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+                    print(
+                        f"{mode} run {run + 1}: leader {leader}, a new leader served after "
+                        f"{took:.2f} s (load average {load})",
+                        flush=True,
+                    )
+                medians[mode] = statistics.median(times)
+                print(
+                    f"{mode}: {a.runs} runs, median {medians[mode]:.2f} s, "
+                    f"min {min(times):.2f} s, max {max(times):.2f} s (lease TTL {ttl} s)",
+                    flush=True,
                 )
-                took = time.monotonic() - t0
-                times.append(took)
-                print(f"run {run + 1}: leader {leader} killed, API served after {took:.2f} s")
-                c.start(key)
-                wait_until(lambda: len(c.ready_nodes()) == 3, timeout=90, what="all READY")
-    print(
-        f"failover (kill leader -> first served API call), {a.runs} runs: "
-        f"median {statistics.median(times):.2f} s, min {min(times):.2f} s, max {max(times):.2f} s"
-    )
+    print(" ".join(f"failover_{m}_median_s={v:.2f}" for m, v in medians.items()) + f" ttl_s={ttl}")
     return 0
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import os
 import shutil
 import signal
@@ -37,8 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc  # noqa: E402
 from benchmarks.bench_heartbeats import cpu_seconds, register, rss_mb, wait_for  # noqa: E402
 from internal.core import tokens  # noqa: E402
+from internal.core.assignments import apply_update  # noqa: E402
 from internal.manifests import bundle  # noqa: E402
 from internal.security import clientconfig, rpc  # noqa: E402
+from internal.state.etcd import EtcdClient  # noqa: E402
+from internal.state.etcd_values import EtcdError  # noqa: E402
 
 PORTS = {
     "apiPort": 29115,
@@ -73,6 +76,7 @@ class Delivered:
         self.per_node: dict[str, int] = {}
         self.messages = 0
         self.bytes = 0
+        self.errors: dict[str, int] = {}  # stream errors by status code
 
     def total(self) -> int:
         return sum(self.per_node.values())
@@ -91,54 +95,63 @@ async def node_streams(
             allocatable=kat_pb2.NodeResources(cpu_millis=64000, memory_bytes=64 << 30),
         )
         beats = stub.Heartbeats()
-        watch = stub.WatchAssignments(kat_pb2.AssignmentsRequest(node_name=name))
+        request = kat_pb2.AssignmentsRequest(node_name=name, accept_deltas=True)
 
         async def heartbeat() -> None:
-            while not stop.is_set():
-                await beats.write(beat)
-                await beats.read()
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                while not stop.is_set():
+                    await beats.write(beat)
+                    await beats.read()
+                    try:
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    except TimeoutError:
+                        pass
 
         async def follow() -> None:
-            async for snapshot in watch:
-                seen.messages += 1
-                seen.bytes += snapshot.ByteSize()
-                seen.per_node[name] = len(snapshot.assignments)
+            # What kat_agent/node/assignments.py does: apply deltas to the full snapshot
+            # each stream starts with, and reopen a stream that fails.
+            while not stop.is_set():
+                watch = stub.WatchAssignments(request)
+                current = None
+                try:
+                    async for update in watch:
+                        seen.messages += 1
+                        seen.bytes += update.ByteSize()
+                        current = apply_update(current, update)
+                        seen.per_node[name] = len(current.assignments)
+                except grpc.aio.AioRpcError as err:
+                    if stop.is_set():
+                        return
+                    code = f"{err.code().name}: {err.details()}"
+                    seen.errors[code] = seen.errors.get(code, 0) + 1
+                    await asyncio.sleep(0.5)
 
         tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(follow())]
         await stop.wait()
         beats.cancel()
-        watch.cancel()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def etcd_count(data: Path, prefix: str) -> int:
+def etcd_client(data: Path) -> EtcdClient:
     p = data / "pki" / "etcd"
-    out = subprocess.run(
-        [
-            "etcdctl",
-            f"--endpoints=https://127.0.0.1:{PORTS['etcdClientPort']}",
-            f"--cacert={p / 'ca.crt'}",
-            f"--cert={p / 'client.crt'}",
-            f"--key={p / 'client.key'}",
-            "get",
-            "--prefix",
-            "--limit=1",
-            "--write-out=json",
-            prefix,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ETCDCTL_API": "3"},
+    return EtcdClient(
+        [f"https://127.0.0.1:{PORTS['etcdClientPort']}"],
+        ca_file=p / "ca.crt",
+        cert_file=p / "client.crt",
+        key_file=p / "client.key",
+        timeout=30,
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"etcdctl: {out.stderr.strip()}")
-    return int(json.loads(out.stdout).get("count", 0))
+
+
+async def etcd_count(etcd: EtcdClient, prefix: str) -> int:
+    """How many keys are under `prefix` (keys only: cheap enough to poll); -1 when etcd
+    did not answer this time (a loaded machine)."""
+    try:
+        return len((await etcd.get_prefix(prefix, keys_only=True)).kvs)
+    except EtcdError:
+        return -1
 
 
 def etcd_metrics(data: Path) -> dict[str, float]:
@@ -157,6 +170,7 @@ def etcd_metrics(data: Path) -> dict[str, float]:
         "etcd_mvcc_txn_total": 0.0,
         "etcd_debugging_mvcc_db_total_size_in_bytes": 0.0,
         "etcd_server_proposals_committed_total": 0.0,
+        "etcd_network_client_grpc_received_bytes_total": 0.0,
     }
     for line in text.splitlines():
         name = line.split(" ", 1)[0].split("{", 1)[0]
@@ -169,7 +183,7 @@ async def measure(
     client: kat_pb2_grpc.ClusterAPIStub,
     names: list[str],
     replicas: int,
-    data: Path,
+    etcd: EtcdClient,
     seen: Delivered,
     want_total: int,
     limit: float = 600,
@@ -183,12 +197,11 @@ async def measure(
         now = time.perf_counter()
         if now > deadline:
             raise SystemExit(
-                f"timed out: persisted={etcd_count(data, '/kat/instances/')} "
+                f"timed out: persisted={await etcd_count(etcd, '/kat/instances/')} "
                 f"delivered={seen.total()} want={want_total}"
             )
         if persisted_at is None:
-            count = await asyncio.to_thread(etcd_count, data, "/kat/instances/")
-            if count == want_total:
+            if await etcd_count(etcd, "/kat/instances/") == want_total:
                 persisted_at = time.perf_counter()
         if delivered_at is None and seen.total() == want_total:
             delivered_at = time.perf_counter()
@@ -196,16 +209,19 @@ async def measure(
     return max(persisted_at, delivered_at) - t0
 
 
-async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> int:
+async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
     ctx = clientconfig.load(data / "admin.katconfig").context()
     creds = rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
     api = ctx.endpoints[0]
-    async with grpc.aio.secure_channel(api, creds, rpc.api_channel_options()) as ch:
+    channel = grpc.aio.secure_channel(api, creds, rpc.api_channel_options())
+    async with channel as ch, etcd_client(data) as etcd:
         client = kat_pb2_grpc.ClusterAPIStub(ch)
         deadline = time.monotonic() + 60
         while True:  # UNAVAILABLE until the election is won
             try:
-                created = await client.CreateToken(kat_pb2.CreateTokenRequest(), timeout=10)
+                # the simulated nodes join from 127.0.0.1 with other addresses
+                request = kat_pb2.CreateTokenRequest(approved_addresses=["127.0.0.0/8"])
+                created = await client.CreateToken(request, timeout=10)
                 break
             except grpc.aio.AioRpcError:
                 if time.monotonic() > deadline:
@@ -224,17 +240,29 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> int:
 
         t0 = time.perf_counter()
         nodes = list(await asyncio.gather(*(one(i) for i in range(a.nodes))))
-        print(f"joined {len(nodes)} simulated nodes in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"joined {len(nodes)} simulated nodes in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         seen = Delivered()
         stop = asyncio.Event()
         streams = [asyncio.create_task(node_streams(api, ctx.ca, n, seen, stop)) for n in nodes]
         # wait until every stream delivered its first (empty) snapshot
-        deadline = time.monotonic() + 120
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + 600
+        next_note = time.monotonic() + 30
         while len(seen.per_node) < len(nodes):
+            if time.monotonic() > next_note:
+                print(f"  {len(seen.per_node)} streams open; errors {seen.errors}")
+                next_note += 30
             if time.monotonic() > deadline:
-                raise SystemExit(f"only {len(seen.per_node)} streams opened")
+                raise SystemExit(f"only {len(seen.per_node)} streams opened; errors {seen.errors}")
             await asyncio.sleep(0.1)
-        print(f"{len(nodes)} nodes connected: leader RSS {rss_mb(leader_pid):.1f} MB")
+        print(
+            f"{len(nodes)} nodes connected in {time.perf_counter() - t0:.1f} s: "
+            f"leader RSS {rss_mb(leader_pid):.1f} MB (load average {load()})",
+            flush=True,
+        )
 
         last = ""
         try:
@@ -242,20 +270,23 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> int:
                 count = max(1, size // a.replicas)
                 names = [f"s{size}-{i}" for i in range(count)]
                 total = count * a.replicas
+                b0 = seen.bytes
                 m0, cpu0, e0 = seen.messages, cpu_seconds(leader_pid), etcd_metrics(data)
                 wall0 = time.perf_counter()
-                up = await measure(client, names, a.replicas, data, seen, total)
+                up = await measure(client, names, a.replicas, etcd, seen, total)
                 cpu_up = cpu_seconds(leader_pid) - cpu0
                 e1 = etcd_metrics(data)
                 rss = rss_mb(leader_pid)
-                down = await measure(client, names, 0, data, seen, 0)
+                down = await measure(client, names, 0, etcd, seen, 0)
                 cpu_all = (cpu_seconds(leader_pid) - cpu0) / (time.perf_counter() - wall0)
                 e2 = etcd_metrics(data)
                 print(
                     f"{total:>6} instances on {len(nodes)} nodes: scale-up {up:.2f} s "
                     f"({total / up:.0f}/s), scale-down {down:.2f} s ({total / down:.0f}/s); "
                     f"leader CPU {cpu_up:.1f} s for the scale-up, {cpu_all:.2f} cores average; "
-                    f"RSS {rss:.1f} MB; stream messages {seen.messages - m0}"
+                    f"RSS {rss:.1f} MB; stream messages {seen.messages - m0} "
+                    f"({(seen.bytes - b0) / 1e6:.1f} MB); stream errors so far {seen.errors}; "
+                    f"load average {load()}"
                 )
 
                 def delta(key: str, a: dict[str, float], b: dict[str, float]) -> float:
@@ -264,8 +295,12 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> int:
                 print(
                     f"       etcd: scale-up {delta('etcd_mvcc_put_total', e0, e1):.0f} puts in "
                     f"{delta('etcd_mvcc_txn_total', e0, e1):.0f} txns; scale-down "
-                    f"{delta('etcd_mvcc_put_total', e1, e2):.0f} puts; proposals "
-                    f"{delta('etcd_server_proposals_committed_total', e0, e2):.0f}; db "
+                    f"{delta('etcd_mvcc_put_total', e1, e2):.0f} puts in "
+                    f"{delta('etcd_mvcc_txn_total', e1, e2):.0f} txns; proposals "
+                    f"{delta('etcd_server_proposals_committed_total', e0, e2):.0f}; bytes "
+                    "received "
+                    f"{delta('etcd_network_client_grpc_received_bytes_total', e0, e2) / 1e6:.1f}"
+                    " MB; db "
                     f"{e2['etcd_debugging_mvcc_db_total_size_in_bytes'] / 1e6:.1f} MB"
                 )
                 for n in names:
@@ -276,22 +311,44 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> int:
         finally:
             stop.set()
             await asyncio.gather(*streams, return_exceptions=True)
-        print(last)
-    return 0
+    return last
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def print_profile(path: Path, top: int = 30) -> None:
+    import pstats
+
+    if not path.exists():
+        print(f"no profile written ({path})")
+        return
+    print(f"leader profile (event-loop thread), top {top} by own time:")
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
+    print(f"top {top} by cumulative time:")
+    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(top)
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--replicas", type=int, default=100)
     ap.add_argument("--sizes", default="1000,3000,10000")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="run the leader under cProfile (KAT_PROFILE), keep the stats here, print a summary",
+    )
     a = ap.parse_args()
     a.sizes = [int(s) for s in a.sizes.split(",")]
-    for tool in ("etcd", "etcdctl", "kat-agent"):
+    for tool in ("etcd", "kat-agent"):
         if not shutil.which(tool):
             raise SystemExit(f"needs {tool} on PATH (scripts/setup.sh)")
     tmp = Path(tempfile.mkdtemp(prefix="kat-bench-scale-"))
     leader: subprocess.Popen[bytes] | None = None
+    last = ""
     try:
         spec = "\n".join(f"  {k}: {v}" for k, v in PORTS.items())
         (tmp / "cluster.kat").write_text(
@@ -307,18 +364,25 @@ def main() -> int:
             stdout=log,
             stderr=log,
             start_new_session=True,
-            env={**os.environ, "KAT_NODE_NETWORK": "off"},  # host namespace: no overlay or DNS
+            # host namespace: no overlay or DNS
+            env={**os.environ, "KAT_NODE_NETWORK": "off"}
+            | ({"KAT_PROFILE": str(a.profile.resolve())} if a.profile else {}),
         )
+        print(f"load average at start: {load()}")
         wait_for(data / "admin.katconfig", leader)
-        return asyncio.run(run(a, data, leader.pid))
+        last = asyncio.run(run(a, data, leader.pid))
     finally:
         if leader is not None and leader.poll() is None:
             os.killpg(leader.pid, signal.SIGTERM)
             try:
-                leader.wait(timeout=20)
+                leader.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(leader.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
+        if a.profile:
+            print_profile(a.profile)
+    print(last)
+    return 0
 
 
 if __name__ == "__main__":

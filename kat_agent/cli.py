@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import os
 import signal
 import sys
 from pathlib import Path
@@ -202,7 +204,13 @@ def _startup_errors(exc: BaseException) -> list[StartupError]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format, getattr(args, "log_file", None))
+    # KAT_PROFILE=FILE: profile the event loop's thread with cProfile and write the stats
+    # to FILE on exit (benchmarks/bench_scale.py --profile; pstats reads it).
+    profile_to = os.environ.get("KAT_PROFILE")
+    profiler = cProfile.Profile() if profile_to else None
     try:
+        if profiler is not None:
+            profiler.enable()
         asyncio.run(_run(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 0
@@ -213,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         for err in startup:
             print(f"kat-agent: {err}", file=sys.stderr)
         return 1
+    finally:
+        if profiler is not None and profile_to:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
     return 0
 
 

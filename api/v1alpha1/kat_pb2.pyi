@@ -1475,20 +1475,30 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, tick_seconds: _Optional[int] = ..., leader_node: _Optional[str] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
 
 class AssignmentsRequest(_message.Message):
-    __slots__ = ("node_name",)
+    __slots__ = ("node_name", "accept_deltas")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_DELTAS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
-    def __init__(self, node_name: _Optional[str] = ...) -> None: ...
+    accept_deltas: bool
+    def __init__(self, node_name: _Optional[str] = ..., accept_deltas: _Optional[bool] = ...) -> None: ...
 
 class AssignmentSet(_message.Message):
-    __slots__ = ("assignments", "revision", "peers")
+    __slots__ = ("assignments", "revision", "peers", "delta", "base_revision", "removed", "peers_changed")
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PEERS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
     revision: int
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
-    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., revision: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+    delta: bool
+    base_revision: int
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    peers_changed: bool
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., revision: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., delta: _Optional[bool] = ..., base_revision: _Optional[int] = ..., removed: _Optional[_Iterable[str]] = ..., peers_changed: _Optional[bool] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("instance_id", "ip", "node")

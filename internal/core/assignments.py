@@ -34,18 +34,75 @@ def desired_instance(record: kat_pb2.Instance) -> kat_pb2.Instance:
     )
 
 
+# What an assignment is built from: the record's fields a node acts on, and the bundle.
+_Key = tuple[str, str, str, int, int, int, str, bool]
+AssignmentCache = dict[str, tuple[_Key, kat_pb2.Bundle | None, kat_pb2.Assignment]]
+
+
 def assignments_by_node(
     records: Iterable[kat_pb2.Instance],
     bundle_for: Callable[[kat_pb2.Instance], kat_pb2.Bundle | None],
+    cache: AssignmentCache | None = None,
 ) -> dict[str, list[kat_pb2.Assignment]]:
-    """What each node should run: every placed (not PENDING) instance, with its bundle."""
+    """What each node should run: every placed (not PENDING) instance, with its bundle.
+
+    `cache` (the previous call's, updated in place): an instance whose relevant fields and
+    bundle object are unchanged gets the same Assignment object as before instead of a new
+    one with a copy of its bundle; the assignment book then sees it unchanged without
+    comparing it (kat_agent/leader/assignments.py). Never mutate the returned objects."""
     out: dict[str, list[kat_pb2.Assignment]] = {}
+    fresh: AssignmentCache = {}
     for rec in sorted(records, key=lambda r: r.id):
         if not rec.node or rec.phase == _Inst.PENDING:
             continue
-        a = kat_pb2.Assignment(instance=desired_instance(rec))
         bundle = bundle_for(rec)
-        if bundle is not None:
-            a.bundle.CopyFrom(bundle)
+        key: _Key = (
+            rec.namespace,
+            rec.workload,
+            rec.node,
+            rec.generation,
+            rec.phase,
+            rec.restart_count,
+            rec.job_run,
+            rec.purge_volumes,
+        )
+        hit = cache.get(rec.id) if cache is not None else None
+        if hit is not None and hit[0] == key and hit[1] is bundle:
+            a = hit[2]
+        else:
+            a = kat_pb2.Assignment(instance=desired_instance(rec))
+            if bundle is not None:
+                a.bundle.CopyFrom(bundle)
+        fresh[rec.id] = (key, bundle, a)
         out.setdefault(rec.node, []).append(a)
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
     return out
+
+
+class DeltaOutOfSync(ValueError):
+    """A delta that does not follow the set it should apply to (reopen the stream)."""
+
+
+def apply_update(
+    current: kat_pb2.AssignmentSet | None, update: kat_pb2.AssignmentSet
+) -> kat_pb2.AssignmentSet:
+    """The full set after a message of the assignments stream: a full snapshot replaces
+    `current`; a delta (`update.delta`) changes it. Raises DeltaOutOfSync when the delta
+    is not based on `current`'s revision."""
+    if not update.delta:
+        return update
+    if current is None or current.revision != update.base_revision:
+        have = None if current is None else current.revision
+        raise DeltaOutOfSync(f"delta based on {update.base_revision}, have {have}")
+    items = {a.instance.id: a for a in current.assignments}
+    for gone in update.removed:
+        items.pop(gone, None)
+    for a in update.assignments:
+        items[a.instance.id] = a
+    return kat_pb2.AssignmentSet(
+        revision=update.revision,
+        assignments=[items[i] for i in sorted(items)],
+        peers=update.peers if update.peers_changed else current.peers,
+    )

@@ -18,11 +18,14 @@ def node_subnets(cluster_cidr: str, node_subnet_bits: int) -> Iterator[Network]:
 
 
 def free_subnets(cluster_cidr: str, node_subnet_bits: int, used: Iterable[str]) -> Iterator[str]:
-    """Subnets not in `used`, in address order; the store decides races."""
-    taken = {ipaddress.ip_network(u) for u in used}
+    """Subnets not in `used`, in address order; the store decides races. `used` holds
+    subnets as this module writes them (str of the network): compared as strings, since
+    parsing every used subnet on every join made joins grow with the cluster's size."""
+    taken = set(used)
     for net in node_subnets(cluster_cidr, node_subnet_bits):
-        if net not in taken:
-            yield str(net)
+        text = str(net)
+        if text not in taken:
+            yield text
 
 
 def free_address(subnet: str, used: Iterable[str]) -> str | None:

@@ -59,6 +59,27 @@ class WorkloadRecords(TypedKV):
         result = await txn.commit()
         return result.deleted > 0
 
+    async def write_instances(
+        self,
+        creates: Iterable[kat_pb2.Instance] = (),
+        updates: Iterable[kat_pb2.Instance] = (),
+        deletes: Iterable[kat_pb2.Instance] = (),
+    ) -> int:
+        """Create, update (each guarded by its `resource_version`) and delete (guarded the
+        same way) instance records in ONE transaction: all or none. Returns the revision
+        every written record now has. Raises AlreadyExists / StaleWrite for the first
+        guard that failed. Keep a batch within etcd's --max-txn-ops (128 by default)."""
+        txn = self.txn()
+        for inst in creates:
+            txn.create(instance_key(inst.namespace, inst.workload, inst.id), inst)
+        for inst in updates:
+            key = instance_key(inst.namespace, inst.workload, inst.id)
+            txn.update(key, inst, inst.resource_version)
+        for inst in deletes:
+            key = instance_key(inst.namespace, inst.workload, inst.id)
+            txn.delete(key, inst.resource_version)
+        return (await txn.commit()).revision
+
     async def update_instances(self, changes: Iterable[tuple[kat_pb2.Instance, int]]) -> int:
         """Write several instance records (each read at the given revision) atomically."""
         txn = self.txn()

@@ -412,7 +412,8 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         from kat_agent.leader.assignments import stream_assignments
 
         await self._require_current_node(cn, request.node_name, context, "watch assignments of")
-        async for update in stream_assignments(self.lc, request.node_name, context):
+        deltas = request.accept_deltas
+        async for update in stream_assignments(self.lc, request.node_name, context, deltas):
             yield update
 
     @node_stream

@@ -6,6 +6,11 @@ The contract between the leader and a node's runtime:
   whenever it changes; each snapshot lists every instance that should exist on the node as
   `Assignment{instance, bundle}`. `revision` increases with every snapshot (it is based on
   the wall clock, so it also grows across leader changes); always act on the latest one.
+  A node that sets `AssignmentsRequest.accept_deltas` gets the full snapshot first and then
+  only the changes (`AssignmentSet.delta`: changed assignments, `removed` ids, peers only
+  when `peers_changed`), each based on the previous message of the stream
+  (`base_revision`); it rebuilds the full set itself (kat_agent/node/assignments.py), so
+  what its runtime acts on is the same full snapshot.
 - `bundle` is the workload's bundle at the instance's generation, defaults applied. It may
   change for the same instance (e.g. a replicas-only or restartPolicy-only apply): that is
   never a reason to restart. A new instance id (or a new `instance.generation`) is what
@@ -42,7 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -52,16 +59,46 @@ from api.v1alpha1 import kat_pb2
 if TYPE_CHECKING:
     from kat_agent.leader.context import LeaderContext
 
+# Changes kept per node for streams that are a little behind; further behind: a full
+# snapshot.
+HISTORY = 8
+
+
+@dataclass
+class _Change:
+    """One published change of a node's set: from revision `base` to `revision`."""
+
+    base: int
+    revision: int
+    changed: list[kat_pb2.Assignment]
+    removed: list[str]
+    peers_changed: bool
+
+
+@dataclass
+class _NodeSet:
+    """A node's current assignments (by instance id) and its last few changes. The
+    Assignment objects are shared with the controller's cache (never copied here), and
+    the peers are the book's one list: a node costs little more than its instances."""
+
+    revision: int
+    items: dict[str, kat_pb2.Assignment] = field(default_factory=dict)
+    history: deque[_Change] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
 
 class AssignmentBook:
-    """The latest assignment snapshot of every node, in the leader's memory.
+    """The latest assignments of every node, in the leader's memory.
 
     The workload controller `publish`es the desired assignments after each reconcile pass;
-    a node's snapshot gets a new revision only when its content changed, and every stream
-    waiting on that node wakes up. `close` (leadership lost) ends every stream."""
+    a node's set gets a new revision only when its content changed (or the peers did),
+    and every stream waiting on that node wakes up. `close` (leadership lost) ends every
+    stream. A stream gets a full snapshot first, then (when the node accepts deltas) each
+    change as a delta, or a full snapshot again when it fell more than HISTORY changes
+    behind."""
 
     def __init__(self) -> None:
-        self._sets: dict[str, kat_pb2.AssignmentSet] = {}
+        self._sets: dict[str, _NodeSet] = {}
+        self._peers: list[kat_pb2.Peer] = []
         self._cond = asyncio.Condition()
         self._ready = False
         self._closed = False
@@ -77,6 +114,7 @@ class AssignmentBook:
         """Start a new term of leadership: nothing published yet."""
         async with self._cond:
             self._sets.clear()
+            self._peers = []
             self._ready = False
             self._closed = False
             self._cond.notify_all()
@@ -107,59 +145,122 @@ class AssignmentBook:
         assignments: Mapping[str, Sequence[kat_pb2.Assignment]],
         peers: Sequence[kat_pb2.Peer] = (),
     ) -> list[str]:
-        """Replace every node's snapshot; returns the nodes whose snapshot changed."""
-        changed: list[str] = []
+        """Replace every node's set; returns the nodes whose set changed. An assignment
+        that is the same object as the one published before counts as unchanged without
+        comparing it (the controller reuses the objects of unchanged records)."""
+        changed_nodes: list[str] = []
         async with self._cond:
+            peers_changed = list(peers) != self._peers
+            if peers_changed:
+                self._peers = list(peers)
             for node in sorted(set(assignments) | set(self._sets)):
-                new = kat_pb2.AssignmentSet(assignments=assignments.get(node, ()), peers=peers)
-                old = self._sets.get(node)
-                if old is not None:
-                    new.revision = old.revision
-                    if new == old:
-                        continue
-                new.revision = self._next_revision()
-                self._sets[node] = new
-                changed.append(node)
+                new = {a.instance.id: a for a in assignments.get(node, ())}
+                current = self._sets.get(node)
+                if current is None:
+                    self._sets[node] = _NodeSet(self._next_revision(), new)
+                    changed_nodes.append(node)
+                    continue
+                old = current.items
+                changed = [a for i, a in new.items() if not _same(old.get(i), a)]
+                removed = [i for i in old if i not in new]
+                if not changed and not removed and not peers_changed:
+                    continue
+                revision = self._next_revision()
+                current.history.append(
+                    _Change(current.revision, revision, changed, removed, peers_changed)
+                )
+                current.items = new
+                current.revision = revision
+                changed_nodes.append(node)
             self._ready = True
-            if changed:
+            if changed_nodes:
                 self._cond.notify_all()
-        return changed
+        return changed_nodes
 
-    def snapshot(self, node: str) -> kat_pb2.AssignmentSet | None:
-        """The node's current snapshot (None before the first publish of this term)."""
+    def revision(self, node: str) -> int | None:
+        """The node's current revision (None before the first publish of this term)."""
         if not self._ready:
             return None
         current = self._sets.get(node)
         if current is None:
-            current = self._sets[node] = kat_pb2.AssignmentSet(revision=self._next_revision())
-        return current
+            current = self._sets[node] = _NodeSet(self._next_revision())
+        return current.revision
 
-    async def next_snapshot(
-        self, node: str, after: int, epoch: int | None = None
+    def snapshot(self, node: str) -> kat_pb2.AssignmentSet | None:
+        """A full snapshot of the node's set (None before the first publish of this
+        term). Built on demand: the book keeps no per-node message."""
+        revision = self.revision(node)
+        if revision is None:
+            return None
+        items = self._sets[node].items
+        return kat_pb2.AssignmentSet(
+            assignments=[items[i] for i in sorted(items)], revision=revision, peers=self._peers
+        )
+
+    def update(self, node: str, after: int, deltas: bool) -> kat_pb2.AssignmentSet | None:
+        """What a stream that last sent revision `after` sends next: None when it is
+        current, the delta from `after` when known (and `deltas`), else a full snapshot."""
+        revision = self.revision(node)
+        if revision is None or revision == after:
+            return None
+        if deltas and after > 0:
+            for ch in self._sets[node].history:
+                if ch.base == after:
+                    msg = kat_pb2.AssignmentSet(
+                        revision=ch.revision,
+                        delta=True,
+                        base_revision=ch.base,
+                        assignments=ch.changed,
+                        removed=ch.removed,
+                        peers_changed=ch.peers_changed,
+                    )
+                    if ch.peers_changed:
+                        # the peers as of this change: the current list when it is the
+                        # latest change, else a full snapshot below is simpler
+                        if ch.revision != revision:
+                            break
+                        msg.peers.extend(self._peers)
+                    return msg
+        return self.snapshot(node)
+
+    async def next_update(
+        self, node: str, after: int, deltas: bool, epoch: int | None = None
     ) -> kat_pb2.AssignmentSet | None:
-        """Wait for a snapshot of `node` newer than revision `after`; None once closed,
-        or once the node's streams were dropped after `epoch`."""
+        """Wait for what follows revision `after` for `node` (see `update`); None once
+        closed, or once the node's streams were dropped after `epoch`."""
         async with self._cond:
             while True:
                 if self._closed or (epoch is not None and self.epoch(node) != epoch):
                     return None
-                snap = self.snapshot(node)
-                if snap is not None and snap.revision != after:
-                    return snap
+                msg = self.update(node, after, deltas)
+                if msg is not None:
+                    return msg
                 await self._cond.wait()
+
+    async def next_snapshot(
+        self, node: str, after: int, epoch: int | None = None
+    ) -> kat_pb2.AssignmentSet | None:
+        """Wait for a full snapshot of `node` newer than revision `after`; None once
+        closed, or once the node's streams were dropped after `epoch`."""
+        return await self.next_update(node, after, False, epoch)
+
+
+def _same(old: kat_pb2.Assignment | None, new: kat_pb2.Assignment) -> bool:
+    return old is new or (old is not None and old == new)
 
 
 async def stream_assignments(
-    lc: LeaderContext, node_name: str, context: grpc.aio.ServicerContext
+    lc: LeaderContext, node_name: str, context: grpc.aio.ServicerContext, deltas: bool = False
 ) -> AsyncIterator[kat_pb2.AssignmentSet]:
-    """A full snapshot for the node on connect and after every change (see the module
-    docstring); ends with UNAVAILABLE (naming the new leader when known) when this
-    process stops leading, and when the node turns NOT_READY (`AssignmentBook.drop`)."""
+    """A full snapshot for the node on connect, then after every change a full snapshot,
+    or with `deltas` the change alone (see the module docstring); ends with UNAVAILABLE
+    (naming the new leader when known) when this process stops leading, and when the node
+    turns NOT_READY (`AssignmentBook.drop`)."""
     book = lc.assignments
     last = -1
     epoch = book.epoch(node_name)
     while True:
-        snap = await book.next_snapshot(node_name, last, epoch)
+        snap = await book.next_update(node_name, last, deltas, epoch)
         if snap is None and lc.leading and book.epoch(node_name) != epoch:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "no heartbeats from this node; reconnect"
@@ -171,3 +272,6 @@ async def stream_assignments(
             return
         last = snap.revision
         yield snap
+        # Do not keep the sent message (a full snapshot carries every peer) alive while
+        # waiting for the next change: 1,000 idle streams would each hold one.
+        snap = None

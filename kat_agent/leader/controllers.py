@@ -25,10 +25,10 @@ from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
 from internal.core import endpoints, reconcile, rollout, scheduler
-from internal.core.assignments import assignments_by_node
+from internal.core.assignments import AssignmentCache, assignments_by_node
 from internal.core.reconcile_model import NodeFacts, Observed, Plan, template_generation
 from internal.state.etcd_values import EtcdError
-from internal.state.kv import AlreadyExists, Compacted, StaleWrite, StoreError
+from internal.state.kv import Compacted, StaleWrite, StoreError
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.observe import observe_instances, observe_plan
 
@@ -38,6 +38,9 @@ _ID_CHARS = string.ascii_lowercase + string.digits
 _NODE_POLL_SECONDS = 0.25  # how often the in-memory node registry is checked for changes
 _RETRY_SECONDS = 1.0  # after a failed pass (etcd trouble)
 RESYNC_SECONDS = 5
+# Instance writes per etcd transaction: within etcd's default --max-txn-ops (128), with
+# room for the failure branch's reads of the guarded keys.
+TXN_BATCH = 100
 
 
 def new_instance_suffix() -> str:
@@ -57,6 +60,7 @@ class WorkloadController:
         # (workload uid, generation) -> (bundle, when that revision was created)
         self.bundles: dict[tuple[str, int], tuple[kat_pb2.Bundle, datetime | None]] = {}
         self.passes = 0
+        self._assignment_cache: AssignmentCache = {}  # reused Assignment objects
         # A new leader knows readiness only from stored records until the agents report:
         # it publishes no endpoint view until every node not known to be lost has been
         # heard from (or nodeLossTimeoutSeconds passed), so that nodes keep answering from
@@ -269,7 +273,7 @@ class WorkloadController:
             w = workloads.get((inst.namespace, inst.workload))
             return None if w is None else wanted.get((w.metadata.uid, inst.generation))
 
-        per_node = assignments_by_node(insts, bundle_for)
+        per_node = assignments_by_node(insts, bundle_for, self._assignment_cache)
         await self.lc.assignments.publish(per_node, self.lc.peers())
         if not self._endpoints_live:
             nodes = self.lc.registry.stored()
@@ -297,41 +301,11 @@ class WorkloadController:
         """Write a plan; False when some write met a conflict (the next pass redoes it)."""
         store = self.store
         ok = True
-
-        async def create(inst: kat_pb2.Instance) -> None:
-            inst.resource_version = await store.create_instance(inst)
-            final[inst.id] = inst
-
-        async def update(inst: kat_pb2.Instance) -> None:
-            nonlocal ok
-            try:
-                inst.resource_version = await store.update_instance(inst, inst.resource_version)
-                final[inst.id] = inst
-            except StaleWrite:
-                ok = False
-
-        async def delete(inst: kat_pb2.Instance) -> None:
-            nonlocal ok
-            try:
-                await store.delete_instance(
-                    inst.namespace, inst.workload, inst.id, inst.resource_version
-                )
-                final.pop(inst.id, None)
-            except StaleWrite:
-                ok = False
-
-        async def create_safe(inst: kat_pb2.Instance) -> None:
-            nonlocal ok
-            try:
-                await create(inst)
-            except AlreadyExists:
-                ok = False
-
-        await asyncio.gather(
-            *(create_safe(i) for i in plan.creates),
-            *(update(i) for i in plan.updates),
-            *(delete(i) for i in plan.deletes),
-        )
+        ops = [("c", i) for i in plan.creates]
+        ops += [("u", i) for i in plan.updates]
+        ops += [("d", i) for i in plan.deletes]
+        for start in range(0, len(ops), TXN_BATCH):
+            ok &= await self._write_batch(ops[start : start + TXN_BATCH], final)
         if workload is not None and plan.status is not None:
             updated = kat_pb2.Workload()
             updated.CopyFrom(workload)
@@ -346,6 +320,35 @@ class WorkloadController:
             except (EtcdError, StoreError) as exc:
                 log.warning("could not record event %s: %s", ev.reason, exc)
         return ok
+
+    async def _write_batch(
+        self, ops: Sequence[tuple[str, kat_pb2.Instance]], final: dict[str, kat_pb2.Instance]
+    ) -> bool:
+        """Instance writes of a plan in one etcd transaction (one raft proposal instead of
+        one per record); when a guard fails, one by one so that the other writes still
+        land. False when some write met a conflict (the next pass redoes it)."""
+        store = self.store
+        try:
+            if len({i.id for _, i in ops}) != len(ops):
+                raise StoreError("an instance twice in one batch: write them one by one")
+            revision = await store.write_instances(
+                (i for k, i in ops if k == "c"),
+                (i for k, i in ops if k == "u"),
+                (i for k, i in ops if k == "d"),
+            )
+        except StoreError:
+            if len(ops) == 1:
+                return False
+        else:
+            for kind, inst in ops:
+                if kind == "d":
+                    final.pop(inst.id, None)
+                else:
+                    inst.resource_version = revision
+                    final[inst.id] = inst
+            return True
+        results = await asyncio.gather(*(self._write_batch([op], final) for op in ops))
+        return all(results)
 
 
 async def run_controllers(lc: LeaderContext) -> None:

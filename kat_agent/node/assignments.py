@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+from internal.core.assignments import DeltaOutOfSync, apply_update
 from internal.host.files import write_atomic
 from internal.observability import metrics
 from kat_agent.node.agent import Agent
@@ -72,14 +73,24 @@ async def watch_assignments(
     backoff: tuple[float, float] = BACKOFF,
 ) -> None:
     """Follow the leader's WatchAssignments stream for ever, handing every snapshot to
-    `on_snapshot` (see `follow_leader_stream`)."""
-    request = kat_pb2.AssignmentsRequest(node_name=agent.identity.name)
+    `on_snapshot` (see `follow_leader_stream`). The leader sends deltas after the first
+    snapshot of a stream; they are applied here, so `on_snapshot` always gets the full
+    set. A delta that does not fit ends the stream (a new one starts with a snapshot)."""
+    request = kat_pb2.AssignmentsRequest(node_name=agent.identity.name, accept_deltas=True)
+    current: kat_pb2.AssignmentSet | None = None
+
+    def on_message(update: kat_pb2.AssignmentSet) -> None:
+        nonlocal current
+        if not update.delta:
+            current = None  # a new stream: nothing from an older one applies
+        current = apply_update(current, update)
+        on_snapshot(current)
 
     def opened(snapshot: kat_pb2.AssignmentSet) -> str:
         return f"{len(snapshot.assignments)} assignments, revision {snapshot.revision}"
 
     await follow_leader_stream(
-        agent, lambda stub: stub.WatchAssignments(request), on_snapshot, "assignments", opened,
+        agent, lambda stub: stub.WatchAssignments(request), on_message, "assignments", opened,
         backoff,
     )  # fmt: skip
 
@@ -145,6 +156,8 @@ async def _follow(
             received = True
             on_message(message)
         log.warning("the leader ended the %s stream; reopening", what)
+    except DeltaOutOfSync as err:
+        log.warning("%s stream out of step (%s); reopening", what, err)
     except grpc.RpcError as err:
         code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
         details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)

@@ -1,0 +1,104 @@
+"""Assignment deltas: what a node rebuilds from the full snapshot and the deltas after it is
+exactly the leader's full snapshot, and unchanged records are not rebuilt (issue 14)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from api.v1alpha1 import kat_pb2
+from internal.core.assignments import DeltaOutOfSync, apply_update, assignments_by_node
+from kat_agent.leader.assignments import HISTORY, AssignmentBook
+
+P = kat_pb2.Instance
+
+
+def rec(id_: str, node: str = "n1", restarts: int = 0) -> P:
+    return P(
+        id=id_, workload="web", namespace="default", node=node, generation=1,
+        phase=P.RUNNING, restart_count=restarts, resource_version=3,
+    )  # fmt: skip
+
+
+def peer(name: str) -> kat_pb2.Peer:
+    return kat_pb2.Peer(node_name=name, advertise_address="127.0.0.1")
+
+
+def test_a_stream_of_deltas_rebuilds_the_full_snapshot_at_every_step() -> None:
+    async def run() -> None:
+        book = AssignmentBook()
+        await book.reset()
+        bundle = kat_pb2.Bundle()
+        cache: dict = {}  # type: ignore[type-arg]
+        steps = [
+            ([rec("a"), rec("b"), rec("c", "n2")], [peer("n1")]),
+            ([rec("a"), rec("b", restarts=1), rec("d")], [peer("n1")]),  # change, add, remove
+            ([rec("a"), rec("d")], [peer("n1"), peer("n2")]),  # peers change too
+            ([], [peer("n1"), peer("n2")]),  # everything goes
+        ]
+        node_view: kat_pb2.AssignmentSet | None = None
+        last = -1
+        kinds = []
+        for records, peers in steps:
+            await book.publish(assignments_by_node(records, lambda _: bundle, cache), peers)
+            update = book.update("n1", last, deltas=True)
+            assert update is not None
+            kinds.append(update.delta)
+            node_view = apply_update(node_view, update)
+            last = update.revision
+            assert node_view == book.snapshot("n1")
+            assert book.update("n1", last, deltas=True) is None  # up to date
+        assert kinds == [False, True, True, True]  # a full snapshot first, then deltas
+        assert node_view is not None and not node_view.assignments
+        assert [p.node_name for p in node_view.peers] == ["n1", "n2"]
+
+    asyncio.run(run())
+
+
+def test_unchanged_records_keep_their_assignment_objects_and_revision() -> None:
+    async def run() -> None:
+        book = AssignmentBook()
+        await book.reset()
+        bundle = kat_pb2.Bundle()
+        cache: dict = {}  # type: ignore[type-arg]
+        first = assignments_by_node([rec("a"), rec("b")], lambda _: bundle, cache)
+        assert await book.publish(first) == ["n1"]
+        revision = book.revision("n1")
+        again = assignments_by_node([rec("a"), rec("b")], lambda _: bundle, cache)
+        assert [x is y for x, y in zip(first["n1"], again["n1"], strict=True)] == [True, True]
+        assert await book.publish(again) == []
+        assert book.revision("n1") == revision
+        bumped = assignments_by_node([rec("a"), rec("b", restarts=2)], lambda _: bundle, cache)
+        assert bumped["n1"][0] is first["n1"][0] and bumped["n1"][1] is not first["n1"][1]
+        assert bumped["n1"][1].instance.restart_count == 2
+        assert await book.publish(bumped) == ["n1"]
+        update = book.update("n1", revision or 0, deltas=True)
+        assert update is not None and update.delta
+        assert [a.instance.id for a in update.assignments] == ["b"] and not update.removed
+
+    asyncio.run(run())
+
+
+def test_a_stream_far_behind_or_without_deltas_gets_a_full_snapshot() -> None:
+    async def run() -> None:
+        book = AssignmentBook()
+        await book.reset()
+        await book.publish({"n1": [kat_pb2.Assignment(instance=rec("a"))]})
+        start = book.revision("n1") or 0
+        for i in range(HISTORY + 1):
+            await book.publish({"n1": [kat_pb2.Assignment(instance=rec("a", restarts=i + 1))]})
+        behind = book.update("n1", start, deltas=True)
+        assert behind is not None and not behind.delta and len(behind.assignments) == 1
+        plain = book.update("n1", start, deltas=False)
+        assert plain is not None and not plain.delta
+
+    asyncio.run(run())
+
+
+def test_a_delta_that_does_not_follow_the_nodes_set_is_refused() -> None:
+    full = kat_pb2.AssignmentSet(revision=5)
+    with pytest.raises(DeltaOutOfSync):
+        apply_update(full, kat_pb2.AssignmentSet(revision=9, delta=True, base_revision=7))
+    with pytest.raises(DeltaOutOfSync):
+        apply_update(None, kat_pb2.AssignmentSet(revision=9, delta=True, base_revision=5))
