@@ -81,6 +81,31 @@ def test_every_node_serves_valid_metrics_only_with_a_certificate(
             scrape(target, None)
 
 
+def test_every_node_reports_overlay_handshake_age_and_dns_queries(
+    cluster: DevCluster, certs: Path
+) -> None:
+    nodes = cluster.state()["nodes"]
+    names = {n["address"]: n.get("name") or n["key"] for n in nodes}
+
+    def ages(target: str) -> dict[str, float]:
+        text = scrape(target, certs).decode()
+        found = re.findall(r'kat_overlay_peer_handshake_age_seconds\{peer="([^"]+)"\} (\S+)', text)
+        assert 'kat_dns_queries_total{answer="zone"}' in text
+        return {peer: float(v) for peer, v in found}
+
+    for target in targets(cluster):
+        own = names[target.rsplit(":", 1)[0]]
+        want = set(names.values()) - {own}
+        got = wait_until(
+            lambda t=target, want=want: (
+                (a := ages(t)) and set(a) == want and all(v < 180 for v in a.values()) and a
+            ),
+            timeout=120,
+            what=f"{target}: a recent handshake with every other node",
+        )
+        assert all(v >= 0 for v in got.values()), got
+
+
 def test_the_monitoring_certificate_can_call_no_api(
     cluster: DevCluster, certs: Path, tmp_path: Path
 ) -> None:
