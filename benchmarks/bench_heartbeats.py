@@ -96,7 +96,8 @@ async def simulate(
     start = loop.time()
 
     async def agent(name: str, cert: bytes, key: bytes) -> None:
-        ch = grpc.aio.secure_channel(api, rpc.client_credentials(ca, cert, key))
+        creds = rpc.client_credentials(ca, cert, key)
+        ch = grpc.aio.secure_channel(api, creds, options=rpc.api_channel_options())
         stub = kat_pb2_grpc.AgentAPIStub(ch)
         req = kat_pb2.HeartbeatRequest(
             node_name=name,
@@ -169,11 +170,13 @@ def main() -> int:
         # a real token, created through the API like `katcall token create`
         creds = rpc.client_credentials(ca, ctx.cert, ctx.key)
         deadline = time.monotonic() + 60
-        with grpc.secure_channel(ctx.endpoints[0], creds) as ch:
+        with grpc.secure_channel(ctx.endpoints[0], creds, rpc.api_channel_options()) as ch:
             while True:  # the API answers UNAVAILABLE until the election is won
                 try:
                     created = kat_pb2_grpc.ClusterAPIStub(ch).CreateToken(
-                        kat_pb2.CreateTokenRequest(), timeout=10
+                        # the simulated nodes join from 127.0.0.1 with other addresses
+                        kat_pb2.CreateTokenRequest(approved_addresses=["127.0.0.0/8"]),
+                        timeout=10,
                     )
                     break
                 except grpc.RpcError:

@@ -82,7 +82,8 @@ async def node_streams(
     api: str, ca: bytes, node: tuple[str, bytes, bytes], seen: Delivered, stop: asyncio.Event
 ) -> None:
     name, cert, key = node
-    async with grpc.aio.secure_channel(api, rpc.client_credentials(ca, cert, key)) as ch:
+    creds = rpc.client_credentials(ca, cert, key)
+    async with grpc.aio.secure_channel(api, creds, rpc.api_channel_options()) as ch:
         stub = kat_pb2_grpc.AgentAPIStub(ch)
         beat = kat_pb2.HeartbeatRequest(
             node_name=name,
@@ -199,7 +200,7 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> int:
     ctx = clientconfig.load(data / "admin.katconfig").context()
     creds = rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
     api = ctx.endpoints[0]
-    async with grpc.aio.secure_channel(api, creds) as ch:
+    async with grpc.aio.secure_channel(api, creds, rpc.api_channel_options()) as ch:
         client = kat_pb2_grpc.ClusterAPIStub(ch)
         deadline = time.monotonic() + 60
         while True:  # UNAVAILABLE until the election is won

@@ -4,6 +4,7 @@ handshake (CA pinning, CSR) on other nodes."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import socket
 import ssl
@@ -120,8 +121,16 @@ def ensure_etcd_certs(dd: DataDir, node_name: str, advertise: str) -> None:
         pki.write_pair(client, dd.etcd_pki / "client.key", pair)
 
 
-def issue_node_certificate(dd: DataDir, ca: pki.CertAndKey, node_name: str, advertise: str) -> None:
-    """The init node's own identity; its key is made here, where it is used."""
+def issue_node_certificate(
+    dd: DataDir,
+    ca: pki.CertAndKey,
+    node_name: str,
+    advertise: str,
+    *,
+    lifetime: dt.timedelta | None = None,
+) -> bytes:
+    """The init node's own identity; its key is made here, where it is used. Returns
+    the certificate."""
     key = pki.generate_private_key()
     dns, ips = pki.serving_sans(node_name, advertise)
     cert = pki.sign_csr(
@@ -132,13 +141,19 @@ def issue_node_certificate(dd: DataDir, ca: pki.CertAndKey, node_name: str, adve
         role=pki.ROLE_NODE,
         dns_names=dns,
         ip_addresses=ips,
+        lifetime=lifetime,
     )
     pki.write_private_key(dd.node_key, key)
     pki.write_certificate(dd.node_cert, cert)
+    return cert
 
 
-def issue_admin_certificate(ca: pki.CertAndKey, name: str = "admin") -> pki.CertAndKey:
-    return pki.issue_certificate(ca.cert_pem, ca.key_pem, common_name=name, role=pki.ROLE_ADMIN)
+def issue_admin_certificate(
+    ca: pki.CertAndKey, name: str = "admin", *, lifetime: dt.timedelta | None = None
+) -> pki.CertAndKey:
+    return pki.issue_certificate(
+        ca.cert_pem, ca.key_pem, common_name=name, role=pki.ROLE_ADMIN, lifetime=lifetime
+    )
 
 
 def issue_join_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, advertise: str) -> pki.CertAndKey:

@@ -237,11 +237,16 @@ async def _finish_local_identity(
     ca = pki.read_pair(dd.ca_cert, dd.ca_key)
     name = node.metadata.name
     api = f"{advertise}:{spec.api_port}"
-    bootstrap.issue_node_certificate(dd, ca, name, advertise)
-    admin = bootstrap.issue_admin_certificate(ca)
+    from internal.core import certlife
     from kat_agent.leader.admin_api import record_admin_certificate
+    from kat_agent.leader.inventory import record_issued
 
+    life = certlife.lifetime(spec)
+    node_cert = bootstrap.issue_node_certificate(dd, ca, name, advertise, lifetime=life)
+    admin = bootstrap.issue_admin_certificate(ca, lifetime=life)
     await record_admin_certificate(store, "admin", admin.cert_pem, "init")
+    await record_issued(store, node_cert, "init")
+    await record_issued(store, admin.cert_pem, "init")
     cfg = clientconfig.ClientConfig()
     context = config.metadata.name or "kat"
     cfg.upsert(clientconfig.Context(context, [api], ca.cert_pem, admin.cert_pem, admin.key_pem))
@@ -450,6 +455,7 @@ async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> Node
         resp = await bootstrap.join_cluster(dd, leader, token, req)
     except bootstrap.JoinError as exc:
         raise StartupError(str(exc)) from None
+    dd.left_marker.unlink(missing_ok=True)  # a member again: its network parts come back
     if opts.etcd_member:
         from internal.security import sealing
 
@@ -500,6 +506,9 @@ async def serve(
 
             tg.create_task(run_member(dd, identity, store, config), name="member")
         tg.create_task(agent.run(), name="agent")
+        from kat_agent.renewal import run_node_certificate_renewal
+
+        tg.create_task(run_node_certificate_renewal(dd, agent), name="node-certificate")
         tg.create_task(
             run_node(dd, identity, agent, config, rootless=opts.rootless), name="node-runtime"
         )

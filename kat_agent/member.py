@@ -120,7 +120,14 @@ async def run_member(
     agent_api = AgentAPI(lc)
     kat_pb2_grpc.add_ClusterAPIServicer_to_server(ClusterAPI(lc), server)
     kat_pb2_grpc.add_AgentAPIServicer_to_server(agent_api, server)
-    server.add_secure_port(api, rpc.mtls_server_credentials(lc.node_cert, lc.node_key, ca_cert))
+    # The API is served with this member's own kat:api certificate (clients check its
+    # name, see rpc.API_SERVER_NAME), re-read on every handshake once renewed.
+    from internal.security.certfiles import KeyPairFile
+    from kat_agent.renewal import ensure_api_certificate, run_api_certificate_renewal
+
+    await ensure_api_certificate(lc, dd, identity.advertise_address)
+    api_pair = KeyPairFile(dd.api_cert, dd.api_key)
+    server.add_secure_port(api, api_pair.server_credentials(ca_cert))
     # The join port takes calls without a client certificate: its own server, with
     # a small message limit (a join request is a few KB) and few concurrent calls.
     join_server = grpc.aio.server(
@@ -166,6 +173,10 @@ async def run_member(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(lc.watch_quorum(), name="quorum")
+            tg.create_task(
+                run_api_certificate_renewal(lc, dd, identity.advertise_address),
+                name="api-certificate",
+            )
             tg.create_task(lc.revocations.run(), name="revocations")
             tg.create_task(election.run(lead), name="election")
     finally:

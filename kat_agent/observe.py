@@ -7,6 +7,7 @@ from internal.host.datadir import DataDir, NodeIdentity
 from internal.manifests import defaults
 from internal.observability import metrics
 from internal.observability.metrics_http import serve_metrics
+from internal.security.certfiles import KeyPairFile
 from internal.version import VERSION
 
 
@@ -22,4 +23,5 @@ async def serve_node_metrics(
         dd.node_cert.read_bytes(),
         dd.node_key.read_bytes(),
         dd.ca_cert.read_bytes(),
+        pair=KeyPairFile(dd.node_cert, dd.node_key),  # follows renewals
     )

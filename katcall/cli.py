@@ -34,10 +34,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "katcall.node_cmd",
     "katcall.label_cmd",
     "katcall.ingress_cmd",
+    "katcall.ingress_cert_cmd",
     "katcall.token_cmd",
     "katcall.admin_cmd",
     "katcall.config_cmd",
     "katcall.audit_cmd",
+    "katcall.certs_cmd",
     "katcall.info_cmd",
     "katcall.completion_cmd",
 )

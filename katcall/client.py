@@ -22,7 +22,15 @@ from katcall import diagnose, failover
 
 T = TypeVar("T")
 R = TypeVar("R", covariant=True)
-Stub = kat_pb2_grpc.ClusterAPIStub
+
+
+class Stub(kat_pb2_grpc.ClusterAPIStub):
+    """The ClusterAPI stub, keeping its channel (AgentAPI calls share it)."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        super().__init__(channel)
+        self.channel = channel
+
 
 DEFAULT_TIMEOUT = 15.0
 # How long a new connection may take before the endpoint counts as unreachable: a
@@ -76,7 +84,7 @@ class Client:
     def _channel(self, endpoint: str) -> grpc.Channel:
         if endpoint not in self._channels:
             self._channels[endpoint] = grpc.secure_channel(
-                endpoint, self._creds, options=rpc.KEEPALIVE_OPTIONS
+                endpoint, self._creds, options=rpc.api_channel_options()
             )
         return self._channels[endpoint]
 
@@ -84,6 +92,13 @@ class Client:
         for ch in self._channels.values():
             _connectivity_polling_done(ch)
             ch.close()
+
+    def use_certificate(self, cert: bytes, key: bytes) -> None:
+        """Continue with a renewed client certificate (new channels)."""
+        self.close()
+        self._channels.clear()
+        self.ctx.cert, self.ctx.key = cert, key
+        self._creds = rpc.client_credentials(self.ctx.ca, cert, key)
 
     def __enter__(self) -> Client:
         return self
@@ -213,6 +228,21 @@ class Client:
     ) -> pb.AuditList:
         return self._unary("ListAudit", request, timeout)
 
+    def list_certificates(
+        self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.CertificateList:
+        return self._unary("ListCertificates", request, timeout)
+
+    def renew_certificate(
+        self, request: pb.RenewCertificateRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.RenewCertificateResponse:
+        """AgentAPI.RenewCertificate on the leader (admin certificates renew there too)."""
+        return self._with_leader(
+            lambda stub: kat_pb2_grpc.AgentAPIStub(stub.channel).RenewCertificate(
+                request, timeout=timeout
+            )
+        )
+
     def restart_workload(
         self, request: pb.ObjectRef, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.Workload:
@@ -242,6 +272,21 @@ class Client:
         self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
     ) -> pb.EndpointSet:
         return self._unary("GetEndpoints", request, timeout)
+
+    def set_ingress_certificate(
+        self, request: pb.IngressCertificateRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.IngressCertificate:
+        return self._unary("SetIngressCertificate", request, timeout)
+
+    def list_ingress_certificates(
+        self, request: pb.ListRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.IngressCertificateList:
+        return self._unary("ListIngressCertificates", request, timeout)
+
+    def remove_ingress_certificate(
+        self, request: pb.IngressCertificateRequest, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> pb.Empty:
+        return self._unary("RemoveIngressCertificate", request, timeout)
 
     def get_cluster_info(
         self, request: pb.ClusterInfoRequest, *, timeout: float = DEFAULT_TIMEOUT

@@ -21,9 +21,10 @@ from pathlib import Path
 from cryptography import x509
 
 from internal.host.files import write_private
-from internal.security import clientconfig
+from internal.security import clientconfig, rpc
 
 CONNECT_TIMEOUT = 3.0
+HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 
 
 def _split(endpoint: str) -> tuple[str, int]:
@@ -104,7 +105,9 @@ def endpoint_problem(ctx: clientconfig.Context, endpoint: str) -> str | None:
     except OSError as exc:
         return f"cannot connect to {endpoint}: {exc.strerror or exc}"
     try:
-        with _ssl_context(ctx) as tls, raw, tls.wrap_socket(raw, server_hostname=host) as conn:
+        # The name every API client checks (not the address): see rpc.API_SERVER_NAME.
+        api_name = rpc.API_SERVER_NAME
+        with _ssl_context(ctx) as tls, raw, tls.wrap_socket(raw, server_hostname=api_name) as conn:
             conn.settimeout(CONNECT_TIMEOUT)
             # A TLS 1.3 server refuses a client certificate after the handshake, by an alert
             # or by closing at once; one that accepts it sends its HTTP/2 settings.
@@ -116,6 +119,13 @@ def endpoint_problem(ctx: clientconfig.Context, endpoint: str) -> str | None:
     except ssl.SSLCertVerificationError as exc:
         served = _server_certificate(host, port)
         what = _describe_cert(served) if served else "not readable"
+        if exc.verify_code == HOSTNAME_MISMATCH:
+            return (
+                f"TLS verification of {endpoint} failed: it is not a KAT API server: its "
+                f"certificate ({what}) is from the cluster's CA but is not an API server "
+                f"certificate (no {rpc.API_SERVER_NAME}); a node certificate cannot serve "
+                "the API, refusing to talk to it"
+            )
         return (
             f"TLS verification of {endpoint} failed: its certificate ({what}) is not accepted "
             f"by the CA of context {ctx.name!r}: {exc.verify_message}"

@@ -38,6 +38,7 @@ REPEATABLE_METHODS = frozenset(
         "ListNodes",
         "GetNode",
         "ListTokens",
+        "ListIngressCertificates",
         "ListAudit",
         "ListInstanceStats",
         "GetClusterInfo",

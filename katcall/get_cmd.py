@@ -200,6 +200,8 @@ def _token_row(t: kat_pb2.JoinToken, wide: bool, with_ns: bool) -> list[str]:
     )
     uses = f"{t.uses}/{t.max_uses}" if t.max_uses else f"{t.uses}"
     scope = "etcd-member" if t.etcd_member else "worker"
+    if t.approved_addresses:  # addresses a joining node may claim besides its source
+        scope += " +" + ",".join(t.approved_addresses)
     return [t.id, state, uses, scope, t.description]
 
 

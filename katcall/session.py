@@ -86,4 +86,8 @@ def connect(args: argparse.Namespace) -> Client:
             clientconfig.save(fresh, path)
 
     timeout = getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT)
-    return Client(ctx, on_endpoints=remember, request_timeout=timeout)
+    client = Client(ctx, on_endpoints=remember, request_timeout=timeout)
+    from katcall.renew import renew_if_due
+
+    renew_if_due(client, path)  # an admin certificate renews itself when used
+    return client

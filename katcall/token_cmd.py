@@ -28,6 +28,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                 max_uses=args.max_uses,
                 description=args.description,
                 etcd_member=args.etcd_member,
+                approved_addresses=args.address,
             ),
         )
     if args.quiet:
@@ -69,6 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--etcd-member",
         action="store_true",
         help="the token may also add an etcd member (default: it joins workers only)",
+    )
+    c.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        metavar="IP|CIDR",
+        help="an address a node joining with this token may advertise besides the source "
+        "address of its join (a node behind NAT); repeatable",
     )
     c.add_argument("-q", "--quiet", action="store_true", help="print only the token")
     c.set_defaults(func=cmd_create)

@@ -197,7 +197,7 @@ def serving_leaders(c: DevCluster) -> list[str]:
         if not n.get("etcd_member"):
             continue
         endpoint = f"{n['address']}:9115"
-        with grpc.secure_channel(endpoint, creds) as ch:
+        with grpc.secure_channel(endpoint, creds, options=rpc.api_channel_options()) as ch:
             try:
                 kat_pb2_grpc.ClusterAPIStub(ch).GetClusterInfo(
                     kat_pb2.ClusterInfoRequest(), timeout=3
@@ -311,9 +311,26 @@ def _partition(c: DevCluster, bundle: Bundle, key: str, fault: str, loss_timeout
             )
             if took is not None:
                 result.timings["instances replaced elsewhere"] = took
-            kept = len(podman_running(c, key, name))
+            running = podman_running(c, key, name)
+            kept = len(running)
             result.checks["partitioned node kept its containers"] = kept >= mine
             result.notes.append(f"{node}: {mine} copies before, {kept} while partitioned")
+            if running:
+                # Cut off from the leader, the node still restarts what fails (detached).
+                subprocess.run(
+                    [*podman_args(c, key), "rm", "-f", running[0]],
+                    capture_output=True,
+                    timeout=60,
+                )
+                back = wait_for(
+                    lambda: len(set(podman_running(c, key, name)) - {running[0]}) >= kept,
+                    60,
+                )
+                result.checks["a container removed while cut off is back within 15 s"] = (
+                    back is not None and back <= 15
+                )
+                if back is not None:
+                    result.timings["removed while cut off, back"] = back
         t = wait_for(lambda: converged(c, name, replicas), 60)
         result.checks["exactly the desired copies within 30 s"] = t is not None and t <= 30
         if t is not None:

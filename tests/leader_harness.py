@@ -66,8 +66,11 @@ def poll(
 class Leader:
     """`kat-agent init` as a subprocess; use as a context manager (always stopped)."""
 
-    def __init__(self, root: Path, tick: int = 1, loss: int = 3) -> None:
+    def __init__(
+        self, root: Path, tick: int = 1, loss: int = 3, spec: dict[str, object] | None = None
+    ) -> None:
         self.root = root
+        self.extra_spec = dict(spec or {})  # more cluster.kat spec fields
         self.data = root / "leader"
         self.ports = {
             "apiPort": free_port(),
@@ -85,7 +88,8 @@ class Leader:
 
     def __enter__(self) -> Leader:
         self.root.mkdir(parents=True, exist_ok=True)
-        spec = "\n".join(f"  {k}: {v}" for k, v in self.ports.items())
+        fields = {**self.ports, **self.extra_spec}
+        spec = "\n".join(f"  {k}: {v}" for k, v in fields.items())
         config = self.root / "cluster.kat"
         config.write_text(
             "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\n"
@@ -162,7 +166,9 @@ class Leader:
         if self._channel is None:
             ctx = self.context
             self._channel = grpc.secure_channel(
-                self.api, rpc.client_credentials(ctx.ca, ctx.cert, ctx.key)
+                self.api,
+                rpc.client_credentials(ctx.ca, ctx.cert, ctx.key),
+                options=rpc.api_channel_options(),
             )
         return kat_pb2_grpc.ClusterAPIStub(self._channel)
 
@@ -192,14 +198,17 @@ class Leader:
     def katcall_json(self, *args: str) -> Any:
         return json.loads(self.katcall(*args, "-o", "json", check=True).stdout)
 
-    def join_token(self) -> str:
-        return self.stub().CreateToken(kat_pb2.CreateTokenRequest(), timeout=10).join_token
+    def join_token(self, approved: list[str] | None = None) -> str:
+        """A token; `approved`: addresses it may advertise besides the join's source."""
+        req = kat_pb2.CreateTokenRequest(approved_addresses=approved or [])
+        return self.stub().CreateToken(req, timeout=10).join_token
 
     def join_node(
         self, hostname: str, ip: str, labels: dict[str, str] | None = None
     ) -> tuple[kat_pb2.JoinResponse, bytes]:
         """A node joined through the real Join RPC: the answer and the node's key."""
-        credential = tokens.parse(self.join_token()).credential
+        # joined from 127.0.0.1, advertising `ip`: the address is approved on the token
+        credential = tokens.parse(self.join_token(approved=[ip])).credential
         key = pki.generate_private_key()
         req = kat_pb2.JoinRequest(
             token=credential,
@@ -322,7 +331,9 @@ class SimAgent:
     async def start(self) -> None:
         self._changed = asyncio.Event()
         self._channel = grpc.aio.secure_channel(
-            self.leader.api, rpc.client_credentials(self.ca, self.cert, self.key)
+            self.leader.api,
+            rpc.client_credentials(self.ca, self.cert, self.key),
+            options=rpc.api_channel_options(),
         )
         self._tasks = [
             asyncio.create_task(self._heartbeats()),

@@ -620,7 +620,7 @@ class NodeSpec(_message.Message):
     def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., unschedulable: _Optional[bool] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("condition", "advertise_address", "capacity", "allocatable", "subnet", "wireguard_public_key", "last_heartbeat", "instances", "etcd_member", "leader", "agent_port", "agent_version", "certificate_sha256", "observed_address", "overlay", "conditions")
+    __slots__ = ("condition", "advertise_address", "capacity", "allocatable", "subnet", "wireguard_public_key", "last_heartbeat", "instances", "etcd_member", "leader", "agent_port", "agent_version", "certificate_sha256", "previous_certificate_sha256", "observed_address", "overlay", "conditions")
     class Condition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         CONDITION_UNSPECIFIED: _ClassVar[NodeStatus.Condition]
@@ -644,6 +644,7 @@ class NodeStatus(_message.Message):
     AGENT_PORT_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -660,10 +661,11 @@ class NodeStatus(_message.Message):
     agent_port: int
     agent_version: str
     certificate_sha256: str
+    previous_certificate_sha256: str
     observed_address: str
     overlay: OverlayStatus
     conditions: _containers.RepeatedCompositeFieldContainer[Condition]
-    def __init__(self, condition: _Optional[_Union[NodeStatus.Condition, str]] = ..., advertise_address: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., etcd_member: _Optional[bool] = ..., leader: _Optional[bool] = ..., agent_port: _Optional[int] = ..., agent_version: _Optional[str] = ..., certificate_sha256: _Optional[str] = ..., observed_address: _Optional[str] = ..., overlay: _Optional[_Union[OverlayStatus, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
+    def __init__(self, condition: _Optional[_Union[NodeStatus.Condition, str]] = ..., advertise_address: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., subnet: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., etcd_member: _Optional[bool] = ..., leader: _Optional[bool] = ..., agent_port: _Optional[int] = ..., agent_version: _Optional[str] = ..., certificate_sha256: _Optional[str] = ..., previous_certificate_sha256: _Optional[str] = ..., observed_address: _Optional[str] = ..., overlay: _Optional[_Union[OverlayStatus, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
 
 class OverlayStatus(_message.Message):
     __slots__ = ("interface", "backend", "up", "mtu", "listen_port", "address", "peers", "error", "stale_peers")
@@ -718,7 +720,7 @@ class Node(_message.Message):
     def __init__(self, api_version: _Optional[str] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
 
 class ClusterConfigurationSpec(_message.Message):
-    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "host_mount_allowed_paths", "ingress_http_port", "ingress_https_port", "metrics_port", "audit_retention_days", "container_log_max_size")
+    __slots__ = ("cluster_cidr", "service_cidr", "node_subnet_bits", "cluster_domain", "agent_port", "api_port", "etcd_peer_port", "etcd_client_port", "volume_base_path", "backup_path", "backup_interval_minutes", "agent_tick_seconds", "node_loss_timeout_seconds", "backup_retention", "wireguard_port", "join_port", "host_mount_allowed_paths", "ingress_http_port", "ingress_https_port", "metrics_port", "audit_retention_days", "container_log_max_size", "certificate_lifetime_hours", "certificate_lifetime_seconds")
     CLUSTER_CIDR_FIELD_NUMBER: _ClassVar[int]
     SERVICE_CIDR_FIELD_NUMBER: _ClassVar[int]
     NODE_SUBNET_BITS_FIELD_NUMBER: _ClassVar[int]
@@ -741,6 +743,8 @@ class ClusterConfigurationSpec(_message.Message):
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_LOG_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_LIFETIME_HOURS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_LIFETIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     cluster_cidr: str
     service_cidr: str
     node_subnet_bits: int
@@ -763,7 +767,9 @@ class ClusterConfigurationSpec(_message.Message):
     metrics_port: int
     audit_retention_days: int
     container_log_max_size: str
-    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., host_mount_allowed_paths: _Optional[_Iterable[str]] = ..., ingress_http_port: _Optional[int] = ..., ingress_https_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., audit_retention_days: _Optional[int] = ..., container_log_max_size: _Optional[str] = ...) -> None: ...
+    certificate_lifetime_hours: int
+    certificate_lifetime_seconds: int
+    def __init__(self, cluster_cidr: _Optional[str] = ..., service_cidr: _Optional[str] = ..., node_subnet_bits: _Optional[int] = ..., cluster_domain: _Optional[str] = ..., agent_port: _Optional[int] = ..., api_port: _Optional[int] = ..., etcd_peer_port: _Optional[int] = ..., etcd_client_port: _Optional[int] = ..., volume_base_path: _Optional[str] = ..., backup_path: _Optional[str] = ..., backup_interval_minutes: _Optional[int] = ..., agent_tick_seconds: _Optional[int] = ..., node_loss_timeout_seconds: _Optional[int] = ..., backup_retention: _Optional[int] = ..., wireguard_port: _Optional[int] = ..., join_port: _Optional[int] = ..., host_mount_allowed_paths: _Optional[_Iterable[str]] = ..., ingress_http_port: _Optional[int] = ..., ingress_https_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., audit_retention_days: _Optional[int] = ..., container_log_max_size: _Optional[str] = ..., certificate_lifetime_hours: _Optional[int] = ..., certificate_lifetime_seconds: _Optional[int] = ...) -> None: ...
 
 class ClusterConfiguration(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec")
@@ -808,7 +814,7 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[Event.Type, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., object_kind: _Optional[str] = ..., object_name: _Optional[str] = ..., namespace: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class JoinToken(_message.Message):
-    __slots__ = ("id", "secret_sha256", "created", "expires", "max_uses", "uses", "revoked", "description", "etcd_member")
+    __slots__ = ("id", "secret_sha256", "created", "expires", "max_uses", "uses", "revoked", "description", "etcd_member", "approved_addresses")
     ID_FIELD_NUMBER: _ClassVar[int]
     SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
@@ -818,6 +824,7 @@ class JoinToken(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ETCD_MEMBER_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     id: str
     secret_sha256: str
     created: _timestamp_pb2.Timestamp
@@ -827,7 +834,8 @@ class JoinToken(_message.Message):
     revoked: bool
     description: str
     etcd_member: bool
-    def __init__(self, id: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., revoked: _Optional[bool] = ..., description: _Optional[str] = ..., etcd_member: _Optional[bool] = ...) -> None: ...
+    approved_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., revoked: _Optional[bool] = ..., description: _Optional[str] = ..., etcd_member: _Optional[bool] = ..., approved_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("instance", "bundle")
@@ -1086,16 +1094,18 @@ class DrainRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("ttl_seconds", "max_uses", "description", "etcd_member")
+    __slots__ = ("ttl_seconds", "max_uses", "description", "etcd_member", "approved_addresses")
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_USES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ETCD_MEMBER_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     ttl_seconds: int
     max_uses: int
     description: str
     etcd_member: bool
-    def __init__(self, ttl_seconds: _Optional[int] = ..., max_uses: _Optional[int] = ..., description: _Optional[str] = ..., etcd_member: _Optional[bool] = ...) -> None: ...
+    approved_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ttl_seconds: _Optional[int] = ..., max_uses: _Optional[int] = ..., description: _Optional[str] = ..., etcd_member: _Optional[bool] = ..., approved_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
     __slots__ = ("token", "join_token")
@@ -1280,6 +1290,64 @@ class CertificateRevocation(_message.Message):
     revoked_at: _timestamp_pb2.Timestamp
     revoked_by: str
     def __init__(self, certificate_sha256: _Optional[str] = ..., common_name: _Optional[str] = ..., role: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class IngressCertificate(_message.Message):
+    __slots__ = ("host", "cert_pem", "sha256", "not_after", "dns_names", "issuer", "source", "created")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    cert_pem: bytes
+    sha256: str
+    not_after: _timestamp_pb2.Timestamp
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    issuer: str
+    source: str
+    created: _timestamp_pb2.Timestamp
+    def __init__(self, host: _Optional[str] = ..., cert_pem: _Optional[bytes] = ..., sha256: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dns_names: _Optional[_Iterable[str]] = ..., issuer: _Optional[str] = ..., source: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class IngressKeyPair(_message.Message):
+    __slots__ = ("certificate", "key_pem")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate: IngressCertificate
+    key_pem: bytes
+    def __init__(self, certificate: _Optional[_Union[IngressCertificate, _Mapping]] = ..., key_pem: _Optional[bytes] = ...) -> None: ...
+
+class IngressKeyPairList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[IngressKeyPair]
+    def __init__(self, items: _Optional[_Iterable[_Union[IngressKeyPair, _Mapping]]] = ...) -> None: ...
+
+class IngressCertificateRequest(_message.Message):
+    __slots__ = ("host", "cert_pem", "key_pem")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    cert_pem: bytes
+    key_pem: bytes
+    def __init__(self, host: _Optional[str] = ..., cert_pem: _Optional[bytes] = ..., key_pem: _Optional[bytes] = ...) -> None: ...
+
+class IngressCertificateList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[IngressCertificate]
+    def __init__(self, items: _Optional[_Iterable[_Union[IngressCertificate, _Mapping]]] = ...) -> None: ...
+
+class IngressCertificatesRequest(_message.Message):
+    __slots__ = ("node_name", "hosts")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_name: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("token", "csr_pem", "advertise_address", "hostname", "labels", "etcd_member", "capacity", "wireguard_public_key", "node_name", "etcd_server_csr_pem", "etcd_client_csr_pem")
@@ -1467,6 +1535,46 @@ class EndpointSet(_message.Message):
     revision: int
     ingress_nodes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceEndpoints, _Mapping]]] = ..., revision: _Optional[int] = ..., ingress_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class IssuedCertificate(_message.Message):
+    __slots__ = ("serial", "common_name", "role", "not_before", "not_after", "dns_names", "ip_addresses", "reason", "sha256")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    COMMON_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    common_name: str
+    role: str
+    not_before: _timestamp_pb2.Timestamp
+    not_after: _timestamp_pb2.Timestamp
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    ip_addresses: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    sha256: str
+    def __init__(self, serial: _Optional[str] = ..., common_name: _Optional[str] = ..., role: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dns_names: _Optional[_Iterable[str]] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class CertificateList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[IssuedCertificate]
+    def __init__(self, items: _Optional[_Iterable[_Union[IssuedCertificate, _Mapping]]] = ...) -> None: ...
+
+class RenewCertificateRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewCertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem",)
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ...) -> None: ...
 
 class InstanceStats(_message.Message):
     __slots__ = ("instance_id", "namespace", "workload", "node", "cpu_cores", "memory_bytes", "memory_limit_bytes")

@@ -205,6 +205,26 @@ class ClusterAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.TopRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.TopResponse.FromString,
                 _registered_method=True)
+        self.SetIngressCertificate = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/SetIngressCertificate',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificate.FromString,
+                _registered_method=True)
+        self.ListIngressCertificates = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/ListIngressCertificates',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.FromString,
+                _registered_method=True)
+        self.RemoveIngressCertificate = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/RemoveIngressCertificate',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListCertificates = channel.unary_unary(
+                '/kat.v1alpha1.ClusterAPI/ListCertificates',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.CertificateList.FromString,
+                _registered_method=True)
 
 
 class ClusterAPIServicer:
@@ -421,6 +441,33 @@ class ClusterAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetIngressCertificate(self, request, context):
+        """HTTPS certificates of ingress hosts (`katcall ingress cert set|list|remove`). The
+        private key goes in and never comes out of ClusterAPI: listings carry no key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIngressCertificates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveIngressCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCertificates(self, request, context):
+        """Every leaf certificate the cluster CA issued that has not expired yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -593,6 +640,26 @@ def add_ClusterAPIServicer_to_server(servicer, server):
                     servicer.ListInstanceStats,
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.TopRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.TopResponse.SerializeToString,
+            ),
+            'SetIngressCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetIngressCertificate,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificate.SerializeToString,
+            ),
+            'ListIngressCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIngressCertificates,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.SerializeToString,
+            ),
+            'RemoveIngressCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveIngressCertificate,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.Empty.SerializeToString,
+            ),
+            'ListCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCertificates,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.ListRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.CertificateList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1524,10 +1591,117 @@ class ClusterAPI:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def SetIngressCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/SetIngressCertificate',
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIngressCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/ListIngressCertificates',
+            api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificateList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveIngressCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/RemoveIngressCertificate',
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificateRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.ClusterAPI/ListCertificates',
+            api_dot_v1alpha1_dot_kat__pb2.ListRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.CertificateList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentAPIStub:
-    """Served by the leader on apiPort to agents (node certificates).
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -1560,11 +1734,20 @@ class AgentAPIStub:
                 request_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
                 response_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
                 _registered_method=True)
+        self.GetIngressCertificates = channel.unary_unary(
+                '/kat.v1alpha1.AgentAPI/GetIngressCertificates',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.FromString,
+                _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/kat.v1alpha1.AgentAPI/RenewCertificate',
+                request_serializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentAPIServicer:
-    """Served by the leader on apiPort to agents (node certificates).
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def Join(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -1599,6 +1782,21 @@ class AgentAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetIngressCertificates(self, request, context):
+        """The certificates and keys of the given tls hosts: only for a node labelled
+        kat.dws.rip/ingress=true; an operator-supplied one, else one the cluster CA issues.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """A node (or an admin) renews its certificate (see RenewCertificateRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1627,6 +1825,16 @@ def add_AgentAPIServicer_to_server(servicer, server):
                     request_deserializer=api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.FromString,
                     response_serializer=api_dot_v1alpha1_dot_kat__pb2.EndpointSet.SerializeToString,
             ),
+            'GetIngressCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIngressCertificates,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=api_dot_v1alpha1_dot_kat__pb2.RenewCertificateResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kat.v1alpha1.AgentAPI', rpc_method_handlers)
@@ -1636,8 +1844,7 @@ def add_AgentAPIServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentAPI:
-    """Served by the leader on apiPort to agents (node certificates).
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def Join(request,
@@ -1764,6 +1971,60 @@ class AgentAPI:
             '/kat.v1alpha1.AgentAPI/WatchEndpoints',
             api_dot_v1alpha1_dot_kat__pb2.EndpointsRequest.SerializeToString,
             api_dot_v1alpha1_dot_kat__pb2.EndpointSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIngressCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.AgentAPI/GetIngressCertificates',
+            api_dot_v1alpha1_dot_kat__pb2.IngressCertificatesRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.IngressKeyPairList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kat.v1alpha1.AgentAPI/RenewCertificate',
+            api_dot_v1alpha1_dot_kat__pb2.RenewCertificateRequest.SerializeToString,
+            api_dot_v1alpha1_dot_kat__pb2.RenewCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

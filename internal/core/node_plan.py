@@ -14,7 +14,13 @@ The contract with the leader is written out in kat_agent/leader/assignments.py; 
 - a failure without an exit time (the container could not be created, or vanished: removed
   behind KAT's back) is dated when the node first sees it, and that date is kept and
   reported as `finished_at`, so the leader's back-off runs from a fixed point and ends;
-- containers found at start (or of earlier runs) are adopted, never restarted.
+- containers found at start (or of earlier runs) are adopted, never restarted;
+- except while the leader is unreachable (`detached`): then the node restarts a failed
+  service instance under restartPolicy ALWAYS itself (an exited container, one that
+  vanished or could not be created), with the leader's back-off (rollout.backoff_delay)
+  counted from the failure, so an edge site keeps its services up through a leader
+  outage. MAX_COUNT counting and NEVER stay the leader's; the count of local restarts is
+  forgotten once the leader is back (which then sees the instance running).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from datetime import datetime
 from typing import Protocol
 
 from api.v1alpha1 import kat_pb2
+from internal.core.rollout import backoff_delay
 
 P = kat_pb2.Instance
 
@@ -87,6 +94,7 @@ class Memory:
     health_failed: str = ""  # id of the container whose health check failed
     ready: bool = False  # its health check passed (only used with a health check)
     purged: bool = False  # its workload's volumes were purged (purge_volumes)
+    local_restarts: int = 0  # restarts the node made itself while detached
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +191,7 @@ PROGRESS = (Create, StopAndRemove, StopUnhealthy)
 class InstancePlan:
     memory: Memory
     actions: tuple[Action, ...] = ()
+    wake_at: datetime | None = None  # look again then (a detached restart's back-off)
 
     @property
     def progress(self) -> bool:
@@ -202,10 +211,14 @@ class NodePlan:
 # ------------------------------------------------------------------ deciding
 
 
-def plan_instance(view: InstanceView, now: datetime, *, desired_known: bool) -> InstancePlan:
+def plan_instance(
+    view: InstanceView, now: datetime, *, desired_known: bool, detached: bool = False
+) -> InstancePlan:
     """The next step for one instance (see the module docstring)."""
     iid, a, obs, mem = view.id, view.assignment, view.observed, view.memory
     mem = _date_failure(mem, now)
+    if not detached and mem.local_restarts:
+        mem = replace(mem, local_restarts=0)  # the leader is back: restarts are its own
     if not desired_known:
         if obs is not None and obs.running:
             return InstancePlan(mem, (Watch(iid, obs.container_id, health=False),))
@@ -233,7 +246,12 @@ def plan_instance(view: InstanceView, now: datetime, *, desired_known: bool) -> 
             return InstancePlan(mem)
         waiting = mem.acted_restarts is not None and want <= mem.acted_restarts
         if waiting and (mem.error or mem.vanished):
-            return InstancePlan(mem)  # FAILED: waiting for the leader's restart
+            due = _detached_restart_due(a, mem, mem.failed_at or now, detached)
+            if due is None:
+                return InstancePlan(mem)  # FAILED: waiting for the leader's restart
+            if now < due:
+                return InstancePlan(mem, wake_at=due)
+            mem = replace(mem, local_restarts=mem.local_restarts + 1)
         return InstancePlan(mem, (Create(iid, a),))
     actions: list[Action] = []
     if mem.acted_restarts is None:
@@ -254,8 +272,34 @@ def plan_instance(view: InstanceView, now: datetime, *, desired_known: bool) -> 
     elif obs.state in NOT_STARTED:
         # Created but never started (an agent crash in between): start afresh.
         actions.append(StopAndRemove(iid, obs.container_id, "unstarted", P.STARTING, ""))
-    # else exited: reported; the leader decides about a restart
+    else:
+        # Exited: reported; the leader decides about a restart (unless it is unreachable).
+        # (Without an exit time: as if it exited one back-off ago, i.e. due now.)
+        exited = obs.finished_at or now - backoff_delay(mem.local_restarts)
+        due = _detached_restart_due(a, mem, exited, detached)
+        if due is not None and now < due:
+            return InstancePlan(mem, tuple(actions), wake_at=due)
+        if due is not None:
+            mem = replace(mem, local_restarts=mem.local_restarts + 1)
+            message = "restarting (the leader is unreachable)"
+            actions.append(StopAndRemove(iid, obs.container_id, "restart", P.STARTING, message))
     return InstancePlan(mem, tuple(actions))
+
+
+def _detached_restart_due(
+    a: kat_pb2.Assignment, mem: Memory, failed_at: datetime, detached: bool
+) -> datetime | None:
+    """When the node may restart a failed instance itself (module docstring), or None
+    when that is the leader's to decide."""
+    spec = a.bundle.workload.spec
+    if not detached or spec.type == kat_pb2.WorkloadSpec.JOB:
+        return None
+    if spec.restart_policy.condition not in (
+        kat_pb2.RestartPolicy.ALWAYS,
+        kat_pb2.RestartPolicy.CONDITION_UNSPECIFIED,
+    ):
+        return None
+    return failed_at + backoff_delay(mem.local_restarts)
 
 
 def created(mem: Memory, a: kat_pb2.Assignment) -> Memory:

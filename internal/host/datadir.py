@@ -5,10 +5,14 @@
   pki/ca.key               cluster CA key (etcd members that may lead)
   pki/cluster-secret       seals the CA keys stored in etcd (etcd members, 0600)
   pki/node.crt, node.key   this node's identity (role kat:node)
+  pki/api.crt, api.key     the API server certificate of an etcd member (role kat:api)
   pki/etcd/...             etcd's own CA, server and client certificates
   pki/wireguard.key        this node's WireGuard private key (0600, never sent)
   etcd/                    etcd data
   agent/node.json          node name, uid, cluster uid, API endpoints
+  agent/left-cluster       written when this node is removed: network parts stay away
+  agent/ingress/           HAProxy's configuration on an ingress node (0700)
+  agent/ingress/certs/     one PEM (chain + key, 0600) per tls host HAProxy serves
   admin.katconfig          katcall config written by `init` (0600)
   join-command             the join command `init` made, with its token (0600)
   backups/, volumes/
@@ -53,6 +57,14 @@ class DataDir:
         return self.pki / "node.key"
 
     @property
+    def api_cert(self) -> Path:
+        return self.pki / "api.crt"
+
+    @property
+    def api_key(self) -> Path:
+        return self.pki / "api.key"
+
+    @property
     def wireguard_key(self) -> Path:
         return self.pki / "wireguard.key"
 
@@ -72,6 +84,16 @@ class DataDir:
     @property
     def identity_file(self) -> Path:
         return self.root / "agent" / "node.json"
+
+    @property
+    def ingress_dir(self) -> Path:
+        """HAProxy's files on an ingress node; its certs/ holds the HTTPS keys."""
+        return self.root / "agent" / "ingress"
+
+    @property
+    def left_marker(self) -> Path:
+        """Present once the node was removed from its cluster (network parts removed)."""
+        return self.root / "agent" / "left-cluster"
 
     @property
     def admin_config(self) -> Path:

@@ -65,6 +65,7 @@ CLUSTER_DEFAULTS: dict[str, str | int] = {
     "metrics_port": 9119,
     "audit_retention_days": 90,
     "container_log_max_size": "10Mi",
+    "certificate_lifetime_hours": 8760,
 }
 
 _Spec = kat_pb2.WorkloadSpec

@@ -477,9 +477,15 @@ def validate_cluster_config(c: kat_pb2.ClusterConfiguration, rep: Reporter) -> N
         "nodeLossTimeoutSeconds",
         "backupRetention",
         "auditRetentionDays",
+        "certificateLifetimeHours",
     ):
         value = getattr(spec, attr_name(spec, name))
         check_min(value, 1, f"spec.{name}", rep)
+    if 0 < spec.certificate_lifetime_seconds < 30:
+        # shorter would leave a renewal too little time on a loaded machine
+        rep.add("spec.certificateLifetimeSeconds", "must be at least 30 (or unset)")
+    if spec.certificate_lifetime_hours > 24 * 3000:
+        rep.add("spec.certificateLifetimeHours", "must be shorter than the CA's 10 years")
     try:
         if quantity.parse_memory(spec.container_log_max_size) < 4096:
             rep.add("spec.containerLogMaxSize", "must be at least 4Ki")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from internal.observability import metrics
 from internal.security import rpc
+from internal.security.certfiles import KeyPairFile
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEADER_BYTES = 8192
 IDLE_SECONDS = 75.0  # longer than Prometheus' scrape intervals, so connections are reused
 HANDSHAKE_SECONDS = 10.0
+RELOAD_SECONDS = 5.0  # how often a renewed certificate is looked for
 
 
 def server_context(cert_pem: bytes, key_pem: bytes, ca_pem: bytes) -> ssl.SSLContext:
@@ -134,26 +136,40 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 
 async def start_metrics_server(
-    host: str, port: int, cert_pem: bytes, key_pem: bytes, ca_pem: bytes
+    host: str,
+    port: int,
+    cert_pem: bytes,
+    key_pem: bytes,
+    ca_pem: bytes,
+    *,
+    context: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
     """Listening on host:port (0: any free port) once this returns."""
     return await asyncio.start_server(
         _handle,
         host,
         port,
-        ssl=server_context(cert_pem, key_pem, ca_pem),
+        ssl=context or server_context(cert_pem, key_pem, ca_pem),
         limit=MAX_HEADER_BYTES,
         ssl_handshake_timeout=HANDSHAKE_SECONDS,
     )
 
 
 async def serve_metrics(
-    host: str, port: int, cert_pem: bytes, key_pem: bytes, ca_pem: bytes
+    host: str,
+    port: int,
+    cert_pem: bytes,
+    key_pem: bytes,
+    ca_pem: bytes,
+    *,
+    pair: KeyPairFile | None = None,
 ) -> None:
     """Serve /metrics until cancelled. A port that cannot be bound is logged and the
-    agent goes on without metrics: they must never keep containers from running."""
+    agent goes on without metrics: they must never keep containers from running. With
+    `pair`, a renewed certificate is served from the next handshake on."""
+    context = server_context(cert_pem, key_pem, ca_pem)
     try:
-        server = await start_metrics_server(host, port, cert_pem, key_pem, ca_pem)
+        server = await start_metrics_server(host, port, cert_pem, key_pem, ca_pem, context=context)
     except OSError as exc:
         log.error(
             "metrics endpoint not started: cannot listen on %s:%s: %s",
@@ -163,5 +179,20 @@ async def serve_metrics(
         )
         return
     log.info("metrics on https://%s:%s/metrics", host, port)
-    async with server:
+    async with server, asyncio.TaskGroup() as tg:
+        if pair is not None:
+            tg.create_task(_follow_renewals(context, pair))
         await server.serve_forever()
+
+
+async def _follow_renewals(context: ssl.SSLContext, pair: KeyPairFile) -> None:
+    seen = pair.version
+    while True:
+        await asyncio.sleep(RELOAD_SECONDS)
+        pair.refresh()
+        if pair.version != seen:
+            seen = pair.version
+            try:  # the context serves new handshakes with the pair loaded last
+                context.load_cert_chain(pair.cert_path, pair.key_path)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("metrics certificate not reloaded: %s", exc)

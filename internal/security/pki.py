@@ -12,6 +12,9 @@ admin's name) and the role in the Organization attribute:
     kat:etcd   etcd members and their  serverAuth + clientAuth (under etcd's own CA)
                clients
     kat:monitoring  Prometheus        extendedKeyUsage clientAuth; reads /metrics only
+    kat:api    the API server of an    serverAuth only, and the DNS name API_SERVER_NAME
+               etcd member             that no other certificate carries: katcall and
+                                       agents accept only it as the cluster's API
     kat:join   the leader's join port serverAuth only; its key lives in the member's
                memory and is remade at every start (the CA key never serves TLS)
 
@@ -43,14 +46,23 @@ ROLE_NODE = "kat:node"
 ROLE_ETCD = "kat:etcd"
 # Reads /metrics on every agent and nothing else (no gRPC service accepts it).
 ROLE_MONITORING = "kat:monitoring"
+# The API server of a member (leader or follower). Clients check for API_SERVER_NAME,
+# which the signer puts in these certificates only (internal/security/rpc.py).
+ROLE_API = "kat:api"
+API_SERVER_NAME = "api.kat.internal"
 ROLE_JOIN = "kat:join"
+# HTTPS certificates the cluster CA issues for ingress hosts: server only, so such a
+# certificate can never authenticate a client to KAT's own APIs.
+ROLE_INGRESS = "kat:ingress"
 
 _USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     ROLE_ADMIN: (ExtendedKeyUsageOID.CLIENT_AUTH,),
     ROLE_NODE: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_ETCD: (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     ROLE_MONITORING: (ExtendedKeyUsageOID.CLIENT_AUTH,),
+    ROLE_API: (ExtendedKeyUsageOID.SERVER_AUTH,),
     ROLE_JOIN: (ExtendedKeyUsageOID.SERVER_AUTH,),
+    ROLE_INGRESS: (ExtendedKeyUsageOID.SERVER_AUTH,),
 }
 ROLES = tuple(_USAGES)
 
@@ -61,8 +73,13 @@ JOIN_SERVER_NAME = "kat-join"
 
 CA_VALIDITY_DAYS = 3650
 CERT_VALIDITY_DAYS = 365
-# Tolerate a little clock skew between nodes for freshly issued certificates.
+# Tolerate a little clock skew between nodes for freshly issued certificates; a tenth
+# of the lifetime at most (short test lifetimes would otherwise be mostly in the past).
 _BACKDATE = dt.timedelta(minutes=5)
+
+
+def backdate(lifetime: dt.timedelta) -> dt.timedelta:
+    return min(_BACKDATE, lifetime / 10)
 
 
 class CertificateError(ValueError):
@@ -85,6 +102,7 @@ class PeerIdentity(NamedTuple):
 
 @dataclass(frozen=True)
 class CertInfo:
+    serial: str  # hex
     common_name: str
     role: str
     dns_names: tuple[str, ...]
@@ -218,20 +236,26 @@ def sign_csr(
     dns_names: Iterable[str] = (),
     ip_addresses: Iterable[str] = (),
     validity_days: int = CERT_VALIDITY_DAYS,
+    lifetime: dt.timedelta | None = None,
 ) -> bytes:
     """Sign the CSR's public key as the CA. Subject (CN, role) and SANs are the
-    caller's choice; whatever the CSR asks for is ignored. Returns the cert PEM."""
+    caller's choice; whatever the CSR asks for is ignored. Returns the cert PEM.
+    `lifetime`, when given, replaces `validity_days`."""
     if role not in _USAGES:
         raise CertificateError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
     if not common_name:
         raise CertificateError("a certificate needs a common name")
+    dns_names = list(dns_names)
+    if API_SERVER_NAME in dns_names and role != ROLE_API:
+        raise CertificateError(f"only {ROLE_API} certificates may name {API_SERVER_NAME}")
     csr = load_csr(csr_pem)
     ca_cert = _load_cert(ca_cert_pem)
     ca_key = _load_key(ca_key_pem)
     if ca_cert.public_key() != ca_key.public_key():
         raise CertificateError("CA key does not belong to the CA certificate")
     now = _now()
-    not_after = min(now + dt.timedelta(days=validity_days), ca_cert.not_valid_after_utc)
+    life = lifetime if lifetime is not None else dt.timedelta(days=validity_days)
+    not_after = min(now + life, ca_cert.not_valid_after_utc)
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, role),
@@ -245,7 +269,7 @@ def sign_csr(
         .issuer_name(ca_cert.subject)
         .public_key(public_key)  # type: ignore[arg-type]
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(now - backdate(life))
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -284,6 +308,7 @@ def issue_certificate(
     dns_names: Iterable[str] = (),
     ip_addresses: Iterable[str] = (),
     validity_days: int = CERT_VALIDITY_DAYS,
+    lifetime: dt.timedelta | None = None,
 ) -> CertAndKey:
     """A new key and its certificate, for a key used on this machine (the admin
     certificate written by init, the init node's own certificates)."""
@@ -297,6 +322,7 @@ def issue_certificate(
         dns_names=dns_names,
         ip_addresses=ip_addresses,
         validity_days=validity_days,
+        lifetime=lifetime,
     )
     return CertAndKey(cert_pem, key_pem)
 
@@ -395,6 +421,7 @@ def cert_info(cert_pem: bytes) -> CertInfo:
     except x509.ExtensionNotFound:
         is_ca = False
     return CertInfo(
+        serial=format(cert.serial_number, "x"),
         common_name=cn,
         role=role,
         dns_names=tuple(dns),

@@ -13,11 +13,19 @@ import grpc
 ROLE_ADMIN = "kat:admin"
 ROLE_NODE = "kat:node"
 ROLE_MONITORING = "kat:monitoring"  # /metrics only (internal/observability/metrics_http.py)
+ROLE_API = "kat:api"  # a member's API server certificate (serverAuth only)
+# Every client of the cluster API (katcall, agents, tests) checks the server for this DNS
+# name instead of the address it dialled: the signer puts it in kat:api certificates
+# only, so a node certificate (which holds the node's own IP) cannot pose as the API.
+API_SERVER_NAME = "api.kat.internal"
 
 # Trailing metadata key a non-leader sets to the leader's API address.
 LEADER_KEY = "kat-leader"
 # Trailing metadata key the leader sets to the API endpoints of all members.
 ENDPOINTS_KEY = "kat-endpoints"
+# Trailing metadata of a refusal because the caller's node certificate is no longer its
+# node's (the node was removed): the agent leaves the cluster when it keeps hearing it.
+REVOKED_KEY = "kat-revoked"
 
 # Liveness of every long-lived channel and stream. A silent peer (a cable pulled, a
 # link down, a NAT that forgot us: nothing closes the socket) is noticed within
@@ -56,6 +64,19 @@ JOIN_SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_concurrent_streams", 16),
 )
 JOIN_MAX_CONCURRENT = 64
+
+
+def api_channel_options(
+    options: Sequence[tuple[str, int | str]] = KEEPALIVE_OPTIONS,
+) -> list[tuple[str, int | str]]:
+    """Options of every channel to the cluster API: `options` plus the API name check."""
+    return [*options, ("grpc.ssl_target_name_override", API_SERVER_NAME)]
+
+
+def not_the_api_server(details: str | None) -> bool:
+    """Whether a failed call's details say the server's certificate is not an API one."""
+    text = (details or "").lower()
+    return API_SERVER_NAME in text or "peer name" in text or "hostname" in text
 
 
 def mtls_server_credentials(cert: bytes, key: bytes, ca: bytes) -> grpc.ServerCredentials:

@@ -8,6 +8,9 @@ Key layout (values are serialized protobuf unless noted):
                                                 keys sealed with the cluster secret
     /kat/pki/admins/<name>                      AdminRecord: one person's admin certificates
     /kat/pki/revoked/<sha256 of cert DER, hex>  CertificateRevocation: refused on every call
+    /kat/pki/issued/<serial, hex>               IssuedCertificate: the inventory of leaf
+                                                certificates the cluster CA issued (until
+                                                they expire)
     /kat/leader                                 ClusterInfo (leader_node, leader_api_address)
                                                 on the leader's lease (internal/state/election.py)
     /kat/nodes/<name>                           Node
@@ -18,6 +21,8 @@ Key layout (values are serialized protobuf unless noted):
     /kat/revisions/<ns>/<name>/<rev, 10 digits> WorkloadRevision
     /kat/instances/<ns>/<workload>/<id>         Instance
     /kat/tokens/<id>                            JoinToken
+    /kat/ingress/certs/<host>                   IngressKeyPair (certificate and key): served
+                                                only to ingress nodes, never listed with it
     /kat/events/<ns or "_">/<unix ns, 20 digits>-<id>
                                                 Event, on a shared lease so it expires;
                                                 "_" holds events of cluster-scoped objects
@@ -32,6 +37,7 @@ ROOT = "/kat/"
 CLUSTER_CONFIG_KEY = "/kat/config/cluster"
 CLUSTER_UID_KEY = "/kat/config/cluster-uid"
 CA_MATERIAL_KEY = "/kat/pki/ca"
+ISSUED_CERTIFICATES = "/kat/pki/issued/"
 ADMINS = "/kat/pki/admins/"
 REVOKED = "/kat/pki/revoked/"
 LEADER_KEY = "/kat/leader"
@@ -42,6 +48,7 @@ WORKLOADS = "/kat/workloads/"
 REVISIONS = "/kat/revisions/"
 INSTANCES = "/kat/instances/"
 TOKENS = "/kat/tokens/"
+INGRESS_CERTS = "/kat/ingress/certs/"
 EVENTS = "/kat/events/"
 AUDIT = "/kat/audit/"  # /kat/audit/<unix ns, 20 digits>-<id>: sorted by time, no lease
 CLUSTER_SCOPE = "_"  # the events "namespace" of cluster-scoped objects
@@ -92,6 +99,10 @@ def instance_key(namespace: str, workload: str, instance_id: str) -> str:
     return instances_prefix(namespace, workload) + segment(instance_id, "instance id")
 
 
+def issued_certificate_key(serial: str) -> str:
+    return ISSUED_CERTIFICATES + segment(serial, "certificate serial")
+
+
 def admin_key(name: str) -> str:
     return ADMINS + segment(name, "admin name")
 
@@ -102,6 +113,10 @@ def revoked_key(certificate_sha256: str) -> str:
 
 def token_key(token_id: str) -> str:
     return TOKENS + segment(token_id, "token id")
+
+
+def ingress_cert_key(host: str) -> str:
+    return INGRESS_CERTS + segment(host, "ingress host")
 
 
 def subnet_key(cidr: str) -> str:

@@ -23,6 +23,7 @@ from internal.state.keys import (
     CLUSTER_CONFIG_KEY,
     CLUSTER_UID_KEY,
     EVENTS,
+    INGRESS_CERTS,
     INSTANCES,
     LEADER_KEY,
     NAMESPACES,
@@ -33,6 +34,7 @@ from internal.state.keys import (
     WORKLOADS,
     event_key,
     events_prefix,
+    ingress_cert_key,
     namespace_key,
     node_key,
     segment,
@@ -50,13 +52,14 @@ from internal.state.kv import (
     versioned,
 )
 from internal.state.store_audit import AuditRecords
+from internal.state.store_certs import CertificateRecords
 from internal.state.store_pki import PkiRecords
 from internal.state.store_workloads import WorkloadRecords
 
 # ---------------------------------------------------------------- the store
 
 
-class Store(WorkloadRecords, AuditRecords, PkiRecords):
+class Store(WorkloadRecords, AuditRecords, PkiRecords, CertificateRecords):
     """Typed access to KAT's state in etcd."""
 
     def __init__(
@@ -202,6 +205,27 @@ class Store(WorkloadRecords, AuditRecords, PkiRecords):
             if prefix != INSTANCES or instances:
                 txn.delete_prefix(f"{prefix}{segment(name, 'namespace')}/")
         return (await txn.commit()).deleted
+
+    # ------------------------------------------------------------ ingress certificates
+
+    async def get_ingress_cert(self, host: str) -> kat_pb2.IngressKeyPair | None:
+        found = await self.get(ingress_cert_key(host), kat_pb2.IngressKeyPair)
+        return None if found is None else found.msg
+
+    async def list_ingress_certs(self) -> builtins.list[kat_pb2.IngressKeyPair]:
+        return [v.msg for v in await self.list(INGRESS_CERTS, kat_pb2.IngressKeyPair)]
+
+    async def put_ingress_cert(self, cert: kat_pb2.IngressKeyPair) -> None:
+        """Create or replace the host's certificate and key (last writer wins)."""
+        key = ingress_cert_key(cert.certificate.host)
+        found = await self.get(key, kat_pb2.IngressKeyPair)
+        if found is None:
+            await self.create(key, cert)
+        else:
+            await self.update(key, cert, found.mod_revision)
+
+    async def delete_ingress_cert(self, host: str) -> bool:
+        return await self.delete(ingress_cert_key(host))
 
     # ------------------------------------------------------------ tokens
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from api.v1alpha1 import kat_pb2
+from internal.core import certlife
 from internal.security import pki, rpc
 from internal.state.kv import AlreadyExists, StaleWrite
 from internal.state.store import Store
@@ -106,7 +107,12 @@ class AdminAPI:
                 f"admin {request.name!r} exists; revoke it first, or choose another name",
             )
         cert = pki.sign_csr(
-            lc.ca_cert, lc.ca_key, request.csr_pem, common_name=request.name, role=role or ""
+            lc.ca_cert,
+            lc.ca_key,
+            request.csr_pem,
+            common_name=request.name,
+            role=role or "",
+            lifetime=certlife.lifetime(lc.spec),
         )
         rec = new_admin_record(request.name, cert, caller(context), role=role or "")
         try:
@@ -115,6 +121,9 @@ class AdminAPI:
             await context.abort(
                 grpc.StatusCode.ABORTED, f"admin {request.name!r} changed concurrently; retry"
             )
+        from kat_agent.leader.inventory import record_issued
+
+        await record_issued(lc.store, cert, f"admin create by {caller(context)}")
         return kat_pb2.CreateAdminResponse(
             certificate_pem=cert, ca_pem=lc.ca_cert, api_endpoints=lc.api_endpoints(), admin=rec
         )

@@ -15,7 +15,7 @@ from typing import NoReturn
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal.core import ipam, tokens
+from internal.core import certlife, ipam, join_address, tokens
 from internal.core.events import new_event
 from internal.core.ratelimit import FailureLimiter, peer_host
 from internal.observability import metrics
@@ -23,8 +23,9 @@ from internal.security import pki, rpc
 from internal.state.etcd_values import EtcdError, EtcdUnavailable
 from internal.state.kv import AlreadyExists, StaleWrite, SubnetsExhausted
 from internal.state.store import Store
+from kat_agent.leader import certificates
 from kat_agent.leader.context import LeaderContext
-from kat_agent.leader.guards import leader, node, node_stream, require_own_node
+from kat_agent.leader.guards import guarded, leader, node, node_stream, require_own_node
 from kat_agent.leader.nodes import NodeRegistry
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,12 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this leader cannot sign")
         async with self._join_lock:
             record = await self._usable_token(context, source, token_id, secret, request)
+            # The certificate will carry this address: only one the leader verified.
+            problem = join_address.address_problem(
+                request.advertise_address, source, record.approved_addresses
+            )
+            if problem:
+                await self._refuse(context, source, grpc.StatusCode.INVALID_ARGUMENT, problem)
             claimed = [
                 n.metadata.name
                 for n in lc.registry.stored()
@@ -147,6 +154,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
                     role=rpc.ROLE_NODE,
                     dns_names=[name, "localhost"],
                     ip_addresses=[request.advertise_address, "127.0.0.1"],
+                    lifetime=certlife.lifetime(lc.spec),
                 )
                 await self._spend(record, secret, +1)
                 node = await self._bind_certificate(name, cert) or node
@@ -163,6 +171,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             cluster_uid=lc.cluster_uid,
         )
         what = "etcd member" if request.etcd_member else "node"
+        await certificates.record_issued(lc.store, cert, "join")
         await lc.store.record_event(
             new_event(
                 "NodeJoined",
@@ -258,7 +267,11 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         it lasts) that the caller's certificate is the one its node holds now."""
         await require_own_node(self, cn, name, context, action)
         bound = self.lc.registry.bound_certificate(cn)
-        if bound is None or (bound and bound != rpc.peer_certificate_sha256(context)):
+        held = rpc.peer_certificate_sha256(context)
+        # the certificate before a renewal stays accepted on connections made with it
+        renewed_from = self.lc.registry.previous_certificate(cn)
+        if bound is None or (bound and held not in (bound, renewed_from)):
+            context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",
@@ -410,6 +423,36 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
 
         async for view in stream_endpoints(self.lc, context):
             yield view
+
+    @node
+    async def GetIngressCertificates(
+        self,
+        request: kat_pb2.IngressCertificatesRequest,
+        context: grpc.aio.ServicerContext,
+        cn: str,
+    ) -> kat_pb2.IngressKeyPairList:
+        from kat_agent.leader.ingress_certs import certificates_for_node
+
+        await self.lc.require_leader(context)
+        return await certificates_for_node(
+            self.lc,
+            cn,
+            request,
+            context,
+            lambda: self._require_current_node(
+                cn, request.node_name, context, "get ingress certificates of"
+            ),
+        )
+
+    @guarded  # certificates.renew checks role, revocation, the node's binding, leadership
+    async def RenewCertificate(
+        self, request: kat_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.RenewCertificateResponse:
+        try:
+            return await certificates.renew(self.lc, request, context)
+        except EtcdUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
+            raise AssertionError("unreachable") from None
 
 
 def _is_ip(text: str) -> bool:

@@ -78,6 +78,7 @@ def describe_object(method: str, request: Message | None, response: Message | No
         inst = _field(request, "instance_id")
         return f"workload {ns or 'default'}/{wl}" + (f" instance {inst}" if inst else "")
     name = _field(request, "name") or _field(request, "id") or _field(request, "node_name")
+    name = name or _field(request, "host")
     ns = _field(request, "namespace")
     target = f"{ns}/{name}" if ns and name else name
     return f"{kind} {target}".strip() if target else kind or method

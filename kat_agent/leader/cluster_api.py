@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal.core import tokens
+from internal.core import join_address, tokens
 from internal.core.events import new_event
 from internal.manifests.checks import check_label_key, check_labels
 from internal.manifests.defaults import new_namespace
@@ -22,6 +22,7 @@ from internal.version import VERSION
 from kat_agent.leader.admin_api import AdminAPI
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.guards import admin, admin_stream, caller
+from kat_agent.leader.ingress_certs import IngressCertsAPI
 from kat_agent.leader.node_proxy import NodeProxyAPI
 from kat_agent.leader.rollout_api import RolloutAPI
 from kat_agent.leader.stats_proxy import StatsProxyAPI
@@ -36,12 +37,14 @@ class ClusterAPI(
     NodeProxyAPI,
     StatsProxyAPI,
     AdminAPI,
+    IngressCertsAPI,
     kat_pb2_grpc.ClusterAPIServicer,
 ):
     def __init__(self, lc: LeaderContext) -> None:
         self.lc = lc
         self._workload_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._node_channels: dict[str, grpc.aio.Channel] = {}
+        self._node_channels_version = 0  # of lc.node_pair they were made with
 
     # ------------------------------------------------------------- nodes
 
@@ -226,17 +229,19 @@ class ClusterAPI(
                 problem = await self._remove_etcd_member(request.name)
                 if problem:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
-            if node.status.certificate_sha256:
-                # kept even if the name is joined again: the old certificate stays refused
+            # kept even if the name is joined again: the old certificates stay refused
+            # (also the one before the node's last renewal, still valid for a while)
+            held = (node.status.certificate_sha256, node.status.previous_certificate_sha256)
+            for digest in dict.fromkeys(d for d in held if d):
                 revocation = kat_pb2.CertificateRevocation(
-                    certificate_sha256=node.status.certificate_sha256,
+                    certificate_sha256=digest,
                     common_name=request.name,
                     role=rpc.ROLE_NODE,
                     revoked_by=caller(context),
                 )
                 revocation.revoked_at.FromDatetime(datetime.now(UTC))
                 await lc.store.revoke_certificate(revocation)
-                lc.revocations.add(node.status.certificate_sha256)
+                lc.revocations.add(digest)
             await lc.registry.forget(request.name)
             if node.status.subnet:
                 await lc.store.release_subnet(node.status.subnet, request.name)
@@ -288,6 +293,9 @@ class ClusterAPI(
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "ttl and max uses must not be negative"
             )
+        problem = join_address.approved_problem(request.approved_addresses)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else tokens.DEFAULT_TTL
         record, text = tokens.new_token(
             self.lc.ca_hash,
@@ -298,6 +306,7 @@ class ClusterAPI(
             description=request.description,
             etcd_member=request.etcd_member,
         )
+        record.approved_addresses.extend(a.strip() for a in request.approved_addresses)
         await self.lc.store.create_token(record)
         return kat_pb2.CreateTokenResponse(token=record, join_token=text)
 
@@ -401,6 +410,14 @@ class ClusterAPI(
         from kat_agent.leader.audit import list_audit
 
         return await list_audit(self.lc, request)
+
+    @admin
+    async def ListCertificates(
+        self, request: kat_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> kat_pb2.CertificateList:
+        from kat_agent.leader.inventory import list_certificates
+
+        return await list_certificates(self.lc.store)
 
     @admin
     async def Backup(

@@ -12,6 +12,7 @@ import grpc
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir
 from internal.security import pki, rpc
+from internal.security.certfiles import KeyPairFile
 from internal.state.etcd_values import EtcdError
 from internal.state.store import Store
 from kat_agent.leader.assignments import AssignmentBook
@@ -41,6 +42,8 @@ class LeaderContext:
     # Seals the CA keys in etcd; handed to new etcd members at join (None: an old cluster).
     cluster_secret: bytes | None = None
     ca_hash: str = field(init=False)
+    # The node certificate's files: node_cert/node_key as renewed (None: fixed ones).
+    node_pair: KeyPairFile | None = None
     # Revoked certificates (checked on every call) and the nodes' open streams.
     revocations: Revocations = field(init=False)
     node_streams: StreamCutter = field(default_factory=StreamCutter)
@@ -169,5 +172,6 @@ def build_leader_context(
         etcd_ca=pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key"),
         node_cert=dd.node_cert.read_bytes(),
         node_key=dd.node_key.read_bytes(),
+        node_pair=KeyPairFile(dd.node_cert, dd.node_key),
         cluster_secret=secret,
     )

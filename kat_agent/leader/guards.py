@@ -48,7 +48,10 @@ async def _check_node(servicer: _Servicer, context: grpc.aio.ServicerContext) ->
     await lc.require_leader(context)
     digest = rpc.peer_certificate_sha256(context)
     bound = lc.registry.bound_certificate(cn)
-    if bound is None or (bound and bound != digest) or lc.revocations.is_revoked(digest):
+    # the certificate before a renewal stays accepted on connections made with it
+    accepted = (bound, lc.registry.previous_certificate(cn))
+    if bound is None or (bound and digest not in accepted) or lc.revocations.is_revoked(digest):
+        context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))  # the agent leaves on it
         await context.abort(
             grpc.StatusCode.PERMISSION_DENIED,
             f"the certificate of {cn!r} is revoked (the node was removed or re-joined)",
@@ -151,6 +154,7 @@ def node_stream(fn: NodeStreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
                     yield item  # type: ignore[misc]
             except StreamCut:
                 log.info("cut a %s stream of removed node %s", fn.__name__, cn)
+                context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"node {cn!r} was removed from the cluster; its certificate is revoked",

@@ -26,6 +26,7 @@ class NodeProxyAPI:
 
     lc: LeaderContext
     _node_channels: dict[str, grpc.aio.Channel]  # by agent address (set by ClusterAPI)
+    _node_channels_version: int
 
     def _agent_stub(self, inst: kat_pb2.Instance) -> tuple[kat_pb2_grpc.NodeAgentStub, str]:
         node = self.lc.registry.get(inst.node)
@@ -34,9 +35,19 @@ class NodeProxyAPI:
         port = node.status.agent_port or self.lc.spec.agent_port
         target = f"{node.status.advertise_address}:{port}"
         channels = self._node_channels
+        cert, key = self.lc.node_cert, self.lc.node_key
+        pair = self.lc.node_pair
+        if pair is not None:
+            pair.refresh()
+            if pair.version != self._node_channels_version:  # renewed: new channels
+                for old in channels.values():
+                    asyncio.get_running_loop().create_task(old.close(grace=30))
+                channels.clear()
+                self._node_channels_version = pair.version
+            cert, key = pair.cert, pair.key
         channel = channels.get(target)
         if channel is None:
-            creds = rpc.client_credentials(self.lc.ca_cert, self.lc.node_cert, self.lc.node_key)
+            creds = rpc.client_credentials(self.lc.ca_cert, cert, key)
             channel = grpc.aio.secure_channel(target, creds, options=rpc.KEEPALIVE_OPTIONS)
             channels[target] = channel
         return kat_pb2_grpc.NodeAgentStub(channel), target

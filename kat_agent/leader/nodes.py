@@ -99,6 +99,11 @@ class NodeRegistry:
         cached = self._nodes.get(name)
         return None if cached is None else cached.node.status.certificate_sha256
 
+    def previous_certificate(self, name: str) -> str:
+        """SHA-256 of the certificate the node held before its last renewal ("" if none)."""
+        cached = self._nodes.get(name)
+        return "" if cached is None else cached.node.status.previous_certificate_sha256
+
     async def forget(self, name: str) -> None:
         """Delete the node's record (it leaves the cluster)."""
         async with self._lock(name):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import grpc
@@ -14,12 +15,14 @@ import grpc
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.host.datadir import DataDir, NodeIdentity
 from internal.security import rpc
+from internal.security.certfiles import KeyPairFile
 from internal.version import VERSION
 
 log = logging.getLogger(__name__)
 
 # Kept back from the machine's capacity for the system and KAT itself.
 RESERVED_CPU_MILLIS = 100
+REMOVED_AFTER_SECONDS = 10.0
 RESERVED_MEMORY_BYTES = 256 * 1024 * 1024
 
 
@@ -40,21 +43,40 @@ def machine_resources() -> tuple[kat_pb2.NodeResources, kat_pb2.NodeResources]:
 
 
 class LeaderLink:
-    """An mTLS channel to whichever API endpoint currently leads."""
+    """An mTLS channel to whichever API endpoint currently leads, made with the node's
+    certificate as it is on disk now (a renewed one from the next channel on)."""
 
-    def __init__(self, endpoints: list[str], ca: bytes, cert: bytes, key: bytes) -> None:
+    def __init__(self, endpoints: list[str], ca: bytes, pair: KeyPairFile) -> None:
         self.endpoints = list(endpoints)
-        self._creds = rpc.client_credentials(ca, cert, key)
+        self._ca, self._pair = ca, pair
+        self._version = pair.version
+        self._creds = rpc.client_credentials(ca, *pair.current())
         self._index = 0
         self._channel: grpc.aio.Channel | None = None
         self._target = ""
+        # Set when the channel was closed for a renewed certificate: the streams it ends
+        # are reopened at once, on the same endpoint, and that is no failure.
+        self.renewed = False
+
+    def refresh_credentials(self) -> None:
+        """Take the certificate on disk if it changed: the old channel is closed (after a
+        short grace for calls in flight), so that every stream is reopened, by its own
+        loop, on a new channel with the new certificate."""
+        self._pair.refresh()
+        if self._pair.version != self._version:
+            self._version = self._pair.version
+            self._creds = rpc.client_credentials(self._ca, self._pair.cert, self._pair.key)
+            old, self._channel, self._target = self._channel, None, ""
+            self.renewed = True
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.close(grace=5))
 
     def _open(self, target: str) -> grpc.aio.Channel:
         if self._channel is None or target != self._target:
             if self._channel is not None:
                 asyncio.get_running_loop().create_task(self._channel.close())
             self._channel = grpc.aio.secure_channel(
-                target, self._creds, options=rpc.KEEPALIVE_OPTIONS
+                target, self._creds, options=rpc.api_channel_options()
             )
             self._target = target
         return self._channel
@@ -97,12 +119,8 @@ class Agent:
         self.identity = identity
         self.tick = tick_seconds
         self.labels = dict(labels or {})
-        self.link = LeaderLink(
-            identity.api_endpoints,
-            datadir.ca_cert.read_bytes(),
-            datadir.node_cert.read_bytes(),
-            datadir.node_key.read_bytes(),
-        )
+        self.node_pair = KeyPairFile(datadir.node_cert, datadir.node_key)
+        self.link = LeaderLink(identity.api_endpoints, datadir.ca_cert.read_bytes(), self.node_pair)
         self.capacity, self.allocatable = machine_resources()
         self.connected = asyncio.Event()
         # One "session" per successful (re)connection of the heartbeat path; its event is
@@ -119,6 +137,13 @@ class Agent:
         self.wireguard_public_key = ""
         self._wake = asyncio.Event()
         self.leader_node = ""  # the leader's node name, as its last answer said
+        # Called when the link to the leader comes up or goes down (detached operation).
+        self.on_link_change: Callable[[], None] = lambda: None
+        # Called once the leader has refused this node's certificate as revoked (the
+        # node was removed) on every beat for REMOVED_AFTER_SECONDS.
+        self.on_removed: Callable[[], None] = lambda: None
+        self._revoked_since: float | None = None
+        self.removed = False
 
     def beat_now(self) -> None:
         self._wake.set()
@@ -153,11 +178,13 @@ class Agent:
             return None
         assert isinstance(resp, kat_pb2.HeartbeatResponse)
         self.leader_node = resp.leader_node
+        self._revoked_since = None
         if not self.connected.is_set():
             log.info("connected to leader %s", resp.leader_node)
             self.session += 1
             self.session_over = asyncio.Event()
-        self.connected.set()
+            self.connected.set()
+            self.on_link_change()
         if resp.api_endpoints and list(resp.api_endpoints) != self.identity.api_endpoints:
             self.link.update_endpoints(list(resp.api_endpoints))
             self.identity.api_endpoints = list(resp.api_endpoints)
@@ -175,11 +202,36 @@ class Agent:
                 details = await stream.details() or details
             else:
                 stream.cancel()
-        level = logging.WARNING if self.connected.is_set() else logging.DEBUG
-        log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
+        was_connected = self.connected.is_set()
+        level = logging.WARNING if was_connected else logging.DEBUG
         self.connected.clear()
         self.session_over.set()
+        if self.link.renewed and code in (None, grpc.StatusCode.CANCELLED):
+            self.link.renewed = False
+            log.info("heartbeat stream reopened with the renewed certificate")
+            self._wake.set()  # beat again at once, on the same endpoint
+            if was_connected:
+                self.on_link_change()
+            return
+        log.log(level, "heartbeat failed (%s): %s", code.name if code else "no answer", details)
         self.link.failed(rpc.leader_from_status(code, trailing))
+        if was_connected:
+            self.on_link_change()
+        self._note_revoked(any(k == rpc.REVOKED_KEY for k, _ in trailing or ()))
+
+    def _note_revoked(self, revoked: bool) -> None:
+        """One refusal is not enough (a leader that has just taken over could be
+        wrong for a moment): refusals for REMOVED_AFTER_SECONDS without a beat accepted
+        in between (other failures, such as a follower's redirect, do not count)."""
+        now = time.monotonic()
+        if not revoked:
+            return
+        if self._revoked_since is None:
+            self._revoked_since = now
+        elif now - self._revoked_since >= REMOVED_AFTER_SECONDS and not self.removed:
+            log.warning("this node was removed from the cluster (its certificate is revoked)")
+            self.removed = True
+            self.on_removed()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

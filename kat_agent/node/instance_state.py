@@ -36,6 +36,7 @@ class InstanceState:
     health_failed: str = ""
     ready: bool = False
     purged: bool = False
+    local_restarts: int = 0
     # the executor's
     activity: int | None = None  # PULLING / STARTING / TERMINATING while doing it
     message: str = ""  # with activity: what is going on
@@ -45,6 +46,7 @@ class InstanceState:
     worker: asyncio.Task[None] | None = None
     waiter: tuple[str, asyncio.Task[None]] | None = None
     health: tuple[str, asyncio.Task[None]] | None = None
+    wake_at: datetime | None = None  # with Step.LATER: when to look again
 
     @property
     def namespace(self) -> str:
@@ -67,6 +69,7 @@ class InstanceState:
             health_failed=self.health_failed,
             ready=self.ready,
             purged=self.purged,
+            local_restarts=self.local_restarts,
         )
 
     def remember(self, mem: Memory) -> bool:
@@ -163,3 +166,4 @@ class Step(enum.Enum):
     IDLE = "idle"  # converged; wait for a change
     DONE = "done"  # not assigned and no container: forget the instance
     RETRY = "retry"  # failed for a passing reason (Podman restarting): back off
+    LATER = "later"  # converged for now; look again at `InstanceState.wake_at`

@@ -29,7 +29,6 @@ from internal.core.node_plan import (
     Watch,
     created,
     desired_by_id,
-    health_check,
     label_restarts,
     node_labels,
     plan_instance,
@@ -41,12 +40,11 @@ from kat_agent.node.idle_users import IdleUsers
 from kat_agent.node.instance_state import InstanceState, Step, compare, find_containers
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
 from kat_agent.node.podman.mounts import purge_workload_volumes
-from kat_agent.node.podman.observe import ObservedContainer
 from kat_agent.node.podman.runtime import BackendPool, RuntimeBackend
 from kat_agent.node.podman.services import NodeSettings, PodmanPool
 from kat_agent.node.podman.spec import InstanceSpec
 from kat_agent.node.previous_logs import PreviousLogs
-from kat_agent.node.watchers import RETRY_BACKOFF, run_health_checks, wait_for_exit
+from kat_agent.node.watchers import RETRY_BACKOFF, wait_for_exit, watch_health
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +90,14 @@ class NodeRuntime:
         )
         self._to_save: kat_pb2.AssignmentSet | None = None
         self._saver: asyncio.Task[None] | None = None
+        # Whether the leader is unreachable now (the agent's heartbeat path is down): then
+        # failed services are restarted here (node_plan's detached restarts).
+        self.detached: Callable[[], bool] = lambda: False
         # The overlay address of an instance whose network KAT plumbs itself (rootless;
         # kat_agent/node/network/instance_net.py), for instances Podman gives none.
         self.plumbed_ip: Callable[[str], str] = lambda instance_id: ""
+        # That plumbing runs: rootless containers reach the node's DNS over kat0 too.
+        self.plumbs_rootless = False
 
     # ------------------------------------------------------------ reporting
 
@@ -164,6 +167,12 @@ class NodeRuntime:
             elif iid not in desired:
                 st.wake.set()  # adopted before any snapshot: now known to be unwanted
         self._changed()
+
+    def link_changed(self) -> None:
+        """The agent's link to the leader came up or went down: look at every instance
+        again (detached restarts start or stop)."""
+        for st in self.states.values():
+            st.wake.set()
 
     def _new_state(self, iid: str) -> InstanceState:
         st = InstanceState(iid)
@@ -317,6 +326,8 @@ class NodeRuntime:
                 delay = min(RETRY_BACKOFF[1], delay * 2)
             else:
                 delay = RETRY_BACKOFF[0]
+            if step is Step.LATER and st.wake_at is not None:
+                timeout = max(0.0, (st.wake_at - _utcnow()).total_seconds())
             # (asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation
             # that arrives together with the wake-up.)
             with contextlib.suppress(TimeoutError):
@@ -348,14 +359,19 @@ class NodeRuntime:
 
     async def _step(self, st: InstanceState) -> Step:
         """Plan (internal/core/node_plan.py) and execute one step of one instance."""
-        plan = plan_instance(st.view(), _utcnow(), desired_known=self._applied)
+        plan = plan_instance(
+            st.view(), _utcnow(), desired_known=self._applied, detached=self.detached()
+        )
         if st.remember(plan.memory):
             self._changed()
         for action in plan.actions:
             await self._execute(st, action)
         if plan.done:
             return Step.DONE
-        return Step.PROGRESS if plan.progress else Step.IDLE
+        if plan.progress:
+            return Step.PROGRESS
+        st.wake_at = plan.wake_at
+        return Step.IDLE if plan.wake_at is None else Step.LATER
 
     async def _execute(self, st: InstanceState, action: Action) -> None:
         match action:
@@ -368,7 +384,7 @@ class NodeRuntime:
             case Watch(health=health):
                 self._watch_exit(st)
                 if health:
-                    self._watch_health(st)
+                    watch_health(st, self._changed)
             case PurgeVolumes():
                 await self._purge_volumes(st)
             case Adopt(container_id=cid, restart_count=count):
@@ -404,7 +420,7 @@ class NodeRuntime:
             self._set_activity(st, P.STARTING, "")
             ispec = InstanceSpec.from_proto(inst, spec, image=image, network=backend.network)
             ispec = dataclasses.replace(ispec, extra_labels=node_labels(a))
-            if backend.network:
+            if backend.network or (self.plumbs_rootless and backend.rootless):
                 # The node's DNS (kat_agent/node/network/dns.py) with the cluster search path.
                 servers, search = self.settings.container_dns(inst.namespace)
                 ispec = dataclasses.replace(ispec, dns_servers=servers, dns_search=search)
@@ -534,43 +550,6 @@ class NodeRuntime:
                 metrics.CONTAINER_FAILURES.inc()
             st.wake.set()
             self._changed()
-
-    def _watch_health(self, st: InstanceState) -> None:
-        obs, backend, check = st.observed, st.backend, health_check(st.assignment)
-        if obs is None or backend is None or check is None:
-            return
-        if st.health is not None and st.health[0] == obs.container_id and not st.health[1].done():
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._check_health(st, backend, obs, check), name=f"health-{st.id}"
-        )
-        st.health = (obs.container_id, task)
-
-    async def _check_health(
-        self,
-        st: InstanceState,
-        backend: RuntimeBackend,
-        obs: ObservedContainer,
-        check: kat_pb2.HealthCheck,
-    ) -> None:
-        cid = obs.container_id
-
-        def ready() -> None:
-            if not st.ready:
-                st.ready = True
-                log.info("instance %s is ready", st.id)
-                self._changed()
-
-        def failed() -> None:
-            if st.observed is not None and st.observed.container_id == cid:
-                st.health_failed, st.ready = cid, False
-                st.wake.set()
-                self._changed()
-
-        what = f"instance {st.id}"
-        await run_health_checks(
-            backend.runtime, obs, check, what=what, on_ready=ready, on_failed=failed
-        )
 
     # ------------------------------------------------------------ for the NodeAgent API
 

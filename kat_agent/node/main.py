@@ -8,19 +8,22 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import watch_assignments
 from kat_agent.node.instances import NodeRuntime
+from kat_agent.node.network import firewall
 from kat_agent.node.network.discovery import Discovery, make_dns
 from kat_agent.node.network.dns import dns_port_from_env
 from kat_agent.node.network.firewall import run_firewall
-from kat_agent.node.network.ingress import IngressProxy
-from kat_agent.node.network.instance_net import InstanceNetwork
+from kat_agent.node.network.ingress import CertFetcher, IngressProxy
+from kat_agent.node.network.instance_net import BRIDGE, InstanceNetwork
+from kat_agent.node.network.leave import Departure, until_left
 from kat_agent.node.network.manager import Overlay
+from kat_agent.node.network.overlay import removed_from_cluster
 from kat_agent.node.node_api import NodeAgentService, start_node_api
 from kat_agent.node.podman.services import NodeSettings
 
@@ -75,11 +78,25 @@ async def serve_node_api(dd: DataDir, address: str, runtime: NodeRuntime, agent:
         dd.node_cert.read_bytes(),
         dd.node_key.read_bytes(),
         dd.ca_cert.read_bytes(),
+        pair=agent.node_pair,
     )
     try:
         await server.wait_for_termination()
     finally:
         await server.stop(grace=1)
+
+
+def ingress_cert_fetcher(agent: Agent, node_name: str) -> CertFetcher:
+    """The ingress node's certificates (with keys) for its tls hosts, from the leader."""
+
+    async def fetch(hosts: Sequence[str]) -> list[kat_pb2.IngressKeyPair]:
+        if not agent.connected.is_set():
+            raise RuntimeError("the leader is not reachable")
+        request = kat_pb2.IngressCertificatesRequest(node_name=node_name, hosts=hosts)
+        answer = await agent.link.stub().GetIngressCertificates(request, timeout=10)
+        return list(answer.items)
+
+    return fetch
 
 
 def node_network_enabled() -> bool:
@@ -122,13 +139,20 @@ async def run_node(
     discovery = Discovery(settings.state_dir, settings.cluster_domain)
     ingress = IngressProxy(
         identity.name,
-        settings.state_dir / "ingress",
+        dd.ingress_dir,
         config.spec.ingress_http_port,
         config.spec.ingress_https_port,
+        ingress_cert_fetcher(agent, identity.name),
     )
+    departure = Departure(dd.left_marker)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(
-            supervise("control-port firewall", lambda: run_firewall(config.spec)),
+            until_left(
+                departure,
+                lambda: supervise("control-port firewall", lambda: run_firewall(config.spec)),
+                firewall.remove,
+                f"the nftables table {firewall.TABLE}",
+            ),
             name="node-firewall",
         )
         await serve_node(
@@ -140,6 +164,7 @@ async def run_node(
             instance_net=instance_net,
             discovery=discovery,
             ingress=ingress,
+            departure=departure,
         )
 
 
@@ -154,6 +179,7 @@ async def serve_node(
     instance_net: InstanceNetwork | None = None,
     discovery: Discovery | None = None,
     ingress: IngressProxy | None = None,
+    departure: Departure | None = None,
 ) -> None:
     """The parts of the node runtime, each restarted on failure: the reconciler, the
     assignments stream feeding it, the NodeAgent API on `address`, the overlay, and with
@@ -161,17 +187,26 @@ async def serve_node(
     and, on ingress nodes, the HAProxy that `ingress` drives."""
     runtime = runtime or NodeRuntime(settings, agent.beat_now)
     agent.instances = runtime.report
+    runtime.detached = lambda: not agent.connected.is_set()
+    agent.on_link_change = runtime.link_changed
     if overlay is not None:
         agent.overlay = overlay.status
         agent.wireguard_public_key = overlay.public_key
         overlay.on_change = agent.beat_now
     if instance_net is not None:
         runtime.plumbed_ip = instance_net.address_of
+        runtime.plumbs_rootless = True
         instance_net.on_change = agent.beat_now
+
+    departure = departure or Departure(dd.left_marker)
+    if overlay is not None:
+        agent.on_removed = departure.leave
 
     def on_snapshot(snapshot: kat_pb2.AssignmentSet) -> None:
         if overlay is not None:
             overlay.offer(snapshot)
+            if removed_from_cluster(agent.identity.name, snapshot):
+                departure.leave()
         runtime.offer(snapshot)
 
     async with asyncio.TaskGroup() as tg:
@@ -187,11 +222,21 @@ async def serve_node(
                         await runtime.pool.network_ready.wait()
                 await supervise("overlay", ov.run)
 
-            tg.create_task(run_overlay(), name="node-overlay")
+            tg.create_task(
+                until_left(departure, run_overlay, ov.remove, f"interface {ov.interface}"),
+                name="node-overlay",
+            )
         if instance_net is not None:
             net = instance_net
             tg.create_task(
-                supervise("instance network", lambda: net.run(lambda: rootless_pids(runtime))),
+                until_left(
+                    departure,
+                    lambda: supervise(
+                        "instance network", lambda: net.run(lambda: rootless_pids(runtime))
+                    ),
+                    net.remove_all,
+                    f"bridge {BRIDGE} and the instance veths",
+                ),
                 name="node-instance-network",
             )
         tg.create_task(supervise("node runtime", runtime.run), name="node-runtime")
@@ -213,4 +258,13 @@ async def serve_node(
             if ingress is not None:
                 # Runs HAProxy only while the view lists this node as an ingress node.
                 d.add_listener(ingress.offer)
-                tg.create_task(supervise("ingress proxy", ingress.run), name="ingress")
+                ing = ingress
+                tg.create_task(
+                    until_left(
+                        departure,
+                        lambda: supervise("ingress proxy", ing.run),
+                        ing.forget,
+                        "the ingress proxy and its keys",
+                    ),
+                    name="ingress",
+                )

@@ -16,6 +16,7 @@ import grpc
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
 from internal.security import rpc
+from internal.security.certfiles import KeyPairFile
 from kat_agent.node.instances import NodeRuntime
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.runtime import RuntimeBackend
@@ -252,12 +253,20 @@ class NodeAgentService(kat_pb2_grpc.NodeAgentServicer):
 
 
 async def start_node_api(
-    service: NodeAgentService, address: str, cert: bytes, key: bytes, ca: bytes
+    service: NodeAgentService,
+    address: str,
+    cert: bytes,
+    key: bytes,
+    ca: bytes,
+    *,
+    pair: KeyPairFile | None = None,
 ) -> grpc.aio.Server:
-    """Serve NodeAgent on `address` (host:port) with mTLS; returns the started server."""
+    """Serve NodeAgent on `address` (host:port) with mTLS; returns the started server.
+    With `pair`, the certificate follows its files (renewal without restart)."""
     server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
     kat_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
-    port = server.add_secure_port(address, rpc.mtls_server_credentials(cert, key, ca))
+    creds = pair.server_credentials(ca) if pair else rpc.mtls_server_credentials(cert, key, ca)
+    port = server.add_secure_port(address, creds)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

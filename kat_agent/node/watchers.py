@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 
 from api.v1alpha1 import kat_pb2
+from internal.core.node_plan import health_check
+from kat_agent.node.instance_state import InstanceState
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.observe import ObservedContainer
 from kat_agent.node.podman.runtime import ContainerRuntime
@@ -89,3 +91,31 @@ async def run_health_checks(
                 on_failed()
                 return
         await asyncio.sleep(max(0.0, period - (time.monotonic() - began)))
+
+
+def watch_health(st: InstanceState, changed: Callable[[], None]) -> None:
+    """Run the health checks of `st`'s container (once per container): readiness and a
+    failure are recorded on `st`, and `changed` is called (the report changed)."""
+    obs, backend, check = st.observed, st.backend, health_check(st.assignment)
+    if obs is None or backend is None or check is None:
+        return
+    if st.health is not None and st.health[0] == obs.container_id and not st.health[1].done():
+        return
+    cid = obs.container_id
+
+    def ready() -> None:
+        if not st.ready:
+            st.ready = True
+            log.info("instance %s is ready", st.id)
+            changed()
+
+    def failed() -> None:
+        if st.observed is not None and st.observed.container_id == cid:
+            st.health_failed, st.ready = cid, False
+            st.wake.set()
+            changed()
+
+    checks = run_health_checks(
+        backend.runtime, obs, check, what=f"instance {st.id}", on_ready=ready, on_failed=failed
+    )
+    st.health = (cid, asyncio.get_running_loop().create_task(checks, name=f"health-{st.id}"))

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc
-from internal.security import clientconfig, pki
+from internal.security import clientconfig, pki, rpc
 from tests.devcluster import DevCluster, unavailable_reason, wait_until
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
@@ -151,7 +151,7 @@ def _ctx(c: DevCluster) -> clientconfig.Context:
 
 
 def _call_list_nodes(c: DevCluster, creds: grpc.ChannelCredentials) -> grpc.StatusCode:
-    with grpc.secure_channel(api_address(c), creds) as ch:
+    with grpc.secure_channel(api_address(c), creds, rpc.api_channel_options()) as ch:
         try:
             kat_pb2_grpc.ClusterAPIStub(ch).ListNodes(kat_pb2.ListRequest(), timeout=10)
         except grpc.RpcError as err:
@@ -186,12 +186,46 @@ def test_api_refuses_clients_without_a_valid_admin_certificate(
     )
     assert _call_list_nodes(cluster, node_creds) == grpc.StatusCode.PERMISSION_DENIED
     # ... nor report heartbeats as another node
-    with grpc.secure_channel(api_address(cluster), node_creds) as ch:
+    with grpc.secure_channel(api_address(cluster), node_creds, rpc.api_channel_options()) as ch:
         with pytest.raises(grpc.RpcError) as err:
             kat_pb2_grpc.AgentAPIStub(ch).Heartbeat(
                 kat_pb2.HeartbeatRequest(node_name=node_name(cluster, "node3")), timeout=10
             )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_node_certificate_cannot_pose_as_the_api(cluster: DevCluster, tmp_path: Path) -> None:
+    """The fake-API attack: node3's real certificate (this cluster's CA, and 127.0.0.1 in its
+    addresses) serves a ClusterAPI on loopback; katcall with the real admin config,
+    pointed there, refuses it with a clear message and never calls it."""
+    from concurrent import futures
+
+    called: list[str] = []
+
+    class Fake(kat_pb2_grpc.ClusterAPIServicer):
+        def ListNodes(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+            called.append("ListNodes")
+            return kat_pb2.NodeList()
+
+    pki_dir = cluster.dir / "node3" / "pki"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    kat_pb2_grpc.add_ClusterAPIServicer_to_server(Fake(), server)
+    ca = (pki_dir / "ca.crt").read_bytes()
+    pair = [((pki_dir / "node.key").read_bytes(), (pki_dir / "node.crt").read_bytes())]
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(pair, ca, True))
+    server.start()
+    try:
+        assert cluster.katconfig is not None
+        cfg = clientconfig.load(cluster.katconfig)
+        cfg.context().endpoints = [f"127.0.0.1:{port}"]
+        clientconfig.save(cfg, tmp_path / "fake.katconfig")
+        p = cluster.katcall(
+            "--katconfig", str(tmp_path / "fake.katconfig"), "--request-timeout", "5", "get", "no"
+        )
+    finally:
+        server.stop(None)
+    assert p.returncode != 0 and not called
+    assert "not a KAT API server" in p.stderr and "O=kat:node" in p.stderr, p.stderr
 
 
 def test_node_key_files_are_private(cluster: DevCluster) -> None:
@@ -350,12 +384,14 @@ def test_a_removed_nodes_certificate_is_refused(cluster: DevCluster) -> None:
     from internal.core import tokens
 
     def join_once() -> tuple[str, bytes, bytes]:
-        cred = tokens.parse(new_token(cluster, "--max-uses", "1")).credential
+        addr = c_addr(cluster)  # joined from the host: the address is approved on the token
+        token = new_token(cluster, "--max-uses", "1", "--address", addr)
+        cred = tokens.parse(token).credential
         key = pki.generate_private_key()
         req = kat_pb2.JoinRequest(
             token=cred,
             csr_pem=pki.create_csr(key),
-            advertise_address=c_addr(cluster),
+            advertise_address=addr,
             hostname="gone",
         )
         ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
@@ -368,7 +404,7 @@ def test_a_removed_nodes_certificate_is_refused(cluster: DevCluster) -> None:
     def watch(name: str, key: bytes, cert: bytes) -> grpc.StatusCode:
         ca = Path(cluster.node("node1")["data_dir"], "pki", "ca.crt").read_bytes()
         creds = grpc.ssl_channel_credentials(ca, key, cert)
-        with grpc.secure_channel(api_address(cluster), creds) as ch:
+        with grpc.secure_channel(api_address(cluster), creds, rpc.api_channel_options()) as ch:
             stream = kat_pb2_grpc.AgentAPIStub(ch).WatchAssignments(
                 kat_pb2.AssignmentsRequest(node_name=name), timeout=5
             )

@@ -5,9 +5,11 @@ labelled kat.dws.rip/ingress=true proxies examples/web's ingress rule through HA
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
+import subprocess
 import threading
 import time
 import urllib.error
@@ -130,6 +132,37 @@ def test_every_node_answers_exactly_the_ready_instances(
         wait_until(lambda node=node: check_from_node(node), timeout=90, what=f"DNS from {node}")
 
 
+def test_service_name_answers_from_every_node_across_nodes(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
+    """wget by the service name from an instance on every node, and by each instance's
+    own name to every instance on another node (the overlay, found through DNS)."""
+    c = cluster  # right after the first test: its 3 instances run on the 3 nodes
+    p = c.katcall("apply", "-f", str(web_bundle(tmp_path)), "--wait", timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    answered = wait_until(
+        lambda: by_name_from_every_instance(c), timeout=120, what="wget by name everywhere"
+    )
+    assert len(answered) == 9 and all(answered.values()), answered
+
+
+def by_name_from_every_instance(c: DevCluster) -> dict[tuple[str, str], bool] | None:
+    """(from, to) -> answered, for to = the service and every instance's own name; None
+    until 3 instances on 3 nodes are ready (a health check may flap on a loaded machine)."""
+    ready = [i for i in instances(c) if i.get("phase") == "RUNNING" and i.get("ready")]
+    if len(ready) != 3 or len({i["node"] for i in ready}) != 3:
+        return None
+    out: dict[tuple[str, str], bool] = {}
+    for src in ready:
+        for name in [NAME] + [f"{i['id']}.{NAME}" for i in ready if i["node"] != src["node"]]:
+            p = c.katcall(
+                "exec", "web", "--instance", src["id"], "--",
+                "timeout", "5", "wget", "-q", "-O", "-", f"http://{name}:8080/", timeout=30,
+            )  # fmt: skip
+            out[(src["id"], name)] = "hello from" in p.stdout
+    return out if all(out.values()) else None
+
+
 def test_scale_down_reaches_every_node_within_5s(cluster: DevCluster, tmp_path: Path) -> None:
     c = cluster
     keys = [n["key"] for n in c.state()["nodes"]]
@@ -225,6 +258,117 @@ def _refused(address: str) -> bool:
     except OSError:
         return True
     return False
+
+
+def test_tls_rule_serves_supplied_or_cluster_ca_certificate_and_redirects(
+    cluster: DevCluster, tmp_path: Path
+) -> None:
+    c = cluster
+    node = c.node("node3")
+    address = node["address"]
+    pem = Path(node["data_dir"]) / "agent" / "ingress" / "certs" / "web.kat.local.pem"
+    assert c.katcall("label", "node", node["name"], f"{INGRESS}=true").returncode == 0
+    bundle = web_bundle(tmp_path)
+    vlb = bundle / "VirtualLoadBalancer.kat"
+    vlb.write_text(
+        vlb.read_text().replace("servicePortName: http", "servicePortName: http\n      tls: true")
+    )
+    p = c.katcall("apply", "-f", str(bundle), "--wait", timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    try:
+        # No certificate supplied: one from the cluster CA, for that host.
+        ca = Path(c.node("node1")["data_dir"]) / "pki" / "ca.crt"
+        wait_until(lambda: "hello from" in curl_https(address, ca), timeout=60, what="HTTPS")
+        assert redirect(address) == (301, "https://web.kat.local/x?y=1")
+        listed = c.katcall("ingress", "cert", "list")
+        assert "web.kat.local" in listed.stdout and "cluster-ca" in listed.stdout, listed.stdout
+
+        # The operator's certificate (refused for another host; then set).
+        crt, key = tmp_path / "web.crt", tmp_path / "web.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+             "-keyout", str(key), "-out", str(crt), "-subj", "/CN=web.kat.local",
+             "-addext", "subjectAltName=DNS:web.kat.local"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        bad = c.katcall(
+            "ingress", "cert", "set", "x.kat.local", "--cert", str(crt), "--key", str(key)
+        )
+        assert bad.returncode != 0 and "not x.kat.local" in bad.stderr, bad.stderr
+        p = c.katcall(
+            "ingress", "cert", "set", "web.kat.local", "--cert", str(crt), "--key", str(key)
+        )
+        assert p.returncode == 0, p.stderr
+        wait_until(lambda: s_client_verifies(c, address, crt), timeout=30, what="supplied cert")
+        assert "hello from" in curl_https(address, crt)
+        listing = c.katcall("ingress", "cert", "list", "-o", "json").stdout
+        assert "supplied" in listing and "PRIVATE KEY" not in listing
+        assert "keyPem" not in listing
+        assert pem.stat().st_mode & 0o777 == 0o600
+        assert b"PRIVATE KEY" in pem.read_bytes()
+        # A node that is not an ingress node gets no key, even with a valid certificate.
+        assert keys_for(c, "node1") == "PERMISSION_DENIED"
+        assert keys_for(c, "node3") == "OK"
+
+        # Removed: the cluster CA's certificate again.
+        assert c.katcall("ingress", "cert", "remove", "web.kat.local").returncode == 0
+        wait_until(lambda: "hello from" in curl_https(address, ca), timeout=30, what="CA again")
+    finally:
+        c.katcall("label", "node", node["name"], f"{INGRESS}-")
+    wait_until(lambda: not pem.exists(), timeout=30, what="keys gone from a non-ingress node")
+
+
+def curl_https(address: str, cafile: Path) -> str:
+    p = subprocess.run(
+        ["curl", "-sS", "--max-time", "5", "--cacert", str(cafile),
+         "--resolve", f"web.kat.local:443:{address}", "https://web.kat.local/"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return p.stdout
+
+
+def s_client_verifies(c: DevCluster, address: str, cafile: Path) -> bool:
+    p = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:443", "-servername", "web.kat.local",
+         "-CAfile", str(cafile), "-verify_return_error", "-verify_hostname", "web.kat.local"],
+        input="", capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    return p.returncode == 0 and "Verify return code: 0 (ok)" in p.stdout
+
+
+def redirect(address: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(address, 80, timeout=5)
+    try:
+        conn.request("GET", "/x?y=1", headers={"Host": "web.kat.local"})
+        r = conn.getresponse()
+        return r.status, r.getheader("Location") or ""
+    finally:
+        conn.close()
+
+
+def keys_for(c: DevCluster, key: str) -> str:
+    """The status of AgentAPI.GetIngressCertificates called with node `key`'s own
+    certificate (from the host, to the leader on node1)."""
+    import grpc
+
+    from api.v1alpha1 import kat_pb2, kat_pb2_grpc
+
+    n, leader = c.node(key), c.node("node1")
+    pki = Path(n["data_dir"]) / "pki"
+    creds = grpc.ssl_channel_credentials(
+        (pki / "ca.crt").read_bytes(),
+        (pki / "node.key").read_bytes(),
+        (pki / "node.crt").read_bytes(),
+    )
+    port = c.state().get("api_port", 6443)
+    with grpc.secure_channel(f"{leader['address']}:{port}", creds) as ch:
+        stub = kat_pb2_grpc.AgentAPIStub(ch)
+        request = kat_pb2.IngressCertificatesRequest(node_name=n["name"], hosts=["web.kat.local"])
+        try:
+            answer = stub.GetIngressCertificates(request, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return "OK" if answer.items and answer.items[0].key_pem else "EMPTY"
 
 
 def test_nodes_keep_answering_while_the_leader_is_down(cluster: DevCluster) -> None:

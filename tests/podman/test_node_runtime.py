@@ -210,6 +210,7 @@ class Certs:
     node: pki.CertAndKey  # this node's (CN node-a)
     other: pki.CertAndKey  # another node's (CN node-b)
     admin: pki.CertAndKey
+    api: pki.CertAndKey  # the leader's API server certificate (role kat:api)
 
     @classmethod
     def make(cls) -> Certs:
@@ -223,7 +224,16 @@ class Certs:
         admin = pki.issue_certificate(
             ca.cert_pem, ca.key_pem, common_name="admin", role=pki.ROLE_ADMIN
         )
-        return cls(ca, serving(LEADER), serving(NODE), serving("node-b"), admin)
+        dns, ips = pki.serving_sans(LEADER, "127.0.0.1", extra_dns=[rpc.API_SERVER_NAME])
+        api = pki.issue_certificate(
+            ca.cert_pem,
+            ca.key_pem,
+            common_name=LEADER,
+            role=rpc.ROLE_API,
+            dns_names=dns,
+            ip_addresses=ips,
+        )
+        return cls(ca, serving(LEADER), serving(NODE), serving("node-b"), admin, api)
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +264,9 @@ class FakeLeader(kat_pb2_grpc.AgentAPIServicer):
     async def start(self) -> None:
         server = grpc.aio.server()
         kat_pb2_grpc.add_AgentAPIServicer_to_server(self, server)
+        # the API is served with an API certificate: agents check its name
         creds = rpc.mtls_server_credentials(
-            self.certs.leader.cert_pem, self.certs.leader.key_pem, self.certs.ca.cert_pem
+            self.certs.api.cert_pem, self.certs.api.key_pem, self.certs.ca.cert_pem
         )
         assert server.add_secure_port(self.address, creds)
         await server.start()

@@ -47,6 +47,7 @@ def test_defaults_are_filled_in() -> None:
         "metricsPort": 9119,
         "auditRetentionDays": 90,
         "containerLogMaxSize": "10Mi",
+        "certificateLifetimeHours": 8760,
     }
 
 

@@ -58,7 +58,7 @@ def test_rendered_config_routes_hosts_and_paths(tmp_path: Path) -> None:
             svc("idle", [rule("idle.kat.local")], ()),
         ]
     )
-    text = hc.render(plan, http_port=8081, https_port=8443, runtime_dir=str(tmp_path), certs={})
+    text = hc.render(plan, http_port=8081, https_port=8443, runtime_dir=str(tmp_path))
     assert "bind :8081" in text
     assert "use_backend be_default_web_8080 if { var(txn.host) -m str web.kat.local }" in text
     assert "server web-0 10.100.0.5:8080 check" in text

@@ -5,9 +5,11 @@ stops when the node is no longer an ingress node. Skipped without `haproxy`."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import http.server
 import shutil
 import socket
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from api.v1alpha1 import kat_pb2
+from kat_agent.node.network import ingress
 from kat_agent.node.network.ingress import IngressProxy
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
@@ -139,6 +142,88 @@ async def test_routes_reloads_without_loss_and_stops(tmp_path: Path, backends: i
         # No longer an ingress node: HAProxy goes, the port closes.
         proxy.offer(view(backends, BACKENDS, ingress=False))
         await until(lambda: closed(http_port))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def https_get(port: int, ca: bytes, host: str = "web.kat.local") -> tuple[str, bytes]:
+    """(status line and body, the DER certificate served) over TLS with SNI `host`,
+    verified against `ca` (the supplied self-signed certificate itself)."""
+    ctx = ssl.create_default_context(cadata=ca.decode())
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            der = tls.getpeercert(binary_form=True) or b""
+    return data.decode(errors="replace"), der
+
+
+def redirect_of(port: int) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/a?b=1", headers={"Host": "web.kat.local"})
+        r = conn.getresponse()
+        return r.status, r.getheader("Location") or ""
+    finally:
+        conn.close()
+
+
+@pytest.mark.async_timeout(90)
+async def test_tls_host_serves_the_supplied_certificate_and_redirects(
+    tmp_path: Path, backends: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.unit.test_ingress_certs import self_signed
+
+    monkeypatch.setattr(ingress, "CERT_REFRESH_SECONDS", 0.5)
+    first, second = self_signed(["web.kat.local"]), self_signed(["web.kat.local"])
+    serving = [first]
+    asked: list[list[str]] = []
+
+    async def fetch(hosts):  # type: ignore[no-untyped-def]
+        asked.append(list(hosts))
+        cert, key = serving[0]
+        c = kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert)
+        return [kat_pb2.IngressKeyPair(certificate=c, key_pem=key)]
+
+    http_port, https_port = free_port(), free_port()
+    work = tmp_path / "ingress"
+    proxy = IngressProxy("n1", work, http_port, https_port, fetch)
+    v = view(backends, BACKENDS)
+    v.services[0].ingress[0].tls = True
+    task = asyncio.create_task(proxy.run())
+    try:
+        proxy.offer(v)
+        reply, der = await until(lambda: https_get(https_port, first[0]))
+        assert reply.split("\r\n")[0].endswith("200 OK") and "hello from" in reply, reply
+        assert der == x509.load_pem_x509_certificate(first[0]).public_bytes(Encoding.DER)
+        assert asked[0] == ["web.kat.local"]
+        pem = work / "certs" / "web.kat.local.pem"
+        assert pem.stat().st_mode & 0o777 == 0o600
+        assert (work.stat().st_mode & 0o777) == 0o700
+        status, location = await asyncio.to_thread(redirect_of, http_port)
+        assert status == 301 and location == f"https://web.kat.local:{https_port}/a?b=1"
+        # Another host (no tls rule) stays on plain HTTP; unknown SNI gets no route.
+        assert (await asyncio.to_thread(get, http_port, "other.kat.local"))[0] == 404
+
+        # The operator replaces the certificate: served after the next refresh.
+        serving[0] = second
+        await until(lambda: https_get(https_port, second[0]))
+        assert proxy.reloads >= 1
+        # A key file removed behind the agent's back comes back at the next refresh.
+        pem.unlink()
+        await until(pem.exists)
+        assert pem.read_bytes() == second[0] + second[1]
+
+        # No longer an ingress node: HAProxy stops and the keys go with it.
+        proxy.offer(view(backends, BACKENDS, ingress=False))
+        await until(lambda: closed(https_port))
+        await until(lambda: not pem.exists())
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -380,3 +380,58 @@ async def test_fake_podman_down_is_retried(tmp_path: Path) -> None:
         await wait_until(lambda: ("pull", IMAGE) in fake.calls, within=5, message="a try")
         fake.available = True
         await wait_until(lambda: phase_is(rt, P.RUNNING), within=10, message="RUNNING after")
+
+
+# ------------------------------------------------------------------ detached restarts
+
+
+def _plan(view: np.InstanceView, now: datetime, detached: bool) -> np.InstancePlan:
+    return np.plan_instance(view, now, desired_known=True, detached=detached)
+
+
+def test_a_vanished_service_waits_for_the_leader_while_it_is_reachable() -> None:
+    mem = np.Memory(acted_restarts=0, vanished=True, failed_at=T0)
+    plan = _plan(np.InstanceView("w-1", assignment(), None, mem), T0 + timedelta(hours=1), False)
+    assert plan.actions == () and plan.wake_at is None
+
+
+def test_detached_the_node_restarts_a_vanished_service_after_the_back_off() -> None:
+    """With the leader unreachable the node restarts it itself, with the leader's back-off
+    (1 s, 2 s, ...) from the failure, and says when to look again meanwhile."""
+    mem = np.Memory(acted_restarts=0, vanished=True, failed_at=T0)
+    view = np.InstanceView("w-1", assignment(), None, mem)
+    early = _plan(view, T0, True)
+    assert early.actions == () and early.wake_at == T0 + timedelta(seconds=1)
+    due = _plan(view, T0 + timedelta(seconds=1), True)
+    assert [type(a) for a in due.actions] == [np.Create]
+    assert due.memory.local_restarts == 1
+    # It fails again: the next restart waits twice as long.
+    again = replace(due.memory, vanished=True, failed_at=T0 + timedelta(seconds=5))
+    later = _plan(
+        np.InstanceView("w-1", assignment(), None, again), T0 + timedelta(seconds=6), True
+    )
+    assert later.actions == () and later.wake_at == T0 + timedelta(seconds=7)
+
+
+def test_detached_the_node_restarts_an_exited_service_but_not_a_job_or_max_count() -> None:
+    exited = container("exited")  # finished at T0 + 1 s
+    now = T0 + timedelta(seconds=3)
+    plan = _plan(
+        np.InstanceView("w-1", assignment(), exited, np.Memory(acted_restarts=0)), now, True
+    )
+    assert [a.reason for a in plan.actions if isinstance(a, np.StopAndRemove)] == ["restart"]
+    job = assignment(kind=kat_pb2.WorkloadSpec.JOB)
+    assert (
+        _plan(np.InstanceView("w-1", job, exited, np.Memory(acted_restarts=0)), now, True).actions
+        == ()
+    )
+    counted = assignment()
+    counted.bundle.workload.spec.restart_policy.condition = kat_pb2.RestartPolicy.MAX_COUNT
+    view = np.InstanceView("w-1", counted, exited, np.Memory(acted_restarts=0))
+    assert _plan(view, now, True).actions == ()
+
+
+def test_the_leader_back_the_local_restart_count_is_forgotten() -> None:
+    mem = np.Memory(acted_restarts=0, local_restarts=3)
+    plan = _plan(np.InstanceView("w-1", assignment(), container(), mem), T0, False)
+    assert plan.memory.local_restarts == 0

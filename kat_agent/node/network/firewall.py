@@ -92,7 +92,8 @@ async def installed() -> str:
 
 
 async def remove() -> None:
-    await _nft("delete", "table", "inet", TABLE)
+    if shutil.which("nft") is not None:
+        await _nft("delete", "table", "inet", TABLE)
 
 
 async def run_firewall(spec: kat_pb2.ClusterConfigurationSpec) -> None:

@@ -13,7 +13,7 @@ instance, so that an instance that has just stopped costs no request.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from api.v1alpha1 import kat_pb2
@@ -100,11 +100,12 @@ def render(
     http_port: int,
     https_port: int,
     runtime_dir: str,
-    certs: Mapping[str, str],
-    default_cert: str = "",
+    tls_ready: Collection[str] = (),
+    cert_dir: str = "",
 ) -> str:
-    """The whole haproxy.cfg. `certs`: host -> PEM file (certificate + key) for tls hosts;
-    `default_cert` is served to clients without a matching SNI (needed for a 443 bind)."""
+    """The whole haproxy.cfg. `tls_ready`: the tls hosts whose PEM (certificate + key) is
+    in `cert_dir`; HAProxy loads that whole directory on the HTTPS port and picks the
+    certificate by SNI (the first file is served to clients without a matching name)."""
     out = [
         "# Written by kat-agent; every change is replaced on the next update.",
         "global",
@@ -128,21 +129,20 @@ def render(
         f"    bind :{http_port}",
         "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
     ]
-    tls_hosts = [h for h in plan.tls_hosts if h in certs]
+    tls_hosts = [h for h in plan.tls_hosts if h in tls_ready] if cert_dir else []
     for h in tls_hosts:
-        out.append(f"    http-request redirect scheme https code 301 if {_host_cond(h)}")
-    out += _use_backends(plan.routes)
+        out.append(f"    http-request redirect {_https_target(https_port)} if {_host_cond(h)}")
+    out += _use_backends(r for r in plan.routes if r.host not in tls_hosts)
     out.append("    default_backend no_route")
-    if tls_hosts and default_cert:
-        crt = " ".join(f"crt {certs[h]}" for h in tls_hosts)
+    if tls_hosts:
         out += [
             "",
             "frontend https",
-            f"    bind :{https_port} ssl crt {default_cert} {crt}",
+            f"    bind :{https_port} ssl crt {cert_dir} alpn http/1.1",
             "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
             "    http-request set-header X-Forwarded-Proto https",
         ]
-        out += _use_backends([r for r in plan.routes if r.tls and r.host in certs])
+        out += _use_backends([r for r in plan.routes if r.host in tls_hosts])
         out.append("    default_backend no_route")
     out += [
         "",
@@ -164,6 +164,13 @@ def render(
                 'string "no ready instance\\n"'
             )
     return "\n".join(out) + "\n"
+
+
+def _https_target(https_port: int) -> str:
+    """Where a tls host's plain-HTTP request goes: the same host and URI over HTTPS."""
+    if https_port == 443:
+        return "scheme https code 301"
+    return f"location https://%[var(txn.host)]:{https_port}%[capture.req.uri] code 301"
 
 
 def _host_cond(host: str) -> str:

@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 BRIDGE = "kat0"
 CONTAINER_IFNAME = "kat0"
 SYNC_SECONDS = 0.5
+_HOST_IFNAME = re.compile(r"^kv[0-9a-f]{11}$")
 
 
 def host_ifname(instance_id: str) -> str:
@@ -85,6 +87,11 @@ def _add_veth(host: str, peer: str, bridge: str, pid: int, mtu: int) -> None:
         peer_idx = ipr.link_lookup(ifname=peer)[0]
         ipr.link("set", index=peer_idx, net_ns_pid=pid)
         ipr.link("set", index=host_idx, master=bridge_idx, state="up")
+
+
+def _instance_links() -> list[str]:
+    """Host ends of instance veths (kv<hash>), also ones no allocation names any more."""
+    return sorted(n for n in _host_links() if _HOST_IFNAME.match(n))
 
 
 def _delete_link(name: str) -> None:
@@ -215,6 +222,12 @@ class InstanceNetwork:
             await asyncio.sleep(SYNC_SECONDS)
 
     async def remove_all(self) -> None:
-        """The node left: release every address and remove the bridge."""
+        """The node left: release every address, remove every instance veth (the
+        container ends and routes go with them) and the bridge (with its address and
+        route). Idempotent: what is gone already is skipped."""
         await self.sync({})
+        for name in await asyncio.to_thread(_instance_links):
+            await asyncio.to_thread(_delete_link, name)
         await asyncio.to_thread(_delete_link, BRIDGE)
+        self._bridge_ready = False
+        self._plumbed.clear()
