@@ -45,10 +45,18 @@ class IdleUsers:
             for o in self._placed()
         )
 
-    def idle(self, backend: RuntimeBackend, namespace: str, workload: str) -> None:
-        """An instance of namespace/workload left `backend`: retire it when idle."""
+    def idle(self, backend: RuntimeBackend) -> None:
+        """An instance left `backend`: retire its workload user when idle."""
         if backend.user is None or backend.key in self._pending:
             return
+        # Whose user it is comes from the user itself (its GECOS): the state of an
+        # instance that went may no longer know its namespace and workload (an
+        # instance known only by id has them empty), and removing "<prefix>_" finds
+        # nothing, silently: that made the removal unreliable.
+        owner = workload_of(backend.key)
+        if owner is None:
+            return
+        namespace, workload = owner
         if self.in_use(backend, namespace, workload):
             return
         self._pending.add(backend.key)
@@ -59,9 +67,7 @@ class IdleUsers:
         for backend in self._pool.backends():
             if backend.user is None:
                 continue
-            owner = workload_of(backend.key)
-            if owner is not None:
-                self.idle(backend, *owner)
+            self.idle(backend)
 
     async def _retire_when_idle(
         self, backend: RuntimeBackend, namespace: str, workload: str

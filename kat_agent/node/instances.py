@@ -342,7 +342,7 @@ class NodeRuntime:
         self._changed()
         backend = st.backend
         if backend is not None:
-            self.idle_users.idle(backend, st.namespace, st.workload)
+            self.idle_users.idle(backend)
 
     def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` beside the workers (cancelled when the runtime stops)."""

@@ -417,6 +417,8 @@ class PodmanPool:
                 )
             except (PodmanServiceError, OSError) as exc:
                 log.warning("could not remove workload user %s: %s", user.username, exc)
+            except Exception:
+                log.exception("could not remove workload user %s", user.username)
 
     def _remove_user(self, user: WorkloadUser, namespace: str, workload: str) -> None:
         tag = self.settings.tag

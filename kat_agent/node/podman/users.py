@@ -291,6 +291,7 @@ def remove_workload_user(
         try:
             pw = pwd.getpwnam(username)
         except KeyError:
+            log.info("workload user %s is already gone", username)
             return False
         if pw.pw_gecos != _gecos(namespace, name):
             raise PodmanServiceError(f"user {username} is not KAT's; not removing it")
