@@ -160,6 +160,7 @@ async def run_init(
                 show_join_command(dd, f"kat-agent join --leader {leader} --token {join_token}")
             else:
                 log.info("resuming node %s from %s", identity.name, dd.root)
+                await _seal_clear_material(dd, store)
             await serve(dd, identity, store, opts)
     except MemberStartError as exc:
         raise StartupError(str(exc)) from None
@@ -417,6 +418,7 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
             initial_cluster=initial or None,
             state="existing",
         ) as store:
+            await _seal_clear_material(dd, store)
             material = await store.get_ca_material()
             if material is not None and not dd.ca_key.exists():
                 secret = None
@@ -429,6 +431,27 @@ async def run_join(leader: str, token: str, opts: NodeOptions) -> None:
             await serve(dd, identity, store, opts)
     except MemberStartError as exc:
         raise StartupError(str(exc)) from None
+
+
+async def _seal_clear_material(dd: DataDir, store: Store) -> None:
+    """A cluster made before the CA keys in etcd were sealed still has them in the clear:
+    a single-member cluster (the quickstart's) is sealed in place at the start of its
+    member, with a cluster secret made here (0600). With several members the others
+    would lack the secret (a member joining later gets it from the leader), so there
+    it is said how to seal instead: back up, then restore with a secret."""
+    from kat_agent import bootstrap
+
+    material = await store.get_ca_material()
+    if material is None or material.sealed_ca_key or not dd.ca_key.exists():
+        return
+    if len(await store.etcd.member_list()) != 1:
+        log.warning(
+            "the CA keys in etcd are in the clear (made by an older KAT); seal them with "
+            "`kat-agent backup` and `kat-agent init --restore-from ... --cluster-secret-file ...`"
+        )
+        return
+    await store.replace_ca_material(bootstrap.ca_material(dd))
+    log.info("sealed the CA keys in etcd with the cluster secret %s", dd.cluster_secret)
 
 
 async def _join(dd: DataDir, leader: str, token: str, opts: NodeOptions) -> NodeIdentity:

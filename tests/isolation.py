@@ -13,13 +13,12 @@ import pwd
 import socket
 from pathlib import Path
 
-from kat_agent.node.podman.errors import PodmanServiceError
 from kat_agent.node.podman.users import (
     DEFAULT_HOME_BASE,
     GECOS_PREFIX,
     RUNTIME_DIR_BASE,
     USERNAME_PREFIX,
-    remove_workload_user,
+    remove_workload_users_with_prefix,
     username_prefix,
 )
 
@@ -103,17 +102,4 @@ def foreign_workload_state() -> dict[str, set[str]]:
 def remove_own_workload_users() -> list[str]:
     """Remove the workload users that this session's agents made and left behind (an
     agent killed by a test does not remove its users). Returns their names."""
-    ours = username_prefix()
-    removed: list[str] = []
-    if ours == USERNAME_PREFIX:
-        return removed  # the default prefix: those users are a real KAT's, never ours
-    for pw in pwd.getpwall():
-        if not (pw.pw_name.startswith(ours) and pw.pw_gecos.startswith(GECOS_PREFIX)):
-            continue
-        namespace, _, name = pw.pw_gecos.removeprefix(GECOS_PREFIX).partition("/")
-        try:
-            if remove_workload_user(namespace, name, grace=2.0):
-                removed.append(pw.pw_name)
-        except (OSError, PodmanServiceError) as exc:
-            print(f"could not remove the test workload user {pw.pw_name}: {exc}")
-    return removed
+    return remove_workload_users_with_prefix(username_prefix())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -1116,6 +1117,41 @@ def _subid_lines(table: str) -> list[str]:
 def _subuid_starts(user: str) -> set[str]:
     lines = _subid_lines("/etc/subuid")
     return {line.split(":")[1] for line in lines if line.startswith(f"{user}:")}
+
+
+@needs_podman
+@pytest.mark.async_timeout(300)
+async def test_rootless_podman_that_lost_its_user_namespace_recovers(
+    cluster: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Every process of a workload user killed (its containers, their conmons, Podman's
+    pause process, the service): its Podman then refuses to start ("invalid internal
+    status, try resetting the pause process") until `podman system migrate`. The node
+    does that itself and runs the instance again. (Seen on a quickstart node whose user
+    had been shared with a dev cluster that ended all that user's processes.)"""
+    ns, name = f"kt{secrets.token_hex(2)}", "lost"
+    cluster.users.append((ns, name))  # type: ignore[attr-defined]
+    homes = _private_dir("kat-nt-homes-")
+    try:
+        a = assignment("ln-1", name, ["sleep", "3600"], ns=ns)
+        async with cluster(rootless=True, home_base=homes) as (leader, node):
+            await leader.publish(a)
+            await node.start()
+            first = await leader.wait_for("ln-1", running, within=90, what="rootless RUNNING")
+            # The leader is "away": the node restarts the failed instance itself.
+            node.rt.detached = lambda: True
+            uid = pwd.getpwnam(workload_username(ns, name)).pw_uid
+            await asyncio.to_thread(subprocess.run, ["pkill", "-KILL", "-U", str(uid)])
+            back = await leader.wait_for(
+                "ln-1",
+                lambda i: running(i) and i.container_id != first.container_id,
+                within=120,
+                what="RUNNING again in a new container",
+            )
+            assert back.container_id
+    finally:
+        remove_workload_user(ns, name)
+        shutil.rmtree(homes, ignore_errors=True)
 
 
 def _subid_owners(table: str) -> set[str]:

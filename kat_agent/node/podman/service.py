@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 MAX_RUNROOT = 50  # podman: "the specified runroot is longer than 50 characters"
 MAX_SOCKET_PATH = 107  # sun_path
+START_MARK = "--- kat: starting "  # the service log's line before each start
+# What rootless Podman says when its user namespace is gone (_reset_lost_pause_process).
+PAUSE_LOST = "try resetting the pause process"
 
 # ---------------------------------------------------------------- storage
 
@@ -267,6 +271,7 @@ class PodmanService(RestartingChild):
         user = self.user
         if user is not None:
             ensure_runtime_dir(user)
+            self._reset_lost_pause_process()
         for _, path in self.storage.items():
             path.mkdir(parents=True, exist_ok=True)
             if user is not None:
@@ -282,6 +287,46 @@ class PodmanService(RestartingChild):
                 f"{self.socket_path.name} there"
             )
         self._clear_stale_socket()
+
+    def _reset_lost_pause_process(self) -> None:
+        """Rootless Podman keeps its user namespace alive in a pause process (and in the
+        conmons of running containers). When all of them were killed (every process of
+        the user ended by hand, an OOM kill) while its database still lists running
+        containers, every Podman of that user refuses to start ("invalid internal
+        status, try resetting the pause process with podman system migrate"), for ever.
+        When the last run of this service ended so, do what the message says: `podman
+        system migrate` as the user marks those containers stopped (their processes are
+        gone already), and the node recreates them. Only after such a failure: migrate
+        stops running containers, and a healthy service must never lose them."""
+        last_run = self.log_tail(8000).rpartition(START_MARK)[2]
+        if PAUSE_LOST not in last_run or self.user is None:
+            return
+        log.warning(
+            "the Podman of %s lost its pause process; resetting it (podman system migrate)",
+            self.user.username,
+        )
+        cmd = [
+            *_setpriv_prefix(self.user),
+            self.binary,
+            *self.storage.global_args(),
+            "system",
+            "migrate",
+        ]
+        try:
+            res = subprocess.run(
+                cmd,
+                env=self.environment(),
+                cwd=str(self.user.home),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PodmanServiceError(f"podman system migrate failed: {exc}") from None
+        with open(self.log_file, "a") as f:
+            f.write(f"--- kat: podman system migrate: status {res.returncode}\n")
+        if res.returncode != 0:
+            raise PodmanServiceError(f"podman system migrate failed: {res.stderr.strip()[-300:]}")
 
     def _clear_stale_socket(self) -> None:
         """Remove a socket file nothing answers on (left by a service killed with a
@@ -299,7 +344,7 @@ class PodmanService(RestartingChild):
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file = RotatingFile(self.log_file)
-        log_file.write(f"--- kat: starting {' '.join(self.command())}\n".encode())
+        log_file.write(f"{START_MARK}{' '.join(self.command())}\n".encode())
         # Through a pipe so that the file can be rotated by size (rotation.py).
         out = pipe_into(log_file, f"podman-{self.socket_path.name}-log")
         user = self.user

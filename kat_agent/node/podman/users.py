@@ -320,3 +320,29 @@ def remove_workload_user(
         shutil.rmtree(RUNTIME_DIR_BASE / str(pw.pw_uid), ignore_errors=True)
     log.info("removed workload user %s (uid %d)", username, pw.pw_uid)
     return True
+
+
+def remove_workload_users_with_prefix(prefix: str) -> list[str]:
+    """Remove every workload user whose name starts with `prefix` (a test session's or a
+    dev cluster's own prefix, never the default one: those are a real KAT's). Returns the
+    names removed; a user that cannot be removed is logged and left."""
+    if prefix == USERNAME_PREFIX:
+        return []
+    removed: list[str] = []
+    for pw in pwd.getpwall():
+        if not (pw.pw_name.startswith(prefix) and pw.pw_gecos.startswith(GECOS_PREFIX)):
+            continue
+        namespace, _, name = pw.pw_gecos.removeprefix(GECOS_PREFIX).partition("/")
+        saved = os.environ.get(USERNAME_PREFIX_ENV)
+        os.environ[USERNAME_PREFIX_ENV] = prefix  # workload_username() under that prefix
+        try:
+            if remove_workload_user(namespace, name, grace=2.0):
+                removed.append(pw.pw_name)
+        except (OSError, PodmanServiceError) as exc:
+            log.warning("could not remove workload user %s: %s", pw.pw_name, exc)
+        finally:
+            if saved is None:
+                os.environ.pop(USERNAME_PREFIX_ENV, None)
+            else:
+                os.environ[USERNAME_PREFIX_ENV] = saved
+    return removed
