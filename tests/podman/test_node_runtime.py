@@ -1099,9 +1099,12 @@ async def test_rootless_workload_user(
             home = homes / user
             ranges = _subuid_starts(user)
             assert len(ranges) == 1 and home.is_dir()
-            await poll(lambda: not _user_exists(user), within=120, what="workload user removed")
-            assert not home.exists()
-            assert user not in _subid_owners("/etc/subuid") | _subid_owners("/etc/subgid")
+
+            def removed() -> bool:  # (userdel, then the home, then the id ranges)
+                owners = _subid_owners("/etc/subuid") | _subid_owners("/etc/subgid")
+                return not _user_exists(user) and not home.exists() and user not in owners
+
+            await poll(removed, within=120, what="workload user, home and ids removed")
             (freed,) = ranges
             starts = {line.split(":")[1] for line in _subid_lines("/etc/subuid")}
             assert freed not in starts  # free for the next user (lowest free range first)
