@@ -1,6 +1,11 @@
 """Apply to RUNNING on a real dev cluster, against a plain `podman run`.
 
     python3 benchmarks/bench_apply.py [--runs 10] [--replicas 30]
+    python3 benchmarks/bench_apply.py --rootless [--runs 7]
+
+`--rootless`: a 1-node rootless dev cluster, fresh workload users against bare rootless
+`podman run -d` as fresh users, plus a 200 MB image; see benchmarks/rootless_apply.py.
+Its last line is `ratio=R driver=D`.
 
 1. A 1-replica service (busybox `sleep`, image already on the node) is applied
    through the real API and timed until its instance is RUNNING; deleted and
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -101,7 +107,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--replicas", type=int, default=30)
+    ap.add_argument("--rootless", action="store_true", help="rootless workloads (see above)")
     a = ap.parse_args()
+    if a.rootless:
+        return main_rootless(a.runs)
     out = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="kat-apply-") as tmp:
         with DevCluster(3, Path(tmp) / "c") as c:
@@ -142,6 +151,24 @@ def main() -> int:
             )
             client.close()
     print(out.getvalue(), end="")
+    return 0
+
+
+def main_rootless(runs: int) -> int:
+    from benchmarks import rootless_apply
+
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="kat-apply-rl-") as tmp:
+        with DevCluster(1, Path(tmp) / "c", extra_up_args=["--rootless"]) as c:
+            assert c.katconfig is not None
+            client = Client(clientconfig.load(c.katconfig).context())
+            try:
+                last = rootless_apply.run(c, client, IMAGE, runs, lines)
+            finally:
+                client.close()
+                print("\n".join(lines))
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(last)
     return 0
 
 

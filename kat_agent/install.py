@@ -25,6 +25,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kat_agent.node.podman.imagestore import SharedImageStore
 
 UNIT_NAME = "kat-agent.service"
 UNIT_DIR = Path("/etc/systemd/system")
@@ -123,6 +127,16 @@ def _kat_users() -> list[tuple[str, str]]:
     return found
 
 
+def _image_store(data_dir: Path) -> SharedImageStore:
+    """The rootless workloads' shared image store of the node with this data dir."""
+    from kat_agent.node.podman.imagestore import SharedImageStore
+    from kat_agent.node.podman.services import NodeSettings
+
+    run_dir = NodeSettings.run_dir_for(data_dir)
+    tag = NodeSettings(node_name="", state_dir=data_dir, run_dir=run_dir).tag
+    return SharedImageStore.for_tag(tag, "fuse-overlayfs")
+
+
 def uninstall(
     data_dir: Path,
     purge: bool,
@@ -149,6 +163,10 @@ def uninstall(
     for ns, name in _kat_users() if users is None else users:
         if remove_workload_user(ns, name):
             done.append(f"removed workload user of {ns}/{name}")
+    store = _image_store(data_dir)
+    if store.path.exists():
+        store.remove()
+        done.append(f"removed the shared image store {store.path}")
     if host:
         done += host_cleanup.remove_interfaces()
         done += host_cleanup.remove_firewall()

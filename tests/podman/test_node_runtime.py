@@ -15,6 +15,7 @@ workload user made here is removed again, also when a test fails.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import secrets
@@ -382,6 +383,7 @@ class NodeHarness:
             grace_seconds=GRACE,
             resync_seconds=0.5,
             idle_service_seconds=0.5,
+            image_store_base=self.env.base / "images",  # removed with the env
             **kw,
         )
 
@@ -1071,6 +1073,15 @@ async def test_rootless_workload_user(
             assert f"Uid:\t{uid}\t" in status  # runs as the workload user, not root
             # Not in root's storage.
             assert inst.container_id not in env.container_ids()
+            # Not vfs; with fuse-overlayfs the image is read from the node's shared
+            # store (root-owned, not writable by the user), not copied to the user.
+            driver = backends[user].driver
+            assert driver is not None and driver.name == "overlay"
+            store = node.rt.pool.image_store
+            if driver.shared:
+                assert store is not None and store.has(IMAGE)
+                assert store.path.stat().st_uid == 0 and store.path.stat().st_mode & 0o022 == 0
+                assert not _user_image_copies(node.rt.pool.user_storage(backends[user].user))
 
             # A second instance of the workload: same user, service and image.
             await leader.publish(a, assignment("rl-2", name, ["sleep", "3600"], ns=ns))
@@ -1155,6 +1166,15 @@ async def test_rootless_podman_that_lost_its_user_namespace_recovers(
     finally:
         remove_workload_user(ns, name)
         shutil.rmtree(homes, ignore_errors=True)
+
+
+def _user_image_copies(storage: PodmanStorage) -> list[str]:
+    """Images in a workload user's own storage (not in an additional image store)."""
+    assert storage.root is not None
+    index = storage.root / "overlay-images" / "images.json"
+    if not index.exists():
+        return []
+    return [i["id"] for i in json.loads(index.read_text() or "[]")]
 
 
 def _subid_owners(table: str) -> set[str]:

@@ -167,7 +167,8 @@ class PodmanService(RestartingChild):
     """`podman system service --time=0 unix://<socket_path>`, as root (with `storage`)
     or as a workload user (rootless; `storage` optional, e.g. `storage.for_user(...)`),
     restarted with back-off when it dies. Its output goes to `log_file` (default: next
-    to the socket). `containers_conf` sets CONTAINERS_CONF for it.
+    to the socket). `containers_conf` sets CONTAINERS_CONF for it, `storage_conf`
+    CONTAINERS_STORAGE_CONF (a workload user's driver and shared image store).
 
         svc = PodmanService(Path("/run/kat/podman.sock"), storage=PodmanStorage.from_env())
         await svc.start(); await svc.wait_ready()
@@ -183,6 +184,7 @@ class PodmanService(RestartingChild):
         user: WorkloadUser | None = None,
         log_file: Path | None = None,
         containers_conf: Path | None = None,
+        storage_conf: Path | None = None,
         binary: str | Path | None = None,
         log_level: str = "warning",
         restart_backoff: tuple[float, float] = (0.5, 30.0),
@@ -207,6 +209,7 @@ class PodmanService(RestartingChild):
         self.user = user
         self.log_file = log_file or self.socket_path.with_name(self.socket_path.name + ".log")
         self.containers_conf = containers_conf
+        self.storage_conf = storage_conf  # CONTAINERS_STORAGE_CONF (workload users)
         self.log_level = log_level
         self.restart_backoff = restart_backoff
         self.restarts = 0
@@ -253,6 +256,8 @@ class PodmanService(RestartingChild):
             env.update({k: os.environ[k] for k in self.PASS_TO_USERS if os.environ.get(k)})
         if self.containers_conf:
             env["CONTAINERS_CONF"] = str(self.containers_conf)
+        if self.storage_conf:
+            env["CONTAINERS_STORAGE_CONF"] = str(self.storage_conf)
         return env
 
     async def start(self) -> None:

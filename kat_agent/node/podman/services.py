@@ -7,8 +7,11 @@ runs every container; new containers join the bridge network `kat` on the node's
 Rootless mode (the default, SPEC section 8): each workload runs as its own user
 `kat_wl_<namespace>_<name>` (`ensure_workload_user`) with a Podman service of its own,
 started on first use. The root service still runs: it is the node's image cache. An image
-a workload user lacks is pulled once into root's storage (or found there) and copied to
-the user's storage (save/load), so a node pulls each image once. Rootless containers use
+a workload user lacks is pulled once into root's storage (or found there) and, with
+fuse-overlayfs, loaded once into the node's shared read-only image store that every
+workload user's Podman reads (`additionalimagestores`): a new workload copies nothing.
+Without fuse-overlayfs it is copied to the user's storage (save/load), once per user.
+Which driver and why: kat_agent/node/podman/imagestore.py. Rootless containers use
 Podman's rootless default network (slirp4netns): they have no address of their own on the
 node's subnet, and the IP reported is whatever Podman reports ("" for slirp4netns).
 
@@ -20,7 +23,9 @@ Where things live:
 - a workload user's storage: when the node has a storage of its own (KAT_PODMAN_ROOT,
   as in the dev cluster) <home>/kat-storage/<tag>/{root,tmp,networks} with runroot
   /run/user/<uid>/kat-<tag>; otherwise the user's default storage in its home. Not under
-  the data dir: that is 0700 root, and the user could not reach it.
+  the data dir: that is 0700 root, and the user could not reach it;
+- a workload user's storage.conf: <home>/.config/containers/kat-<tag>-storage.conf;
+- the shared image store: /var/lib/kat-images/<tag> (root-owned, read-only to users).
 """
 
 from __future__ import annotations
@@ -44,6 +49,15 @@ from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.network.records import node_dns_address, search_path
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
+from kat_agent.node.podman.imagestore import (
+    SHARED_STORE_BASE,
+    VFS,
+    RootlessDriver,
+    SharedImageStore,
+    detect_driver,
+    shared_store_for,
+    write_user_storage_conf,
+)
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE
 from kat_agent.node.podman.runtime import Runtime
 from kat_agent.node.podman.service import MAX_SOCKET_PATH, PodmanService, PodmanStorage
@@ -94,6 +108,8 @@ class NodeSettings:
     data_root: Path | None = None  # the data dir (made traversable for rootless volumes)
     host_mount_allowed: tuple[str, ...] = ()  # cluster.kat's hostMountAllowedPaths
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    image_store_base: Path = SHARED_STORE_BASE  # the shared image stores (per tag)
+    rootless_driver: RootlessDriver | None = None  # None: detected (imagestore.py)
 
     def container_dns(self, namespace: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(nameservers, search domains) for a container of `namespace`: the node's DNS
@@ -119,6 +135,15 @@ class NodeSettings:
             opts["data_dir"] = str(self.data_root)
         return opts
 
+    @staticmethod
+    def run_dir_for(data_root: Path) -> Path:
+        """Root's Podman socket directory of the node with this data dir."""
+        run_dir = data_root.absolute() / "agent" / "podman"
+        if len(str(run_dir / "podman.sock")) > MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(data_root.absolute()).encode()).hexdigest()[:12]
+            run_dir = RUN_BASE / digest
+        return run_dir
+
     @classmethod
     def for_node(
         cls,
@@ -129,10 +154,7 @@ class NodeSettings:
         environ: Mapping[str, str] | None = None,
     ) -> NodeSettings:
         env = os.environ if environ is None else environ
-        run_dir = dd.root.absolute() / "agent" / "podman"
-        if len(str(run_dir / "podman.sock")) > MAX_SOCKET_PATH:
-            digest = hashlib.sha256(str(dd.root.absolute()).encode()).hexdigest()[:12]
-            run_dir = RUN_BASE / digest
+        run_dir = cls.run_dir_for(dd.root)
         conf = env.get("CONTAINERS_CONF")
         return cls(
             node_name=identity.name,
@@ -159,6 +181,7 @@ class Backend:
     service: PodmanService
     user: WorkloadUser | None = None
     network: str | None = None  # the network new containers join
+    driver: RootlessDriver | None = None  # a workload user's storage driver
 
     @property
     def rootless(self) -> bool:
@@ -215,6 +238,8 @@ class PodmanPool:
         # Set once root's `kat` network has been set up (or found impossible): the
         # overlay waits for it (kat_agent/node/main.py).
         self.network_ready = asyncio.Event()
+        self.driver: RootlessDriver | None = None  # workload users' (rootless mode)
+        self.image_store: SharedImageStore | None = None
 
     @property
     def root(self) -> Backend:
@@ -235,6 +260,8 @@ class PodmanPool:
         already have containers on this node (adoption)."""
         s = self.settings
         await asyncio.to_thread(self._prepare_dirs)
+        if s.rootless:
+            await self._choose_rootless_storage()
         svc = PodmanService(
             s.run_dir / "podman.sock",
             storage=s.storage,
@@ -271,6 +298,13 @@ class PodmanPool:
                 await self._user_backend(user)
             except Exception as exc:  # noqa: BLE001 - one broken user must not stop the node
                 log.error("cannot start the Podman service of %s: %s", user.username, exc)
+
+    async def _choose_rootless_storage(self) -> None:
+        s = self.settings
+        self.driver = s.rootless_driver or await asyncio.to_thread(detect_driver)
+        self.image_store = await asyncio.to_thread(
+            shared_store_for, self.driver, s.tag, s.image_store_base
+        )
 
     def _prepare_dirs(self) -> None:
         s = self.settings
@@ -312,6 +346,16 @@ class PodmanPool:
             network_config_dir=base / "networks",
         )
 
+    def storage_conf_path(self, user: WorkloadUser) -> Path:
+        return user.home / ".config" / "containers" / f"kat-{self.settings.tag}-storage.conf"
+
+    def _write_user_storage_conf(
+        self, user: WorkloadUser, storage: PodmanStorage
+    ) -> tuple[RootlessDriver, Path]:
+        path = self.storage_conf_path(user)
+        driver = write_user_storage_conf(path, user, storage, self.driver or VFS, self.image_store)
+        return driver, path
+
     def _has_storage(self, user: WorkloadUser) -> bool:
         storage = self.user_storage(user)
         if storage.root is not None:
@@ -347,11 +391,18 @@ class PodmanPool:
             sock = RUNTIME_DIR_BASE / str(user.uid) / f"kat-{s.tag}.sock"
             storage = self.user_storage(user)
             await asyncio.to_thread(_own_storage_parents, storage, user)
+            driver, conf = await asyncio.to_thread(self._write_user_storage_conf, user, storage)
             svc = PodmanService(
                 sock,
-                storage=storage,
+                # Graph root and runroot come from the storage.conf: with --root or
+                # --runroot flags Podman drops the conf's driver options (the shared
+                # store, fuse-overlayfs) without a word.
+                storage=PodmanStorage(
+                    tmpdir=storage.tmpdir, network_config_dir=storage.network_config_dir
+                ),
                 user=user,
                 containers_conf=s.containers_conf,
+                storage_conf=conf,
                 log_file=s.run_dir / f"podman-{user.username}.log",
             )
             await svc.start()
@@ -361,7 +412,7 @@ class PodmanPool:
                 await svc.stop()
                 raise
             rt = Runtime(svc.socket_path, owner=(user.uid, user.gid), **s.runtime_options())
-            backend = Backend(user.username, rt, svc, user, None)
+            backend = Backend(user.username, rt, svc, user, None, driver)
             self._users[user.username] = backend
             log.info("Podman service of workload user %s ready", user.username)
             return backend
@@ -433,6 +484,7 @@ class PodmanPool:
             shared = home / "kat-storage"
             if shared.is_dir() and any(p.name != tag for p in shared.iterdir()):
                 shutil.rmtree(shared / tag, ignore_errors=True)
+                self.storage_conf_path(user).unlink(missing_ok=True)
                 log.info("kept workload user %s: other agents here use it", user.username)
                 return True
             return False
@@ -445,7 +497,8 @@ class PodmanPool:
 
     async def ensure_image(self, backend: Backend, ref: str) -> None:
         """Make image `ref` available to `backend`: from local storage, else pulled into
-        root's storage and, for a workload user, copied from there."""
+        root's storage and, for a workload user, put into the shared image store (once
+        per node) or, without one, copied to the user's storage."""
         if backend.user is None:
             await backend.runtime.ensure_image(ref)
             return
@@ -455,6 +508,8 @@ class PodmanPool:
             if await backend.runtime.image_exists(ref):
                 return
             await self.root.runtime.ensure_image(ref)
+            if await self._into_shared_store(backend, ref):
+                return
             name = hashlib.sha256(f"{backend.key} {ref}".encode()).hexdigest()[:16]
             tmp = self.settings.state_dir / "tmp" / f"image-{name}.tar"
             try:
@@ -463,6 +518,25 @@ class PodmanPool:
             finally:
                 tmp.unlink(missing_ok=True)
             log.info("copied image %s to the storage of %s", ref, backend.key)
+
+    async def _into_shared_store(self, backend: Backend, ref: str) -> bool:
+        """True once `backend` sees `ref` through the shared image store."""
+        store = self.image_store
+        if store is None or backend.driver is None or not backend.driver.shared:
+            return False
+        async with self._lock(f"shared image {ref}"):
+            if not await asyncio.to_thread(store.has, ref):
+                name = hashlib.sha256(f"shared {ref}".encode()).hexdigest()[:16]
+                tmp = self.settings.state_dir / "tmp" / f"image-{name}.tar"
+                try:
+                    await self.root.runtime.save_image(ref, tmp)
+                    await asyncio.to_thread(store.load, tmp, ref)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        if await backend.runtime.image_exists(ref):
+            return True
+        log.warning("%s does not see %s in the shared image store; copying it", backend.key, ref)
+        return False
 
     # ------------------------------------------------------------ end
 
