@@ -7,9 +7,13 @@ by hand; etcd and the Podman services are the agent's children and it stops them
 itself), then enables and starts it where systemd is PID 1. Elsewhere (containers,
 CI) it only writes the unit and says so.
 
-uninstall stops and removes the unit, removes the workload users KAT made (with
-their homes, image copies and subordinate id ranges) and, with --purge, the data
-directory. Containers in root's Podman storage under the data dir go with it.
+uninstall stops and removes the unit, stops and removes KAT's containers in
+root's Podman, removes the workload users KAT made (with their processes and
+containers, homes, image copies and subordinate id ranges), KAT's network
+interfaces (WireGuard overlay, `kat0` bridge, instance veths) and its nftables
+table (kat_agent/host_cleanup.py) and, with --purge, the data directory. It works
+on the network namespace it runs in. The agent must not be running (a unit is
+stopped first; an agent started by hand must be stopped by hand).
 """
 
 from __future__ import annotations
@@ -111,11 +115,12 @@ def install(args: list[str], unit_dir: Path = UNIT_DIR) -> str:
 
 def _kat_users() -> list[tuple[str, str]]:
     """(namespace, workload) of every workload user KAT made on this machine."""
-    from kat_agent.node.podman.users import GECOS_PREFIX, USERNAME_PREFIX
+    from kat_agent.node.podman.users import GECOS_PREFIX, username_prefix
 
+    prefix = username_prefix()  # kat_wl_, or what this agent was told (tests)
     found = []
     for pw in pwd.getpwall():
-        if pw.pw_name.startswith(USERNAME_PREFIX) and pw.pw_gecos.startswith(GECOS_PREFIX):
+        if pw.pw_name.startswith(prefix) and pw.pw_gecos.startswith(GECOS_PREFIX):
             ns, _, name = pw.pw_gecos.removeprefix(GECOS_PREFIX).strip().partition("/")
             if ns and name:
                 found.append((ns, name))
@@ -137,7 +142,11 @@ def uninstall(
     purge: bool,
     unit_dir: Path = UNIT_DIR,
     users: list[tuple[str, str]] | None = None,
+    host: bool = True,
 ) -> list[str]:
+    """Everything KAT put on this node goes; `host=False` (tests) leaves containers,
+    interfaces and firewall alone."""
+    from kat_agent import host_cleanup
     from kat_agent.node.podman.users import remove_workload_user
 
     done = []
@@ -149,6 +158,8 @@ def uninstall(
         if unit_dir == UNIT_DIR and systemd_running():
             _systemctl("daemon-reload")
         done.append(f"removed {path}")
+    if host:
+        done += host_cleanup.stop_containers()
     for ns, name in _kat_users() if users is None else users:
         if remove_workload_user(ns, name):
             done.append(f"removed workload user of {ns}/{name}")
@@ -156,6 +167,9 @@ def uninstall(
     if store.path.exists():
         store.remove()
         done.append(f"removed the shared image store {store.path}")
+    if host:
+        done += host_cleanup.remove_interfaces()
+        done += host_cleanup.remove_firewall()
     if purge and data_dir.exists():
         shutil.rmtree(data_dir)
         done.append(f"removed {data_dir}")

@@ -1222,7 +1222,7 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class AdminRecord(_message.Message):
-    __slots__ = ("name", "certificate_sha256", "created", "created_by", "not_after", "revoked", "revoked_at", "revoked_by")
+    __slots__ = ("name", "certificate_sha256", "created", "created_by", "not_after", "revoked", "revoked_at", "revoked_by", "role")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
@@ -1231,6 +1231,7 @@ class AdminRecord(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     certificate_sha256: _containers.RepeatedScalarFieldContainer[str]
     created: _timestamp_pb2.Timestamp
@@ -1239,15 +1240,18 @@ class AdminRecord(_message.Message):
     revoked: bool
     revoked_at: _timestamp_pb2.Timestamp
     revoked_by: str
-    def __init__(self, name: _Optional[str] = ..., certificate_sha256: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, name: _Optional[str] = ..., certificate_sha256: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
 class CreateAdminRequest(_message.Message):
-    __slots__ = ("name", "csr_pem")
+    __slots__ = ("name", "csr_pem", "role")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     csr_pem: bytes
-    def __init__(self, name: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+    role: str
+    def __init__(self, name: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., role: _Optional[str] = ...) -> None: ...
 
 class CreateAdminResponse(_message.Message):
     __slots__ = ("certificate_pem", "ca_pem", "api_endpoints", "admin")

@@ -26,9 +26,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from internal.observability.rotation import LOG_KEEP, LOG_MAX_BYTES, rotate
+
 REPEAT_WINDOW = 60.0
-LOG_MAX_BYTES = 20 * 1024 * 1024
-LOG_KEEP = 5
 _FIELDS = ("node", "workload", "instance", "namespace")
 
 
@@ -103,7 +103,15 @@ class RepeatFilter(logging.Filter):
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Size-based rotation; every file 0600 (logs can name what runs where)."""
+    """Size-based rotation; every file 0600 (logs can name what runs where). The
+    shift of the old files is rotation.rotate, as for every other log of KAT."""
+
+    def doRollover(self) -> None:
+        if self.stream:
+            self.stream.close()
+            self.stream = None  # type: ignore[assignment]
+        rotate(Path(self.baseFilename), self.backupCount)
+        self.stream = self._open()
 
     def _open(self):  # type: ignore[no-untyped-def]
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

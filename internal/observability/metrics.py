@@ -19,7 +19,9 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from api.v1alpha1 import kat_pb2
 
@@ -164,6 +166,65 @@ STREAM_RECONNECTS = Counter(
     "Times the agent opened its assignments stream to the leader again after losing it.",
     registry=REGISTRY,
 )
+DNS_QUERIES = Counter(
+    "kat_dns_queries_total",
+    "Queries the node's DNS server answered, by answer: zone (a name of the cluster), "
+    "nxdomain (in the zone, no such name), forwarded (answered by an upstream), refused "
+    "(no upstream, or too many forwards at once), servfail (no upstream answered), "
+    "dropped (not a readable query).",
+    ["answer"],
+    registry=REGISTRY,
+)
+DNS_ANSWERS = ("zone", "nxdomain", "forwarded", "refused", "servfail", "dropped")
+for _a in DNS_ANSWERS:
+    DNS_QUERIES.labels(_a)
+
+
+class OverlayPeers(Collector):
+    """Per overlay peer (label `peer`: the node's name, a small set): seconds since the
+    latest WireGuard handshake, computed at scrape time (NaN before the first), and the
+    bytes received and sent. Fed by the overlay's reconcile pass (`set`)."""
+
+    def __init__(self) -> None:
+        # interface -> peer -> (latest handshake unix time or 0, rx bytes, tx bytes)
+        self._peers: dict[str, dict[str, tuple[float, int, int]]] = {}
+        self.clock = time.time
+
+    def set(self, interface: str, peers: Mapping[str, tuple[float, int, int]]) -> None:
+        self._peers[interface] = dict(peers)
+
+    def forget(self, interface: str) -> None:
+        self._peers.pop(interface, None)
+
+    def collect(self) -> Iterable[Metric]:
+        age = GaugeMetricFamily(
+            "kat_overlay_peer_handshake_age_seconds",
+            "Seconds since the latest WireGuard handshake with a peer (NaN: none yet).",
+            labels=["peer"],
+        )
+        rx = CounterMetricFamily(
+            "kat_overlay_peer_received_bytes",
+            "Bytes received from a peer over the overlay (since its link was made).",
+            labels=["peer"],
+        )
+        tx = CounterMetricFamily(
+            "kat_overlay_peer_sent_bytes",
+            "Bytes sent to a peer over the overlay (since its link was made).",
+            labels=["peer"],
+        )
+        now = self.clock()
+        merged: dict[str, tuple[float, int, int]] = {}
+        for peers in self._peers.values():
+            merged.update(peers)
+        for peer, (handshake, rx_bytes, tx_bytes) in sorted(merged.items()):
+            age.add_metric([peer], max(0.0, now - handshake) if handshake else float("nan"))
+            rx.add_metric([peer], rx_bytes)
+            tx.add_metric([peer], tx_bytes)
+        return [age, rx, tx]
+
+
+OVERLAY_PEERS = OverlayPeers()
+REGISTRY.register(OVERLAY_PEERS)
 
 
 _CONDITIONS = ("READY", "NOT_READY", "UNKNOWN")

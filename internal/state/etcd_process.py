@@ -4,7 +4,9 @@ The child gets its own process group, so a Ctrl-C in the terminal reaches only
 kat-agent, which can still resign leadership through etcd before stopping it;
 PR_SET_PDEATHSIG makes the kernel kill etcd if kat-agent dies without that.
 etcd's stdout and stderr go to `etcd.log` in its data directory (etcd notes
-the extra file there with a harmless warning at start).
+the extra file there with a harmless warning at start), through a pipe that
+kat-agent copies into the file, rotated by size like every log of KAT
+(internal/observability/rotation.py: 20 MiB, 5 kept).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from internal.host.children import RestartingChild, child_setup
+from internal.observability.rotation import LOG_MAX_BYTES, RotatingFile, pipe_into
 from internal.state.etcd import EtcdClient
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,7 @@ class EtcdProcess(RestartingChild):
         initial_cluster_token: str = "kat",
         binary: str | Path | None = None,
         log_file: Path | None = None,
+        log_max_bytes: int = LOG_MAX_BYTES,
         auto_compaction_retention: str = "1",  # hours of history kept for watches
         quota_backend_bytes: int = DEFAULT_QUOTA_BYTES,
         snapshot_count: int = 10_000,
@@ -135,6 +139,7 @@ class EtcdProcess(RestartingChild):
         self.name = name
         self.data_dir = Path(data_dir)
         self.log_file = Path(log_file) if log_file else self.data_dir / "etcd.log"
+        self._log = RotatingFile(self.log_file, log_max_bytes)
         self.tls = tls
         self.client_urls = list(client_urls)
         self.peer_urls = list(peer_urls)
@@ -239,12 +244,10 @@ class EtcdProcess(RestartingChild):
         self._supervisor = asyncio.create_task(self._supervise(), name=f"etcd-{self.name}")
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        log_out: IO[bytes] = os.fdopen(fd, "ab")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._log.write(f"--- kat: starting etcd {self.name} at {stamp}\n".encode())
+        log_out = pipe_into(self._log, f"etcd-{self.name}-log")
         try:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            log_out.write(f"--- kat: starting etcd {self.name} at {stamp}\n".encode())
-            log_out.flush()
             proc = await asyncio.create_subprocess_exec(
                 *self.command(),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -254,7 +257,7 @@ class EtcdProcess(RestartingChild):
                 preexec_fn=child_setup(os.getpid()),
             )
         finally:
-            log_out.close()  # the child has its own copy
+            os.close(log_out)  # the child has its own copy
         log.info("started etcd %s (pid %d), log in %s", self.name, proc.pid, self.log_file)
         return proc
 

@@ -1,7 +1,9 @@
 """ClusterAPI's per-person admins: `katcall admin create|revoke|list`.
 
 katcall makes the key and a CSR where it will be used; the leader signs a kat:admin
-certificate naming the person (the audit trail then names them) and keeps an
+certificate naming the person (the audit trail then names them), or with role
+`monitoring` a kat:monitoring one that reads /metrics and nothing else (for a
+Prometheus server: `katcall admin create prometheus --role monitoring`), and keeps an
 AdminRecord with the hash of every certificate it issued to that name. Revoking writes
 those hashes to /kat/pki/revoked/, which every member follows with a watch and checks
 on every call (kat_agent/leader/revocation.py): a revoked admin's next call, also on
@@ -20,6 +22,7 @@ from internal.core import certlife
 from internal.security import pki, rpc
 from internal.state.kv import AlreadyExists, StaleWrite
 from internal.state.store import Store
+from kat_agent.credentials import ROLES as CLIENT_ROLES
 from kat_agent.leader.guards import admin, caller
 
 if TYPE_CHECKING:
@@ -39,12 +42,21 @@ def admin_name_problem(name: str) -> str:
     return ""
 
 
+def role_of(requested: str) -> str | None:
+    """The certificate role for CreateAdminRequest.role ("" is admin); None if unknown."""
+    return CLIENT_ROLES.get(requested or "admin")
+
+
 def new_admin_record(
-    name: str, cert_pem: bytes, created_by: str, previous: kat_pb2.AdminRecord | None = None
+    name: str,
+    cert_pem: bytes,
+    created_by: str,
+    previous: kat_pb2.AdminRecord | None = None,
+    role: str = pki.ROLE_ADMIN,
 ) -> kat_pb2.AdminRecord:
     """The record of `name` holding the certificate just issued (a revoked name starts
     over: its old certificates stay revoked by hash)."""
-    rec = kat_pb2.AdminRecord(name=name, created_by=created_by)
+    rec = kat_pb2.AdminRecord(name=name, created_by=created_by, role=role)
     if previous is not None and not previous.revoked:
         rec.CopyFrom(previous)
     else:
@@ -75,6 +87,9 @@ class AdminAPI:
     ) -> kat_pb2.CreateAdminResponse:
         lc = self.lc
         problem = admin_name_problem(request.name)
+        role = role_of(request.role)
+        if role is None:
+            problem = f"unknown role {request.role[:40]!r} (expected {' or '.join(CLIENT_ROLES)})"
         if not problem:
             try:
                 pki.load_csr(request.csr_pem)
@@ -96,10 +111,10 @@ class AdminAPI:
             lc.ca_key,
             request.csr_pem,
             common_name=request.name,
-            role=pki.ROLE_ADMIN,
+            role=role or "",
             lifetime=certlife.lifetime(lc.spec),
         )
-        rec = new_admin_record(request.name, cert, caller(context))
+        rec = new_admin_record(request.name, cert, caller(context), role=role or "")
         try:
             await lc.store.put_admin(rec, current.mod_revision if current else None)
         except (AlreadyExists, StaleWrite):
@@ -139,7 +154,7 @@ class AdminAPI:
                 kat_pb2.CertificateRevocation(
                     certificate_sha256=d,
                     common_name=rec.name,
-                    role=pki.ROLE_ADMIN,
+                    role=rec.role or pki.ROLE_ADMIN,
                     revoked_at=rec.revoked_at,
                     revoked_by=who,
                 )

@@ -17,7 +17,6 @@ import contextlib
 import inspect
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +30,7 @@ from google.protobuf.message import Message
 from api.v1alpha1 import kat_pb2
 from internal.observability import metrics
 from internal.observability.grpc_metrics import split_method
+from internal.observability.rotation import LOG_KEEP, RotatingFile
 from internal.security import rpc
 from kat_agent.leader.context import LeaderContext
 
@@ -40,7 +40,6 @@ READ_PREFIXES = ("Get", "List", "Watch", "Logs")
 PRUNE_INTERVAL_SECONDS = 3600.0
 WRITE_TIMEOUT_SECONDS = 5.0
 LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_KEEP = 5
 
 _WORDS = re.compile(r"[A-Z][a-z]*")
 
@@ -89,26 +88,11 @@ class AuditLog:
     """Append-only JSON lines, 0600, rotated by size (audit.log.1 ... .N)."""
 
     def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> None:
-        self.path, self.max_bytes, self.keep = path, max_bytes, keep
+        self.path = path
+        self._file = RotatingFile(path, max_bytes, keep)
 
     def append(self, record: kat_pb2.AuditRecord) -> None:
-        line = (json.dumps(to_json(record), separators=(",", ":")) + "\n").encode()
-        with contextlib.suppress(FileNotFoundError):
-            if self.path.stat().st_size + len(line) > self.max_bytes:
-                self._rotate()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-
-    def _rotate(self) -> None:
-        for i in range(self.keep - 1, 0, -1):
-            src = self.path.with_name(f"{self.path.name}.{i}")
-            if src.exists():
-                src.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file.write((json.dumps(to_json(record), separators=(",", ":")) + "\n").encode())
 
 
 def to_json(record: kat_pb2.AuditRecord) -> dict[str, str]:

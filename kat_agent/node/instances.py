@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from internal.core.node_plan import (
 from internal.observability import metrics
 from kat_agent.node.assignments import SnapshotStore
 from kat_agent.node.build import Builder
+from kat_agent.node.idle_users import IdleUsers
 from kat_agent.node.instance_state import InstanceState, Step, compare, find_containers
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
 from kat_agent.node.podman.mounts import purge_workload_volumes
@@ -82,6 +82,12 @@ class NodeRuntime:
         self._reported = 0
         self._pump: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()  # idle services, vanished remains
+        self.idle_users = IdleUsers(
+            self.pool,
+            lambda: self.settings.idle_service_seconds,
+            lambda: self.states.values(),
+            self._side_task,
+        )
         self._to_save: kat_pb2.AssignmentSet | None = None
         self._saver: asyncio.Task[None] | None = None
         # Whether the leader is unreachable now (the agent's heartbeat path is down): then
@@ -218,6 +224,7 @@ class NodeRuntime:
             while True:
                 await asyncio.sleep(self.settings.resync_seconds)
                 await self.resync()
+                self.idle_users.sweep()
         finally:
             self._started = False
             tasks = []
@@ -334,8 +341,8 @@ class NodeRuntime:
             del self.states[st.id]
         self._changed()
         backend = st.backend
-        if backend is not None and backend.user is not None:
-            self._side_task(self._release_when_idle(backend, st.namespace, st.workload))
+        if backend is not None:
+            self.idle_users.idle(backend)
 
     def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` beside the workers (cancelled when the runtime stops)."""
@@ -349,24 +356,6 @@ class NodeRuntime:
         the replacement must not run beside it."""
         with contextlib.suppress(ContainerRuntimeError):
             await backend.runtime.remove(cid, force=True)
-
-    def _backend_in_use(self, backend: RuntimeBackend, namespace: str, workload: str) -> bool:
-        return any(
-            o.backend is backend or (o.namespace, o.workload) == (namespace, workload)
-            for o in self.states.values()
-        )
-
-    async def _release_when_idle(
-        self, backend: RuntimeBackend, namespace: str, workload: str
-    ) -> None:
-        """Stop a workload user's Podman service once none of its instances has been on
-        this node for `idle_service_seconds` (a re-apply soon after finds it running)."""
-        if self._backend_in_use(backend, namespace, workload):
-            return
-        await asyncio.sleep(self.settings.idle_service_seconds)
-        if not self._backend_in_use(backend, namespace, workload):
-            in_use = functools.partial(self._backend_in_use, backend, namespace, workload)
-            await self.pool.retire(backend, namespace, workload, in_use)
 
     async def _step(self, st: InstanceState) -> Step:
         """Plan (internal/core/node_plan.py) and execute one step of one instance."""

@@ -6,16 +6,13 @@ with their outcome, and the leader's audit.log is 0600 JSON lines."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from internal.security import clientconfig
-from tests.devcluster import REPO, DevCluster, unavailable_reason, wait_until
+from tests.devcluster import DevCluster, unavailable_reason, wait_until
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
@@ -46,30 +43,11 @@ def bundle(tmp: Path, name: str) -> Path:
 
 
 def alice_config(c: DevCluster, tmp: Path) -> Path:
-    """A second admin, alice, with her own certificate from the cluster CA."""
-    out = tmp / "alice"
-    subprocess.run(
-        [sys.executable, "-m", "kat_agent.cli", "certificate", "alice", "--role", "admin"]
-        + ["--out-dir", str(out), "--data-dir", c.node("node1")["data_dir"]],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-    )
-    admin = clientconfig.load(c.katconfig)
-    ctx = admin.contexts[admin.current]
-    cfg = clientconfig.ClientConfig()
-    cfg.upsert(
-        clientconfig.Context(
-            "alice",
-            list(ctx.endpoints),
-            (out / "ca.crt").read_bytes(),
-            (out / "alice.crt").read_bytes(),
-            (out / "alice.key").read_bytes(),
-        )
-    )
+    """A second admin, alice, made as the docs say: `katcall admin create alice`."""
     path = tmp / "alice.katconfig"
-    clientconfig.save(cfg, path)
+    p = c.katcall("admin", "create", "alice", "-o", str(path), timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
     return path
 
 
@@ -121,6 +99,8 @@ def test_mutating_calls_are_audited_with_the_actor(cluster: DevCluster, tmp_path
         lambda: [r for r in audit(c) if r["object"] == "workload default/alices"], timeout=30
     )
     assert mine[0]["actor"] == "alice" and mine[0]["verb"] == "apply"
+    made = [r for r in audit(c) if r["verb"] == "create" and r["object"] == "admin alice"]
+    assert made and made[0]["actor"] == "admin" and made[0]["outcome"] == "OK", made
 
     # the leader's audit log: 0600, one JSON object per line, the same records
     log = Path(c.node("node1")["data_dir"]) / "audit.log"

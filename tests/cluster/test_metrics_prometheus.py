@@ -6,13 +6,11 @@ reports every node up and the leader's scheduling histograms counting an apply."
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from internal.security import clientconfig
 from tests.devcluster import REPO, DevCluster, unavailable_reason, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
@@ -44,18 +43,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
 
 @pytest.fixture(scope="module")
 def certs(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`kat-agent certificate prometheus --role monitoring`, as docs/monitoring.md says."""
+    """`katcall admin create prometheus --role monitoring`, as docs/monitoring.md says."""
     out = tmp_path_factory.mktemp("promcerts") / "kat"
-    node1 = cluster.node("node1")["data_dir"]
-    subprocess.run(
-        [sys.executable, "-m", "kat_agent.cli", "certificate", "prometheus"]
-        + ["--role", "monitoring", "--out-dir", str(out), "--data-dir", node1],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-    )
+    p = cluster.katcall("admin", "create", "prometheus", "--role", "monitoring", "-o", str(out))
+    assert p.returncode == 0, p.stderr
     assert (out / "prometheus.key").stat().st_mode & 0o777 == 0o600
+    assert {f.name for f in out.iterdir()} == {"ca.crt", "prometheus.crt", "prometheus.key"}
     return out
 
 
@@ -86,6 +79,60 @@ def test_every_node_serves_valid_metrics_only_with_a_certificate(
         assert b"kat_node_instances{" in body and b"kat_build_info{" in body
         with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
             scrape(target, None)
+
+
+def test_every_node_reports_overlay_handshake_age_and_dns_queries(
+    cluster: DevCluster, certs: Path
+) -> None:
+    nodes = cluster.state()["nodes"]
+    names = {n["address"]: n.get("name") or n["key"] for n in nodes}
+
+    def ages(target: str) -> dict[str, float]:
+        text = scrape(target, certs).decode()
+        found = re.findall(r'kat_overlay_peer_handshake_age_seconds\{peer="([^"]+)"\} (\S+)', text)
+        assert 'kat_dns_queries_total{answer="zone"}' in text
+        return {peer: float(v) for peer, v in found}
+
+    for target in targets(cluster):
+        own = names[target.rsplit(":", 1)[0]]
+        want = set(names.values()) - {own}
+        got = wait_until(
+            lambda t=target, want=want: (
+                (a := ages(t)) and set(a) == want and all(v < 180 for v in a.values()) and a
+            ),
+            timeout=120,
+            what=f"{target}: a recent handshake with every other node",
+        )
+        assert all(v >= 0 for v in got.values()), got
+
+
+def test_the_monitoring_certificate_can_call_no_api(
+    cluster: DevCluster, certs: Path, tmp_path: Path
+) -> None:
+    admin = clientconfig.load(cluster.katconfig)
+    cfg = clientconfig.ClientConfig()
+    cfg.upsert(
+        clientconfig.Context(
+            "prometheus",
+            list(admin.contexts[admin.current].endpoints),
+            (certs / "ca.crt").read_bytes(),
+            (certs / "prometheus.crt").read_bytes(),
+            (certs / "prometheus.key").read_bytes(),
+        )
+    )
+    clientconfig.save(cfg, tmp_path / "prom.katconfig")
+    env = {**cluster.env, "KATCONFIG": str(tmp_path / "prom.katconfig")}
+    for args in (["get", "nodes"], ["admin", "list"], ["token", "create"]):
+        p = subprocess.run(
+            [*cluster.state()["katcall_cmd"], *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert p.returncode != 0 and "kat:monitoring" in p.stderr, (args, p.stdout, p.stderr)
+    listed = cluster.katcall("admin", "list")
+    assert listed.returncode == 0 and re.search(r"prometheus\s+monitoring\s+active", listed.stdout)
 
 
 def documented_config(certs: Path, scrape_targets: list[str]) -> dict:

@@ -51,6 +51,26 @@ async def test_starts_healthy_with_tls_and_logs_to_data_dir(etcd_factory: Factor
 
 
 @requires_etcd
+async def test_etcd_log_is_rotated_by_size_also_across_a_restart(etcd_factory: Factory) -> None:
+    proc = etcd_factory(log_max_bytes=4096)
+    async with proc:
+        first = proc.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # the restarted etcd writes into the same rotation
+        await wait_until(lambda: proc.restarts == 1, message="a restart")
+        await proc.wait_healthy(10)
+        rotated = proc.log_file.with_name("etcd.log.2")
+        await wait_until(rotated.exists, message="etcd.log rotated twice")
+    files = sorted(proc.data_dir.glob("etcd.log*"))
+    assert 3 <= len(files) <= 6  # etcd.log and at most 5 kept
+    text = ""
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600 and f.stat().st_size <= 4096, f
+        text += f.read_text()
+    assert text.count("kat: starting etcd") == 2 and "serving client traffic" in text
+
+
+@requires_etcd
 async def test_restarted_after_sigkill_keeping_data(
     etcd_factory: Factory, pki_dir: PkiFiles
 ) -> None:

@@ -1105,12 +1105,32 @@ async def test_rootless_workload_user(
                 lambda: user not in {b.key for b in node.rt.pool.backends()},
                 what="workload user's service released",
             )
-            # Removing the user itself (account, home, subordinate ids) once its last
-            # container is gone is issue 13 part 5: built (PodmanPool.retire) but not yet
-            # reliable here, so not asserted; see the issue.
+            # ... and the user itself goes: account, home (image copy included) and its
+            # subordinate id range, which the next workload user gets again.
+            home = homes / user
+            ranges = _subuid_starts(user)
+            assert len(ranges) == 1 and home.is_dir()
+
+            def removed() -> bool:  # (userdel, then the home, then the id ranges)
+                owners = _subid_owners("/etc/subuid") | _subid_owners("/etc/subgid")
+                return not _user_exists(user) and not home.exists() and user not in owners
+
+            await poll(removed, within=120, what="workload user, home and ids removed")
+            (freed,) = ranges
+            starts = {line.split(":")[1] for line in _subid_lines("/etc/subuid")}
+            assert freed not in starts  # free for the next user (lowest free range first)
     finally:
         remove_workload_user(ns, name)
         shutil.rmtree(homes, ignore_errors=True)
+
+
+def _subid_lines(table: str) -> list[str]:
+    return Path(table).read_text().splitlines()
+
+
+def _subuid_starts(user: str) -> set[str]:
+    lines = _subid_lines("/etc/subuid")
+    return {line.split(":")[1] for line in lines if line.startswith(f"{user}:")}
 
 
 @needs_podman

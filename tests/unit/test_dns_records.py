@@ -155,6 +155,13 @@ class Upstream(asyncio.DatagramProtocol):
         self.transport.sendto(r.pack(), addr)
 
 
+def queries() -> dict[str, float]:
+    from internal.observability import metrics
+
+    get = metrics.REGISTRY.get_sample_value
+    return {a: get("kat_dns_queries_total", {"answer": a}) or 0.0 for a in metrics.DNS_ANSWERS}
+
+
 async def ask(port: int, name: str, qtype: str = "A", tcp: bool = False) -> DNSRecord:
     q = DNSRecord.question(name, qtype)
     data = await asyncio.to_thread(q.send, "127.0.0.1", port, tcp, 3)
@@ -170,6 +177,7 @@ async def test_server_answers_zone_and_forwards_the_rest() -> None:
     port = free_port()
     server = DnsServer("127.0.0.1", port, D, [("127.0.0.1", up_port)])
     task = asyncio.create_task(server.serve())
+    before = queries()
     try:
         server.update(ZoneTable.build(D, [view("10.1.0.2", "10.1.0.3")]))
         await asyncio.wait_for(server.listening.wait(), 10)
@@ -198,6 +206,16 @@ async def test_server_answers_zone_and_forwards_the_rest() -> None:
             s.sendto(b"\x00\x01garbage", ("127.0.0.1", port))
         r = await ask(port, "web-1.web.default.svc.kat.cluster.local")
         assert [str(a.rdata) for a in r.rr] == ["10.1.0.3"]
+        # kat_dns_queries_total{answer}: every query above, by how it was answered
+        after = queries()
+        assert {k: after[k] - before[k] for k in after} == {
+            "zone": 8,
+            "nxdomain": 1,
+            "forwarded": 1,
+            "refused": 0,
+            "servfail": 0,
+            "dropped": 1,
+        }
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -210,8 +228,10 @@ async def test_without_upstream_external_names_are_refused() -> None:
     task = asyncio.create_task(server.serve())
     try:
         await asyncio.wait_for(server.listening.wait(), 10)
+        before = queries()
         r = await ask(port, "www.example.org")
         assert r.header.rcode == RCODE.REFUSED
+        assert queries()["refused"] == before["refused"] + 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -46,7 +46,15 @@ def test_uninstall_removes_the_unit_and_with_purge_the_data_dir(tmp_path: Path) 
     units, data = tmp_path / "units", tmp_path / "data"
     install.install(["init", "--data-dir", str(data)], units)
     (data / "agent").mkdir(parents=True)
-    done = install.uninstall(data, purge=False, unit_dir=units, users=[])
+    done = install.uninstall(data, purge=False, unit_dir=units, users=[], host=False)
     assert not (units / install.UNIT_NAME).exists() and data.exists() and len(done) == 1
-    install.uninstall(data, purge=True, unit_dir=units, users=[])
+    install.uninstall(data, purge=True, unit_dir=units, users=[], host=False)
     assert not data.exists()
+
+
+def test_only_kat_interfaces_are_removed() -> None:
+    from kat_agent.host_cleanup import kat_interfaces
+
+    names = ["lo", "eth0", "kat0", "kat1", "katc0ffee00ab", "kv0123456789a", "kvx", "kat0wg"]
+    names += ["docker0", "kat_guard", "podman0", "kv0123456789ab", "katc0ffee00abc"]
+    assert kat_interfaces(names) == ["kat0", "katc0ffee00ab", "kv0123456789a"]

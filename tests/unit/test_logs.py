@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 from internal.observability import logs
@@ -95,3 +97,27 @@ def test_grpc_core_logging_is_silenced_for_json(monkeypatch: object) -> None:
     assert "GRPC_VERBOSITY" not in os.environ
     logs.quiet_grpc_core_logging(["kat-agent", "init", "--log-format=json"])
     assert os.environ["GRPC_VERBOSITY"] == "NONE"
+
+
+def test_child_output_through_a_pipe_is_rotated_by_size(tmp_path: Path) -> None:
+    """etcd's and Podman's output: a pipe copied into a 0600 file rotated by size."""
+    from internal.observability import rotation
+
+    path = tmp_path / "etcd.log"
+    target = rotation.RotatingFile(path, max_bytes=1000, keep=2)
+    fd = rotation.pipe_into(target)
+    with os.fdopen(fd, "wb", buffering=0) as w:
+        for i in range(100):
+            w.write(f"line {i:03d} of the child\n".encode())
+    wait = time.monotonic() + 10
+    while b"line 099" not in (path.read_bytes() if path.exists() else b""):
+        assert time.monotonic() < wait, "the copy thread did not reach the end"
+        time.sleep(0.01)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["etcd.log", "etcd.log.1", "etcd.log.2"]  # older ones dropped
+    for p in tmp_path.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o600 and p.stat().st_size <= 1000
+    # removed behind our back: the next write makes it again
+    path.unlink()
+    target.write(b"again\n")
+    assert path.read_bytes() == b"again\n"

@@ -119,6 +119,33 @@ def test_phase_gauge_keeps_emptied_phases_at_zero() -> None:
     assert get("kat_node_instances", {"phase": "PENDING"}) == 0
 
 
+def test_overlay_handshake_age_per_peer_at_scrape_time() -> None:
+    peers = metrics.OverlayPeers()
+    peers.clock = lambda: 1000.0
+    peers.set("kat0wg", {"node2": (990.0, 5, 7), "node3": (0.0, 0, 0)})
+    fams = {f.name: f for f in peers.collect()}
+    age = {
+        s.labels["peer"]: s.value for s in fams["kat_overlay_peer_handshake_age_seconds"].samples
+    }
+    assert age["node2"] == 10.0 and age["node3"] != age["node3"]  # NaN: never
+    peers.clock = lambda: 1030.0
+    fams = {f.name: f for f in peers.collect()}
+    assert fams["kat_overlay_peer_handshake_age_seconds"].samples[0].value == 40.0
+    rx = {s.labels["peer"]: s.value for s in fams["kat_overlay_peer_received_bytes"].samples}
+    assert rx == {"node2": 5, "node3": 0}
+    peers.forget("kat0wg")
+    assert all(not f.samples for f in peers.collect())
+    # the registry's copy is in the exposition, which stays parseable
+    metrics.OVERLAY_PEERS.set("kat-test", {"nodeX": (1.0, 1, 2)})
+    try:
+        text = metrics.exposition().decode()
+        assert 'kat_overlay_peer_handshake_age_seconds{peer="nodeX"}' in text
+        assert 'kat_overlay_peer_sent_bytes_total{peer="nodeX"} 2.0' in text
+        list(text_string_to_metric_families(text))
+    finally:
+        metrics.OVERLAY_PEERS.forget("kat-test")
+
+
 def test_bounded_label_values() -> None:
     assert split_method("/kat.v1alpha1.ClusterAPI/Apply") == ("ClusterAPI", "Apply")
     assert podman_operation("POST", "containers/0123abcd/start") == "POST containers/start"

@@ -32,6 +32,7 @@ from typing import cast
 
 from dnslib import QTYPE, RCODE, RR, SOA, SRV, A, DNSError, DNSLabel, DNSRecord
 
+from internal.observability import metrics
 from kat_agent.node.network import records
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def upstreams_from_env(own: str, environ: Mapping[str, str] | None = None) -> li
 @dataclass
 class _Entry:
     answers: list[bytes]
+    outcome: str = "zone"  # kat_dns_queries_total{answer}
     turn: int = 0
 
     def next(self) -> bytes:
@@ -109,6 +111,7 @@ class Resolver:
         key = (data[2:], max_size)
         hit = self._cache.get(key)
         if hit is not None:
+            metrics.DNS_QUERIES.labels(hit.outcome).inc()
             return data[:2] + hit.next()[2:]
         try:
             query = DNSRecord.parse(data)
@@ -129,7 +132,9 @@ class Resolver:
             answers.append(self._pack(query, self.table.lookup(qname, qtype), max_size))
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
-        self._cache[key] = entry = _Entry(answers)
+        outcome = "nxdomain" if found.kind is records.Kind.NXDOMAIN else "zone"
+        self._cache[key] = entry = _Entry(answers, outcome)
+        metrics.DNS_QUERIES.labels(outcome).inc()
         return data[:2] + entry.next()[2:]
 
     def _soa(self) -> RR:
@@ -257,6 +262,7 @@ class DnsServer:
 
     def forward_later(self, data: bytes, send: Callable[[bytes], None], *, tcp: bool) -> None:
         if self._forwards.locked():
+            metrics.DNS_QUERIES.labels("refused").inc()
             send(self._refused(data) or b"")
             return
         task = asyncio.get_running_loop().create_task(self._forward_and_send(data, send, tcp))
@@ -285,17 +291,23 @@ class DnsServer:
     async def forward(self, data: bytes, *, tcp: bool) -> bytes | None:
         """Ask the upstreams in turn; REFUSED without any, SERVFAIL when none answers."""
         if self._refused(data) is None:
+            metrics.DNS_QUERIES.labels("dropped").inc()
             return None  # not a query we can even read: drop it
         if not self.upstreams:
+            metrics.DNS_QUERIES.labels("refused").inc()
             return self._refused(data)
         for host, port in self.upstreams:
             try:
                 async with asyncio.timeout(FORWARD_TIMEOUT):
                     if tcp:
-                        return await self._forward_tcp(data, host, port)
-                    return await self._forward_udp(data, host, port)
+                        reply = await self._forward_tcp(data, host, port)
+                    else:
+                        reply = await self._forward_udp(data, host, port)
+                metrics.DNS_QUERIES.labels("forwarded").inc()
+                return reply
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.debug("upstream %s:%d failed: %s", host, port, exc)
+        metrics.DNS_QUERIES.labels("servfail").inc()
         return self._refused(data, RCODE.SERVFAIL)
 
     async def _forward_udp(self, data: bytes, host: str, port: int) -> bytes:

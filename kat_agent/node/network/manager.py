@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
+from internal.observability import metrics
 from kat_agent.node.network import overlay
 from kat_agent.node.network.keys import ensure_keypair
 from kat_agent.node.network.wireguard import LinkConfig, WireGuardLink, underlay_mtu
@@ -164,6 +165,13 @@ class Overlay:
         desired: dict[str, overlay.DesiredPeer],
     ) -> None:
         names = {k: d.node_name for k, d in desired.items()}
+        metrics.OVERLAY_PEERS.set(
+            self.cfg.name,
+            {
+                names.get(k, k[:8]): (float(p.latest_handshake), p.rx_bytes, p.tx_bytes)
+                for k, p in dump.peers.items()
+            },
+        )
         st = kat_pb2.OverlayStatus(
             interface=self.cfg.name,
             backend=link.backend,
@@ -195,6 +203,7 @@ class Overlay:
         link = self.link or WireGuardLink(self.cfg)
         await link.delete()
         self.link = None
+        metrics.OVERLAY_PEERS.forget(self.cfg.name)
         self._status = kat_pb2.OverlayStatus(
             interface=self.cfg.name, up=False, error="removed: the node left the cluster"
         )

@@ -290,3 +290,8 @@ class FakePool:
 
     async def release(self, backend: RuntimeBackend) -> None:
         pass
+
+    async def retire(
+        self, backend: RuntimeBackend, namespace: str, workload: str, in_use: Callable[[], bool]
+    ) -> None:
+        pass

@@ -28,9 +28,10 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import ClassVar
 
 from internal.host.children import RestartingChild, child_setup
+from internal.observability.rotation import RotatingFile, pipe_into
 from kat_agent.node.podman.errors import PodmanServiceError
 from kat_agent.node.podman.users import RUNTIME_DIR_BASE, WorkloadUser, ensure_runtime_dir
 
@@ -347,12 +348,12 @@ class PodmanService(RestartingChild):
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        out: IO[bytes] = os.fdopen(fd, "ab")
+        log_file = RotatingFile(self.log_file)
+        log_file.write(f"{START_MARK}{' '.join(self.command())}\n".encode())
+        # Through a pipe so that the file can be rotated by size (rotation.py).
+        out = pipe_into(log_file, f"podman-{self.socket_path.name}-log")
         user = self.user
         try:
-            out.write(f"{START_MARK}{' '.join(self.command())}\n".encode())
-            out.flush()
             # Python switches users and sets the death signal itself only where
             # setpriv is missing (not seen on Debian); see _setpriv_prefix.
             switch = user is not None and not SETPRIV
@@ -371,7 +372,7 @@ class PodmanService(RestartingChild):
                 preexec_fn=None if SETPRIV else child_setup(os.getpid()),
             )
         finally:
-            out.close()
+            os.close(out)
         who = f" as {user.username}" if user else ""
         log.info("started Podman service%s on %s (pid %d)", who, self.socket_path, proc.pid)
         return proc

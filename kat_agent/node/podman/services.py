@@ -448,6 +448,7 @@ class PodmanPool:
                 return  # an instance came back meanwhile
             # Its own thread: the default executor can be full of Podman calls waiting on
             # a socket that just went away, and removal must not queue behind them.
+            log.info("removing workload user %s: its last container here is gone", user.username)
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             threading.Thread(
                 target=_run_into,
@@ -467,29 +468,30 @@ class PodmanPool:
                 )
             except (PodmanServiceError, OSError) as exc:
                 log.warning("could not remove workload user %s: %s", user.username, exc)
+            except Exception:
+                log.exception("could not remove workload user %s", user.username)
 
     def _remove_user(self, user: WorkloadUser, namespace: str, workload: str) -> None:
-        try:
-            home = user.home
-        except KeyError:
-            return  # already gone
-        if self.settings.storage.root is not None:
+        tag = self.settings.tag
+
+        def others_use_it(home: Path) -> bool:
+            """Other agents on this machine (dev clusters) keep their own storage under
+            the same user's home: then only this agent's part goes, and the user (with
+            their processes, FUSE mounts of their storage among them) stays for them.
+            Decided under the users lock, so the last of them removes the user."""
+            if self.settings.storage.root is None:
+                return False
             shared = home / "kat-storage"
-            others = (
-                [p for p in shared.iterdir() if p.name != self.settings.tag]
-                if shared.is_dir()
-                else []
-            )
-            if others:
-                # Only this agent's part; the user's processes (FUSE mounts of other
-                # agents' storage among them) stay for the others.
-                shutil.rmtree(shared / self.settings.tag, ignore_errors=True)
+            if shared.is_dir() and any(p.name != tag for p in shared.iterdir()):
+                shutil.rmtree(shared / tag, ignore_errors=True)
                 self.storage_conf_path(user).unlink(missing_ok=True)
                 log.info("kept workload user %s: other agents here use it", user.username)
-                return
+                return True
+            return False
+
         # Ends the user's processes first (fuse-overlayfs, the pause process), then
         # deletes the home: deleting under a live FUSE mount could hang.
-        remove_workload_user(namespace, workload)
+        remove_workload_user(namespace, workload, keep_if=others_use_it)
 
     # ------------------------------------------------------------ images
 

@@ -24,7 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -221,18 +221,25 @@ def ensure_runtime_dir(user: WorkloadUser) -> Path:
 
 
 def _user_pids(uid: int) -> list[int]:
+    """Live processes of `uid`. Zombies are not counted: a killed process whose parent
+    is gone is reparented to PID 1, and where PID 1 does not reap (containers, this
+    machine's sandbox) it stays a zombie for ever; it holds nothing, but counting it
+    made the removal of every such user fail ("processes do not end")."""
     pids: list[int] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/status") as f:
+                zombie = False
                 for line in f:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) == uid:
+                    if line.startswith("State:"):
+                        zombie = line.split()[1] in ("Z", "X")
+                    elif line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid and not zombie:
                             pids.append(int(entry))
                         break
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             continue
     return pids
 
@@ -254,21 +261,50 @@ def _end_user_processes(uid: int, grace: float) -> None:
     raise PodmanServiceError(f"processes of uid {uid} do not end: {_user_pids(uid)}")
 
 
-def remove_workload_user(namespace: str, name: str, *, grace: float = 5.0) -> bool:
+def workload_of(username: str) -> tuple[str, str] | None:
+    """(namespace, name) of a KAT workload user, from its GECOS; None for any other."""
+    try:
+        gecos = pwd.getpwnam(username).pw_gecos
+    except KeyError:
+        return None
+    if not gecos.startswith(GECOS_PREFIX) or "/" not in gecos:
+        return None
+    namespace, name = gecos[len(GECOS_PREFIX) :].split("/", 1)
+    return (namespace, name) if workload_username(namespace, name) == username else None
+
+
+def remove_workload_user(
+    namespace: str,
+    name: str,
+    *,
+    grace: float = 5.0,
+    keep_if: Callable[[Path], bool] | None = None,
+) -> bool:
     """Delete the workload user of namespace/name: end all its processes, delete the
     user, its group, home directory (with its default Podman storage), subordinate ids
-    and /run/user/<uid>. False if there was no such user. Storage outside the home
-    (a `PodmanStorage.for_user`) is the caller's to remove. Blocking."""
+    and /run/user/<uid>. False if there was no such user, or `keep_if(home)` (called
+    under the machine-wide users lock, so agents sharing the user decide one after the
+    other) says it stays. Storage outside the home (a `PodmanStorage.for_user`) is the
+    caller's to remove. Blocking."""
     username = workload_username(namespace, name)
     with _users_lock():
         try:
             pw = pwd.getpwnam(username)
         except KeyError:
+            log.info("workload user %s is already gone", username)
             return False
         if pw.pw_gecos != _gecos(namespace, name):
             raise PodmanServiceError(f"user {username} is not KAT's; not removing it")
+        if keep_if is not None and keep_if(Path(pw.pw_dir)):
+            return False
+        log.debug("ending the processes of %s", username)
         _end_user_processes(pw.pw_uid, grace)
+        log.debug("deleting user %s", username)
         res = subprocess.run(["userdel", "--remove", username], capture_output=True, text=True)
+        if res.returncode == 8:  # "currently used by process N": a zombie, all else ended
+            res = subprocess.run(
+                ["userdel", "--force", "--remove", username], capture_output=True, text=True
+            )
         # 12: the home directory could not be removed (it is removed below).
         if res.returncode not in (0, 12):
             raise PodmanServiceError(f"userdel {username} failed: {res.stderr.strip()}")
