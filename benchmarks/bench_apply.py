@@ -40,13 +40,13 @@ from tests.devcluster import DevCluster, wait_until  # noqa: E402
 IMAGE = "registry.kat.local/busybox:latest"
 
 
-def service(name: str, replicas: int) -> bytes:
+def service(name: str, replicas: int, image: str = IMAGE) -> bytes:
     workload = f"""apiVersion: kat.dws.rip/v1alpha1
 kind: Workload
 metadata: {{name: {name}}}
 spec:
   type: SERVICE
-  source: {{image: "{IMAGE}"}}
+  source: {{image: "{image}"}}
   replicas: {replicas}
   container:
     name: {name}
@@ -64,11 +64,13 @@ def running(client: Client, name: str, want: int) -> bool:
     return sum(1 for i in items if i.phase == kat_pb2.Instance.RUNNING) >= want
 
 
-def apply_until_running(client: Client, name: str, replicas: int) -> float:
-    data = service(name, replicas)
+def apply_until_running(
+    client: Client, name: str, replicas: int, *, image: str = IMAGE, timeout: float = 120
+) -> float:
+    data = service(name, replicas, image)
     t0 = time.perf_counter()
     client.apply(kat_pb2.ApplyRequest(bundle=data))
-    wait_until(lambda: running(client, name, replicas), timeout=120, interval=0.01, what=name)
+    wait_until(lambda: running(client, name, replicas), timeout=timeout, interval=0.01, what=name)
     return time.perf_counter() - t0
 
 

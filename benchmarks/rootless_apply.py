@@ -67,38 +67,11 @@ def _user_conf(name: str) -> tuple[RootlessDriver, Path | None, Path]:
     return driver, Path(store.group(1)) if store else None, home
 
 
-def workload(name: str, image: str, replicas: int) -> bytes:
-    from internal.manifests import bundle
-
-    text = f"""apiVersion: kat.dws.rip/v1alpha1
-kind: Workload
-metadata: {{name: {name}}}
-spec:
-  type: SERVICE
-  source: {{image: "{image}"}}
-  replicas: {replicas}
-  container:
-    name: {name}
-    command: [sleep, "3600"]
-    resources:
-      requests: {{cpu: 10m, memory: 8Mi}}
-"""
-    return bundle.pack_files({"workload.kat": text.encode()})
-
-
-def _running(client: Client, name: str, want: int) -> bool:
-    items = client.list_instances(
-        kat_pb2.ListInstancesRequest(namespace=NAMESPACE, workload=name)
-    ).items
-    return sum(1 for i in items if i.phase == kat_pb2.Instance.RUNNING) >= want
-
-
 def apply_until_running(client: Client, name: str, image: str, replicas: int = 1) -> float:
-    data = workload(name, image, replicas)
-    t0 = time.perf_counter()
-    client.apply(kat_pb2.ApplyRequest(bundle=data))
-    wait_until(lambda: _running(client, name, replicas), timeout=600, interval=0.01, what=name)
-    return time.perf_counter() - t0
+    """Apply to RUNNING (bench_apply's), with room for a first copy into the shared store."""
+    from benchmarks import bench_apply
+
+    return bench_apply.apply_until_running(client, name, replicas, image=image, timeout=600)
 
 
 def delete(client: Client, name: str) -> None:
