@@ -124,6 +124,13 @@ def wg_peers(interface: str) -> dict[str, str]:
     return {ln.split("\t")[0]: ln.split("\t")[3] for ln in lines if ln.strip()}
 
 
+def wait_meshed(c: DevCluster, nodes: int = 3) -> list[str]:
+    """The names of the cluster's `nodes` nodes once all are READY and fully meshed."""
+    names = wait_until(lambda: len(c.ready_nodes()) == nodes and c.ready_nodes(), timeout=60)
+    wait_until(lambda: meshed(c, names), timeout=60, what="a full WireGuard mesh")
+    return names
+
+
 def meshed(c: DevCluster, names: list[str]) -> bool:
     """Every node's interface is up with every other node as a peer that shook hands."""
     ov = overlay_of(c)

@@ -25,6 +25,7 @@ from tests.cluster.overlay_checks import (
     meshed,
     overlay_of,
     reaches_ip,
+    wait_meshed,
     web_running,
     wg_peers,
 )
@@ -39,8 +40,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     with DevCluster(3, tmp_path_factory.mktemp("ov") / "cluster") as c:
-        names = wait_until(lambda: len(c.ready_nodes()) == 3 and c.ready_nodes(), timeout=60)
-        wait_until(lambda: meshed(c, names), timeout=60, what="a full WireGuard mesh")
+        wait_meshed(c)
         yield c
 
 

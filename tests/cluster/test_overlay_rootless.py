@@ -21,6 +21,7 @@ from tests.cluster.overlay_checks import (
     meshed,
     reaches,
     reaches_ip,
+    wait_meshed,
     web_running,
 )
 from tests.devcluster import DevCluster, unavailable_reason, wait_until
@@ -39,8 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
         # a long node loss timeout: the restarted agent's instance must not move meanwhile
         extra_up_args=["--rootless", "--node-loss-timeout", "60"],
     ) as c:
-        names = wait_until(lambda: len(c.ready_nodes()) == 3 and c.ready_nodes(), timeout=60)
-        wait_until(lambda: meshed(c, names), timeout=60, what="a full WireGuard mesh")
+        wait_meshed(c)
         yield c
         c.katcall("delete", "workload", "web", timeout=60)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kat_agent.node.network.records import node_dns_address
-from tests.cluster.overlay_checks import meshed, web_running
+from tests.cluster.overlay_checks import wait_meshed, web_running
 from tests.cluster.test_dns_ingress import NAME, addresses, by_name_from_every_instance
 from tests.devcluster import DevCluster, unavailable_reason, wait_until
 
@@ -31,8 +31,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
         tmp_path_factory.mktemp("rdns") / "cluster",
         extra_up_args=["--rootless", "--node-loss-timeout", "60"],
     ) as c:
-        names = wait_until(lambda: len(c.ready_nodes()) == 3 and c.ready_nodes(), timeout=60)
-        wait_until(lambda: meshed(c, names), timeout=60, what="a full WireGuard mesh")
+        wait_meshed(c)
         yield c
 
 
