@@ -85,8 +85,8 @@ def username_prefix() -> str:
     return value
 
 
-def workload_username(namespace: str, name: str) -> str:
-    prefix = username_prefix()
+def workload_username(namespace: str, name: str, prefix: str | None = None) -> str:
+    prefix = prefix or username_prefix()
     full = f"{prefix}{namespace}_{name}"
     if len(full) <= MAX_USERNAME:
         return full
@@ -279,14 +279,15 @@ def remove_workload_user(
     *,
     grace: float = 5.0,
     keep_if: Callable[[Path], bool] | None = None,
+    prefix: str | None = None,
 ) -> bool:
     """Delete the workload user of namespace/name: end all its processes, delete the
     user, its group, home directory (with its default Podman storage), subordinate ids
     and /run/user/<uid>. False if there was no such user, or `keep_if(home)` (called
     under the machine-wide users lock, so agents sharing the user decide one after the
     other) says it stays. Storage outside the home (a `PodmanStorage.for_user`) is the
-    caller's to remove. Blocking."""
-    username = workload_username(namespace, name)
+    caller's to remove. `prefix`: another than this agent's (username_prefix). Blocking."""
+    username = workload_username(namespace, name, prefix)
     with _users_lock():
         try:
             pw = pwd.getpwnam(username)
@@ -333,16 +334,9 @@ def remove_workload_users_with_prefix(prefix: str) -> list[str]:
         if not (pw.pw_name.startswith(prefix) and pw.pw_gecos.startswith(GECOS_PREFIX)):
             continue
         namespace, _, name = pw.pw_gecos.removeprefix(GECOS_PREFIX).partition("/")
-        saved = os.environ.get(USERNAME_PREFIX_ENV)
-        os.environ[USERNAME_PREFIX_ENV] = prefix  # workload_username() under that prefix
         try:
-            if remove_workload_user(namespace, name, grace=2.0):
+            if remove_workload_user(namespace, name, grace=2.0, prefix=prefix):
                 removed.append(pw.pw_name)
         except (OSError, PodmanServiceError) as exc:
             log.warning("could not remove workload user %s: %s", pw.pw_name, exc)
-        finally:
-            if saved is None:
-                os.environ.pop(USERNAME_PREFIX_ENV, None)
-            else:
-                os.environ[USERNAME_PREFIX_ENV] = saved
     return removed
