@@ -77,6 +77,7 @@ class Delivered:
         self.messages = 0
         self.bytes = 0
         self.errors: dict[str, int] = {}  # stream errors by status code
+        self.applies_seconds = 0.0  # how long the last row of Applies took to return
 
     def total(self) -> int:
         return sum(self.per_node.values())
@@ -191,6 +192,7 @@ async def measure(
     t0 = time.perf_counter()
     for n in names:
         await client.Apply(kat_pb2.ApplyRequest(bundle=workload(n, replicas)), timeout=120)
+    seen.applies_seconds = time.perf_counter() - t0
     deadline = t0 + limit
     persisted_at = delivered_at = None
     while persisted_at is None or delivered_at is None:
@@ -274,10 +276,12 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
                 m0, cpu0, e0 = seen.messages, cpu_seconds(leader_pid), etcd_metrics(data)
                 wall0 = time.perf_counter()
                 up = await measure(client, names, a.replicas, etcd, seen, total)
+                applies_up = seen.applies_seconds
                 cpu_up = cpu_seconds(leader_pid) - cpu0
                 e1 = etcd_metrics(data)
                 rss = rss_mb(leader_pid)
                 down = await measure(client, names, 0, etcd, seen, 0)
+                applies_down = seen.applies_seconds
                 cpu_all = (cpu_seconds(leader_pid) - cpu0) / (time.perf_counter() - wall0)
                 e2 = etcd_metrics(data)
                 print(
@@ -285,7 +289,9 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
                     f"({total / up:.0f}/s), scale-down {down:.2f} s ({total / down:.0f}/s); "
                     f"leader CPU {cpu_up:.1f} s for the scale-up, {cpu_all:.2f} cores average; "
                     f"RSS {rss:.1f} MB; stream messages {seen.messages - m0} "
-                    f"({(seen.bytes - b0) / 1e6:.1f} MB); stream errors so far {seen.errors}; "
+                    f"({(seen.bytes - b0) / 1e6:.1f} MB); the {count} Applies returned after "
+                    f"{applies_up:.2f} s (scale-down {applies_down:.2f} s); "
+                    f"stream errors so far {seen.errors}; "
                     f"load average {load()}"
                 )
 

@@ -39,6 +39,32 @@ _Key = tuple[str, str, str, int, int, int, str, bool]
 AssignmentCache = dict[str, tuple[_Key, kat_pb2.Bundle | None, kat_pb2.Assignment]]
 
 
+def assignment_key(rec: kat_pb2.Instance) -> _Key:
+    """The fields of a record that its assignment is built from (with the bundle)."""
+    return (
+        rec.namespace,
+        rec.workload,
+        rec.node,
+        rec.generation,
+        rec.phase,
+        rec.restart_count,
+        rec.job_run,
+        rec.purge_volumes,
+    )
+
+
+def build_assignment(rec: kat_pb2.Instance, bundle: kat_pb2.Bundle | None) -> kat_pb2.Assignment:
+    a = kat_pb2.Assignment(instance=desired_instance(rec))
+    if bundle is not None:
+        a.bundle.CopyFrom(bundle)
+    return a
+
+
+def is_assigned(rec: kat_pb2.Instance) -> bool:
+    """Whether a record is on its node's list: placed (a node, not PENDING)."""
+    return bool(rec.node) and rec.phase != _Inst.PENDING
+
+
 def assignments_by_node(
     records: Iterable[kat_pb2.Instance],
     bundle_for: Callable[[kat_pb2.Instance], kat_pb2.Bundle | None],
@@ -53,26 +79,15 @@ def assignments_by_node(
     out: dict[str, list[kat_pb2.Assignment]] = {}
     fresh: AssignmentCache = {}
     for rec in sorted(records, key=lambda r: r.id):
-        if not rec.node or rec.phase == _Inst.PENDING:
+        if not is_assigned(rec):
             continue
         bundle = bundle_for(rec)
-        key: _Key = (
-            rec.namespace,
-            rec.workload,
-            rec.node,
-            rec.generation,
-            rec.phase,
-            rec.restart_count,
-            rec.job_run,
-            rec.purge_volumes,
-        )
+        key = assignment_key(rec)
         hit = cache.get(rec.id) if cache is not None else None
         if hit is not None and hit[0] == key and hit[1] is bundle:
             a = hit[2]
         else:
-            a = kat_pb2.Assignment(instance=desired_instance(rec))
-            if bundle is not None:
-                a.bundle.CopyFrom(bundle)
+            a = build_assignment(rec, bundle)
         fresh[rec.id] = (key, bundle, a)
         out.setdefault(rec.node, []).append(a)
     if cache is not None:

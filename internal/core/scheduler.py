@@ -197,7 +197,7 @@ class NodeState:
     cpu_used: int = 0
     memory_used: int = 0
     gpu_vram_used: list[int] = field(default_factory=list)
-    ports_used: set[int] = field(default_factory=set)
+    ports_used: dict[int, int] = field(default_factory=dict)  # port -> instances using it
     copies: dict[str, int] = field(default_factory=dict)
     # Interned id of the PREFER_NO_SCHEDULE taints, so each distinct set is scored once.
     _prefer_id: int = field(default=0, init=False, repr=False)
@@ -250,19 +250,64 @@ class NodeState:
         """The first resource rule that rejects the node (None: the requests fit now)."""
         return first_reason(FIT_RULES, self, profile)
 
-    def reserve(self, key: str, req: Requests) -> None:
-        """Account one instance (no checks: already-placed instances may overcommit)."""
+    def reserve(self, key: str, req: Requests) -> int:
+        """Account one instance (no checks: already-placed instances may overcommit).
+        Returns the GPU device charged (-1: none), for `release`."""
         self.cpu_used += req.cpu_millis
         self.memory_used += req.memory_bytes
+        i = -1
         if req.wants_gpu:
             i = self.gpu_device(req.gpu_driver, req.gpu_min_vram_mb, free=True)
             if i < 0:  # overcommitted already: charge the matching device with most left
                 i = self.gpu_device(req.gpu_driver, 0, free=True)
             if i >= 0:
                 self.gpu_vram_used[i] += req.gpu_min_vram_mb
-        if req.host_ports:
-            self.ports_used |= req.host_ports
+        for port in req.host_ports:
+            self.ports_used[port] = self.ports_used.get(port, 0) + 1
         self.copies[key] = self.copies.get(key, 0) + 1
+        return i
+
+    def release(self, key: str, req: Requests, gpu: int | None = None) -> None:
+        """Undo `reserve` (the instance stopped or moved). `gpu`: the device `reserve`
+        charged; None when unknown (the device charged with the most of this driver's
+        VRAM gives it back: the totals stay right, a rebuild restores the exact split)."""
+        self.cpu_used -= req.cpu_millis
+        self.memory_used -= req.memory_bytes
+        if req.wants_gpu:
+            if gpu is None:
+                used = [
+                    (self.gpu_vram_used[j], j)
+                    for j, (d, _) in enumerate(self.gpus)
+                    if req.gpu_driver == _GPU.ANY or d == req.gpu_driver
+                ]
+                gpu = max(used)[1] if used else -1
+            if gpu >= 0:
+                self.gpu_vram_used[gpu] = max(0, self.gpu_vram_used[gpu] - req.gpu_min_vram_mb)
+        for port in req.host_ports:
+            left = self.ports_used.get(port, 0) - 1
+            if left > 0:
+                self.ports_used[port] = left
+            else:
+                self.ports_used.pop(port, None)
+        left = self.copies.get(key, 0) - 1
+        if left > 0:
+            self.copies[key] = left
+        else:
+            self.copies.pop(key, None)
+
+    def fresh(self) -> NodeState:
+        """The same node with nothing placed on it."""
+        return NodeState(
+            name=self.name,
+            ready=self.ready,
+            unschedulable=self.unschedulable,
+            labels=self.labels,
+            no_schedule=self.no_schedule,
+            prefer_no_schedule=self.prefer_no_schedule,
+            cpu_millis=self.cpu_millis,
+            memory_bytes=self.memory_bytes,
+            gpus=self.gpus,
+        )
 
 
 # ------------------------------------------------------------------ the rules
@@ -320,7 +365,8 @@ def _gpu_memory_fits(n: NodeState, p: WorkloadProfile) -> bool:
 
 def _ports_free(n: NodeState, p: WorkloadProfile) -> bool:
     ports = p.requests.host_ports
-    return not ports or n.ports_used.isdisjoint(ports)
+    used = n.ports_used
+    return not ports or not any(port in used for port in ports)
 
 
 # In filter order: a node counts under the first rule that rejects it.

@@ -99,6 +99,18 @@ def instance_key(namespace: str, workload: str, instance_id: str) -> str:
     return instances_prefix(namespace, workload) + segment(instance_id, "instance id")
 
 
+def instance_from_key(key: str) -> tuple[str, str, str]:
+    """(namespace, workload, instance id) of an instance key."""
+    namespace, workload, instance_id = key.removeprefix(INSTANCES).split("/", 2)
+    return namespace, workload, instance_id
+
+
+def workload_from_key(key: str) -> tuple[str, str]:
+    """(namespace, name) of a workload key."""
+    namespace, name = key.removeprefix(WORKLOADS).split("/", 1)
+    return namespace, name
+
+
 def issued_certificate_key(serial: str) -> str:
     return ISSUED_CERTIFICATES + segment(serial, "certificate serial")
 

@@ -163,6 +163,19 @@ class WorkloadRecords(TypedKV):
         items = await self.list(instances_prefix(namespace, workload), kat_pb2.Instance)
         return items if node is None else [v for v in items if v.msg.node == node]
 
+    async def list_instances_with_revision(
+        self,
+    ) -> tuple[builtins.list[Versioned[kat_pb2.Instance]], int]:
+        """Every instance record and the revision they were read at (watch_instances from
+        revision + 1 follows on without a gap)."""
+        return await self.list_with_revision(instances_prefix(), kat_pb2.Instance)
+
+    def watch_instances(
+        self, start_revision: int | None = None
+    ) -> AsyncIterator[WatchEvent[kat_pb2.Instance]]:
+        """Changes to every instance record (DELETE events carry the last value)."""
+        return self.watch(instances_prefix(), kat_pb2.Instance, start_revision)
+
     async def create_instance(self, instance: kat_pb2.Instance) -> int:
         key = instance_key(instance.namespace, instance.workload, instance.id)
         return await self.create(key, instance)

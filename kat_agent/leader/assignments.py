@@ -153,7 +153,8 @@ class AssignmentBook:
             peers_changed = list(peers) != self._peers
             if peers_changed:
                 self._peers = list(peers)
-            for node in sorted(set(assignments) | set(self._sets)):
+            nodes = set(assignments) | set(self._sets)
+            for node in sorted(nodes):
                 new = {a.instance.id: a for a in assignments.get(node, ())}
                 current = self._sets.get(node)
                 if current is None:
@@ -170,6 +171,48 @@ class AssignmentBook:
                     _Change(current.revision, revision, changed, removed, peers_changed)
                 )
                 current.items = new
+                current.revision = revision
+                changed_nodes.append(node)
+            self._ready = True
+            if changed_nodes:
+                self._cond.notify_all()
+        return changed_nodes
+
+    async def publish_changes(
+        self,
+        changes: Mapping[str, tuple[Sequence[kat_pb2.Assignment], Sequence[str]]],
+        peers: Sequence[kat_pb2.Peer] = (),
+    ) -> list[str]:
+        """Change only some nodes' sets: per node, assignments added or replaced and ids
+        removed (every node when the peers changed). Returns the nodes whose set changed."""
+        changed_nodes: list[str] = []
+        async with self._cond:
+            peers_changed = list(peers) != self._peers
+            if peers_changed:
+                self._peers = list(peers)
+            nodes = set(changes) | (set(self._sets) if peers_changed else set())
+            for node in sorted(nodes):
+                added, gone = changes.get(node, ((), ()))
+                current = self._sets.get(node)
+                if current is None:
+                    self._sets[node] = _NodeSet(
+                        self._next_revision(), {a.instance.id: a for a in added}
+                    )
+                    changed_nodes.append(node)
+                    continue
+                items = current.items
+                changed = [a for a in added if not _same(items.get(a.instance.id), a)]
+                removed = [i for i in gone if i in items]
+                if not changed and not removed and not peers_changed:
+                    continue
+                for a in changed:
+                    items[a.instance.id] = a
+                for i in removed:
+                    del items[i]
+                revision = self._next_revision()
+                current.history.append(
+                    _Change(current.revision, revision, changed, removed, peers_changed)
+                )
                 current.revision = revision
                 changed_nodes.append(node)
             self._ready = True

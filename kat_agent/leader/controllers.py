@@ -1,15 +1,23 @@
 """Leader-only reconcile loops for workloads (scheduling, rollouts, restarts, jobs, node
 loss). Started when leadership is won, cancelled when it is lost.
 
-One loop does it all, in passes: read the workloads and instance records from etcd, the
-nodes from the registry and what the agents last reported (kept in memory by a heartbeat
-listener), plan each workload with the pure `internal.core.reconcile`, write what changed
-(guarded by revisions: a conflicting write is skipped and redone by the next pass), and
-publish the assignments each node should run (`lc.assignments`). A pass runs when
-something changed (a workload was applied or deleted, an agent reported a different
-state, a node record changed), when a timer is due (a restart back-off, a job's retry,
-deadline or next schedule tick, a rollout's progress deadline), and at least every
-`agentTickSeconds`. Passes are idempotent: a new leader simply starts with one.
+One loop does it all, in passes: plan each workload that may need work with the pure
+`internal.core.reconcile`, write what changed (guarded by revisions: a conflicting write
+is skipped and redone by the next pass), and publish the assignments each node should run
+(`lc.assignments`). Inputs stay in memory across passes: the instance records
+(`InstanceView`: listed once, then an etcd watch plus the pass's own writes), the
+placement accounting (`internal.core.placed`: follows record changes instead of being
+rebuilt from every node and instance), what each node runs (`AssignmentIndex`: only the
+nodes whose list changed are published), and what the agents last reported (a heartbeat
+listener). A workload needs work when its record or one of its instance records changed,
+an agent reported a different state of one of its instances, one of its timers is due (a
+restart back-off, a job's retry, deadline or next schedule tick, a rollout's progress
+deadline), its conflicting write must be redone, or it waits for capacity and some came
+free. Changes only mark workloads and wake the loop, so a row of Applies makes a few
+passes, not one each. Node changes that placement or node loss read, a failed write, and
+every FULL_PASS_SECONDS make a full pass: every workload, the accounting rebuilt from the
+records (the level-triggered safety net). Passes are idempotent: a new leader starts with
+a full one from a fresh list of the records.
 """
 
 from __future__ import annotations
@@ -20,16 +28,17 @@ import logging
 import secrets
 import string
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from api.v1alpha1 import kat_pb2
-from internal.core import endpoints, reconcile, rollout, scheduler
-from internal.core.assignments import AssignmentCache, assignments_by_node
+from internal.core import endpoints, placed, reconcile, rollout, scheduler
 from internal.core.reconcile_model import NodeFacts, Observed, Plan, template_generation
 from internal.state.etcd_values import EtcdError
 from internal.state.kv import Compacted, StaleWrite, StoreError
+from kat_agent.leader.assignment_index import AssignmentIndex
 from kat_agent.leader.context import LeaderContext
+from kat_agent.leader.instance_view import InstanceView, workload_of
 from kat_agent.leader.observe import observe_instances, observe_plan
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,13 @@ _ID_CHARS = string.ascii_lowercase + string.digits
 _NODE_POLL_SECONDS = 0.25  # how often the in-memory node registry is checked for changes
 _RETRY_SECONDS = 1.0  # after a failed pass (etcd trouble)
 RESYNC_SECONDS = 5
+# A pass plans only the workloads that may need work; every FULL_PASS_SECONDS one plans
+# them all and rebuilds the placement accounting from the records (the safety net).
+FULL_PASS_SECONDS = 30.0
+COALESCE_SECONDS = 0.01
+WRITES_IN_FLIGHT = 8  # workloads whose plans are being written at the same time
+OBSERVE_SECONDS = 1.0  # instance-count metrics: at most this often (a scan of all records)
+_NO_REQUESTS = scheduler.Requests()
 # Instance writes per etcd transaction: within etcd's default --max-txn-ops (128), with
 # room for the failure branch's reads of the guarded keys.
 TXN_BATCH = 100
@@ -60,7 +76,22 @@ class WorkloadController:
         # (workload uid, generation) -> (bundle, when that revision was created)
         self.bundles: dict[tuple[str, int], tuple[kat_pb2.Bundle, datetime | None]] = {}
         self.passes = 0
-        self._assignment_cache: AssignmentCache = {}  # reused Assignment objects
+        # The records (list + watch), the placement accounting that follows them, and
+        # what each node should run, all kept across passes (see the module docstring).
+        self.view = InstanceView(lc.store, self.wake)
+        self.placed = placed.PlacedCluster()
+        self.index = AssignmentIndex()
+        self._workloads: dict[tuple[str, str], kat_pb2.Workload] = {}
+        self._profiles: dict[tuple[str, str], scheduler.WorkloadProfile] = {}
+        self._dirty: set[tuple[str, str]] = set()  # workloads the next pass must plan
+        self._waiting: set[tuple[str, str]] = set()  # workloads with PENDING instances
+        self._wake_at: dict[tuple[str, str], datetime] = {}  # per workload: its next timer
+        self._ready: dict[str, bool] = {}
+        self._nodes_version = -1
+        self._rebuild = True
+        self._last_full = 0.0
+        self._observed_at = 0.0
+        self._serving: dict[tuple[str, str], list[kat_pb2.Instance]] = {}  # endpoint records
         # A new leader knows readiness only from stored records until the agents report:
         # it publishes no endpoint view until every node not known to be lost has been
         # heard from (or nodeLossTimeoutSeconds passed), so that nodes keep answering from
@@ -76,8 +107,13 @@ class WorkloadController:
     async def on_heartbeat(self, node: str, instances: Sequence[kat_pb2.Instance]) -> None:
         """Instance listener: remember the reports; wake the loop only on a change."""
         ids = frozenset(i.id for i in instances)
-        changed = self.reported.get(node) != ids
-        for old_id in self.reported.get(node, frozenset()) - ids:
+        before = self.reported.get(node)
+        changed = before != ids
+        if before is None:  # first report of this term: whatever ran there may be gone
+            for inst_id in self.index.on_node(node):
+                self._dirty_instance(inst_id)
+        for old_id in (before or frozenset()) - ids:
+            self._dirty_instance(old_id)
             gone = self.reports.get(old_id)
             if gone is not None and gone.node == node:
                 del self.reports[old_id]
@@ -87,10 +123,16 @@ class WorkloadController:
             report.node = node
             if self.reports.get(inst.id) != report:
                 self.reports[inst.id] = report
+                self._dirty.add((inst.namespace, inst.workload))
                 changed = True
         self.reported[node] = ids
         if changed:
             self.wake()
+
+    def _dirty_instance(self, inst_id: str) -> None:
+        rec = self.view.records.get(inst_id)
+        if rec is not None:
+            self._dirty.add(workload_of(rec))
 
     async def _watch_workloads(self) -> None:
         while True:
@@ -98,7 +140,7 @@ class WorkloadController:
                 start = await self.store.revision() + 1
                 self.wake()
                 async for _ in self.store.watch_workloads(None, start):
-                    self.wake()
+                    self.wake()  # the pass sees which ones changed (resource versions)
             except Compacted:
                 continue
             except EtcdError as exc:
@@ -123,6 +165,7 @@ class WorkloadController:
         self.lc.instance_listeners.append(self.on_heartbeat)
         try:
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.view.run(), name="instance-view")
                 tg.create_task(self._watch_workloads(), name="workload-watch")
                 tg.create_task(self._watch_nodes(), name="node-watch")
                 tg.create_task(self._loop(), name="workload-reconcile")
@@ -145,6 +188,8 @@ class WorkloadController:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+            # A row of changes (Applies, watch events) arriving together: one pass.
+            await asyncio.sleep(COALESCE_SECONDS)
             self._wake.clear()
             try:
                 wake_at = await self.reconcile_once()
@@ -152,75 +197,173 @@ class WorkloadController:
                 log.warning("workload reconcile failed, retrying: %s", exc)
                 wake_at = datetime.now(UTC) + timedelta(seconds=_RETRY_SECONDS)
 
-    async def reconcile_once(self) -> datetime | None:
-        """One pass over every workload; returns when the next timer is due."""
+    async def reconcile_once(self, full: bool = False) -> datetime | None:
+        """One pass over the workloads that may need work (see the module docstring);
+        `full` (and every FULL_PASS_SECONDS): over every workload, with the placement
+        accounting rebuilt from the records. Returns when the next timer is due."""
         self.passes += 1
         lc = self.lc
-        workloads = [v.msg for v in await self.store.list_workloads()]
-        records = [v.msg for v in await self.store.list_instances()]
-        nodes = lc.registry.stored()
-        facts = NodeFacts(
-            {n.metadata.name: n.status.condition == kat_pb2.NodeStatus.READY for n in nodes}
-        )
-        observed = Observed(dict(self.reports), dict(self.reported))
-        by_workload: dict[tuple[str, str], list[kat_pb2.Instance]] = {}
-        for r in records:
-            by_workload.setdefault((r.namespace, r.workload), []).append(r)
-        profiles = {
-            (w.metadata.namespace, w.metadata.name): scheduler.WorkloadProfile.from_workload(w)
-            for w in workloads
+        view = self.view
+        if not view.loaded.is_set():
+            await view.loaded.wait()
+        clock = asyncio.get_running_loop().time()
+        full = full or self._rebuild or clock - self._last_full >= FULL_PASS_SECONDS
+        workloads = {
+            (v.msg.metadata.namespace, v.msg.metadata.name): v.msg
+            for v in await self.store.list_workloads()
         }
-        none = scheduler.WorkloadProfile(key="")
-        cluster = scheduler.Cluster.from_protos(
-            nodes,
-            (
-                (r, profiles.get((r.namespace, r.workload), none).requests)
-                for r in records
-                if r.phase != kat_pb2.Instance.PENDING
-            ),
-        )
+        changes = view.take_changes()
+        dirty, self._dirty = self._dirty, set()
+        for key, w in workloads.items():
+            old = self._workloads.get(key)
+            if old is None or old.metadata.resource_version != w.metadata.resource_version:
+                dirty.add(key)
+                self._profiles.pop(key, None)
+        dirty |= set(self._workloads) - set(workloads)
+        self._workloads = workloads
+        nodes = lc.registry.stored()
+        if lc.registry.version != self._nodes_version:
+            self._nodes_version = lc.registry.version
+            ready = {n.metadata.name: n.status.condition == kat_pb2.NodeStatus.READY for n in nodes}
+            if ready != self._ready or self.placed.nodes_changed(nodes):
+                self._ready = ready
+                full = True
+        facts = NodeFacts(dict(self._ready))
+        if full:
+            self._rebuild = False
+            self._last_full = clock
+            dirty |= set(workloads) | set(view.workloads()) | set(self.index.workloads())
+            self.placed.rebuild(nodes, view.records.values(), self._requests_of)
+        else:
+            freed = False
+            for inst_id, key in changes.items():
+                dirty.add(key)
+                rec = view.records.get(inst_id)
+                if rec is None or not placed.is_placed(rec):
+                    freed = True
+                if rec is None:
+                    self.placed.forget(inst_id)
+                else:
+                    self.placed.sync(rec, self._requests_of(rec))
+            if freed:  # capacity may have come free for instances that wait for it
+                dirty |= self._waiting
         now = datetime.now(UTC)
-        final = {r.id: r for r in records}  # what the assignments are built from
-        wake_at: datetime | None = None
-        dirty = False
-        known: dict[tuple[str, str], kat_pb2.Workload] = {}
-        for w in sorted(workloads, key=lambda w: (w.metadata.namespace, w.metadata.name)):
-            key = (w.metadata.namespace, w.metadata.name)
-            known[key] = w
-            bundle, created = await self._bundle(w, w.metadata.generation)
-            started = time.perf_counter()
-            plan = reconcile.plan_workload(
-                w,
-                bundle,
-                by_workload.get(key, []),
-                cluster=cluster,
-                nodes=facts,
-                observed=observed,
-                now=now,
-                new_id=new_instance_suffix,
-                progress=self.progress.get(w.metadata.uid),
-                schedule_since=created,
+        dirty |= {key for key, at in self._wake_at.items() if at <= now}
+        observed = Observed(dict(self.reports), dict(self.reported))
+        orphans: list[kat_pb2.Instance] = []
+        planned: list[tuple[tuple[str, str], kat_pb2.Workload, Plan, list[kat_pb2.Instance]]] = []
+        for key in sorted(dirty):
+            self._wake_at.pop(key, None)
+            self._waiting.discard(key)
+            w = workloads.get(key)
+            records = view.of_workload(key)
+            if w is None:
+                orphans.extend(records)
+                continue
+            planned.append(
+                (key, w, await self._plan_one(w, records, facts, observed, now), records)
             )
-            observe_plan(
-                w, plan, by_workload.get(key, []), created, time.perf_counter() - started, now
-            )
-            if plan.progress is not None:
-                self.progress[w.metadata.uid] = plan.progress
-            dirty |= not await self._write(plan, final, w)
-            if plan.wake_at is not None and (wake_at is None or plan.wake_at < wake_at):
-                wake_at = plan.wake_at
-        orphans = [r for key, rs in by_workload.items() if key not in known for r in rs]
+        # The plans' writes go to etcd together (etcd commits concurrent transactions in
+        # one raft round); each plan's own writes stay in order.
+        writing = asyncio.Semaphore(WRITES_IN_FLIGHT)
+
+        async def finish(
+            key: tuple[str, str], w: kat_pb2.Workload, plan: Plan, records: list[kat_pb2.Instance]
+        ) -> None:
+            async with writing:
+                await self._finish_one(key, w, plan, records)
+
+        async with asyncio.TaskGroup() as tg:
+            for item in planned:
+                tg.create_task(finish(*item))
         if orphans:
-            dirty |= not await self._write(
-                reconcile.plan_orphans(orphans, nodes=facts, observed=observed), final, None
-            )
-        uids = {w.metadata.uid for w in workloads}
-        self.progress = {u: p for u, p in self.progress.items() if u in uids}
-        await self._publish(final.values(), known)
-        observe_instances(final.values())
-        if dirty:
+            plan = reconcile.plan_orphans(orphans, nodes=facts, observed=observed)
+            if not await self._write(plan, None, {r.id: r for r in orphans}):
+                self._dirty |= {workload_of(r) for r in orphans}
+        for key in dirty - set(workloads):
+            self.index.update_workload(key, view.of_workload(key), lambda r: None)
+            self._serve(key, [])
+        if full:
+            uids = {w.metadata.uid for w in workloads.values()}
+            self.progress = {u: p for u, p in self.progress.items() if u in uids}
+            self._prune_bundles()
+        await self._publish(workloads, full)
+        if full or clock - self._observed_at >= OBSERVE_SECONDS:
+            self._observed_at = clock
+            observe_instances(view.records.values())
+        if self._dirty:
             self.wake()
-        return wake_at
+        return min(self._wake_at.values(), default=None)
+
+    def _requests_of(self, inst: kat_pb2.Instance) -> scheduler.Requests:
+        """The requests an instance holds on its node: its workload's (none once the
+        workload is gone), as Cluster.from_protos counted them."""
+        key = workload_of(inst)
+        profile = self._profiles.get(key)
+        if profile is None:
+            w = self._workloads.get(key)
+            if w is None:
+                return _NO_REQUESTS
+            profile = self._profiles[key] = scheduler.WorkloadProfile.from_workload(w)
+        return profile.requests
+
+    async def _plan_one(
+        self,
+        w: kat_pb2.Workload,
+        records: list[kat_pb2.Instance],
+        facts: NodeFacts,
+        observed: Observed,
+        now: datetime,
+    ) -> Plan:
+        bundle, created = await self._bundle(w, w.metadata.generation)
+        started = time.perf_counter()
+        plan = reconcile.plan_workload(
+            w,
+            bundle,
+            records,
+            cluster=self.placed.cluster,
+            nodes=facts,
+            observed=observed,
+            now=now,
+            new_id=new_instance_suffix,
+            progress=self.progress.get(w.metadata.uid),
+            schedule_since=created,
+        )
+        observe_plan(w, plan, records, created, time.perf_counter() - started, now)
+        if plan.progress is not None:
+            self.progress[w.metadata.uid] = plan.progress
+        return plan
+
+    async def _finish_one(
+        self,
+        key: tuple[str, str],
+        w: kat_pb2.Workload,
+        plan: Plan,
+        records: list[kat_pb2.Instance],
+    ) -> None:
+        """Write a workload's plan, then update what its nodes are told to run."""
+        if not await self._write(plan, w, {r.id: r for r in records}):
+            self._dirty.add(key)
+        if plan.wake_at is not None:
+            self._wake_at[key] = plan.wake_at
+        final = self.view.of_workload(key)
+        if any(r.phase == kat_pb2.Instance.PENDING for r in final):
+            self._waiting.add(key)
+        wanted: dict[int, kat_pb2.Bundle] = {}
+        for gen in {r.generation for r in final}:
+            at = gen
+            if w.spec.type != kat_pb2.WorkloadSpec.JOB and gen == template_generation(w):
+                at = w.metadata.generation  # same template: the current bundle
+            wanted[gen] = (await self._bundle(w, at))[0]
+        self.index.update_workload(key, final, lambda r: wanted.get(r.generation))
+        self._serve(key, final)
+
+    def _serve(self, key: tuple[str, str], records: list[kat_pb2.Instance]) -> None:
+        serving = [r for r in records if endpoints.is_endpoint(r)]
+        if serving:
+            self._serving[key] = serving
+        else:
+            self._serving.pop(key, None)
 
     # ------------------------------------------------------------ bundles
 
@@ -246,35 +389,22 @@ class WorkloadController:
         self.bundles[key] = (rev.msg.bundle, created)
         return self.bundles[key]
 
-    async def _publish(
-        self,
-        records: Iterable[kat_pb2.Instance],
-        workloads: dict[tuple[str, str], kat_pb2.Workload],
-    ) -> None:
-        insts = list(records)
-        wanted: dict[tuple[str, int], kat_pb2.Bundle] = {}
-        for r in insts:
-            w = workloads.get((r.namespace, r.workload))
-            if w is None or not r.node or r.phase == kat_pb2.Instance.PENDING:
-                continue
-            gen = r.generation
-            if w.spec.type != kat_pb2.WorkloadSpec.JOB and gen == template_generation(w):
-                gen = w.metadata.generation  # same template: the current bundle
-            wanted[(w.metadata.uid, r.generation)] = (await self._bundle(w, gen))[0]
-        live = {(w.metadata.uid, w.metadata.generation) for w in workloads.values()}
-        keep = live | {
-            (workloads[(r.namespace, r.workload)].metadata.uid, r.generation)
-            for r in insts
-            if (r.namespace, r.workload) in workloads
-        }
+    def _prune_bundles(self) -> None:
+        """Keep the bundles of the current generations and of generations records run."""
+        keep = {(w.metadata.uid, w.metadata.generation) for w in self._workloads.values()}
+        for r in self.view.records.values():
+            w = self._workloads.get(workload_of(r))
+            if w is not None:
+                keep.add((w.metadata.uid, r.generation))
         self.bundles = {k: v for k, v in self.bundles.items() if k in keep}
 
-        def bundle_for(inst: kat_pb2.Instance) -> kat_pb2.Bundle | None:
-            w = workloads.get((inst.namespace, inst.workload))
-            return None if w is None else wanted.get((w.metadata.uid, inst.generation))
-
-        per_node = assignments_by_node(insts, bundle_for, self._assignment_cache)
-        await self.lc.assignments.publish(per_node, self.lc.peers())
+    async def _publish(
+        self, workloads: dict[tuple[str, str], kat_pb2.Workload], full: bool
+    ) -> None:
+        if full:
+            await self.lc.assignments.publish(self.index.everything(), self.lc.peers())
+        else:
+            await self.lc.assignments.publish_changes(self.index.take_changes(), self.lc.peers())
         if not self._endpoints_live:
             nodes = self.lc.registry.stored()
             waiting = endpoints.nodes_to_hear(nodes, self.reported)
@@ -285,8 +415,9 @@ class WorkloadController:
         current = {
             key: (await self._bundle(w, w.metadata.generation))[0] for key, w in workloads.items()
         }
+        serving = (r for rs in self._serving.values() for r in rs)
         await self.lc.endpoints.publish(
-            endpoints.build_endpoint_set(insts, current),
+            endpoints.build_endpoint_set(serving, current),
             endpoints.ingress_nodes(self.lc.registry.stored()),
         )
 
@@ -295,8 +426,8 @@ class WorkloadController:
     async def _write(
         self,
         plan: Plan,
-        final: dict[str, kat_pb2.Instance],
         workload: kat_pb2.Workload | None,
+        original: dict[str, kat_pb2.Instance],
     ) -> bool:
         """Write a plan; False when some write met a conflict (the next pass redoes it)."""
         store = self.store
@@ -305,7 +436,7 @@ class WorkloadController:
         ops += [("u", i) for i in plan.updates]
         ops += [("d", i) for i in plan.deletes]
         for start in range(0, len(ops), TXN_BATCH):
-            ok &= await self._write_batch(ops[start : start + TXN_BATCH], final)
+            ok &= await self._write_batch(ops[start : start + TXN_BATCH], original)
         if workload is not None and plan.status is not None:
             updated = kat_pb2.Workload()
             updated.CopyFrom(workload)
@@ -319,14 +450,19 @@ class WorkloadController:
                 await store.record_event(ev)
             except (EtcdError, StoreError) as exc:
                 log.warning("could not record event %s: %s", ev.reason, exc)
+        if not ok:
+            # A plan's placements are reserved in the accounting: after a write that did
+            # not land, start it over from the records.
+            self._rebuild = True
         return ok
 
     async def _write_batch(
-        self, ops: Sequence[tuple[str, kat_pb2.Instance]], final: dict[str, kat_pb2.Instance]
+        self, ops: Sequence[tuple[str, kat_pb2.Instance]], original: dict[str, kat_pb2.Instance]
     ) -> bool:
         """Instance writes of a plan in one etcd transaction (one raft proposal instead of
         one per record); when a guard fails, one by one so that the other writes still
-        land. False when some write met a conflict (the next pass redoes it)."""
+        land. False when some write met a conflict (the next pass redoes it). What landed
+        goes into the instance view and the placement accounting at once."""
         store = self.store
         try:
             if len({i.id for _, i in ops}) != len(ops):
@@ -342,12 +478,16 @@ class WorkloadController:
         else:
             for kind, inst in ops:
                 if kind == "d":
-                    final.pop(inst.id, None)
-                else:
-                    inst.resource_version = revision
-                    final[inst.id] = inst
+                    self.view.deleted(inst, revision)
+                    self.placed.forget(inst.id)
+                    continue
+                before = original.get(inst.id)
+                inst.resource_version = revision
+                self.view.wrote(inst)
+                reserved = before is None or before.phase == kat_pb2.Instance.PENDING
+                self.placed.sync(inst, self._requests_of(inst), reserved=reserved)
             return True
-        results = await asyncio.gather(*(self._write_batch([op], final) for op in ops))
+        results = await asyncio.gather(*(self._write_batch([op], original) for op in ops))
         return all(results)
 
 
