@@ -243,7 +243,8 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
         t0 = time.perf_counter()
         nodes = list(await asyncio.gather(*(one(i) for i in range(a.nodes))))
         print(
-            f"joined {len(nodes)} simulated nodes in {time.perf_counter() - t0:.1f} s",
+            f"joined {len(nodes)} simulated nodes in {time.perf_counter() - t0:.1f} s "
+            f"(leader RSS {rss_mb(leader_pid):.1f} MB before they connect)",
             flush=True,
         )
         seen = Delivered()

@@ -253,7 +253,8 @@ def count_nodes(conditions: Iterable[int]) -> None:
 
 def count_instances(gauge: Gauge, phases: Iterable[int]) -> None:
     """kat_cluster_instances / kat_node_instances {phase} from instance phases."""
-    counts = Counter_(kat_pb2.Instance.Phase.Name(p) for p in phases)
+    name = kat_pb2.Instance.Phase.Name
+    counts = {name(p): n for p, n in Counter_(phases).items()}
     set_by_label(gauge, counts, _PHASES)
 
 

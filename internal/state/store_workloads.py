@@ -30,6 +30,12 @@ class WorkloadRecords(TypedKV):
         """Workloads of one namespace, or of all (None)."""
         return await self.list(workloads_prefix(namespace), kat_pb2.Workload)
 
+    async def list_workloads_with_revision(
+        self,
+    ) -> tuple[builtins.list[Versioned[kat_pb2.Workload]], int]:
+        """Every workload and the revision they were read at (for watch_workloads)."""
+        return await self.list_with_revision(workloads_prefix(None), kat_pb2.Workload)
+
     async def create_workload(self, workload: kat_pb2.Workload) -> int:
         meta = workload.metadata
         return await self.create(workload_key(meta.namespace, meta.name), workload)

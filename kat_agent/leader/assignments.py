@@ -99,7 +99,10 @@ class AssignmentBook:
     def __init__(self) -> None:
         self._sets: dict[str, _NodeSet] = {}
         self._peers: list[kat_pb2.Peer] = []
-        self._cond = asyncio.Condition()
+        # The streams waiting for a change, per node: a publish wakes only the streams
+        # of the nodes it changed (with 1,000 nodes, waking every stream per change
+        # cost more than the change).
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._ready = False
         self._closed = False
         self._last_revision = 0
@@ -112,26 +115,23 @@ class AssignmentBook:
 
     async def reset(self) -> None:
         """Start a new term of leadership: nothing published yet."""
-        async with self._cond:
-            self._sets.clear()
-            self._peers = []
-            self._ready = False
-            self._closed = False
-            self._cond.notify_all()
+        self._sets.clear()
+        self._peers = []
+        self._ready = False
+        self._closed = False
+        self._wake_all()
 
     async def close(self) -> None:
-        async with self._cond:
-            self._closed = True
-            self._ready = False
-            self._cond.notify_all()
+        self._closed = True
+        self._ready = False
+        self._wake_all()
 
     async def drop(self, node: str) -> None:
         """End the node's open streams (the leader stopped hearing it: its stream is most
         likely writing into a dead connection). The node opens a new one when its
         heartbeats come back, and gets the current snapshot on it."""
-        async with self._cond:
-            self._epochs[node] = self._epochs.get(node, 0) + 1
-            self._cond.notify_all()
+        self._epochs[node] = self._epochs.get(node, 0) + 1
+        self._wake(node)
 
     def epoch(self, node: str) -> int:
         return self._epochs.get(node, 0)
@@ -149,33 +149,35 @@ class AssignmentBook:
         that is the same object as the one published before counts as unchanged without
         comparing it (the controller reuses the objects of unchanged records)."""
         changed_nodes: list[str] = []
-        async with self._cond:
-            peers_changed = list(peers) != self._peers
-            if peers_changed:
-                self._peers = list(peers)
-            nodes = set(assignments) | set(self._sets)
-            for node in sorted(nodes):
-                new = {a.instance.id: a for a in assignments.get(node, ())}
-                current = self._sets.get(node)
-                if current is None:
-                    self._sets[node] = _NodeSet(self._next_revision(), new)
-                    changed_nodes.append(node)
-                    continue
-                old = current.items
-                changed = [a for i, a in new.items() if not _same(old.get(i), a)]
-                removed = [i for i in old if i not in new]
-                if not changed and not removed and not peers_changed:
-                    continue
-                revision = self._next_revision()
-                current.history.append(
-                    _Change(current.revision, revision, changed, removed, peers_changed)
-                )
-                current.items = new
-                current.revision = revision
+        # no await from here on: the streams see the change whole
+        peers_changed = list(peers) != self._peers
+        if peers_changed:
+            self._peers = list(peers)
+        nodes = set(assignments) | set(self._sets)
+        for node in sorted(nodes):
+            new = {a.instance.id: a for a in assignments.get(node, ())}
+            current = self._sets.get(node)
+            if current is None:
+                self._sets[node] = _NodeSet(self._next_revision(), new)
                 changed_nodes.append(node)
+                continue
+            old = current.items
+            changed = [a for i, a in new.items() if not _same(old.get(i), a)]
+            removed = [i for i in old if i not in new]
+            if not changed and not removed and not peers_changed:
+                continue
+            revision = self._next_revision()
+            current.history.append(
+                _Change(current.revision, revision, changed, removed, peers_changed)
+            )
+            current.items = new
+            current.revision = revision
+            changed_nodes.append(node)
+        if not self._ready:  # the first publish of the term: every waiting stream
             self._ready = True
-            if changed_nodes:
-                self._cond.notify_all()
+            self._wake_all()
+        for node in changed_nodes:
+            self._wake(node)
         return changed_nodes
 
     async def publish_changes(
@@ -186,38 +188,40 @@ class AssignmentBook:
         """Change only some nodes' sets: per node, assignments added or replaced and ids
         removed (every node when the peers changed). Returns the nodes whose set changed."""
         changed_nodes: list[str] = []
-        async with self._cond:
-            peers_changed = list(peers) != self._peers
-            if peers_changed:
-                self._peers = list(peers)
-            nodes = set(changes) | (set(self._sets) if peers_changed else set())
-            for node in sorted(nodes):
-                added, gone = changes.get(node, ((), ()))
-                current = self._sets.get(node)
-                if current is None:
-                    self._sets[node] = _NodeSet(
-                        self._next_revision(), {a.instance.id: a for a in added}
-                    )
-                    changed_nodes.append(node)
-                    continue
-                items = current.items
-                changed = [a for a in added if not _same(items.get(a.instance.id), a)]
-                removed = [i for i in gone if i in items]
-                if not changed and not removed and not peers_changed:
-                    continue
-                for a in changed:
-                    items[a.instance.id] = a
-                for i in removed:
-                    del items[i]
-                revision = self._next_revision()
-                current.history.append(
-                    _Change(current.revision, revision, changed, removed, peers_changed)
+        # no await from here on: the streams see the change whole
+        peers_changed = list(peers) != self._peers
+        if peers_changed:
+            self._peers = list(peers)
+        nodes = set(changes) | (set(self._sets) if peers_changed else set())
+        for node in sorted(nodes):
+            added, gone = changes.get(node, ((), ()))
+            current = self._sets.get(node)
+            if current is None:
+                self._sets[node] = _NodeSet(
+                    self._next_revision(), {a.instance.id: a for a in added}
                 )
-                current.revision = revision
                 changed_nodes.append(node)
+                continue
+            items = current.items
+            changed = [a for a in added if not _same(items.get(a.instance.id), a)]
+            removed = [i for i in gone if i in items]
+            if not changed and not removed and not peers_changed:
+                continue
+            for a in changed:
+                items[a.instance.id] = a
+            for i in removed:
+                del items[i]
+            revision = self._next_revision()
+            current.history.append(
+                _Change(current.revision, revision, changed, removed, peers_changed)
+            )
+            current.revision = revision
+            changed_nodes.append(node)
+        if not self._ready:  # the first publish of the term: every waiting stream
             self._ready = True
-            if changed_nodes:
-                self._cond.notify_all()
+            self._wake_all()
+        for node in changed_nodes:
+            self._wake(node)
         return changed_nodes
 
     def revision(self, node: str) -> int | None:
@@ -271,14 +275,30 @@ class AssignmentBook:
     ) -> kat_pb2.AssignmentSet | None:
         """Wait for what follows revision `after` for `node` (see `update`); None once
         closed, or once the node's streams were dropped after `epoch`."""
-        async with self._cond:
-            while True:
-                if self._closed or (epoch is not None and self.epoch(node) != epoch):
-                    return None
-                msg = self.update(node, after, deltas)
-                if msg is not None:
-                    return msg
-                await self._cond.wait()
+        while True:
+            if self._closed or (epoch is not None and self.epoch(node) != epoch):
+                return None
+            msg = self.update(node, after, deltas)
+            if msg is not None:
+                return msg
+            waiter = asyncio.get_running_loop().create_future()
+            waiting = self._waiters.setdefault(node, set())
+            waiting.add(waiter)
+            try:
+                await waiter
+            finally:
+                waiting.discard(waiter)
+                if not waiting and self._waiters.get(node) is waiting:
+                    del self._waiters[node]
+
+    def _wake(self, node: str) -> None:
+        for waiter in self._waiters.get(node, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_all(self) -> None:
+        for node in list(self._waiters):
+            self._wake(node)
 
     async def next_snapshot(
         self, node: str, after: int, epoch: int | None = None

@@ -35,7 +35,8 @@ from api.v1alpha1 import kat_pb2
 from internal.core import endpoints, placed, reconcile, rollout, scheduler
 from internal.core.reconcile_model import NodeFacts, Observed, Plan, template_generation
 from internal.state.etcd_values import EtcdError
-from internal.state.kv import Compacted, StaleWrite, StoreError
+from internal.state.keys import workload_from_key
+from internal.state.kv import Compacted, EventType, StaleWrite, StoreError
 from kat_agent.leader.assignment_index import AssignmentIndex
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.instance_view import InstanceView, workload_of
@@ -81,7 +82,10 @@ class WorkloadController:
         self.view = InstanceView(lc.store, self.wake)
         self.placed = placed.PlacedCluster()
         self.index = AssignmentIndex()
+        # The workload records (list + watch + our own status writes).
         self._workloads: dict[tuple[str, str], kat_pb2.Workload] = {}
+        self._workloads_loaded = asyncio.Event()
+        self._endpoints_due = True
         self._profiles: dict[tuple[str, str], scheduler.WorkloadProfile] = {}
         self._dirty: set[tuple[str, str]] = set()  # workloads the next pass must plan
         self._waiting: set[tuple[str, str]] = set()  # workloads with PENDING instances
@@ -135,16 +139,36 @@ class WorkloadController:
             self._dirty.add(workload_of(rec))
 
     async def _watch_workloads(self) -> None:
+        """The workload records in memory: a list, then the watch from its revision."""
         while True:
             try:
-                start = await self.store.revision() + 1
+                items, revision = await self.store.list_workloads_with_revision()
+                listed = {(v.msg.metadata.namespace, v.msg.metadata.name): v.msg for v in items}
+                self._dirty |= set(listed) | set(self._workloads)
+                self._workloads = listed
+                self._profiles.clear()
+                self._workloads_loaded.set()
                 self.wake()
-                async for _ in self.store.watch_workloads(None, start):
-                    self.wake()  # the pass sees which ones changed (resource versions)
+                async for ev in self.store.watch_workloads(None, revision + 1):
+                    key = workload_from_key(ev.key)
+                    current = self._workloads.get(key)
+                    if ev.type == EventType.PUT:
+                        assert ev.msg is not None
+                        if current is not None and current.metadata.resource_version >= ev.revision:
+                            continue  # our own status write (or older)
+                        self._workloads[key] = ev.msg
+                    elif current is None or current.metadata.resource_version > ev.revision:
+                        continue
+                    else:
+                        del self._workloads[key]
+                    self._profiles.pop(key, None)
+                    self._dirty.add(key)
+                    self._endpoints_due = True  # ports, ingress, desired count
+                    self.wake()
             except Compacted:
                 continue
             except EtcdError as exc:
-                log.warning("workload watch failed, retrying: %s", exc)
+                log.warning("workload watch failed, listing again: %s", exc)
                 await asyncio.sleep(_RETRY_SECONDS)
 
     async def _watch_nodes(self) -> None:
@@ -208,22 +232,15 @@ class WorkloadController:
             await view.loaded.wait()
         clock = asyncio.get_running_loop().time()
         full = full or self._rebuild or clock - self._last_full >= FULL_PASS_SECONDS
-        workloads = {
-            (v.msg.metadata.namespace, v.msg.metadata.name): v.msg
-            for v in await self.store.list_workloads()
-        }
+        if not self._workloads_loaded.is_set():
+            await self._workloads_loaded.wait()
+        workloads = dict(self._workloads)  # as of this pass (the watch goes on meanwhile)
         changes = view.take_changes()
         dirty, self._dirty = self._dirty, set()
-        for key, w in workloads.items():
-            old = self._workloads.get(key)
-            if old is None or old.metadata.resource_version != w.metadata.resource_version:
-                dirty.add(key)
-                self._profiles.pop(key, None)
-        dirty |= set(self._workloads) - set(workloads)
-        self._workloads = workloads
         nodes = lc.registry.stored()
         if lc.registry.version != self._nodes_version:
             self._nodes_version = lc.registry.version
+            self._endpoints_due = True  # ingress nodes
             ready = {n.metadata.name: n.status.condition == kat_pb2.NodeStatus.READY for n in nodes}
             if ready != self._ready or self.placed.nodes_changed(nodes):
                 self._ready = ready
@@ -278,7 +295,8 @@ class WorkloadController:
                 tg.create_task(finish(*item))
         if orphans:
             plan = reconcile.plan_orphans(orphans, nodes=facts, observed=observed)
-            if not await self._write(plan, None, {r.id: r for r in orphans}):
+            wrote = plan.creates or plan.updates or plan.deletes
+            if not await self._write(plan, None, {r.id: r for r in orphans}) or wrote:
                 self._dirty |= {workload_of(r) for r in orphans}
         for key in dirty - set(workloads):
             self.index.update_workload(key, view.of_workload(key), lambda r: None)
@@ -344,6 +362,11 @@ class WorkloadController:
         """Write a workload's plan, then update what its nodes are told to run."""
         if not await self._write(plan, w, {r.id: r for r in records}):
             self._dirty.add(key)
+        elif plan.creates or plan.updates or plan.deletes:
+            # Plan it again on what was written, until a plan changes nothing (e.g. the
+            # instances it just marked TERMINATING are removed once their node's report
+            # lacks them), as a pass after the write's watch event did before.
+            self._dirty.add(key)
         if plan.wake_at is not None:
             self._wake_at[key] = plan.wake_at
         final = self.view.of_workload(key)
@@ -360,6 +383,8 @@ class WorkloadController:
 
     def _serve(self, key: tuple[str, str], records: list[kat_pb2.Instance]) -> None:
         serving = [r for r in records if endpoints.is_endpoint(r)]
+        if serving != self._serving.get(key, []):
+            self._endpoints_due = True
         if serving:
             self._serving[key] = serving
         else:
@@ -405,6 +430,10 @@ class WorkloadController:
             await self.lc.assignments.publish(self.index.everything(), self.lc.peers())
         else:
             await self.lc.assignments.publish_changes(self.index.take_changes(), self.lc.peers())
+        if full:
+            self._endpoints_due = True
+        if not self._endpoints_due:
+            return
         if not self._endpoints_live:
             nodes = self.lc.registry.stored()
             waiting = endpoints.nodes_to_hear(nodes, self.reported)
@@ -415,6 +444,7 @@ class WorkloadController:
         current = {
             key: (await self._bundle(w, w.metadata.generation))[0] for key, w in workloads.items()
         }
+        self._endpoints_due = False
         serving = (r for rs in self._serving.values() for r in rs)
         await self.lc.endpoints.publish(
             endpoints.build_endpoint_set(serving, current),
@@ -442,9 +472,15 @@ class WorkloadController:
             updated.CopyFrom(workload)
             updated.status.CopyFrom(plan.status)
             try:
-                await store.update_workload(updated, workload.metadata.resource_version)
+                rev = await store.update_workload(updated, workload.metadata.resource_version)
             except StaleWrite:
                 ok = False
+            else:
+                # Our own write: the next pass need not plan the workload again for it.
+                key = (workload.metadata.namespace, workload.metadata.name)
+                if self._workloads.get(key) is workload:
+                    updated.metadata.resource_version = rev
+                    self._workloads[key] = updated
         for ev in plan.events:
             try:
                 await store.record_event(ev)
