@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Literal
 
@@ -103,6 +104,7 @@ async def run_member(
     from kat_agent.leader.cluster_api import ClusterAPI
     from kat_agent.leader.context import build_leader_context
     from kat_agent.leader.controllers import run_controllers
+    from kat_agent.leader.raft_leader import keep_raft_leader_elsewhere
 
     stored = await store.get_cluster_config()
     config = stored.msg if stored else config
@@ -147,18 +149,26 @@ async def run_member(
     log.info("API serving on %s (join port %s)", api, spec.join_port)
 
     async def lead() -> None:
+        loading = time.monotonic()
         await registry.load()
         lc.leading = True
         lc.leader_address = api
         metrics.ELECTIONS_WON.inc()
         metrics.LEADER.set(1)
-        log.info("%s is the leader", identity.name)
+        log.info(
+            "%s is the leader (%d nodes loaded in %.3fs)",
+            identity.name,
+            len(registry.names()),
+            time.monotonic() - loading,
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(registry.run_health(), name="node-health")
                 tg.create_task(run_controllers(lc), name="controllers")
                 tg.create_task(run_backups(lc), name="backups")
                 tg.create_task(run_audit_pruning(lc), name="audit-pruning")
+                # Off this member: a crash of this node must not also cost a raft election.
+                tg.create_task(keep_raft_leader_elsewhere(store.etcd), name="raft-leader")
         finally:
             lc.leading = False
             metrics.LEADER.set(0)
