@@ -9,9 +9,10 @@ clean stop.
 - stop: SIGTERM the leader's agent (what systemd does on `systemctl stop`): it revokes its
   lease on the way out, so another member takes over at once (target: under 2 s).
 
-The clock starts when the signal is sent; it stops when a ListNodes call (mTLS, the admin
-config's credentials, sent to every other member every 50 ms in this process, so no CLI
-start-up time is counted) is answered. Between runs the node is started again and the
+The clock starts when the signal is about to be sent (for a crash: when `dev-cluster kill`
+is started, whose own start-up is counted; each run prints by when the signal had been
+sent); it stops when a ListNodes call (mTLS, the admin config's credentials, sent to every
+other member every 50 ms in this process, so no CLI start-up time is counted) is answered. Between runs the node is started again and the
 bench waits until all three nodes are READY. The last line is
 `failover_crash_median_s=X failover_stop_median_s=Y ttl_s=T`.
 
@@ -156,12 +157,14 @@ def one_run(c: DevCluster, mode: str) -> tuple[str, float, dict[str, float | boo
     wall0 = time.time()
     t0 = time.monotonic()
     if mode == "crash":
-        c.kill(info["key"])
+        c.kill(info["key"])  # a dev-cluster process: its start-up is counted too
     else:
         os.kill(info["pid"], signal.SIGTERM)
+    signalled = time.monotonic() - t0
     asyncio.run(first_answer(c.katconfig, others))
     took = time.monotonic() - t0
     steps = timeline(c, info, wall0)
+    steps["signalled"] = signalled
     if mode == "stop":  # let it finish its shutdown before it is started again
         wait_until(lambda: not _alive(info["pid"]), timeout=60, what="agent exit")
     c.start(info["key"])
@@ -203,7 +206,8 @@ def main() -> int:
                     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
                     print(
                         f"{mode} run {run + 1}: leader {leader}, a new leader served after "
-                        f"{took:.2f} s (load average {load}); killed node was raft leader: "
+                        f"{took:.2f} s (load average {load}); signal sent by "
+                        f"+{_fmt(st['signalled'])}; killed node was raft leader: "
                         f"{raft}; new raft leader +{_fmt(st['raft'])}, key gone seen "
                         f"+{_fmt(st['gone'])}, election won +{_fmt(st['won'])}, nodes loaded "
                         f"+{_fmt(st['loaded'])}",
