@@ -57,24 +57,34 @@ async def keep_raft_leader_elsewhere(
     """Leader-only work, until cancelled: move raft leadership off `etcd`'s member (the
     KAT leader's local one) whenever it has it."""
     failures = 0
-    last_move = -min_move_interval
+    last_move: float | None = None
     while True:
-        try:
-            status = await etcd.status()
-            target = None
-            if status.leader_id == status.member_id:
-                target = transfer_target(status, await etcd.member_list(), failures)
-            if target is not None and time.monotonic() - last_move >= min_move_interval:
-                last_move = time.monotonic()
+        target = await _target(etcd, failures)
+        recently = last_move is not None and time.monotonic() - last_move < min_move_interval
+        if target is not None and not recently:
+            last_move = time.monotonic()
+            try:
                 await etcd.move_leader(target)
+            except EtcdError as exc:
+                failures += 1
+                log.warning("could not move etcd raft leadership to %x: %s", target, exc)
+            else:
                 failures = 0
                 log.info(
-                    "moved etcd raft leadership from this member (%x) to %x, so that a crash "
-                    "of this node does not also cost a raft election and lease renewal",
-                    status.member_id,
+                    "moved etcd raft leadership from this member to %x, so that a crash of "
+                    "this node does not also cost a raft election and lease renewal",
                     target,
                 )
-        except EtcdError as exc:
-            failures += 1
-            log.warning("could not move etcd raft leadership off this member: %s", exc)
         await asyncio.sleep(interval)
+
+
+async def _target(etcd: EtcdClient, failures: int) -> int | None:
+    try:
+        status = await etcd.status()
+        if status.leader_id != status.member_id:
+            return None  # the usual case: one cheap local call per interval
+        return transfer_target(status, await etcd.member_list(), failures)
+    except EtcdError as exc:
+        # Its own member unreachable: the election notices that (lease keepalives).
+        log.debug("cannot see who leads etcd's raft: %s", exc)
+        return None
