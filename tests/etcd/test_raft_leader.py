@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -17,7 +17,7 @@ from internal.state.election import Election
 from internal.state.etcd import EtcdClient
 from internal.state.etcd_process import EtcdProcess
 from internal.state.store import Store
-from kat_agent.leader.raft_leader import keep_raft_leader_elsewhere
+from kat_agent.leader.raft_leader import keep_raft_leader_elsewhere, status_probe
 from tests.helpers import PkiFiles, free_port, requires_etcd, wait_until
 
 pytestmark = requires_etcd
@@ -56,9 +56,18 @@ async def test_leader_node_crash_leaves_the_raft_leader_alive(
             for i, c in enumerate(clients)
         ]
 
+        def client_for(urls: Sequence[str]) -> EtcdClient:
+            return EtcdClient(
+                urls,
+                ca_file=pki_dir.ca_cert,
+                cert_file=pki_dir.etcd_cert,
+                key_file=pki_dir.etcd_key,
+                timeout=1.0,
+            )
+
         def work(i: int) -> Callable[[], Awaitable[None]]:
             return lambda: keep_raft_leader_elsewhere(
-                clients[i], interval=0.2, min_move_interval=1.0
+                clients[i], status_probe(client_for), interval=0.2, min_move_interval=1.0
             )
 
         tasks = [asyncio.create_task(e.run(work(i))) for i, e in enumerate(elections)]
