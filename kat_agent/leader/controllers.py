@@ -219,6 +219,7 @@ class WorkloadController:
                 wake_at = await self.reconcile_once()
             except (EtcdError, StoreError) as exc:
                 log.warning("workload reconcile failed, retrying: %s", exc)
+                self._rebuild = True  # plans may have reserved what was never written
                 wake_at = datetime.now(UTC) + timedelta(seconds=_RETRY_SECONDS)
 
     async def reconcile_once(self, full: bool = False) -> datetime | None:
@@ -290,9 +291,14 @@ class WorkloadController:
             async with writing:
                 await self._finish_one(key, w, plan, records)
 
-        async with asyncio.TaskGroup() as tg:
-            for item in planned:
-                tg.create_task(finish(*item))
+        results = await asyncio.gather(*(finish(*item) for item in planned), return_exceptions=True)
+        for failed in results:
+            if isinstance(failed, BaseException):
+                # Every plan got its chance to land; the loop retries after this one
+                # (EtcdError, StoreError), the placement accounting rebuilt from records.
+                self._rebuild = True
+                self._dirty |= {key for key, *_ in planned}
+                raise failed
         if orphans:
             plan = reconcile.plan_orphans(orphans, nodes=facts, observed=observed)
             wrote = plan.creates or plan.updates or plan.deletes

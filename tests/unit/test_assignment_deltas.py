@@ -102,3 +102,45 @@ def test_a_delta_that_does_not_follow_the_nodes_set_is_refused() -> None:
         apply_update(full, kat_pb2.AssignmentSet(revision=9, delta=True, base_revision=7))
     with pytest.raises(DeltaOutOfSync):
         apply_update(None, kat_pb2.AssignmentSet(revision=9, delta=True, base_revision=5))
+
+
+def test_published_changes_give_the_same_sets_as_a_full_publish() -> None:
+    """The controller publishes only what changed per workload (AssignmentIndex +
+    publish_changes); every node's stream still rebuilds exactly what a full publish of
+    every record would give, and streams of untouched nodes are not woken."""
+    from kat_agent.leader.assignment_index import AssignmentIndex
+
+    async def run() -> None:
+        book, full = AssignmentBook(), AssignmentBook()
+        await book.reset()
+        await full.reset()
+        index = AssignmentIndex()
+        bundle = kat_pb2.Bundle()
+        web, db = ("default", "web"), ("default", "db")
+        steps = [
+            {web: [rec("a"), rec("b", "n2")], db: [rec("x", "n3")]},
+            {web: [rec("a", restarts=1), rec("c", "n2")]},  # change a, b -> c; db untouched
+            {db: []},  # db goes
+        ]
+        records: dict[tuple[str, str], list[P]] = {}
+        views: dict[str, kat_pb2.AssignmentSet | None] = {}
+        last: dict[str, int] = {}
+        for step in steps:
+            for key, rs in step.items():
+                records[key] = rs
+                index.update_workload(key, rs, lambda _: bundle)
+            changed = await book.publish_changes(index.take_changes(), [peer("n1")])
+            everything = [r for rs in records.values() for r in rs]
+            await full.publish(assignments_by_node(everything, lambda _: bundle), [peer("n1")])
+            for node in ("n1", "n2", "n3"):
+                update = book.update(node, last.get(node, -1), deltas=True)
+                if update is not None:
+                    views[node] = apply_update(views.get(node), update)
+                    last[node] = update.revision
+                mine, want = views.get(node), full.snapshot(node)
+                assert mine is not None and want is not None
+                assert list(mine.assignments) == list(want.assignments), (node, step)
+            if step is steps[1]:
+                assert "n3" not in changed  # its set did not change: its stream sleeps on
+
+    asyncio.run(run())
