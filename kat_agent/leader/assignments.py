@@ -99,6 +99,9 @@ class AssignmentBook:
     def __init__(self) -> None:
         self._sets: dict[str, _NodeSet] = {}
         self._peers: list[kat_pb2.Peer] = []
+        # The list object last given (the leader's cached peer list): the same object
+        # again needs no comparison of every peer.
+        self._peers_given: object = None
         # The streams waiting for a change, per node: a publish wakes only the streams
         # of the nodes it changed (with 1,000 nodes, waking every stream per change
         # cost more than the change).
@@ -117,6 +120,7 @@ class AssignmentBook:
         """Start a new term of leadership: nothing published yet."""
         self._sets.clear()
         self._peers = []
+        self._peers_given = None
         self._ready = False
         self._closed = False
         self._wake_all()
@@ -150,7 +154,8 @@ class AssignmentBook:
         comparing it (the controller reuses the objects of unchanged records)."""
         changed_nodes: list[str] = []
         # no await from here on: the streams see the change whole
-        peers_changed = list(peers) != self._peers
+        peers_changed = peers is not self._peers_given and list(peers) != self._peers
+        self._peers_given = peers
         if peers_changed:
             self._peers = list(peers)
         nodes = set(assignments) | set(self._sets)
@@ -189,7 +194,8 @@ class AssignmentBook:
         removed (every node when the peers changed). Returns the nodes whose set changed."""
         changed_nodes: list[str] = []
         # no await from here on: the streams see the change whole
-        peers_changed = list(peers) != self._peers
+        peers_changed = peers is not self._peers_given and list(peers) != self._peers
+        self._peers_given = peers
         if peers_changed:
             self._peers = list(peers)
         nodes = set(changes) | (set(self._sets) if peers_changed else set())

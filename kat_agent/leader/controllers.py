@@ -86,6 +86,7 @@ class WorkloadController:
         self._workloads: dict[tuple[str, str], kat_pb2.Workload] = {}
         self._workloads_loaded = asyncio.Event()
         self._endpoints_due = True
+        self._ingress: tuple[int, list[str]] = (-1, [])  # (registry version, ingress nodes)
         self._profiles: dict[tuple[str, str], scheduler.WorkloadProfile] = {}
         self._dirty: set[tuple[str, str]] = set()  # workloads the next pass must plan
         self._waiting: set[tuple[str, str]] = set()  # workloads with PENDING instances
@@ -238,20 +239,20 @@ class WorkloadController:
         workloads = dict(self._workloads)  # as of this pass (the watch goes on meanwhile)
         changes = view.take_changes()
         dirty, self._dirty = self._dirty, set()
-        nodes = lc.registry.stored()
         if lc.registry.version != self._nodes_version:
             self._nodes_version = lc.registry.version
             self._endpoints_due = True  # ingress nodes
+            nodes = lc.registry.stored()
             ready = {n.metadata.name: n.status.condition == kat_pb2.NodeStatus.READY for n in nodes}
             if ready != self._ready or self.placed.nodes_changed(nodes):
                 self._ready = ready
                 full = True
-        facts = NodeFacts(dict(self._ready))
+        facts = NodeFacts(self._ready)  # replaced, never changed in place
         if full:
             self._rebuild = False
             self._last_full = clock
             dirty |= set(workloads) | set(view.workloads()) | set(self.index.workloads())
-            self.placed.rebuild(nodes, view.records.values(), self._requests_of)
+            self.placed.rebuild(lc.registry.stored(), view.records.values(), self._requests_of)
         else:
             freed = False
             for inst_id, key in changes.items():
@@ -452,9 +453,11 @@ class WorkloadController:
         }
         self._endpoints_due = False
         serving = (r for rs in self._serving.values() for r in rs)
+        version = self.lc.registry.version
+        if self._ingress[0] != version:
+            self._ingress = (version, endpoints.ingress_nodes(self.lc.registry.stored()))
         await self.lc.endpoints.publish(
-            endpoints.build_endpoint_set(serving, current),
-            endpoints.ingress_nodes(self.lc.registry.stored()),
+            endpoints.build_endpoint_set(serving, current), self._ingress[1]
         )
 
     # ------------------------------------------------------------ writes
