@@ -62,7 +62,11 @@ async def test_etcd_serves_a_replaced_server_certificate_without_restart(
         ca = pki_dir.ca()
         # Written as the renewal writes it: key then certificate, each atomically.
         pair = pki.issue_serving_certificate(
-            ca.cert_pem, ca.key_pem, node_name="etcd-test", advertise_ip="127.0.0.1", role=pki.ROLE_ETCD
+            ca.cert_pem,
+            ca.key_pem,
+            node_name="etcd-test",
+            advertise_ip="127.0.0.1",
+            role=pki.ROLE_ETCD,
         )
         pki.write_pair(pki_dir.etcd_cert, pki_dir.etcd_key, pair)
         new = pki.cert_info(pair.cert_pem).serial
