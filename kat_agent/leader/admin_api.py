@@ -66,11 +66,14 @@ def new_admin_record(
     return rec
 
 
-async def record_admin_certificate(store: Store, name: str, cert_pem: bytes, by: str) -> None:
-    """Add a certificate issued outside the API (init's admin config) to `name`'s record."""
+async def record_admin_certificate(
+    store: Store, name: str, cert_pem: bytes, by: str, role: str = pki.ROLE_ADMIN
+) -> None:
+    """Add a certificate issued outside the API (init's admin config, `kat-agent
+    certificate`) to `name`'s record."""
     for _ in range(5):
         current = await store.get_admin(name)
-        rec = new_admin_record(name, cert_pem, by, current.msg if current else None)
+        rec = new_admin_record(name, cert_pem, by, current.msg if current else None, role)
         try:
             await store.put_admin(rec, current.mod_revision if current else None)
             return
