@@ -55,6 +55,9 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # gRPC sets SO_REUSEPORT by default: a second process binding a port in use would
+    # share it silently (and a client could reach the wrong server); fail loudly instead.
+    ("grpc.so_reuseport", 0),
 )
 
 # The certificate-less join port: a JoinRequest is a few KB (three CSRs at most).
@@ -62,6 +65,7 @@ JOIN_SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_receive_message_length", 64 * 1024),
     ("grpc.max_metadata_size", 16 * 1024),
     ("grpc.max_concurrent_streams", 16),
+    ("grpc.so_reuseport", 0),
 )
 JOIN_MAX_CONCURRENT = 64
 
