@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from internal.host.datadir import DataDir
+from internal.host.datadir import DataDir, NodeIdentity
 from internal.security import pki
 
 ROLES = {"monitoring": pki.ROLE_MONITORING, "admin": pki.ROLE_ADMIN}
@@ -73,8 +73,11 @@ async def record_client_certificate(data_dir: Path, name: str, role: str, cert_p
     p = dd.etcd_pki
     try:
         port = load_local_config(dd).spec.etcd_client_port
+        identity = NodeIdentity.load(dd.identity_file)
+        # etcd listens on the advertise address and on 127.0.0.1 (of the member's host).
+        hosts = dict.fromkeys([identity.advertise_address if identity else "", "127.0.0.1"])
         client = EtcdClient(
-            [f"127.0.0.1:{port}"],
+            [f"{h}:{port}" for h in hosts if h],
             ca_file=p / "ca.crt",
             cert_file=p / "client.crt",
             key_file=p / "client.key",
