@@ -214,9 +214,15 @@ def test_ingress_node_spreads_requests_and_survives_a_rolling_update(
     p = c.katcall("apply", "-f", str(bundle), "--wait", timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     wait_until(lambda: http_get(address)[0] == 200, timeout=30, what="ingress answers")
-    answers = [http_get(address) for _ in range(20)]
-    assert all(code == 200 for code, _ in answers), answers
-    assert len({body for _, body in answers}) > 1, answers
+
+    def spread() -> list[tuple[int, str]] | None:
+        # The proxy follows readiness through the endpoint watch and a reload: it may still
+        # hold fewer servers for a moment after `apply --wait` saw all three ready.
+        answers = [http_get(address) for _ in range(20)]
+        assert all(code == 200 for code, _ in answers), answers
+        return answers if len({body for _, body in answers}) == 3 else None
+
+    wait_until(spread, timeout=30, what="requests spread over the three instances")
     assert http_get(address, host="nobody.kat.local")[0] == 404
 
     # A rolling update (new env: new containers, one at a time) under steady load.
