@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 
 from internal.host.datadir import DataDir, NodeIdentity
-from internal.security import pki
+from internal.security import pki, rpc
 
-ROLES = {"monitoring": pki.ROLE_MONITORING, "admin": pki.ROLE_ADMIN}
+ROLES = rpc.CLIENT_ROLES
 
 
 class CredentialError(Exception):

@@ -14,6 +14,9 @@ ROLE_ADMIN = "kat:admin"
 ROLE_NODE = "kat:node"
 ROLE_MONITORING = "kat:monitoring"  # /metrics only (internal/observability/metrics_http.py)
 ROLE_API = "kat:api"  # a member's API server certificate (serverAuth only)
+# The roles a person's client certificate may have, by the name commands take
+# (`katcall admin create --role`, `kat-agent certificate --role`).
+CLIENT_ROLES = {"monitoring": ROLE_MONITORING, "admin": ROLE_ADMIN}
 # Every client of the cluster API (katcall, agents, tests) checks the server for this DNS
 # name instead of the address it dialled: the signer puts it in kat:api certificates
 # only, so a node certificate (which holds the node's own IP) cannot pose as the API.

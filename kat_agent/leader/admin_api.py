@@ -22,7 +22,6 @@ from internal.core import certlife
 from internal.security import pki, rpc
 from internal.state.kv import AlreadyExists, StaleWrite
 from internal.state.store import Store
-from kat_agent.credentials import ROLES as CLIENT_ROLES
 from kat_agent.leader.guards import admin, caller
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ def admin_name_problem(name: str) -> str:
 
 def role_of(requested: str) -> str | None:
     """The certificate role for CreateAdminRequest.role ("" is admin); None if unknown."""
-    return CLIENT_ROLES.get(requested or "admin")
+    return rpc.CLIENT_ROLES.get(requested or "admin")
 
 
 def new_admin_record(
@@ -92,7 +91,8 @@ class AdminAPI:
         problem = admin_name_problem(request.name)
         role = role_of(request.role)
         if role is None:
-            problem = f"unknown role {request.role[:40]!r} (expected {' or '.join(CLIENT_ROLES)})"
+            known = " or ".join(rpc.CLIENT_ROLES)
+            problem = f"unknown role {request.role[:40]!r} (expected {known})"
         if not problem:
             try:
                 pki.load_csr(request.csr_pem)
