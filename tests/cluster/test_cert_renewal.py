@@ -105,7 +105,6 @@ def test_the_member_renews_etcds_certificates_and_keeps_serving(cluster: DevClus
     server, client = etcd / "server.crt", etcd / "client.crt"
     agent_pid, etcd_pid = node["pid"], _etcd_pid(dd)
     first = {"server": _serial(server), "client": _serial(client)}
-    first_client_end = pki.cert_info(client.read_bytes()).not_after
 
     def renewed() -> bool:
         cluster.katcall("get", "nodes")  # katcall in use: its admin certificate renews too
@@ -130,19 +129,16 @@ def test_the_member_renews_etcds_certificates_and_keeps_serving(cluster: DevClus
         what="etcd's client port serving the renewed certificate",
     )
     assert served_serial(cluster.address("node1"), 2380, *auth) == _serial(server)
-    log = Path(node["log"]).read_text(errors="replace")
-    assert "etcd client moved to its renewed certificate" in log
-
-    # Past the end of the client certificate the agent started with: still answering.
-    def first_expired() -> bool:
-        assert cluster.katcall("get", "nodes").returncode == 0
-        return datetime.now(first_client_end.tzinfo) > first_client_end
-
+    # The agent's etcd client moved to the renewed certificate (what that is needed for
+    # once the old one has ended: tests/etcd/test_etcd_cert_reload.py), and the cluster
+    # still answers writes and reads through it.
     wait_until(
-        first_expired,
-        timeout=2 * LIFETIME,
-        interval=2,
-        what="the first etcd client certificate expired",
+        lambda: (
+            "etcd client moved to its renewed certificate"
+            in Path(node["log"]).read_text(errors="replace")
+        ),
+        timeout=30,
+        what="the agent's etcd client on the renewed certificate",
     )
     ns = "etcd-renewed"
     assert cluster.katcall("create", "namespace", ns, check=True).returncode == 0
