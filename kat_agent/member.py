@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Literal
 
 import grpc
@@ -108,6 +109,7 @@ async def run_member(
     from kat_agent.leader.cluster_api import ClusterAPI
     from kat_agent.leader.context import build_leader_context
     from kat_agent.leader.controllers import run_controllers
+    from kat_agent.leader.raft_leader import PROBE_TIMEOUT, keep_raft_leader_elsewhere, status_probe
 
     stored = await store.get_cluster_config()
     config = stored.msg if stored else config
@@ -152,19 +154,41 @@ async def run_member(
     await join_server.start()
     log.info("API serving on %s (join port %s)", api, spec.join_port)
 
+    def other_member(urls: Sequence[str]) -> EtcdClient:
+        """A client for another etcd member, with this member's etcd client certificate."""
+        p = dd.etcd_pki
+        return EtcdClient(
+            urls,
+            ca_file=p / "ca.crt",
+            cert_file=p / "client.crt",
+            key_file=p / "client.key",
+            timeout=PROBE_TIMEOUT,
+        )
+
     async def lead() -> None:
+        loading = time.monotonic()
         await registry.load()
         lc.leading = True
         lc.leader_address = api
         metrics.ELECTIONS_WON.inc()
         metrics.LEADER.set(1)
-        log.info("%s is the leader", identity.name)
+        log.info(
+            "%s is the leader (%d nodes loaded in %.3fs)",
+            identity.name,
+            len(registry.names()),
+            time.monotonic() - loading,
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(registry.run_health(), name="node-health")
                 tg.create_task(run_controllers(lc), name="controllers")
                 tg.create_task(run_backups(lc), name="backups")
                 tg.create_task(run_audit_pruning(lc), name="audit-pruning")
+                # Off this member: a crash of this node must not also cost a raft election.
+                tg.create_task(
+                    keep_raft_leader_elsewhere(store.etcd, status_probe(other_member)),
+                    name="raft-leader",
+                )
         finally:
             lc.leading = False
             metrics.LEADER.set(0)

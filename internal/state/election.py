@@ -202,6 +202,12 @@ class Election:
             async with contextlib.aclosing(self._store.watch_leader(revision + 1)) as events:
                 async for ev in events:
                     if ev.type is EventType.DELETE:
+                        # Logged: failover timing (benchmarks/bench_failover.py) reads it.
+                        log.info(
+                            "election: the leader key of %s is gone; %s campaigns",
+                            record.msg.leader_node,
+                            self.node_name,
+                        )
                         break
                     if ev.msg is not None and self._leader is not None:
                         info = LeaderInfo(

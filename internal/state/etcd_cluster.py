@@ -56,6 +56,17 @@ class ClusterCalls:
         )
         return [member_value(m) for m in resp.members]
 
+    async def move_leader(self, member_id: int) -> None:
+        """Hand raft leadership to `member_id`; only the current raft leader (the member
+        behind the current endpoint) accepts it. Returns once the transfer is done."""
+        req = etcdrpc.MoveLeaderRequest(targetID=member_id)
+        await self._pool.run(
+            f"move leader {member_id:x}",
+            lambda s: s.MoveLeader(req, self.timeout),
+            kind="maintenance",
+            retry=False,
+        )
+
     async def member_add(self, peer_urls: Sequence[str]) -> tuple[Member, list[Member]]:
         """Add a member; returns it and the whole new member list (what the new
         member needs for --initial-cluster)."""

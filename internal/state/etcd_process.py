@@ -128,8 +128,16 @@ class EtcdProcess(RestartingChild):
         auto_compaction_retention: str = "1",  # hours of history kept for watches
         quota_backend_bytes: int = DEFAULT_QUOTA_BYTES,
         snapshot_count: int = 10_000,
+        # etcd's defaults, kept: on a LAN a heartbeat is far below 100 ms, but a loaded
+        # small node (edge hardware, a busy 2-core machine) stalls for hundreds of ms, and
+        # a shorter timeout then means spurious raft elections, each of which stalls writes
+        # and renews every lease. A crashed KAT leader no longer waits for a raft election
+        # anyway (kat_agent/leader/raft_leader.py).
         heartbeat_interval_ms: int = 100,
         election_timeout_ms: int = 1000,
+        # Pre-vote (etcd 3.5's default): a member that restarts or returns from a partition
+        # does not force a raft election on a healthy cluster.
+        pre_vote: bool = True,
         extra_args: Sequence[str] = (),
         restart_backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
@@ -162,6 +170,7 @@ class EtcdProcess(RestartingChild):
         self.snapshot_count = snapshot_count
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.election_timeout_ms = election_timeout_ms
+        self.pre_vote = pre_vote
         self.extra_args = list(extra_args)
         self.restart_backoff = restart_backoff
         self.restarts = 0
@@ -213,6 +222,7 @@ class EtcdProcess(RestartingChild):
             f"--snapshot-count={self.snapshot_count}",
             f"--heartbeat-interval={self.heartbeat_interval_ms}",
             f"--election-timeout={self.election_timeout_ms}",
+            f"--pre-vote={'true' if self.pre_vote else 'false'}",
             "--logger=zap",
             "--log-outputs=stderr",
             *self.extra_args,
