@@ -103,24 +103,6 @@ def write_ca_material(
         pki.write_private_key(dd.etcd_pki / "ca.key", etcd_key)
 
 
-def ensure_etcd_certs(dd: DataDir, node_name: str, advertise: str) -> None:
-    """etcd's serving/peer certificate and the local agent's etcd client
-    certificate, both from etcd's CA (node certificates cannot reach etcd)."""
-    ca = pki.read_pair(dd.etcd_pki / "ca.crt", dd.etcd_pki / "ca.key")
-    server = dd.etcd_pki / "server.crt"
-    if not server.exists():
-        pair = pki.issue_serving_certificate(
-            ca.cert_pem, ca.key_pem, node_name=node_name, advertise_ip=advertise, role=pki.ROLE_ETCD
-        )
-        pki.write_pair(server, dd.etcd_pki / "server.key", pair)
-    client = dd.etcd_pki / "client.crt"
-    if not client.exists():
-        pair = pki.issue_certificate(
-            ca.cert_pem, ca.key_pem, common_name=f"kat-agent-{node_name}", role=pki.ROLE_ETCD
-        )
-        pki.write_pair(client, dd.etcd_pki / "client.key", pair)
-
-
 def issue_node_certificate(
     dd: DataDir,
     ca: pki.CertAndKey,

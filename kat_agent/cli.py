@@ -154,11 +154,13 @@ async def _run(args: argparse.Namespace) -> None:
             raise StartupError(str(exc)) from None
         return
     if args.command == "certificate":
-        from kat_agent.credentials import CredentialError, issue_client_certificate
+        from kat_agent import credentials as cr
 
         try:
-            paths = issue_client_certificate(args.data_dir, args.name, args.role, args.out_dir)
-        except CredentialError as exc:
+            pair, ca_pem = cr.client_certificate(args.data_dir, args.name, args.role)
+            await cr.record_client_certificate(args.data_dir, args.name, args.role, pair.cert_pem)
+            paths = cr.write_client_certificate(args.out_dir, args.name, pair, ca_pem)
+        except cr.CredentialError as exc:
             raise StartupError(str(exc)) from None
         print("\n".join(str(p) for p in paths))
         return

@@ -132,11 +132,10 @@ async def run_init(
         except sealing.SecretError as exc:
             raise StartupError(str(exc)) from None
         bootstrap.ensure_etcd_ca(dd)  # the snapshot brings the cluster CA
-        bootstrap.ensure_etcd_certs(dd, name, advertise)
         await restore_snapshot(dd, restore_from, config.spec, name, advertise)
     else:
         bootstrap.ensure_cluster_pki(dd)
-        bootstrap.ensure_etcd_certs(dd, name, advertise)
+    # etcd's certificates are made (or renewed) by member_store, before etcd starts.
     try:
         async with member_store(dd, config.spec, name, advertise, opts.etcd_binary) as store:
             if identity is None:

@@ -73,6 +73,11 @@ async def member_store(
     state: Literal["new", "existing"] = "new",
 ) -> AsyncIterator[Store]:
     """A running, healthy local etcd member and a Store on it; stopped on exit."""
+    from internal.core import certlife
+    from kat_agent.etcd_certs import ensure_before_start
+
+    # Made at init, renewed if due (a member down past two thirds of their life).
+    ensure_before_start(dd, name, advertise, certlife.lifetime(spec))
     etcd = etcd_process_for(dd, spec, name, advertise, binary, initial_cluster, state)
     await etcd.start()
     try:
@@ -125,6 +130,7 @@ async def run_member(
     # The API is served with this member's own kat:api certificate (clients check its
     # name, see rpc.API_SERVER_NAME), re-read on every handshake once renewed.
     from internal.security.certfiles import KeyPairFile
+    from kat_agent.etcd_certs import run_etcd_certificate_renewal
     from kat_agent.renewal import ensure_api_certificate, run_api_certificate_renewal
 
     await ensure_api_certificate(lc, dd, identity.advertise_address)
@@ -200,6 +206,10 @@ async def run_member(
             tg.create_task(
                 run_api_certificate_renewal(lc, dd, identity.advertise_address),
                 name="api-certificate",
+            )
+            tg.create_task(
+                run_etcd_certificate_renewal(lc, dd, identity.advertise_address, store.etcd),
+                name="etcd-certificates",
             )
             tg.create_task(lc.revocations.run(), name="revocations")
             tg.create_task(election.run(lead), name="election")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 MAX_SLEEP = 3600.0
 
 
-def _wait(cert_pem: bytes, now: datetime) -> timedelta:
+def next_wait(cert_pem: bytes, now: datetime) -> timedelta:
     info = pki.cert_info(cert_pem)
     return certlife.next_attempt(now, info.not_before, info.not_after)
 
@@ -46,23 +47,37 @@ def _due(cert_pem: bytes, now: datetime) -> bool:
 # ---------------------------------------------------------------- API server certificates
 
 
-def api_certificate_problem(dd: DataDir, ca_pem: bytes, now: datetime) -> str:
-    """Why this member needs a new API certificate ("" if its current one is good)."""
-    if not dd.api_cert.exists() or not dd.api_key.exists():
+def leaf_problem(cert_path: Path, key_path: Path, ca_pem: bytes, now: datetime) -> str:
+    """Why the certificate at `cert_path` needs re-issuing by its holder ("" if it is
+    good): missing, not from this CA, expired, not matching its key, or two thirds of
+    its life over (certlife)."""
+    if not cert_path.exists() or not key_path.exists():
         return "none yet"
-    cert = dd.api_cert.read_bytes()
+    cert = cert_path.read_bytes()
     try:
         pki.verify_certificate(ca_pem, cert, at=now)
         info = pki.cert_info(cert)
-        if not pki.key_matches_certificate(cert, dd.api_key.read_bytes()):
+        if not pki.key_matches_certificate(cert, key_path.read_bytes()):
             return "its key does not match"
     except pki.CertificateError as exc:
         return str(exc)
+    if certlife.renewal_due(now, info.not_before, info.not_after):
+        return RENEWAL_DUE
+    return ""
+
+
+RENEWAL_DUE = "two thirds of its life are over"
+
+
+def api_certificate_problem(dd: DataDir, ca_pem: bytes, now: datetime) -> str:
+    """Why this member needs a new API certificate ("" if its current one is good)."""
+    problem = leaf_problem(dd.api_cert, dd.api_key, ca_pem, now)
+    if problem and problem != RENEWAL_DUE:
+        return problem
+    info = pki.cert_info(dd.api_cert.read_bytes())
     if info.role != rpc.ROLE_API or rpc.API_SERVER_NAME not in info.dns_names:
         return "not an API certificate"
-    if certlife.renewal_due(now, info.not_before, info.not_after):
-        return "two thirds of its life are over"
-    return ""
+    return problem
 
 
 async def ensure_api_certificate(lc: LeaderContext, dd: DataDir, advertise: str) -> bool:
@@ -87,7 +102,8 @@ async def ensure_api_certificate(lc: LeaderContext, dd: DataDir, advertise: str)
     from kat_agent.leader.inventory import record_issued
 
     try:
-        await record_issued(lc.store, pair.cert_pem, "renewal" if "life" in problem else "init")
+        reason = "renewal" if problem == RENEWAL_DUE else "init"
+        await record_issued(lc.store, pair.cert_pem, reason)
     except Exception as exc:  # noqa: BLE001 - the certificate works without its record
         log.warning("API certificate not recorded in the inventory: %s", exc)
     return True
@@ -97,7 +113,7 @@ async def run_api_certificate_renewal(lc: LeaderContext, dd: DataDir, advertise:
     while True:
         try:
             await ensure_api_certificate(lc, dd, advertise)
-            wait = _wait(dd.api_cert.read_bytes(), datetime.now(UTC)).total_seconds()
+            wait = next_wait(dd.api_cert.read_bytes(), datetime.now(UTC)).total_seconds()
         except Exception as exc:  # noqa: BLE001 - retried
             log.warning("API certificate renewal failed: %s", exc)
             wait = 10.0
@@ -135,7 +151,7 @@ async def run_node_certificate_renewal(dd: DataDir, agent: Agent) -> None:
         except (OSError, pki.CertificateError) as exc:
             log.warning("node certificate renewal failed: %s", exc)
         try:
-            wait = _wait(dd.node_cert.read_bytes(), datetime.now(UTC)).total_seconds()
+            wait = next_wait(dd.node_cert.read_bytes(), datetime.now(UTC)).total_seconds()
         except (OSError, pki.CertificateError):
             wait = 10.0
         await asyncio.sleep(min(max(wait, 1.0), MAX_SLEEP))

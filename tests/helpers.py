@@ -144,6 +144,22 @@ def kill_if_still_running(process: EtcdProcess) -> None:
             pass
 
 
+def served_serial(host: str, port: int, cert: Path | None = None, key: Path | None = None) -> str:
+    """The serial of the certificate a TLS server presents on a new connection (with a
+    client certificate for servers that require one; the server's is not verified)."""
+    import ssl
+
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    if cert is not None and key is not None:
+        tls.load_cert_chain(cert, key)
+    with socket.create_connection((host, port), timeout=5) as raw:
+        with tls.wrap_socket(raw) as conn:
+            der = conn.getpeercert(binary_form=True)
+    assert der, f"{host}:{port} presented no certificate"
+    return pki.cert_info(ssl.DER_cert_to_PEM_cert(der).encode()).serial
+
+
 # ---------------------------------------------------------------- async
 
 

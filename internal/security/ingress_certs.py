@@ -148,6 +148,12 @@ def issue(ca_cert: bytes, ca_key: bytes, host: str) -> kat_pb2.IngressKeyPair:
     return describe(h, chain, pair.key_pem.strip() + b"\n", "cluster-ca")
 
 
+def leaf_pem(chain_pem: bytes) -> bytes:
+    """The first certificate of a PEM chain (what the inventory records)."""
+    leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+    return leaf.public_bytes(serialization.Encoding.PEM)
+
+
 def needs_renewal(pair: kat_pb2.IngressKeyPair, now: dt.datetime | None = None) -> bool:
     when = now or dt.datetime.now(dt.UTC)
     return pair.certificate.not_after.ToDatetime(dt.UTC) - when < RENEW_BEFORE

@@ -14,6 +14,9 @@ ROLE_ADMIN = "kat:admin"
 ROLE_NODE = "kat:node"
 ROLE_MONITORING = "kat:monitoring"  # /metrics only (internal/observability/metrics_http.py)
 ROLE_API = "kat:api"  # a member's API server certificate (serverAuth only)
+# The roles a person's client certificate may have, by the name commands take
+# (`katcall admin create --role`, `kat-agent certificate --role`).
+CLIENT_ROLES = {"monitoring": ROLE_MONITORING, "admin": ROLE_ADMIN}
 # Every client of the cluster API (katcall, agents, tests) checks the server for this DNS
 # name instead of the address it dialled: the signer puts it in kat:api certificates
 # only, so a node certificate (which holds the node's own IP) cannot pose as the API.
@@ -55,6 +58,9 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # gRPC sets SO_REUSEPORT by default: a second process binding a port in use would
+    # share it silently (and a client could reach the wrong server); fail loudly instead.
+    ("grpc.so_reuseport", 0),
 )
 
 # The certificate-less join port: a JoinRequest is a few KB (three CSRs at most).
@@ -62,6 +68,7 @@ JOIN_SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_receive_message_length", 64 * 1024),
     ("grpc.max_metadata_size", 16 * 1024),
     ("grpc.max_concurrent_streams", 16),
+    ("grpc.so_reuseport", 0),
 )
 JOIN_MAX_CONCURRENT = 64
 

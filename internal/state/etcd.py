@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,18 +33,18 @@ from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
 from pyetcd.watch import Watcher
 
+from internal.security.certfiles import pair_matches
+from internal.state.etcd_cluster import ClusterCalls
 from internal.state.etcd_endpoints import Endpoints
 from internal.state.etcd_values import (
     Compare,
     EtcdError,
-    EtcdStatus,
     EtcdUnavailable,
     Get,
     KeyValue,
     KVEvent,
     Lease,
     LeaseNotFound,
-    Member,
     RangeResult,
     TxnOp,
     TxnResult,
@@ -58,8 +56,8 @@ from internal.state.etcd_wire import (
     WatchHandle,
     compare_msg,
     event_value,
+    in_range,
     kv_value,
-    member_value,
     op_msg,
     op_result,
     quiet_cancel,
@@ -72,11 +70,13 @@ T = TypeVar("T")
 _PAGE = 1000
 _WATCH_RETRY_MIN = 0.1
 _WATCH_RETRY_MAX = 2.0
+# Put in a watch's queue when the channels were renewed: the watch moves to them.
+_RENEWED = object()
 
 # ---------------------------------------------------------------- client
 
 
-class EtcdClient:
+class EtcdClient(ClusterCalls):
     """An async etcd client over one or several endpoints of one cluster.
 
     `ca_file` turns on TLS (verifying the server against that CA); `cert_file`
@@ -94,28 +94,67 @@ class EtcdClient:
         timeout: float = 5.0,
         retry_failed_after: float = 2.0,
         max_workers: int = 16,
+        retire_after: float = 60.0,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         if (cert_file is None) != (key_file is None):
             raise ValueError("a client certificate needs both cert_file and key_file")
-        creds = None
-        if ca_file is not None:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=Path(ca_file).read_bytes(),
-                private_key=Path(key_file).read_bytes() if key_file else None,
-                certificate_chain=Path(cert_file).read_bytes() if cert_file else None,
-            )
-        elif cert_file is not None:
+        if ca_file is None and cert_file is not None:
             raise ValueError("a client certificate needs ca_file (TLS) too")
+        self._files = (ca_file, cert_file, key_file)
+        self._tls = self._read_tls()
         self.timeout = timeout
+        self.retire_after = retire_after
+        # Queues of the watches running now: told when the channels were renewed.
+        self._watch_queues: set[asyncio.Queue[Any]] = set()
         self._pool = Endpoints(
             endpoints,
-            creds=creds,
+            creds=self._credentials(),
             timeout=timeout,
             retry_failed_after=retry_failed_after,
             max_workers=max_workers,
         )
+
+    def _read_tls(self) -> tuple[bytes, bytes | None, bytes | None] | None:
+        ca, cert, key = self._files
+        if ca is None:
+            return None
+        read = lambda f: Path(f).read_bytes() if f is not None else None  # noqa: E731
+        return Path(ca).read_bytes(), read(cert), read(key)
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        if self._tls is None:
+            return None
+        ca, cert, key = self._tls
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+
+    def refresh_credentials(self) -> bool:
+        """Take the certificate files again if they changed (a renewed client
+        certificate): calls from now on, and every running watch (resumed from where it
+        was, nothing missed or repeated), move to new channels that handshake with
+        them. False if nothing changed, or the key on disk does not match the
+        certificate (a renewal half written). Call it on the event loop's thread."""
+        ca, cert, key = self._files
+        if ca is None or self._pool.closed:
+            return False
+        if cert is not None and key is not None and not pair_matches(Path(cert), Path(key)):
+            return False
+        try:
+            tls = self._read_tls()
+        except OSError:
+            return False
+        if tls == self._tls:
+            return False
+        self._tls = tls
+        creds = self._credentials()
+        assert creds is not None
+        self._pool.renew(creds, self.retire_after)
+        for q in self._watch_queues:
+            q.put_nowait(_RENEWED)
+        return True
 
     @property
     def endpoints(self) -> list[str]:
@@ -325,19 +364,29 @@ class EtcdClient:
                     w.cancel(wid)
                 return h
 
+            # Registered before the watch exists: a renewal meanwhile is not missed.
+            self._watch_queues.add(queue)
             try:
                 await self._create_watch(what, create, handle)
             except EtcdUnavailable as exc:
+                self._watch_queues.discard(queue)
                 log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _WATCH_RETRY_MAX)
                 continue
+            except BaseException:
+                self._watch_queues.discard(queue)
+                raise
             watcher, watch_id = handle.watcher, handle.watch_id
             assert watcher is not None and watch_id is not None
             failure: Any = None
+            renewed = False
             try:
                 while failure is None:
                     item = await queue.get()
+                    if item is _RENEWED:
+                        renewed = True
+                        break
                     if isinstance(item, BaseException):
                         failure = item
                         break
@@ -345,7 +394,7 @@ class EtcdClient:
                     # Only events of our key range: pyetcd multiplexes every watch on one
                     # stream, and after a partition healed a resumed watch was seen getting
                     # another watch's events (a node's record on the leader key).
-                    batch = [event_value(e) for e in item.events if _in_range(e.key, start, end)]
+                    batch = [event_value(e) for e in item.events if in_range(e.key, start, end)]
                     if batch:
                         next_rev = max(e.revision for e in batch) + 1
                         yield batch
@@ -353,14 +402,22 @@ class EtcdClient:
                         # A progress notification: nothing under the key up to here.
                         next_rev = item.header.revision + 1
             finally:
-                if failure is None:  # closed by the consumer: cancel on the server
+                self._watch_queues.discard(queue)
+                if failure is None:  # closed by the consumer, or renewed: cancel on the server
                     await self._cancel_watch(watcher, watch_id)
+            if renewed:
+                # Events after the last one yielded come again on the new channels.
+                log.debug("%s: moving to the renewed channels from revision %d", what, next_rev)
+                continue
             if isinstance(failure, etcd_exc.RevisionCompactedError):
                 raise WatchCompacted(failure.compacted_revision)
             if self._pool.closed:
                 raise EtcdError("etcd client is closed")
             reason = failure
             idx = self._pool.index_of(watcher)
+            if idx is None:  # a watch on channels retired since a renewal
+                log.info("%s: moved to the renewed channels from revision %d", what, next_rev)
+                continue
             if isinstance(failure, grpc.RpcError):
                 reason = self._pool.translate(failure, what, idx)
             self._pool.mark_failed(idx)  # whatever broke the stream, resume elsewhere if we can
@@ -397,100 +454,3 @@ class EtcdClient:
             )
         except (RuntimeError, grpc.RpcError):
             pass  # the stream or the client is gone, and the watch with it
-
-    # ------------------------------------------------------------ cluster
-
-    async def status(self) -> EtcdStatus:
-        """Status of the member behind the current endpoint (works without quorum)."""
-        req = etcdrpc.StatusRequest()
-        resp = await self._pool.run(
-            "status", lambda s: s.Status(req, self.timeout), kind="maintenance"
-        )
-        return EtcdStatus(
-            endpoint=self.current_endpoint,
-            member_id=int(resp.header.member_id),
-            leader_id=int(resp.leader),
-            version=str(resp.version),
-            db_size=int(resp.dbSize),
-            raft_index=int(resp.raftIndex),
-            raft_term=int(resp.raftTerm),
-            revision=int(resp.header.revision),
-        )
-
-    async def healthy(self) -> bool:
-        """Whether a linearizable read succeeds (a member is up and has quorum)."""
-        req = etcdrpc.RangeRequest(key=b"health")
-        try:
-            await self._pool.run("health check", lambda s: s.Range(req, self.timeout))
-        except EtcdError:
-            return False
-        return True
-
-    async def member_list(self) -> list[Member]:
-        req = etcdrpc.MemberListRequest()
-        resp = await self._pool.run(
-            "member list", lambda s: s.MemberList(req, self.timeout), kind="cluster"
-        )
-        return [member_value(m) for m in resp.members]
-
-    async def move_leader(self, member_id: int) -> None:
-        """Hand raft leadership to `member_id`; only the current raft leader (the member
-        behind the current endpoint) accepts it. Returns once the transfer is done."""
-        req = etcdrpc.MoveLeaderRequest(targetID=member_id)
-        await self._pool.run(
-            f"move leader {member_id:x}",
-            lambda s: s.MoveLeader(req, self.timeout),
-            kind="maintenance",
-            retry=False,
-        )
-
-    async def member_add(self, peer_urls: Sequence[str]) -> tuple[Member, list[Member]]:
-        """Add a member; returns it and the whole new member list (what the new
-        member needs for --initial-cluster)."""
-        req = etcdrpc.MemberAddRequest(peerURLs=list(peer_urls))
-        resp = await self._pool.run(
-            "member add", lambda s: s.MemberAdd(req, self.timeout), kind="cluster", retry=False
-        )
-        return member_value(resp.member), [member_value(m) for m in resp.members]
-
-    async def member_remove(self, member_id: int) -> None:
-        req = etcdrpc.MemberRemoveRequest(ID=member_id)
-        await self._pool.run(
-            f"member remove {member_id:x}",
-            lambda s: s.MemberRemove(req, self.timeout),
-            kind="cluster",
-            retry=False,
-        )
-
-    async def snapshot(self, path: Path, *, max_seconds: float = 300.0) -> int:
-        """Stream a snapshot of the current member's database to `path`
-        (written to a temp file, mode 0600, then renamed). Returns its size."""
-        path = Path(path)
-
-        def save(stub: Any) -> int:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-            size = 0
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    for chunk in stub.Snapshot(etcdrpc.SnapshotRequest(), max_seconds):
-                        f.write(chunk.blob)
-                        size += len(chunk.blob)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            return size
-
-        return await self._pool.run(
-            f"snapshot to {path}", save, kind="maintenance", retry=False, deadline=max_seconds
-        )
-
-
-def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
-    """Whether `key` is the watched key (end empty) or in [start, end) ("\\0": to the end)."""
-    if not end:
-        return key == start
-    return key >= start and (end == b"\0" or key < end)

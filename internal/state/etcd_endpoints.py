@@ -7,6 +7,10 @@ An endpoint that answers UNAVAILABLE or misses a deadline is skipped for
 tried again. `run(..., retry=True)` tries the next endpoint within the same
 call (reads); writes are not retried, because a write that timed out may still
 have been applied.
+
+`renew(creds)` (a renewed client certificate) replaces every endpoint's channel:
+calls from then on go to new channels that handshake with the new certificate;
+the old channels are closed once the calls already on them have had their time.
 """
 
 from __future__ import annotations
@@ -48,22 +52,40 @@ class Endpoints:
         max_workers: int,
     ) -> None:
         self.timeout = timeout
-        self._endpoints = [
-            pyetcd.Endpoint(
-                host,
-                port,
-                secure=creds is not None,
-                creds=creds,
-                time_retry=retry_failed_after,
-                opts=GRPC_OPTIONS,
-            )
-            for host, port in map(parse_endpoint, endpoints)
-        ]
+        self._addresses = [parse_endpoint(e) for e in endpoints]
+        self._retry_failed_after = retry_failed_after
+        self._endpoints = self._make(creds)
         self._current = 0
         self._lock = threading.Lock()
         self._stubs: dict[tuple[int, str], Any] = {}
         self.closed = False
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="etcd")
+
+    def _make(self, creds: grpc.ChannelCredentials | None) -> list[pyetcd.Endpoint]:
+        return [
+            pyetcd.Endpoint(
+                host,
+                port,
+                secure=creds is not None,
+                creds=creds,
+                time_retry=self._retry_failed_after,
+                opts=GRPC_OPTIONS,
+            )
+            for host, port in self._addresses
+        ]
+
+    def renew(self, creds: grpc.ChannelCredentials, retire_after: float) -> None:
+        """New channels with `creds` for every call from now on; the current ones are
+        closed after `retire_after` seconds (ending what still runs on them: a watch
+        still there then resumes on the new channels)."""
+        with self._lock:
+            if self.closed:
+                return
+            old, old_stubs = self._endpoints, list(self._stubs.values())
+            self._endpoints, self._stubs = self._make(creds), {}
+        timer = threading.Timer(retire_after, _retire, (old, old_stubs))
+        timer.daemon = True
+        timer.start()
 
     @property
     def netlocs(self) -> list[str]:
@@ -117,9 +139,10 @@ class Endpoints:
                 self._stubs[(idx, kind)] = stub
             return idx, stub
 
-    def index_of(self, stub: Any) -> int:
+    def index_of(self, stub: Any) -> int | None:
+        """The endpoint `stub` belongs to; None for a stub of channels since renewed."""
         with self._lock:
-            return next((i for (i, _), s in self._stubs.items() if s is stub), self._current)
+            return next((i for (i, _), s in self._stubs.items() if s is stub), None)
 
     def mark_failed(self, idx: int) -> None:
         with self._lock:
@@ -197,3 +220,11 @@ class Endpoints:
             raise
         finally:
             metrics.ETCD_SECONDS.labels(op).observe(time.perf_counter() - start)
+
+
+def _retire(endpoints: list[pyetcd.Endpoint], stubs: list[Any]) -> None:
+    for stub in stubs:
+        if isinstance(stub, Watcher):
+            stub.close()
+    for ep in endpoints:
+        ep.close()

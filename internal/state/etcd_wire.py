@@ -167,3 +167,10 @@ STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "cluster": etcdrpc.ClusterStub,
     "maintenance": etcdrpc.MaintenanceStub,
 }
+
+
+def in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    """Whether `key` is the watched key (end empty) or in [start, end) ("\\0": to the end)."""
+    if not end:
+        return key == start
+    return key >= start and (end == b"\0" or key < end)

@@ -22,7 +22,6 @@ from internal.core import certlife
 from internal.security import pki, rpc
 from internal.state.kv import AlreadyExists, StaleWrite
 from internal.state.store import Store
-from kat_agent.credentials import ROLES as CLIENT_ROLES
 from kat_agent.leader.guards import admin, caller
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ def admin_name_problem(name: str) -> str:
 
 def role_of(requested: str) -> str | None:
     """The certificate role for CreateAdminRequest.role ("" is admin); None if unknown."""
-    return CLIENT_ROLES.get(requested or "admin")
+    return rpc.CLIENT_ROLES.get(requested or "admin")
 
 
 def new_admin_record(
@@ -66,11 +65,14 @@ def new_admin_record(
     return rec
 
 
-async def record_admin_certificate(store: Store, name: str, cert_pem: bytes, by: str) -> None:
-    """Add a certificate issued outside the API (init's admin config) to `name`'s record."""
+async def record_admin_certificate(
+    store: Store, name: str, cert_pem: bytes, by: str, role: str = pki.ROLE_ADMIN
+) -> None:
+    """Add a certificate issued outside the API (init's admin config, `kat-agent
+    certificate`) to `name`'s record."""
     for _ in range(5):
         current = await store.get_admin(name)
-        rec = new_admin_record(name, cert_pem, by, current.msg if current else None)
+        rec = new_admin_record(name, cert_pem, by, current.msg if current else None, role)
         try:
             await store.put_admin(rec, current.mod_revision if current else None)
             return
@@ -89,7 +91,8 @@ class AdminAPI:
         problem = admin_name_problem(request.name)
         role = role_of(request.role)
         if role is None:
-            problem = f"unknown role {request.role[:40]!r} (expected {' or '.join(CLIENT_ROLES)})"
+            known = " or ".join(rpc.CLIENT_ROLES)
+            problem = f"unknown role {request.role[:40]!r} (expected {known})"
         if not problem:
             try:
                 pki.load_csr(request.csr_pem)

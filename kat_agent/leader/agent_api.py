@@ -23,6 +23,7 @@ from internal.security import pki, rpc
 from internal.state.etcd_values import EtcdError, EtcdUnavailable
 from internal.state.kv import AlreadyExists, StaleWrite, SubnetsExhausted
 from internal.state.store import Store
+from kat_agent import etcd_certs
 from kat_agent.leader import certificates
 from kat_agent.leader.context import LeaderContext
 from kat_agent.leader.guards import guarded, leader, node, node_stream, require_own_node
@@ -317,21 +318,26 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
             resp.etcd_ca_pem = ca.cert_pem
             # Only an etcd member may lead, and so needs the CA keys sealed in etcd.
             resp.cluster_secret = lc.cluster_secret or b""
+            # The names and lifetime the member renews them with (kat_agent/etcd_certs.py).
+            dns, ips = etcd_certs.server_names(name, adv)
+            life = certlife.lifetime(lc.spec)
             resp.etcd_server_certificate_pem = pki.sign_csr(
                 ca.cert_pem,
                 ca.key_pem,
                 request.etcd_server_csr_pem,
                 common_name=name,
                 role=pki.ROLE_ETCD,
-                dns_names=[name, "localhost"],
-                ip_addresses=[adv, "127.0.0.1"],
+                dns_names=dns,
+                ip_addresses=ips,
+                lifetime=life,
             )
             resp.etcd_client_certificate_pem = pki.sign_csr(
                 ca.cert_pem,
                 ca.key_pem,
                 request.etcd_client_csr_pem,
-                common_name=f"kat-agent-{name}",
+                common_name=etcd_certs.client_common_name(name),
                 role=pki.ROLE_ETCD,
+                lifetime=life,
             )
             peer = f"https://{adv}:{lc.spec.etcd_peer_port}"
             while True:

@@ -114,5 +114,17 @@ async def certificates_for_node(
                 continue
             await lc.store.put_ingress_cert(cert)
             log.info("ingress certificate for %s issued by the cluster CA", host)
+            await _record(lc, ic.leaf_pem(cert.certificate.cert_pem))
         out.items.append(cert)
     return out
+
+
+async def _record(lc: LeaderContext, cert_pem: bytes) -> None:
+    """In the certificate inventory (`katcall get certificates`), as every leaf the
+    cluster CA issues."""
+    from kat_agent.leader.inventory import record_issued
+
+    try:
+        await record_issued(lc.store, cert_pem, "ingress")
+    except Exception as exc:  # noqa: BLE001 - the certificate works without its record
+        log.warning("ingress certificate not recorded in the inventory: %s", exc)

@@ -93,6 +93,11 @@ class StreamCut(Exception):
     """The stream's node was removed while it was open."""
 
 
+def _retrieve(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 async def until_cut(items: AsyncIterator[object], cut: asyncio.Event) -> AsyncIterator[object]:
     """`items` until they end or `cut` is set (then StreamCut, after closing `items`)."""
     waiter = asyncio.ensure_future(cut.wait())
@@ -100,6 +105,10 @@ async def until_cut(items: AsyncIterator[object], cut: asyncio.Event) -> AsyncIt
     try:
         while True:
             step = asyncio.ensure_future(anext(it))
+            # Retrieved whatever happens: a handler cancelled while waiting (its client
+            # went away) leaves the step to end on its own, with StopAsyncIteration or an
+            # error that asyncio would log as "never retrieved".
+            step.add_done_callback(_retrieve)
             done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if step not in done:
                 step.cancel()

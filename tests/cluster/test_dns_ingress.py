@@ -288,6 +288,9 @@ def test_tls_rule_serves_supplied_or_cluster_ca_certificate_and_redirects(
         assert redirect(address) == (301, "https://web.kat.local/x?y=1")
         listed = c.katcall("ingress", "cert", "list")
         assert "web.kat.local" in listed.stdout and "cluster-ca" in listed.stdout, listed.stdout
+        inventory = c.katcall("get", "certificates", "-o", "json", check=True).stdout
+        ingress = [i for i in json.loads(inventory)["items"] if i["role"] == "kat:ingress"]
+        assert [i["commonName"] for i in ingress] == ["web.kat.local"], ingress
 
         # The operator's certificate (refused for another host; then set).
         crt, key = tmp_path / "web.crt", tmp_path / "web.key"

@@ -1,6 +1,7 @@
 """Issue 10 against a real leader (`kat-agent init`: real etcd, mTLS gRPC): the CA keys in
 etcd are sealed, the join port serves a leaf and not the CA key, per-person admins can be
-revoked at once (also on an open connection), and a removed node's open streams are cut."""
+revoked at once (also on an open connection), also one made by `kat-agent certificate`,
+and a removed node's open streams are cut."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import queue
 import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +134,45 @@ def test_admin_create_list_revoke(leader: Leader, tmp_path: Path) -> None:
     assert alice("get", "nodes").returncode != 0
     bad = leader.katcall("admin", "create", "Bad Name", "-o", str(tmp_path / "b"))
     assert bad.returncode != 0 and "admin name" in bad.stderr
+
+
+def test_an_admin_certificate_made_on_the_member_is_listed_and_revocable(
+    leader: Leader, tmp_path: Path
+) -> None:
+    out = tmp_path / "bob"
+    made = subprocess.run(
+        ["kat-agent", "certificate", "bob", "--role", "admin", "--data-dir", str(leader.data),
+         "--out-dir", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert (out / "bob.key").stat().st_mode & 0o777 == 0o600
+    cert = (out / "bob.crt").read_bytes()
+    serial = pki.cert_info(cert).serial
+    listed = leader.katcall_json("get", "certificates")["items"]
+    assert [(c["commonName"], c["role"]) for c in listed if c["serial"] == serial] == [
+        ("bob", pki.ROLE_ADMIN)
+    ]
+    admins = {a["name"]: a for a in leader.katcall_json("admin", "list")["items"]}
+    assert "bob" in admins and not admins["bob"].get("revoked")
+    creds = rpc.client_credentials(leader.context.ca, cert, (out / "bob.key").read_bytes())
+    channel = grpc.secure_channel(leader.api, creds, options=rpc.api_channel_options())
+    try:
+        stub = kat_pb2_grpc.ClusterAPIStub(channel)
+        stub.ListNodes(kat_pb2.ListRequest(), timeout=10)
+        leader.katcall("admin", "revoke", "bob", check=True)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListNodes(kat_pb2.ListRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        channel.close()
+    # Not recorded, not written: a data dir without a running member.
+    bare = subprocess.run(
+        ["kat-agent", "certificate", "carol", "--role", "admin", "--data-dir",
+         str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "carol")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bare.returncode != 0 and not (tmp_path / "carol").exists()
 
 
 def test_a_removed_nodes_open_streams_are_cut(leader: Leader) -> None:

@@ -64,3 +64,40 @@ async def test_an_uncut_stream_runs_to_its_end() -> None:
 
     with StreamCutter().opened("n") as cut:
         assert [i async for i in until_cut(three(), cut)] == [0, 1, 2]
+
+
+async def test_a_cancelled_stream_leaves_no_unretrieved_step() -> None:
+    """A handler cancelled while waiting (the client went away) leaves no task whose end
+    asyncio logs as "Task exception was never retrieved" (seen at every stream reopen)."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    logged: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: logged.append(ctx))
+    release = asyncio.Event()
+
+    class Source:
+        def __aiter__(self) -> Source:
+            return self
+
+        async def __anext__(self) -> int:
+            await release.wait()
+            raise StopAsyncIteration
+
+    with StreamCutter().opened("n") as cut:
+
+        async def consume() -> None:
+            async for _ in until_cut(Source(), cut):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    release.set()
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [c for c in logged if "never retrieved" in str(c.get("message"))], logged

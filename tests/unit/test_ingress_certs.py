@@ -110,3 +110,7 @@ def test_cluster_ca_certificate_is_for_the_host_and_server_only() -> None:
     assert not ic.needs_renewal(pair)
     assert ic.needs_renewal(pair, dt.datetime.now(dt.UTC) + dt.timedelta(days=61))
     assert ic.file_stem("*.kat.local") == "_wildcard.kat.local"
+    # The inventory records the leaf alone (from kat_agent/leader/ingress_certs.py).
+    assert ic.leaf_pem(rec.cert_pem).strip() == leaf_pem.strip()
+    info = pki.cert_info(ic.leaf_pem(rec.cert_pem))
+    assert (info.common_name, info.role) == ("web.kat.local", pki.ROLE_INGRESS)

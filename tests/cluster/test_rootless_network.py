@@ -1,12 +1,21 @@
-"""Rootless instances (`dev-cluster up --rootless`) use the node's KAT DNS: their
-resolv.conf names it with the cluster search path, the service name answers exactly the
-ready instances, and `wget` by name answers from every node, also across nodes. A node
-removed from the cluster takes away what its agent made (the kat0 bridge, the instance
-veths and their routes, the nftables table, the WireGuard interface) and a restart of its
-agent does not make them again; a restart of a member's agent keeps them (adopted)."""
+"""Rootless instances on the overlay and on KAT's DNS (`dev-cluster up --rootless`), on one
+3-node cluster (its set-up is the slow part).
+
+Overlay: each examples/web instance runs as its workload user, in the network namespace its
+rootless Podman made; the root agent gives it an overlay address from the node's subnet, and
+every instance reaches every instance on another node through WireGuard. Addresses survive an
+agent restart and are released when the instances go.
+
+DNS and leave: their resolv.conf names the node's KAT DNS with the cluster search path, the
+service name answers exactly the ready instances, and `wget` by name answers from every node,
+also across nodes. A node removed from the cluster takes away what its agent made (the kat0
+bridge, the instance veths and their routes, the nftables table, the WireGuard interface) and
+a restart of its agent does not make them again; a restart of a member's agent keeps them
+(adopted). The removal is the module's last test: it changes the cluster's shape."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +23,17 @@ from pathlib import Path
 import pytest
 
 from kat_agent.node.network.records import node_dns_address
-from tests.cluster.overlay_checks import wait_meshed, web_running
+from tests.cluster.overlay_checks import (
+    WEB_PORT,
+    Capture,
+    all_pairs,
+    instances,
+    meshed,
+    reaches,
+    reaches_ip,
+    wait_meshed,
+    web_running,
+)
 from tests.cluster.test_dns_ingress import NAME, addresses, by_name_from_every_instance
 from tests.devcluster import DevCluster, unavailable_reason, wait_until
 
@@ -28,11 +47,64 @@ pytestmark = [
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     with DevCluster(
         3,
-        tmp_path_factory.mktemp("rdns") / "cluster",
+        tmp_path_factory.mktemp("rootless") / "cluster",
+        # a long node loss timeout: the restarted agent's instance must not move meanwhile
         extra_up_args=["--rootless", "--node-loss-timeout", "60"],
     ) as c:
         wait_meshed(c)
         yield c
+        c.katcall("delete", "workload", "web", timeout=60)
+
+
+def _allocations(c: DevCluster, key: str) -> dict[str, str]:
+    path = Path(c.node(key)["data_dir"]) / "agent" / "instance-addresses.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_rootless_instances_get_overlay_addresses_and_reach_all_pairs(
+    cluster: DevCluster,
+) -> None:
+    insts = web_running(cluster)
+    for i in insts:
+        # an address of its node's subnet, not slirp4netns' 10.0.2.x
+        assert i["ip"].startswith("10.100."), i
+    plain = Capture(cluster, f"tcp port {WEB_PORT}")
+    tunnel = Capture(cluster, "udp port 51820")
+    try:
+        answered = all_pairs(cluster, insts)
+    finally:
+        plain_packets, tunnel_packets = plain.stop(), tunnel.stop()
+    assert len(answered) == 6 and all(answered.values()), answered
+    assert plain_packets == 0, "plain TCP to the instances' port crossed the bridge"
+    assert tunnel_packets > 0
+
+
+def test_agent_restart_keeps_rootless_addresses(cluster: DevCluster) -> None:
+    insts = {i["node"]: i for i in web_running(cluster)}
+    names = sorted(insts)
+    victim = cluster.node(names[1])["key"]
+    before = _allocations(cluster, victim)
+    assert insts[names[1]]["id"] in before
+    cluster.kill(victim)
+    assert reaches_ip(cluster, names[0], insts[names[1]]["ip"])
+    cluster.start(victim)
+    wait_until(lambda: names[1] in cluster.ready_nodes(), timeout=60)
+    wait_until(lambda: meshed(cluster, names), timeout=30)
+    assert insts[names[1]]["id"] in _allocations(cluster, victim)
+    assert reaches(cluster, names[0], names[1])
+
+
+def test_addresses_are_released_when_instances_go(cluster: DevCluster) -> None:
+    web_running(cluster)
+    p = cluster.katcall("delete", "workload", "web", timeout=60)
+    assert p.returncode == 0, p.stderr
+    wait_until(lambda: not instances(cluster), timeout=90, what="web instances gone")
+    keys = [n["key"] for n in cluster.state()["nodes"]]
+    wait_until(
+        lambda: all(not _allocations(cluster, k) for k in keys),
+        timeout=30,
+        what="every overlay address released",
+    )
 
 
 def exec_in(c: DevCluster, instance: str, *cmd: str) -> str:
