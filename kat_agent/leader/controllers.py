@@ -94,6 +94,7 @@ class WorkloadController:
         self._ready: dict[str, bool] = {}
         self._nodes_version = -1
         self._rebuild = True
+        self._freed = False  # this pass's writes freed capacity
         self._last_full = 0.0
         self._observed_at = 0.0
         self._serving: dict[tuple[str, str], list[kat_pb2.Instance]] = {}  # endpoint records
@@ -316,6 +317,9 @@ class WorkloadController:
         if full or clock - self._observed_at >= OBSERVE_SECONDS:
             self._observed_at = clock
             observe_instances(view.records.values())
+        if self._freed:
+            self._freed = False
+            self._dirty |= self._waiting
         if self._dirty:
             self.wake()
         return min(self._wake_at.values(), default=None)
@@ -522,11 +526,14 @@ class WorkloadController:
                 return False
         else:
             for kind, inst in ops:
+                before = original.get(inst.id)
+                if before is not None and placed.is_placed(before):
+                    if kind == "d" or not placed.is_placed(inst):
+                        self._freed = True  # capacity came free: waiting workloads retry
                 if kind == "d":
                     self.view.deleted(inst, revision)
                     self.placed.forget(inst.id)
                     continue
-                before = original.get(inst.id)
                 inst.resource_version = revision
                 self.view.wrote(inst)
                 reserved = before is None or before.phase == kat_pb2.Instance.PENDING
