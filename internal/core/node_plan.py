@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from api.v1alpha1 import kat_pb2
@@ -48,6 +48,11 @@ LABEL_TYPE = LABEL_PREFIX + "workload-type"
 LABEL_JOB_RUN = LABEL_PREFIX + "job-run"
 
 NOT_STARTED = ("created", "configured", "initialized")
+# Podman's passing states (stopping, removing, ...) last seconds. A container still in one
+# after this long is stuck: Podman's record outlived the container's processes (conmon and
+# all killed at once, e.g. every process of a session or a service ended together), and
+# Podman never moves it on by itself. It is removed and made again.
+STUCK_AFTER = timedelta(seconds=60)
 TERMINAL = (P.SUCCEEDED, P.FAILED)
 VANISHED = "container removed outside KAT"
 
@@ -95,6 +100,8 @@ class Memory:
     ready: bool = False  # its health check passed (only used with a health check)
     purged: bool = False  # its workload's volumes were purged (purge_volumes)
     local_restarts: int = 0  # restarts the node made itself while detached
+    # (container id, when first seen) of a container seen in a passing state (STUCK_AFTER)
+    passing: tuple[str, datetime] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +138,8 @@ class Create:
 class StopAndRemove:
     """Stop (SIGTERM, grace, SIGKILL) and remove the container, showing `phase` and
     `message` meanwhile. `reason`: terminate, replace (other generation), restart (the
-    leader asked for one), unstarted (created but never started)."""
+    leader asked for one), unstarted (created but never started), stuck (left in a passing
+    state: STUCK_AFTER)."""
 
     instance_id: str
     container_id: str
@@ -265,6 +273,7 @@ def plan_instance(
     elif want > acted:
         actions.append(StopAndRemove(iid, obs.container_id, "restart", P.STARTING, "restarting"))
     elif obs.running:
+        mem = replace(mem, passing=None)
         if obs.container_id == mem.health_failed:
             actions.append(StopUnhealthy(iid, obs.container_id))
         else:
@@ -272,6 +281,15 @@ def plan_instance(
     elif obs.state in NOT_STARTED:
         # Created but never started (an agent crash in between): start afresh.
         actions.append(StopAndRemove(iid, obs.container_id, "unstarted", P.STARTING, ""))
+    elif obs.state not in ("exited", "paused"):
+        since = mem.passing[1] if mem.passing and mem.passing[0] == obs.container_id else None
+        if since is None:
+            since = now
+            mem = replace(mem, passing=(obs.container_id, now))
+        if now - since < STUCK_AFTER:
+            return InstancePlan(mem, tuple(actions), wake_at=since + STUCK_AFTER)
+        message = f"container stuck in Podman state '{obs.state}'; making it again"
+        actions.append(StopAndRemove(iid, obs.container_id, "stuck", P.STARTING, message))
     else:
         # Exited: reported; the leader decides about a restart (unless it is unreachable).
         # (Without an exit time: as if it exited one back-off ago, i.e. due now.)

@@ -37,6 +37,7 @@ class InstanceState:
     ready: bool = False
     purged: bool = False
     local_restarts: int = 0
+    passing: tuple[str, datetime] | None = None
     # the executor's
     activity: int | None = None  # PULLING / STARTING / TERMINATING while doing it
     message: str = ""  # with activity: what is going on
@@ -61,16 +62,8 @@ class InstanceState:
         return self.observed.workload if self.observed else ""
 
     def memory(self) -> Memory:
-        return Memory(
-            acted_restarts=self.acted_restarts,
-            error=self.error,
-            vanished=self.vanished,
-            failed_at=self.failed_at,
-            health_failed=self.health_failed,
-            ready=self.ready,
-            purged=self.purged,
-            local_restarts=self.local_restarts,
-        )
+        # Every field of Memory (a field added there and not here fails at once).
+        return Memory(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Memory)})
 
     def remember(self, mem: Memory) -> bool:
         """Take the plan's memory; True if it changed."""

@@ -12,6 +12,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from api.v1alpha1 import kat_pb2
 from internal.core import node_plan as np
 from internal.core.observe import observe_instance
@@ -137,6 +139,27 @@ def test_replace_another_generation_and_an_unstarted_container() -> None:
     assert isinstance(a, np.StopAndRemove) and a.reason == "replace"
     (a,) = plan(assignment(), container("created"), mem).actions
     assert isinstance(a, np.StopAndRemove) and a.reason == "unstarted"
+
+
+def test_a_container_stuck_in_a_passing_state_is_made_again() -> None:
+    """Podman's record can outlive the container's processes (everything killed at
+    once): "stopping" for ever. Within STUCK_AFTER it is left alone (a real stop takes
+    seconds), after that it is removed (and then created again)."""
+    mem = np.Memory(acted_restarts=0)
+    first = plan(assignment(), container("stopping"), mem)
+    assert first.actions == () and first.wake_at == T0 + np.STUCK_AFTER
+    later = T0 + np.STUCK_AFTER - timedelta(seconds=1)
+    assert plan(assignment(), container("stopping"), first.memory, now=later).actions == ()
+    due = T0 + np.STUCK_AFTER
+    (stop,) = plan(assignment(), container("stopping"), first.memory, now=due).actions
+    assert isinstance(stop, np.StopAndRemove) and stop.reason == "stuck"
+    assert "stopping" in stop.message
+    # Another container (or one seen running in between) starts its own clock.
+    other = plan(assignment(), container("stopping", cid="c2"), first.memory, now=due)
+    assert other.actions == () and other.wake_at == due + np.STUCK_AFTER
+    running = plan(assignment(), container(), first.memory, now=due).memory
+    assert plan(assignment(), container("stopping"), running, now=due).actions == ()
+    assert kinds(plan(None, None, first.memory, now=due)) == [np.Forget]
 
 
 def test_stop_what_is_terminating_or_unassigned_then_forget() -> None:
@@ -353,6 +376,24 @@ async def test_fake_vanished_container_is_reported_dated_and_recreated(tmp_path:
         rt.offer(kat_pb2.AssignmentSet(assignments=[assignment(restart_count=1)]))
         await wait_until(lambda: phase_is(rt, P.RUNNING), within=5, message="recreated")
         assert len(fake.containers) == 1 and cid not in fake.containers  # ... the leader does
+
+
+async def test_fake_container_stuck_stopping_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(np, "STUCK_AFTER", timedelta(seconds=0.3))
+    fake = FakeRuntime()
+    async with node(tmp_path, fake) as rt:
+        rt.offer(kat_pb2.AssignmentSet(assignments=[assignment()]))
+        await wait_until(lambda: phase_is(rt, P.RUNNING), within=5, message="RUNNING")
+        (cid,) = fake.containers
+        fake.stick(cid)
+
+        def made_again() -> bool:
+            return cid not in fake.containers and len(fake.containers) == 1
+
+        await wait_until(made_again, within=5, message="the stuck container made again")
+        await wait_until(lambda: phase_is(rt, P.RUNNING), within=5, message="RUNNING again")
 
 
 async def test_fake_health_check_readiness_and_failure(tmp_path: Path) -> None:

@@ -86,6 +86,13 @@ class FakeRuntime:
             )
             c.exited.set()
 
+    def stick(self, container_id: str, state: str = "stopping") -> None:
+        """Podman's record outlives the container's processes (conmon and all killed at
+        once): it stays in a passing `state` for ever."""
+        c = self.containers[container_id]
+        c.observed = replace(c.observed, state=state, pid=0)
+        c.exited.set()
+
     def vanish(self, container_id: str) -> None:
         """`podman rm -f` by someone else."""
         c = self.containers.pop(container_id)
