@@ -89,15 +89,9 @@ def delete(client: Client, c: DevCluster, name: str) -> None:
 
 def plain_podman_run(c: DevCluster, node: str) -> float:
     """`podman run -d` of the same image with the node's own storage and network."""
-    nd = Path(c.node(node)["data_dir"])
-    flags = [
-        "--root",
-        str(nd / "podman" / "root"),
-        "--runroot",
-        f"/run/kat-dev/{c.node(node)['netns']}",
-        "--tmpdir",
-        str(nd / "podman" / "tmp"),
-    ]
+    from benchmarks.rootless_apply import node_podman_flags
+
+    flags = node_podman_flags(c, node)
     t0 = time.perf_counter()
     p = c.exec(node, "podman", *flags, "run", "-d", IMAGE, "sleep", "3600", check=True)
     took = time.perf_counter() - t0

@@ -132,10 +132,10 @@ class Bare:
             remove_workload_user(BARE_NAMESPACE, name)
 
 
-def build_big(c: DevCluster, node: str, base_image: str) -> None:
-    """busybox plus a layer of one 200 MB random file, in the node's root storage."""
+def node_podman_flags(c: DevCluster, node: str) -> list[str]:
+    """Flags that make `podman` use dev-cluster node `node`'s own root storage."""
     nd = Path(c.node(node)["data_dir"])
-    flags = [
+    return [
         "--root",
         str(nd / "podman" / "root"),
         "--runroot",
@@ -143,6 +143,12 @@ def build_big(c: DevCluster, node: str, base_image: str) -> None:
         "--tmpdir",
         str(nd / "podman" / "tmp"),
     ]
+
+
+def build_big(c: DevCluster, node: str, base_image: str) -> None:
+    """busybox plus a layer of one 200 MB random file, in the node's root storage."""
+    nd = Path(c.node(node)["data_dir"])
+    flags = node_podman_flags(c, node)
     ctx = nd / "bench-big"
     ctx.mkdir(exist_ok=True)
     (ctx / "Containerfile").write_text(

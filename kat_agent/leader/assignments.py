@@ -178,11 +178,7 @@ class AssignmentBook:
             current.items = new
             current.revision = revision
             changed_nodes.append(node)
-        if not self._ready:  # the first publish of the term: every waiting stream
-            self._ready = True
-            self._wake_all()
-        for node in changed_nodes:
-            self._wake(node)
+        self._wake_changed(changed_nodes)
         return changed_nodes
 
     async def publish_changes(
@@ -223,11 +219,7 @@ class AssignmentBook:
             )
             current.revision = revision
             changed_nodes.append(node)
-        if not self._ready:  # the first publish of the term: every waiting stream
-            self._ready = True
-            self._wake_all()
-        for node in changed_nodes:
-            self._wake(node)
+        self._wake_changed(changed_nodes)
         return changed_nodes
 
     def revision(self, node: str) -> int | None:
@@ -296,6 +288,15 @@ class AssignmentBook:
                 waiting.discard(waiter)
                 if not waiting and self._waiters.get(node) is waiting:
                     del self._waiters[node]
+
+    def _wake_changed(self, nodes: Sequence[str]) -> None:
+        """Wake the streams of the nodes whose set changed (every waiting stream on the
+        first publish of the term)."""
+        if not self._ready:
+            self._ready = True
+            self._wake_all()
+        for node in nodes:
+            self._wake(node)
 
     def _wake(self, node: str) -> None:
         for waiter in self._waiters.get(node, ()):
