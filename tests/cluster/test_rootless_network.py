@@ -139,11 +139,14 @@ def test_rootless_instances_resolve_and_reach_service_names(cluster: DevCluster)
 def kat_made(c: DevCluster, key: str) -> dict[str, list[str]]:
     """What KAT made in node `key`'s namespace: links (kat0, kv*, the WireGuard
     interface), routes through them, and its nftables table."""
-    links = c.exec(key, "ip", "-o", "link", "show").stdout
+    # check=True: a failed look must not read as "nothing there".
+    links = c.exec(key, "ip", "-o", "link", "show", check=True).stdout
     names = [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()]
     ours = [n for n in names if n == "kat0" or n.startswith(("kv", "kat"))]
-    routes = [r for r in c.exec(key, "ip", "route").stdout.splitlines() if " dev kat" in r]
-    tables = [t for t in c.exec(key, "nft", "list", "tables").stdout.splitlines() if "kat_" in t]
+    routed = c.exec(key, "ip", "route", check=True).stdout.splitlines()
+    routes = [r for r in routed if " dev kat" in r]
+    listed = c.exec(key, "nft", "list", "tables", check=True).stdout.splitlines()
+    tables = [t for t in listed if "kat_" in t]
     return {"links": ours, "routes": routes, "tables": tables}
 
 
@@ -170,10 +173,18 @@ def test_agent_restart_keeps_and_removal_takes_away_what_kat_made(cluster: DevCl
     wait_until(lambda: kat_made(c, key) == empty, timeout=60, what="KAT's network parts removed")
     # ... and a restarted agent of the removed node does not make them again: once it
     # has run its (idempotent) cleanup at start, nothing is there.
+    # The agent logs its cleanup once the last part (the bridge) is gone, so the line
+    # can come a moment after the parts are seen gone: poll for it.
     log = Path(victim["data_dir"]) / "agent.log"
     done = "left the cluster: bridge kat0 and the instance veths removed"
-    seen = log.read_text(errors="replace").count(done)
-    assert seen >= 1
+    seen = wait_until(
+        lambda: log.read_text(errors="replace").count(done),
+        timeout=30,
+        what="the removed node's cleanup logged",
+    )
+    assert "removing bridge kat0 and the instance veths failed" not in log.read_text(
+        errors="replace"
+    )
     c.kill(key)
     c.start(key)
     wait_until(
