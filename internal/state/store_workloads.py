@@ -70,12 +70,21 @@ class WorkloadRecords(TypedKV):
         creates: Iterable[kat_pb2.Instance] = (),
         updates: Iterable[kat_pb2.Instance] = (),
         deletes: Iterable[kat_pb2.Instance] = (),
+        *,
+        workload: kat_pb2.Workload | None = None,
     ) -> int:
         """Create, update (each guarded by its `resource_version`) and delete (guarded the
         same way) instance records in ONE transaction: all or none. Returns the revision
         every written record now has. Raises AlreadyExists / StaleWrite for the first
-        guard that failed. Keep a batch within etcd's --max-txn-ops (128 by default)."""
+        guard that failed. Keep a batch within etcd's --max-txn-ops (128 by default).
+
+        `workload`: the record the writes were planned from; they land only while it is
+        still at its `resource_version` (else StaleWrite on its key), so that a plan made
+        from a workload that was deleted or changed meanwhile is not written."""
         txn = self.txn()
+        if workload is not None:
+            meta = workload.metadata
+            txn.require_revision(workload_key(meta.namespace, meta.name), meta.resource_version)
         for inst in creates:
             txn.create(instance_key(inst.namespace, inst.workload, inst.id), inst)
         for inst in updates:

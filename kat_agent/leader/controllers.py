@@ -35,7 +35,7 @@ from api.v1alpha1 import kat_pb2
 from internal.core import endpoints, placed, reconcile, rollout, scheduler
 from internal.core.reconcile_model import NodeFacts, Observed, Plan, template_generation
 from internal.state.etcd_values import EtcdError
-from internal.state.keys import workload_from_key
+from internal.state.keys import workload_from_key, workload_key
 from internal.state.kv import Compacted, EventType, StaleWrite, StoreError
 from kat_agent.leader.assignment_index import AssignmentIndex
 from kat_agent.leader.context import LeaderContext
@@ -479,7 +479,7 @@ class WorkloadController:
         ops += [("u", i) for i in plan.updates]
         ops += [("d", i) for i in plan.deletes]
         for start in range(0, len(ops), TXN_BATCH):
-            ok &= await self._write_batch(ops[start : start + TXN_BATCH], original)
+            ok &= await self._write_batch(ops[start : start + TXN_BATCH], original, workload)
         if workload is not None and plan.status is not None:
             updated = kat_pb2.Workload()
             updated.CopyFrom(workload)
@@ -494,7 +494,9 @@ class WorkloadController:
                 if self._workloads.get(key) is workload:
                     updated.metadata.resource_version = rev
                     self._workloads[key] = updated
-        for ev in plan.events:
+        # A plan that did not land whole is made again by the next pass, with its own
+        # events: these might tell of instances that were never written.
+        for ev in plan.events if ok else ():
             try:
                 await store.record_event(ev)
             except (EtcdError, StoreError) as exc:
@@ -506,12 +508,20 @@ class WorkloadController:
         return ok
 
     async def _write_batch(
-        self, ops: Sequence[tuple[str, kat_pb2.Instance]], original: dict[str, kat_pb2.Instance]
+        self,
+        ops: Sequence[tuple[str, kat_pb2.Instance]],
+        original: dict[str, kat_pb2.Instance],
+        workload: kat_pb2.Workload | None,
     ) -> bool:
         """Instance writes of a plan in one etcd transaction (one raft proposal instead of
         one per record); when a guard fails, one by one so that the other writes still
         land. False when some write met a conflict (the next pass redoes it). What landed
-        goes into the instance view and the placement accounting at once."""
+        goes into the instance view and the placement accounting at once.
+
+        The writes are guarded by the workload record the plan was made from: instances
+        and workloads come through two watches, so a pass can see a delete's instances
+        TERMINATING before the workload is gone (and would replace them), or plan an
+        older spec than the one just applied. Such a plan is dropped whole."""
         store = self.store
         try:
             if len({i.id for _, i in ops}) != len(ops):
@@ -520,9 +530,10 @@ class WorkloadController:
                 (i for k, i in ops if k == "c"),
                 (i for k, i in ops if k == "u"),
                 (i for k, i in ops if k == "d"),
+                workload=workload,
             )
-        except StoreError:
-            if len(ops) == 1:
+        except StoreError as exc:
+            if len(ops) == 1 or _workload_changed(exc, workload):
                 return False
         else:
             for kind, inst in ops:
@@ -539,8 +550,15 @@ class WorkloadController:
                 reserved = before is None or before.phase == kat_pb2.Instance.PENDING
                 self.placed.sync(inst, self._requests_of(inst), reserved=reserved)
             return True
-        results = await asyncio.gather(*(self._write_batch([op], original) for op in ops))
+        results = await asyncio.gather(*(self._write_batch([op], original, workload) for op in ops))
         return all(results)
+
+
+def _workload_changed(exc: StoreError, workload: kat_pb2.Workload | None) -> bool:
+    """The write failed on the workload's own guard (not an instance's)."""
+    if workload is None or not isinstance(exc, StaleWrite):
+        return False
+    return exc.key == workload_key(workload.metadata.namespace, workload.metadata.name)
 
 
 async def run_controllers(lc: LeaderContext) -> None:
