@@ -587,27 +587,3 @@ def test_logs_and_exec_are_proxied_to_the_node(leader: Leader, net: SimNet, tmp_
     missing = leader.katcall("logs", "chatty", "--instance", "nope")
     assert missing.returncode == 1 and "not found" in missing.stderr
 
-
-def test_a_deleted_workload_never_gets_a_new_instance(leader: Leader, net: SimNet) -> None:
-    """The delete marks the instances TERMINATING and removes the workload in one
-    transaction; the controller follows instances and workloads with two watches, so it
-    may see the stopping instance before the workload is gone. It must not replace it
-    (a deleted workload's surplus instance was seen in a rootless benchmark). Deleted
-    the moment its instance runs, as a script would."""
-    net.add("nodup", {"t": "nodup"})
-    stub = leader.stub()
-    for n in range(12):
-        name = f"nodup{n}"
-        files = {"workload.kat": service(name, replicas=1, selector={"t": "nodup"}).encode()}
-        stub.Apply(kat_pb2.ApplyRequest(bundle=bundle_mod.pack_files(files)), timeout=10)
-
-        def first_running(name: str = name) -> list[P]:
-            insts = leader.instances("default", name)
-            return [i for i in insts if i.phase == P.RUNNING]
-
-        (first,) = poll(first_running, within=20, every=0.005, what=f"{name} RUNNING")
-        stub.DeleteWorkload(kat_pb2.DeleteWorkloadRequest(namespace="default", name=name))
-        poll(lambda name=name: not leader.instances("default", name), what=f"{name} gone")
-        texts = [e.message for e in leader.events(name) if e.reason == "Scheduled"]
-        ids = {w for t in texts for w in t.replace(",", " ").split() if w.startswith(name + "-")}
-        assert ids == {first.id}, (name, texts)
