@@ -586,4 +586,3 @@ def test_logs_and_exec_are_proxied_to_the_node(leader: Leader, net: SimNet, tmp_
     assert p.stderr == "a warning\n"
     missing = leader.katcall("logs", "chatty", "--instance", "nope")
     assert missing.returncode == 1 and "not found" in missing.stderr
-
