@@ -122,6 +122,9 @@ class WorkloadRecords(TypedKV):
             txn.update(key, workload, expected_revision)
         if revision is not None:
             txn.create(revision_key(meta.namespace, meta.name, revision.revision), revision)
+        # A new workload has no stored revisions to prune (a delete removes them with the
+        # workload): one round trip less for every create.
+        if revision is not None and expected_revision is not None:
             existing = await self._etcd.get_prefix(
                 revisions_prefix(meta.namespace, meta.name), keys_only=True
             )

@@ -229,10 +229,15 @@ class WorkloadAPI:
         resources.clear_server_fields(bundle)
         meta = bundle.workload.metadata
         namespace, name = meta.namespace, meta.name
-        await self._require_namespace(namespace, context, create=not dry_run)
         async with self._lock(namespace, name):
-            for _ in range(_RETRIES):
-                current = await store.get_workload(namespace, name)
+            for attempt in range(_RETRIES):
+                if attempt == 0:  # both reads in one round trip's time
+                    _, current = await asyncio.gather(
+                        self._require_namespace(namespace, context, create=not dry_run),
+                        store.get_workload(namespace, name),
+                    )
+                else:
+                    current = await store.get_workload(namespace, name)
                 if expected and (current is None or current.mod_revision != expected):
                     now_at = f"is at {current.mod_revision}" if current else "does not exist"
                     await context.abort(
