@@ -175,6 +175,12 @@ class WriteTxn:
         self._ops.append(Delete(check_key(key)))
         return self
 
+    def put(self, put: Put) -> WriteTxn:
+        """An unguarded write (e.g. an event, `Store.event_put`)."""
+        check_key(put.key)
+        self._ops.append(put)
+        return self
+
     def delete_prefix(self, prefix: str) -> WriteTxn:
         if not prefix.endswith("/"):
             raise ValueError(f"prefix {prefix!r} must end with '/'")

@@ -255,9 +255,10 @@ class Store(WorkloadRecords, AuditRecords, PkiRecords, CertificateRecords):
                 self._event_lease_until = now + self._event_lease_reuse
             return self._event_lease
 
-    async def record_event(self, event: kat_pb2.Event) -> kat_pb2.Event:
-        """Store an event (expiring after the event TTL); fills in its id and,
-        if unset, its timestamp. Returns the stored event."""
+    async def event_put(self, event: kat_pb2.Event) -> Put:
+        """The write that stores an event (expiring after the event TTL), to send alone
+        (record_event) or inside another transaction; fills in its id and, if unset, its
+        timestamp. A write that meets LeaseNotFound: `lease_vanished`, then a new one."""
         ev = kat_pb2.Event()
         ev.CopyFrom(event)
         if not ev.id:
@@ -265,16 +266,25 @@ class Store(WorkloadRecords, AuditRecords, PkiRecords, CertificateRecords):
         if not ev.HasField("timestamp"):
             ev.timestamp.FromDatetime(datetime.now(UTC))
         key = event_key(ev.namespace, ev.timestamp.ToNanoseconds(), ev.id)
+        return Put(key, ev.SerializeToString(), await self._event_lease_id())
+
+    async def lease_vanished(self, put: Put) -> None:
+        """The event lease expired early (e.g. a restored snapshot): take a new one."""
+        async with self._event_lock:
+            if self._event_lease == put.lease:
+                self._event_lease = None
+
+    async def record_event(self, event: kat_pb2.Event) -> kat_pb2.Event:
+        """Store an event (expiring after the event TTL); fills in its id and,
+        if unset, its timestamp. Returns the stored event."""
         for _ in range(2):
-            lease = await self._event_lease_id()
+            put = await self.event_put(event)
             try:
-                await self._etcd.put(key, ev.SerializeToString(), lease=lease)
-                return ev
-            except LeaseNotFound:  # expired early (e.g. a restored snapshot): take a new one
-                async with self._event_lock:
-                    if self._event_lease == lease:
-                        self._event_lease = None
-        raise StoreError(f"could not record event {ev.reason}: its lease keeps vanishing")
+                await self._etcd.put(put.key, put.value, lease=put.lease)
+                return kat_pb2.Event.FromString(put.value)
+            except LeaseNotFound:
+                await self.lease_vanished(put)
+        raise StoreError(f"could not record event {event.reason}: its lease keeps vanishing")
 
     async def list_events_with_revision(
         self, namespace: str | None = None

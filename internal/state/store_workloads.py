@@ -7,6 +7,7 @@ import builtins
 from collections.abc import AsyncIterator, Iterable
 
 from api.v1alpha1 import kat_pb2
+from internal.state.etcd_values import Put
 from internal.state.keys import (
     instance_key,
     instances_prefix,
@@ -108,14 +109,19 @@ class WorkloadRecords(TypedKV):
         expected_revision: int | None,
         revision: kat_pb2.WorkloadRevision | None = None,
         keep: int = 10,
+        *,
+        also: Iterable[Put] = (),
     ) -> int:
         """Store a workload (create when `expected_revision` is None, else update the
         record read at that revision) together with its new stored revision, and prune
-        revisions beyond the newest `keep`, all in one transaction. Returns the new mod
-        revision of the workload."""
+        revisions beyond the newest `keep`, all in one transaction, with the unguarded
+        writes `also` (its event, `Store.event_put`). Returns the new mod revision of
+        the workload."""
         meta = workload.metadata
         key = workload_key(meta.namespace, meta.name)
         txn = self.txn()
+        for put in also:
+            txn.put(put)
         if expected_revision is None:
             txn.create(key, workload)
         else:

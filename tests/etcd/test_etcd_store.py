@@ -14,7 +14,7 @@ import pytest
 from api.v1alpha1 import kat_pb2
 from internal.state.etcd import EtcdClient
 from internal.state.etcd_process import EtcdProcess
-from internal.state.etcd_values import EtcdUnavailable
+from internal.state.etcd_values import EtcdUnavailable, LeaseNotFound
 from internal.state.keys import (
     NODES,
     WORKLOADS,
@@ -357,3 +357,30 @@ async def test_snapshot_to_a_private_file(etcd: EtcdEnv, tmp_path: Path) -> None
         assert size > 0 and path.stat().st_size == size
         assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds every secret in etcd
         assert [p.name for p in path.parent.iterdir()] == ["snap.db"]
+
+
+async def test_a_workload_and_its_event_commit_together_and_a_vanished_lease_writes_neither(
+    etcd: EtcdEnv,
+) -> None:
+    async with open_store(etcd) as store:
+        ev = kat_pb2.Event(reason="Applied", message="created by tester", namespace="default")
+        put = await store.event_put(ev)
+        await store.commit_workload(workload("default", "web"), None, also=[put])
+        assert await store.get_workload("default", "web") is not None
+        assert [e.reason for e in await store.list_events("default")] == ["Applied"]
+
+        # The event lease went early (a restored snapshot): the whole commit fails and
+        # nothing is stored; the next event_put takes a new lease.
+        second = await store.event_put(ev)
+        await store.etcd.lease_revoke(second.lease)
+        with pytest.raises(LeaseNotFound):
+            await store.commit_workload(workload("default", "db"), None, also=[second])
+        assert await store.get_workload("default", "db") is None
+        await store.lease_vanished(second)
+        third = await store.event_put(ev)
+        assert third.lease != second.lease
+        await store.commit_workload(workload("default", "db"), None, also=[third])
+        assert await store.get_workload("default", "db") is not None
+        # record_event takes a new lease by itself the same way.
+        await store.etcd.lease_revoke(third.lease)
+        assert (await store.record_event(ev)).id
