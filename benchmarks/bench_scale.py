@@ -84,7 +84,12 @@ class Delivered:
 
 
 async def node_streams(
-    api: str, ca: bytes, node: tuple[str, bytes, bytes], seen: Delivered, stop: asyncio.Event
+    api: str,
+    ca: bytes,
+    node: tuple[str, bytes, bytes],
+    seen: Delivered,
+    stop: asyncio.Event,
+    tick: float,
 ) -> None:
     name, cert, key = node
     creds = rpc.client_credentials(ca, cert, key)
@@ -104,7 +109,7 @@ async def node_streams(
                     await beats.write(beat)
                     await beats.read()
                     try:
-                        await asyncio.wait_for(stop.wait(), 1.0)
+                        await asyncio.wait_for(stop.wait(), tick)
                     except TimeoutError:
                         pass
 
@@ -187,11 +192,18 @@ async def measure(
     etcd: EtcdClient,
     seen: Delivered,
     want_total: int,
+    concurrency: int = 1,
     limit: float = 600,
 ) -> float:
     t0 = time.perf_counter()
-    for n in names:
-        await client.Apply(kat_pb2.ApplyRequest(bundle=workload(n, replicas)), timeout=120)
+    queue = list(reversed(names))
+
+    async def applier() -> None:  # `concurrency` of these: Applies in flight at once
+        while queue:
+            n = queue.pop()
+            await client.Apply(kat_pb2.ApplyRequest(bundle=workload(n, replicas)), timeout=120)
+
+    await asyncio.gather(*(applier() for _ in range(concurrency)))
     seen.applies_seconds = time.perf_counter() - t0
     deadline = t0 + limit
     persisted_at = delivered_at = None
@@ -249,7 +261,9 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
         )
         seen = Delivered()
         stop = asyncio.Event()
-        streams = [asyncio.create_task(node_streams(api, ctx.ca, n, seen, stop)) for n in nodes]
+        streams = [
+            asyncio.create_task(node_streams(api, ctx.ca, n, seen, stop, a.tick)) for n in nodes
+        ]
         # wait until every stream delivered its first (empty) snapshot
         t0 = time.perf_counter()
         deadline = time.monotonic() + 600
@@ -276,12 +290,12 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
                 b0 = seen.bytes
                 m0, cpu0, e0 = seen.messages, cpu_seconds(leader_pid), etcd_metrics(data)
                 wall0 = time.perf_counter()
-                up = await measure(client, names, a.replicas, etcd, seen, total)
+                up = await measure(client, names, a.replicas, etcd, seen, total, a.concurrency)
                 applies_up = seen.applies_seconds
                 cpu_up = cpu_seconds(leader_pid) - cpu0
                 e1 = etcd_metrics(data)
                 rss = rss_mb(leader_pid)
-                down = await measure(client, names, 0, etcd, seen, 0)
+                down = await measure(client, names, 0, etcd, seen, 0, a.concurrency)
                 applies_down = seen.applies_seconds
                 cpu_all = (cpu_seconds(leader_pid) - cpu0) / (time.perf_counter() - wall0)
                 e2 = etcd_metrics(data)
@@ -342,6 +356,19 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--replicas", type=int, default=100)
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="Applies in flight at once (1: one after the other, as one user would)",
+    )
+    ap.add_argument(
+        "--tick",
+        type=int,
+        default=1,
+        help="agentTickSeconds: every node heartbeats this often (1: 1,000 beats/s with "
+        "1,000 nodes, a stress setting; the cluster default is 15)",
+    )
     ap.add_argument("--sizes", default="1000,3000,10000")
     ap.add_argument(
         "--profile",
@@ -361,7 +388,7 @@ def main() -> int:
         (tmp / "cluster.kat").write_text(
             "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\n"
             f"metadata: {{name: scale}}\nspec:\n{spec}\n  nodeSubnetBits: 11\n"
-            "  agentTickSeconds: 1\n  nodeLossTimeoutSeconds: 60\n"
+            f"  agentTickSeconds: {a.tick:g}\n  nodeLossTimeoutSeconds: {max(60, 4 * a.tick):g}\n"
         )
         data = tmp / "leader"
         log = open(tmp / "leader.log", "wb")
@@ -375,7 +402,10 @@ def main() -> int:
             env={**os.environ, "KAT_NODE_NETWORK": "off"}
             | ({"KAT_PROFILE": str(a.profile.resolve())} if a.profile else {}),
         )
-        print(f"load average at start: {load()}")
+        print(
+            f"load average at start: {load()}; agentTickSeconds {a.tick}, "
+            f"Applies in flight {a.concurrency}"
+        )
         wait_for(data / "admin.katconfig", leader)
         last = asyncio.run(run(a, data, leader.pid))
     finally:
