@@ -3,12 +3,17 @@
 Starts a real single-member cluster on loopback (`kat-agent init`: real etcd, real mTLS),
 joins N simulated nodes through the real Join RPC, and gives each a real `Heartbeats` stream
 and a real `WatchAssignments` stream. It then applies W workloads of R replicas each (one
-Apply per workload, in a row) and measures the time from the first Apply until every
-instance is persisted in etcd (counted with etcdctl) and has reached its node's stream;
-then scales every workload to 0 and measures the same way. Figures are printed at three
-sizes (by default 1,000, 3,000 and 10,000 instances) so that super-linear steps show.
+Apply per workload, in a row; `--concurrency N`: N in flight at once) and measures the
+time from the first Apply until every instance is persisted in etcd (counted with etcdctl)
+and has reached its node's stream; then scales every workload to 0 and measures the same
+way. Figures are printed at three sizes (by default 1,000, 3,000 and 10,000 instances) so
+that super-linear steps show.
 
     python3 benchmarks/bench_scale.py [--nodes 1000] [--sizes 1000,3000,10000] [--replicas 100]
+        [--tick 1] [--concurrency 1]
+
+`--tick` is every node's heartbeat period (agentTickSeconds): 1 s by default, a stress
+setting (1,000 beats/s); the cluster default is 15 s.
 
 The last line is `placements_per_second=N leader_rss_mb=M` for the largest size
 (scale-up), where M is the RSS of the kat-agent process (not etcd) with the nodes
