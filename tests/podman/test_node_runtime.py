@@ -1168,6 +1168,103 @@ async def test_rootless_podman_that_lost_its_user_namespace_recovers(
         shutil.rmtree(homes, ignore_errors=True)
 
 
+@needs_podman
+@pytest.mark.async_timeout(450)
+async def test_a_new_users_first_container_through_podman_run_is_the_apis_container(
+    cluster: Callable[..., Any], env: PodmanEnv
+) -> None:
+    """A new workload user's first container is started with `podman run -d` while the
+    user's Podman service comes up (PodmanPool.start_first). It must be the container
+    the API would have made: same command, environment, labels, limits, mounts, log and
+    restart settings, run as the user, writing its volume."""
+    ns = f"kt{secrets.token_hex(2)}"
+    for name in ("viaapi", "viarun"):
+        cluster.users.append((ns, name))  # type: ignore[attr-defined]
+    homes = _private_dir("kat-nt-homes-")
+    data = kat_pb2.Volume(name="data", simple_cluster_storage=kat_pb2.SimpleClusterStorage())
+
+    def workload(iid: str, name: str) -> kat_pb2.Assignment:
+        return assignment(
+            iid,
+            name,
+            ["sh", "-c", 'echo "$GREETING" > /data/hello; exec sleep 3600'],
+            ns=ns,
+            env={"GREETING": "hi, there=you", "EMPTY": ""},
+            cpu="250m",
+            memory="48Mi",
+            volumes=(data,),
+            mounts=(kat_pb2.VolumeMount(name="data", mount_path="/data"),),
+        )
+
+    try:
+        a, b = workload("va-1", "viaapi"), workload("vr-1", "viarun")
+        async with cluster(rootless=True, home_base=homes) as (leader, node):
+            await leader.publish(a)
+            await node.start()
+            pool = node.rt.pool
+            # The node's first use of the image goes through the API (and shows the image
+            # is in the shared store); a second new user then starts through podman run.
+            first = await leader.wait_for("va-1", running, within=90, what="via the API")
+            users = {b.key: b for b in pool.backends()}
+            driver = users[workload_username(ns, "viaapi")].driver
+            if driver is None or not driver.shared:
+                pytest.skip("no shared image store here (needs fuse-overlayfs)")
+            assert pool.first_runs == 0
+            await leader.publish(a, b)
+            second = await leader.wait_for("vr-1", running, within=90, what="via podman run")
+            assert pool.first_runs == 1
+
+            users = {b.key: b for b in pool.backends()}
+            run_user = users[workload_username(ns, "viarun")]
+            docs = [
+                await users[workload_username(ns, "viaapi")].runtime.inspect(first.container_id),
+                await run_user.runtime.inspect(second.container_id),
+            ]
+
+            def shape(doc: dict[str, Any], name: str, iid: str) -> dict[str, Any]:
+                def plain(text: str) -> str:
+                    return text.replace(name, "W").replace(iid, "I")
+
+                hc = doc["HostConfig"]
+                return {
+                    "name": plain(doc["Name"]),
+                    "image": doc["ImageName"],
+                    "entrypoint": doc["Config"]["Entrypoint"],
+                    "cmd": doc["Config"]["Cmd"],
+                    "env": sorted(e for e in doc["Config"]["Env"] if not e.startswith("HOSTNAME=")),
+                    "labels": {k: plain(v) for k, v in doc["Config"]["Labels"].items()},
+                    "limits": (hc["Memory"], hc["MemorySwap"], hc["CpuQuota"], hc["CpuPeriod"]),
+                    "restart": hc["RestartPolicy"]["Name"],
+                    "log": (hc["LogConfig"]["Type"], hc["LogConfig"].get("Size")),
+                    "dns": (hc.get("Dns"), hc.get("DnsSearch")),
+                    "network": hc["NetworkMode"],
+                    "mounts": sorted(
+                        (m["Type"], plain(m["Source"]), m["Destination"], m["RW"])
+                        for m in doc["Mounts"]
+                    ),
+                }
+
+            via_api, via_run = shape(docs[0], "viaapi", "va-1"), shape(docs[1], "viarun", "vr-1")
+            assert via_run == via_api
+            assert "GREETING=hi, there=you" in via_run["env"] and "EMPTY=" in via_run["env"]
+            # (both 0 where rootless Podman ignores limits: cgroup v1)
+            assert via_run["limits"][0] in (0, 48 * 1024 * 1024)
+            status = _proc_status(int(docs[1]["State"]["Pid"]))
+            assert f"Uid:\t{run_user.user.uid}\t" in status  # type: ignore[union-attr]
+            hello = env.volumes / ns / "viarun" / "data" / "hello"
+            await poll(hello.exists, what="the container wrote its volume")
+            assert hello.read_text() == "hi, there=you\n"
+            # The node knows the container as its own: adopted after a restart.
+            await node.stop()
+            await node.start()
+            again = await leader.wait_for("vr-1", running, within=60)
+            assert again.container_id == second.container_id
+    finally:
+        for name in ("viaapi", "viarun"):
+            remove_workload_user(ns, name)
+        shutil.rmtree(homes, ignore_errors=True)
+
+
 def _user_image_copies(storage: PodmanStorage) -> list[str]:
     """Images in a workload user's own storage (not in an additional image store)."""
     assert storage.root is not None
