@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -96,19 +96,24 @@ def _unary(behavior: Callable[..., Any], service: str, method: str) -> Callable[
 
 def _stream(behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behavior):
-
-        async def gen(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # Served through `context.write` (gRPC's reader/writer API), not as a generator:
+        # grpc.aio keeps the message a handler generator last yielded alive until the
+        # next one, and a long-lived stream's last message can be large (a node's full
+        # assignment snapshot lists every peer: ~200 KB with 1,000 nodes, held by each
+        # idle stream). Here each message is dropped as soon as it is written.
+        async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
             exc: BaseException | None = None
             try:
                 async for item in behavior(request, context):
-                    yield item
+                    await context.write(item)
+                    del item
             except BaseException as e:
                 exc = e
                 raise
             finally:
                 metrics.API_REQUESTS.labels(service, method, _code(context, exc)).inc()
 
-        return gen
+        return writer
 
     async def coro(request: Any, context: grpc.aio.ServicerContext) -> Any:
         exc: BaseException | None = None

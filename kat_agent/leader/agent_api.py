@@ -388,7 +388,9 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         cn: str,
     ) -> AsyncIterator[kat_pb2.HeartbeatResponse]:
         async for request in request_iterator:
-            yield await self._beat(cn, request, context)
+            response = await self._beat(cn, request, context)
+            del request  # a node's report: not kept while waiting for the next one
+            yield response
 
     async def _beat(
         self, cn: str, request: kat_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
@@ -421,6 +423,9 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
         deltas = request.accept_deltas
         async for update in stream_assignments(self.lc, request.node_name, context, deltas):
             yield update
+            # Not kept while the stream waits for the next change: a full snapshot lists
+            # every peer (~200 KB with 1,000 nodes), and every node has a stream.
+            del update
 
     @node_stream
     async def WatchEndpoints(
@@ -430,6 +435,7 @@ class AgentAPI(kat_pb2_grpc.AgentAPIServicer):
 
         async for view in stream_endpoints(self.lc, context):
             yield view
+            del view  # not kept while waiting for the next one
 
     @node
     async def GetIngressCertificates(

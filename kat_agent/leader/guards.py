@@ -104,6 +104,7 @@ def admin_stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
         try:
             async for item in fn(self, request, context):
                 yield item
+                del item  # not kept while waiting for the next one (see until_cut)
         except EtcdUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cluster state unavailable: {exc}")
         except Compacted as exc:
@@ -152,6 +153,7 @@ def node_stream(fn: NodeStreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
             try:
                 async for item in until_cut(fn(self, request, context, cn), cut):
                     yield item  # type: ignore[misc]
+                    del item  # not kept while waiting for the next one (see until_cut)
             except StreamCut:
                 log.info("cut a %s stream of removed node %s", fn.__name__, cn)
                 context.set_trailing_metadata(((rpc.REVOKED_KEY, "1"),))

@@ -99,7 +99,8 @@ def _retrieve(fut: asyncio.Future[object]) -> None:
 
 
 async def until_cut(items: AsyncIterator[object], cut: asyncio.Event) -> AsyncIterator[object]:
-    """`items` until they end or `cut` is set (then StreamCut, after closing `items`)."""
+    """`items` until they end or `cut` is set (then StreamCut, after closing `items`).
+    Holds no item while waiting for the next one."""
     waiter = asyncio.ensure_future(cut.wait())
     it = aiter(items)
     try:
@@ -119,7 +120,12 @@ async def until_cut(items: AsyncIterator[object], cut: asyncio.Event) -> AsyncIt
                 item = step.result()
             except StopAsyncIteration:
                 return
+            # Nothing here keeps the item once it is passed on: a long-lived stream's last
+            # message (a full snapshot lists every peer) would stay alive, per stream,
+            # while waiting for the next one.
+            del done, step
             yield item
+            del item
     finally:
         waiter.cancel()
         aclose = getattr(it, "aclose", None)
