@@ -105,18 +105,28 @@ async def node_streams(
             capacity=kat_pb2.NodeResources(cpu_millis=64000, memory_bytes=64 << 30),
             allocatable=kat_pb2.NodeResources(cpu_millis=64000, memory_bytes=64 << 30),
         )
-        beats = stub.Heartbeats()
         request = kat_pb2.AssignmentsRequest(node_name=name, accept_deltas=True)
 
         async def heartbeat() -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                while not stop.is_set():
-                    await beats.write(beat)
-                    await beats.read()
-                    try:
-                        await asyncio.wait_for(stop.wait(), tick)
-                    except TimeoutError:
-                        pass
+            # What kat_agent/node/agent.py does: beat every tick, and open the stream
+            # again when it fails (a failed TLS handshake in the connect storm), so that
+            # every node holds a Heartbeats stream as a real agent would.
+            while not stop.is_set():
+                beats = stub.Heartbeats()
+                try:
+                    while not stop.is_set():
+                        await beats.write(beat)
+                        await beats.read()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), tick)
+                except grpc.aio.AioRpcError as err:
+                    if stop.is_set():
+                        return
+                    code = f"heartbeats {err.code().name}"
+                    seen.errors[code] = seen.errors.get(code, 0) + 1
+                    await asyncio.sleep(0.5)
+                finally:
+                    beats.cancel()
 
         async def follow() -> None:
             # What kat_agent/node/assignments.py does: apply deltas to the full snapshot
@@ -139,7 +149,6 @@ async def node_streams(
 
         tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(follow())]
         await stop.wait()
-        beats.cancel()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
