@@ -51,11 +51,7 @@ RESYNC_SECONDS = 5
 # A pass plans only the workloads that may need work; every FULL_PASS_SECONDS one plans
 # them all and rebuilds the placement accounting from the records (the safety net).
 FULL_PASS_SECONDS = 30.0
-# A wake within BUSY_SECONDS of the last pass waits COALESCE_SECONDS first, so that a row
-# of changes (Applies, watch events, reports) makes one pass; a wake after a quiet spell
-# (one Apply, one report) is planned at once: that is a new workload's start latency.
 COALESCE_SECONDS = 0.01
-BUSY_SECONDS = 0.1
 WRITES_IN_FLIGHT = 8  # workloads whose plans are being written at the same time
 OBSERVE_SECONDS = 1.0  # instance-count metrics: at most this often (a scan of all records)
 _NO_REQUESTS = scheduler.Requests()
@@ -211,8 +207,6 @@ class WorkloadController:
         # hundreds of nodes it is not free.
         resync = float(max(RESYNC_SECONDS, self.lc.spec.agent_tick_seconds))
         wake_at: datetime | None = None
-        loop = asyncio.get_running_loop()
-        last_pass = -BUSY_SECONDS
         while True:
             timeout = resync
             if wake_at is not None:
@@ -220,8 +214,8 @@ class WorkloadController:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
-            if loop.time() - last_pass < BUSY_SECONDS:
-                await asyncio.sleep(COALESCE_SECONDS)  # busy: let the row of changes in
+            # A row of changes (Applies, watch events) arriving together: one pass.
+            await asyncio.sleep(COALESCE_SECONDS)
             self._wake.clear()
             try:
                 wake_at = await self.reconcile_once()
@@ -229,7 +223,6 @@ class WorkloadController:
                 log.warning("workload reconcile failed, retrying: %s", exc)
                 self._rebuild = True  # plans may have reserved what was never written
                 wake_at = datetime.now(UTC) + timedelta(seconds=_RETRY_SECONDS)
-            last_pass = loop.time()
 
     async def reconcile_once(self, full: bool = False) -> datetime | None:
         """One pass over the workloads that may need work (see the module docstring);
