@@ -12,7 +12,7 @@ fuse-overlayfs, loaded once into the node's shared read-only image store that ev
 workload user's Podman reads (`additionalimagestores`): a new workload copies nothing.
 Without fuse-overlayfs it is copied to the user's storage (save/load), once per user.
 A new user's first container is started with `podman run -d` beside its service's start
-(`start_first`, first_run.py), so that the service's start is not waited for first.
+(`start_first`, first_run.py): that halves a new rootless workload's start.
 Which driver and why: kat_agent/node/podman/imagestore.py. Rootless containers use
 Podman's rootless default network (slirp4netns): they have no address of their own on the
 node's subnet, and the IP reported is whatever Podman reports ("" for slirp4netns).
@@ -392,9 +392,9 @@ class PodmanPool:
         """`backend_for`, and for a workload user whose Podman has no storage yet (a new
         user) the container of `spec` started at once with `podman run -d` while the
         user's service comes up: a new user's service takes about as long to answer as a
-        whole `podman run`, and is then not waited for first. Returns the backend and
-        the id of the container so started, or None (then the caller creates it through
-        the API as always)."""
+        whole `podman run`, so this halves a new rootless workload's start. Returns the
+        backend and the id of the container so started, or None (then the caller
+        creates it through the API as always)."""
         if not self.settings.rootless:
             return self.root, None
         user = await asyncio.to_thread(
