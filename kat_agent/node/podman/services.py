@@ -11,8 +11,6 @@ a workload user lacks is pulled once into root's storage (or found there) and, w
 fuse-overlayfs, loaded once into the node's shared read-only image store that every
 workload user's Podman reads (`additionalimagestores`): a new workload copies nothing.
 Without fuse-overlayfs it is copied to the user's storage (save/load), once per user.
-A new user's first container is started with `podman run -d` beside its service's start
-(`start_first`, first_run.py): that halves a new rootless workload's start.
 Which driver and why: kat_agent/node/podman/imagestore.py. Rootless containers use
 Podman's rootless default network (slirp4netns): they have no address of their own on the
 node's subnet, and the IP reported is whatever Podman reports ("" for slirp4netns).
