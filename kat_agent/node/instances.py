@@ -404,14 +404,33 @@ class NodeRuntime:
         st.remember(created(st.memory(), a))
         try:
             self._set_activity(st, P.PULLING, "")
-            image = spec.source.image
-            # What a new workload user's first container would be (rootless: no network
-            # of Podman's); the pool may start it while the user's Podman comes up.
-            first = self._instance_spec(a, image, None, True) if image else None
-            backend, cid = await self.pool.start_first(inst.namespace, inst.workload, first)
+            backend = await self.pool.backend_for(inst.namespace, inst.workload)
             st.backend = backend
-            if cid is None:
-                cid = await self._create_through_api(st, a, backend, image)
+            image = spec.source.image
+            if not image and spec.source.HasField("git"):
+                # Built into root's storage (once per workload and commit), then made
+                # available to the backend like a pulled image.
+                self._set_activity(st, P.BUILDING, f"building from {spec.source.git.repository}")
+                image = await self.builder.image_for(a.bundle)
+                log.info("instance %s: image %s built from git", st.id, image)
+                self._set_activity(st, P.PULLING, "")
+            if not image:
+                raise ContainerRuntimeError(ErrorKind.INVALID, "this workload has no image")
+            await self.pool.ensure_image(backend, image)
+            self._set_activity(st, P.STARTING, "")
+            ispec = InstanceSpec.from_proto(inst, spec, image=image, network=backend.network)
+            ispec = dataclasses.replace(ispec, extra_labels=node_labels(a))
+            if backend.network or (self.plumbs_rootless and backend.rootless):
+                # The node's DNS (kat_agent/node/network/dns.py) with the cluster search path.
+                servers, search = self.settings.container_dns(inst.namespace)
+                ispec = dataclasses.replace(ispec, dns_servers=servers, dns_search=search)
+            try:
+                cid = await backend.runtime.create_and_start(ispec)
+            except ContainerRuntimeError as exc:
+                if exc.kind is not ErrorKind.NAME_CONFLICT:
+                    raise
+                # Ours from an earlier attempt that was not seen yet: adopt it.
+                cid = ispec.container_name
             st.observed = await backend.runtime.observe(cid)
             metrics.container_started(inst.restart_count)
             log.info(
@@ -435,43 +454,6 @@ class NodeRuntime:
         finally:
             st.epoch += 1
             self._set_activity(st, None)
-
-    def _instance_spec(
-        self, a: kat_pb2.Assignment, image: str, network: str | None, rootless: bool
-    ) -> InstanceSpec:
-        inst = a.instance
-        ispec = InstanceSpec.from_proto(inst, a.bundle.workload.spec, image=image, network=network)
-        ispec = dataclasses.replace(ispec, extra_labels=node_labels(a))
-        if network or (self.plumbs_rootless and rootless):
-            # The node's DNS (kat_agent/node/network/dns.py) with the cluster search path.
-            servers, search = self.settings.container_dns(inst.namespace)
-            ispec = dataclasses.replace(ispec, dns_servers=servers, dns_search=search)
-        return ispec
-
-    async def _create_through_api(
-        self, st: InstanceState, a: kat_pb2.Assignment, backend: RuntimeBackend, image: str
-    ) -> str:
-        """Build or pull the image as needed, then create and start the container."""
-        spec = a.bundle.workload.spec
-        if not image and spec.source.HasField("git"):
-            # Built into root's storage (once per workload and commit), then made
-            # available to the backend like a pulled image.
-            self._set_activity(st, P.BUILDING, f"building from {spec.source.git.repository}")
-            image = await self.builder.image_for(a.bundle)
-            log.info("instance %s: image %s built from git", st.id, image)
-            self._set_activity(st, P.PULLING, "")
-        if not image:
-            raise ContainerRuntimeError(ErrorKind.INVALID, "this workload has no image")
-        await self.pool.ensure_image(backend, image)
-        self._set_activity(st, P.STARTING, "")
-        ispec = self._instance_spec(a, image, backend.network, backend.user is not None)
-        try:
-            return await backend.runtime.create_and_start(ispec)
-        except ContainerRuntimeError as exc:
-            if exc.kind is not ErrorKind.NAME_CONFLICT:
-                raise
-            # Ours from an earlier attempt that was not seen yet: adopt it.
-            return ispec.container_name
 
     async def _stop_and_remove(self, st: InstanceState, phase: int, message: str, why: str) -> None:
         obs, backend = st.observed, st.backend

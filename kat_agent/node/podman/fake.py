@@ -287,11 +287,6 @@ class FakePool:
     async def backend_for(self, namespace: str, workload: str) -> RuntimeBackend:
         return self.backend
 
-    async def start_first(
-        self, namespace: str, workload: str, spec: InstanceSpec | None
-    ) -> tuple[RuntimeBackend, str | None]:
-        return self.backend, None  # one backend, never new: always through create_and_start
-
     async def ensure_image(self, backend: RuntimeBackend, ref: str) -> None:
         self.runtime._check("pull", ref)
         if ref in self.missing:

@@ -143,9 +143,6 @@ class BackendPool(Protocol):
     async def close(self) -> None: ...
     def backends(self) -> Sequence[RuntimeBackend]: ...
     async def backend_for(self, namespace: str, workload: str) -> RuntimeBackend: ...
-    async def start_first(
-        self, namespace: str, workload: str, spec: InstanceSpec | None
-    ) -> tuple[RuntimeBackend, str | None]: ...
     async def ensure_image(self, backend: RuntimeBackend, ref: str) -> None: ...
     async def release(self, backend: RuntimeBackend) -> None: ...
     async def retire(
@@ -262,22 +259,16 @@ class Runtime:
 
     # ------------------------------------------------------------ create and start
 
-    async def prepare(self, spec: InstanceSpec) -> dict[str, Any]:
-        """The create body of `spec`, with its volumes prepared (directories made)."""
+    async def create(self, spec: InstanceSpec) -> CreateResult:
+        """Create (not start) the container of `spec`; prepares its volumes first."""
+        what = f"create container {spec.container_name}"
         try:
             mounts = await asyncio.to_thread(
                 self.volumes.bind_mounts, spec.namespace, spec.workload, spec.volumes, spec.mounts
             )
         except OSError as exc:
-            raise ContainerRuntimeError(
-                ErrorKind.BAD_MOUNT, f"create container {spec.container_name}: {exc}"
-            ) from exc
-        return create_body(spec, mounts, self.log_max_bytes)
-
-    async def create(self, spec: InstanceSpec) -> CreateResult:
-        """Create (not start) the container of `spec`; prepares its volumes first."""
-        what = f"create container {spec.container_name}"
-        data = await self.api.container_create(await self.prepare(spec), what)
+            raise ContainerRuntimeError(ErrorKind.BAD_MOUNT, f"{what}: {exc}") from exc
+        data = await self.api.container_create(create_body(spec, mounts, self.log_max_bytes), what)
         warnings = tuple(str(w) for w in (data.get("Warnings") or []))
         for w in warnings:
             log.warning("%s: %s", what, w)

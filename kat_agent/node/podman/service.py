@@ -310,9 +310,16 @@ class PodmanService(RestartingChild):
             "the Podman of %s lost its pause process; resetting it (podman system migrate)",
             self.user.username,
         )
+        cmd = [
+            *_setpriv_prefix(self.user),
+            self.binary,
+            *self.storage.global_args(),
+            "system",
+            "migrate",
+        ]
         try:
             res = subprocess.run(
-                self.cli_command("system", "migrate"),
+                cmd,
                 env=self.environment(),
                 cwd=str(self.user.home),
                 capture_output=True,
@@ -325,39 +332,6 @@ class PodmanService(RestartingChild):
             f.write(f"--- kat: podman system migrate: status {res.returncode}\n")
         if res.returncode != 0:
             raise PodmanServiceError(f"podman system migrate failed: {res.stderr.strip()[-300:]}")
-
-    def cli_command(self, *args: str) -> list[str]:
-        """`podman ARGS` as this service's Podman (its user, storage and configuration;
-        run it with `environment()` and `cli_cwd()`)."""
-        return [*_setpriv_prefix(self.user), self.binary, *self.storage.global_args(), *args]
-
-    def cli_cwd(self) -> str:
-        return str(self.user.home) if self.user else "/"
-
-    async def run_cli(self, *args: str, max_seconds: float = 60) -> tuple[int, str, str]:
-        """Run `podman ARGS` (cli_command) to its end: (status, stdout, stderr); status
-        -1 when it did not end within `max_seconds` (it is killed then)."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.cli_command(*args),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.environment(),
-            cwd=self.cli_cwd(),
-            preexec_fn=None if SETPRIV else child_setup(os.getpid()),
-            user=self.user.uid if self.user and not SETPRIV else None,
-            group=self.user.gid if self.user and not SETPRIV else None,
-            extra_groups=[] if self.user and not SETPRIV else None,
-        )
-        try:
-            async with asyncio.timeout(max_seconds):
-                out, err = await proc.communicate()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            return -1, "", f"podman {' '.join(args[:2])} did not end within {max_seconds:g}s"
-        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
     def _clear_stale_socket(self) -> None:
         """Remove a socket file nothing answers on (left by a service killed with a
@@ -390,7 +364,7 @@ class PodmanService(RestartingChild):
                 stdout=out,
                 stderr=out,
                 env=self.environment(),
-                cwd=self.cli_cwd(),
+                cwd=str(user.home) if user else "/",
                 process_group=0,
                 user=user.uid if switch and user else None,
                 group=user.gid if switch and user else None,

@@ -49,7 +49,6 @@ from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
 from kat_agent.node.network.records import node_dns_address, search_path
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
-from kat_agent.node.podman.first_run import run_first
 from kat_agent.node.podman.imagestore import (
     SHARED_STORE_BASE,
     VFS,
@@ -62,7 +61,6 @@ from kat_agent.node.podman.imagestore import (
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE
 from kat_agent.node.podman.runtime import Runtime
 from kat_agent.node.podman.service import MAX_SOCKET_PATH, PodmanService, PodmanStorage
-from kat_agent.node.podman.spec import InstanceSpec
 from kat_agent.node.podman.users import (
     DEFAULT_HOME_BASE,
     GECOS_PREFIX,
@@ -242,10 +240,6 @@ class PodmanPool:
         self.network_ready = asyncio.Event()
         self.driver: RootlessDriver | None = None  # workload users' (rootless mode)
         self.image_store: SharedImageStore | None = None
-        # Images known to be in the shared store (seen by a workload user's Podman), and
-        # how many first containers of new users `start_first` started with `podman run`.
-        self._shared_refs: set[str] = set()
-        self.first_runs = 0
 
     @property
     def root(self) -> Backend:
@@ -381,36 +375,18 @@ class PodmanPool:
 
     async def backend_for(self, namespace: str, workload: str) -> Backend:
         """Where a new container of this workload runs."""
-        backend, _ = await self.start_first(namespace, workload, None)
-        return backend
-
-    async def start_first(
-        self, namespace: str, workload: str, spec: InstanceSpec | None
-    ) -> tuple[Backend, str | None]:
-        """`backend_for`, and for a workload user whose Podman has no storage yet (a new
-        user) the container of `spec` started at once with `podman run -d` while the
-        user's service comes up: a new user's service takes about as long to answer as a
-        whole `podman run`, so this halves a new rootless workload's start. Returns the
-        backend and the id of the container so started, or None (then the caller
-        creates it through the API as always)."""
         if not self.settings.rootless:
-            return self.root, None
+            return self.root
         user = await asyncio.to_thread(
             ensure_workload_user, namespace, workload, home_base=self.settings.home_base
         )
-        return await self._user_backend(user, spec)
+        return await self._user_backend(user)
 
-    async def _user_backend(
-        self, user: WorkloadUser, first: InstanceSpec | None = None
-    ) -> tuple[Backend, str | None]:
+    async def _user_backend(self, user: WorkloadUser) -> Backend:
         async with self._lock(user.username):
             have = self._users.get(user.username)
             if have is not None:
-                return have, None
-            # Nothing can be in a storage that does not exist yet: no older container of
-            # the same name that a failed `podman run` could meet or remove.
-            if first is not None and await asyncio.to_thread(self._has_storage, user):
-                first = None
+                return have
             s = self.settings
             sock = RUNTIME_DIR_BASE / str(user.uid) / f"kat-{s.tag}.sock"
             storage = self.user_storage(user)
@@ -429,24 +405,17 @@ class PodmanPool:
                 storage_conf=conf,
                 log_file=s.run_dir / f"podman-{user.username}.log",
             )
-            rt = Runtime(svc.socket_path, owner=(user.uid, user.gid), **s.runtime_options())
             await svc.start()
-            started: asyncio.Task[str | None] | None = None
-            if first is not None and driver.shared and first.image in self._shared_refs:
-                started = asyncio.create_task(run_first(svc, rt, first))
             try:
                 await svc.wait_ready(60)
             except BaseException:
-                if started is not None:
-                    started.cancel()
                 await svc.stop()
                 raise
+            rt = Runtime(svc.socket_path, owner=(user.uid, user.gid), **s.runtime_options())
             backend = Backend(user.username, rt, svc, user, None, driver)
             self._users[user.username] = backend
             log.info("Podman service of workload user %s ready", user.username)
-            cid = await started if started is not None else None
-            self.first_runs += cid is not None
-            return backend, cid
+            return backend
 
     async def release(self, backend: Backend) -> None:
         """Stop a workload user's service (it has no container on this node any more)."""
@@ -534,8 +503,6 @@ class PodmanPool:
             await backend.runtime.ensure_image(ref)
             return
         if await backend.runtime.image_exists(ref):
-            if backend.driver is not None and backend.driver.shared:
-                self._shared_refs.add(ref)
             return
         async with self._lock(f"image {backend.key} {ref}"):
             if await backend.runtime.image_exists(ref):
@@ -567,7 +534,6 @@ class PodmanPool:
                 finally:
                     tmp.unlink(missing_ok=True)
         if await backend.runtime.image_exists(ref):
-            self._shared_refs.add(ref)
             return True
         log.warning("%s does not see %s in the shared image store; copying it", backend.key, ref)
         return False

@@ -14,7 +14,6 @@ Choices:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,54 +176,3 @@ def create_body(
     if spec.dns_search:
         body["dns_search"] = list(spec.dns_search)
     return body
-
-
-def run_args(body: Mapping[str, Any]) -> list[str] | None:
-    """The same container as `body` (a create body of `create_body`) as the arguments of
-    `podman run -d` after `run -d`; None when the body holds something the command line
-    cannot say the same way (a new field, a Podman network, a path with ',' or '=' that
-    --mount would split): then the API is used, never a container that differs."""
-    known = {"name", "image", "labels", "env", "mounts", "log_configuration", "restart_policy"}
-    known |= {"entrypoint", "command", "resource_limits", "dns_server", "dns_search"}
-    if set(body) - known:
-        return None
-    args = ["--name", str(body["name"]), "--restart", str(body.get("restart_policy", "no"))]
-    for k, v in dict(body.get("labels") or {}).items():
-        args += ["--label", f"{k}={v}"]
-    for k, v in dict(body.get("env") or {}).items():
-        args += ["--env", f"{k}={v}"]
-    for m in body.get("mounts") or []:
-        src, dst, options = str(m["source"]), str(m["destination"]), list(m.get("options") or [])
-        if m.get("type") != "bind" or set(options) - {"rbind", "ro", "rw"}:
-            return None
-        if any(c in p for p in (src, dst) for c in ",="):
-            return None
-        ro = "true" if "ro" in options else "false"
-        args += ["--mount", f"type=bind,source={src},destination={dst},ro={ro}"]
-    logs = dict(body.get("log_configuration") or {})
-    if set(logs) - {"driver", "size"}:
-        return None
-    if "driver" in logs:
-        args += ["--log-driver", str(logs["driver"])]
-    if "size" in logs:
-        args += ["--log-opt", f"max-size={int(logs['size'])}"]
-    limits = dict(body.get("resource_limits") or {})
-    memory, cpu = dict(limits.pop("memory", {})), dict(limits.pop("cpu", {}))
-    if limits or set(memory) - {"limit", "swap"} or set(cpu) - {"quota", "period"}:
-        return None
-    if "limit" in memory:
-        args += ["--memory", str(int(memory["limit"]))]
-    if "swap" in memory:
-        args += ["--memory-swap", str(int(memory["swap"]))]
-    if "quota" in cpu:
-        args += ["--cpu-quota", str(int(cpu["quota"]))]
-    if "period" in cpu:
-        args += ["--cpu-period", str(int(cpu["period"]))]
-    for server in body.get("dns_server") or []:
-        args += ["--dns", str(server)]
-    for domain in body.get("dns_search") or []:
-        args += ["--dns-search", str(domain)]
-    if "entrypoint" in body:
-        args += ["--entrypoint", json.dumps(list(body["entrypoint"]))]
-    # "--": the image and its arguments follow, none of them read as a flag.
-    return [*args, "--", str(body["image"]), *(str(a) for a in body.get("command") or [])]
