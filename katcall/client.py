@@ -386,9 +386,11 @@ class Client:
                 last = describe(err)
                 if not failover.not_executed(details):
                     executed_maybe = True  # e.g. the connection broke after the request left
-                if "failed to connect" not in details:
-                    answered = last
                 leader = rpc.leader_from_error(err)
+                # A live server's answer tells more than a refusal to connect, and the
+                # leader's own failure more than a follower pointing at it afterwards.
+                if "failed to connect" not in details and not (answered and leader):
+                    answered = last
                 if leader and leader not in tried:
                     queue.insert(0, leader)
         if answered:

@@ -36,15 +36,18 @@ from pyetcd.watch import Watcher
 from internal.security.certfiles import pair_matches
 from internal.state.etcd_cluster import ClusterCalls
 from internal.state.etcd_endpoints import Endpoints
+from internal.state.etcd_outcome import Outcome, decidable, no_answer, outcome
 from internal.state.etcd_values import (
     Compare,
     EtcdError,
+    EtcdNotExecuted,
     EtcdUnavailable,
     Get,
     KeyValue,
     KVEvent,
     Lease,
     LeaseNotFound,
+    OpResult,
     RangeResult,
     TxnOp,
     TxnResult,
@@ -255,14 +258,44 @@ class EtcdClient(ClusterCalls):
         )
         read_only = all(isinstance(op, Get) for op in (*success, *failure))
         keys = ", ".join(dict.fromkeys(op.key for op in success)) or "-"
-        resp = await self._pool.run(
-            f"transaction on {keys}", lambda s: s.Txn(req, self.timeout), retry=read_only
-        )
+        what = f"transaction on {keys}"
+        try:
+            resp = await self._pool.run(what, lambda s: s.Txn(req, self.timeout), retry=read_only)
+        except EtcdUnavailable as exc:
+            puts = None if read_only or isinstance(exc, EtcdNotExecuted) else decidable(success)
+            if puts is None or not no_answer(str(exc)):
+                raise
+            found = await self._read_back([p.key for p in puts], exc)
+            result = outcome(puts, found)
+            log.warning("%s got no answer; read back: %s", what, result.value)
+            if result is Outcome.APPLIED:
+                revision = max(kv.mod_revision for kv in found.values() if kv is not None)
+                return TxnResult(True, revision, [OpResult() for _ in puts])
+            if result is Outcome.UNKNOWN:
+                raise
+            resp = await self._pool.run(what, lambda s: s.Txn(req, self.timeout), retry=False)
         return TxnResult(
             bool(resp.succeeded),
             int(resp.header.revision),
             [op_result(r) for r in resp.responses],
         )
+
+    async def _read_back(
+        self, keys: list[str], error: EtcdUnavailable
+    ) -> dict[str, KeyValue | None]:
+        """The keys as a linearizable read sees them once etcd answers again (see
+        etcd_outcome); `error` again when it does not within another timeout."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        while True:
+            try:
+                result = await self.txn([], [Get(k) for k in keys])
+            except EtcdUnavailable:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise error from None
+                await asyncio.sleep(0.2)
+                continue
+            pairs = zip(keys, result.results, strict=True)
+            return {k: (r.kvs[0] if r.kvs else None) for k, r in pairs}
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         req = etcdrpc.CompactionRequest(revision=revision, physical=physical)

@@ -8,6 +8,12 @@ tried again. `run(..., retry=True)` tries the next endpoint within the same
 call (reads); writes are not retried, because a write that timed out may still
 have been applied.
 
+While etcd's raft leadership changes (a member that led raft died, or the KAT leader
+moved raft leadership away: kat_agent/leader/raft_leader.py) etcd refuses requests it
+has not carried out ("raft proposal dropped", "leader changed", "no leader"). Those are
+sent again after a short back-off, writes included, for up to `RAFT_CHANGE_BUDGET` of the
+call's timeout: a raft election takes about one election timeout, a transfer much less.
+
 `renew(creds)` (a renewed client certificate) replaces every endpoint's channel:
 calls from then on go to new channels that handshake with the new certificate;
 the old channels are closed once the calls already on them have had their time.
@@ -31,6 +37,7 @@ from pyetcd.watch import Watcher
 from internal.observability import metrics
 from internal.state.etcd_values import (
     EtcdError,
+    EtcdNotExecuted,
     EtcdUnavailable,
     LeaseNotFound,
     WatchCompacted,
@@ -39,6 +46,14 @@ from internal.state.etcd_values import (
 from internal.state.etcd_wire import GRPC_OPTIONS, STUBS, WATCH_METADATA
 
 T = TypeVar("T")
+
+# What etcd says when it refused a request without carrying it out because raft
+# leadership is changing (raft's ErrProposalDropped; etcd's ErrLeaderChanged, which
+# only reads get; ErrNoLeader).
+_NOT_EXECUTED = ("raft proposal dropped", "leader changed", "no leader")
+# The share of the call's timeout spent sending such refused requests again.
+RAFT_CHANGE_BUDGET = 0.5
+_BACKOFF = (0.05, 0.4)
 
 
 class Endpoints:
@@ -152,6 +167,8 @@ class Endpoints:
         code = exc.code()  # type: ignore[attr-defined]
         details = exc.details() or code.name  # type: ignore[attr-defined]
         where = self._endpoints[idx].netloc
+        if any(part in details for part in _NOT_EXECUTED):
+            return EtcdNotExecuted(f"etcd at {where} refused {what} for now: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             self.mark_failed(idx)
             return EtcdUnavailable(
@@ -169,8 +186,12 @@ class Endpoints:
 
     def _call(self, what: str, kind: str, fn: Callable[[Any], T], attempts: int) -> T:
         error: EtcdError | None = None
-        for _ in range(attempts):
+        give_up_at = time.monotonic() + self.timeout * RAFT_CHANGE_BUDGET
+        pause = _BACKOFF[0]
+        tried = 0
+        while True:
             idx, stub = self._stub(kind)
+            tried += 1
             try:
                 return fn(stub)
             except grpc.RpcError as exc:
@@ -183,10 +204,15 @@ class Endpoints:
                     f"etcd at {self._endpoints[idx].netloc} did not create the watch ({what}) "
                     f"within {self.timeout:g}s"
                 )
-            if not isinstance(error, EtcdUnavailable):
+            if isinstance(error, EtcdNotExecuted):
+                # Same endpoint again: its raft is choosing or taking over a leader.
+                if time.monotonic() + pause >= give_up_at or self.closed:
+                    raise error
+                time.sleep(pause)
+                pause = min(pause * 2, _BACKOFF[1])
+                continue
+            if not isinstance(error, EtcdUnavailable) or tried >= attempts:
                 raise error
-        assert error is not None
-        raise error
 
     async def run(
         self,
@@ -204,7 +230,7 @@ class Endpoints:
         except RuntimeError:
             raise EtcdError("etcd client is closed") from None
         # A safety net only: every gRPC call carries its own deadline.
-        limit = (deadline or self.timeout) * attempts + 1.0
+        limit = (deadline or self.timeout) * (attempts + RAFT_CHANGE_BUDGET + 1) + 1.0
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
         # that arrives as the call completes, leaving the caller running on.
         op = metrics.etcd_operation(what)

@@ -18,6 +18,12 @@ class EtcdUnavailable(EtcdError):
     """No etcd endpoint answered in time: down, unreachable, or no quorum."""
 
 
+class EtcdNotExecuted(EtcdUnavailable):
+    """etcd refused the request before carrying it out because its raft leadership was
+    changing (an election, or a leadership transfer): sending it again is safe, writes
+    included."""
+
+
 class LeaseNotFound(EtcdError):
     """The lease has expired or was revoked."""
 
