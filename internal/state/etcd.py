@@ -36,11 +36,11 @@ from pyetcd.watch import Watcher
 from internal.security.certfiles import pair_matches
 from internal.state.etcd_cluster import ClusterCalls
 from internal.state.etcd_endpoints import Endpoints
-from internal.state.etcd_outcome import Outcome, decidable, no_answer, outcome
+from internal.state.etcd_outcome import Outcome, decidable, outcome
 from internal.state.etcd_values import (
     Compare,
     EtcdError,
-    EtcdNotExecuted,
+    EtcdNoAnswer,
     EtcdUnavailable,
     Get,
     KeyValue,
@@ -259,11 +259,15 @@ class EtcdClient(ClusterCalls):
         read_only = all(isinstance(op, Get) for op in (*success, *failure))
         keys = ", ".join(dict.fromkeys(op.key for op in success)) or "-"
         what = f"transaction on {keys}"
+
+        async def send(retry: bool) -> Any:
+            return await self._pool.run(what, lambda s: s.Txn(req, self.timeout), retry=retry)
+
         try:
-            resp = await self._pool.run(what, lambda s: s.Txn(req, self.timeout), retry=read_only)
-        except EtcdUnavailable as exc:
-            puts = None if read_only or isinstance(exc, EtcdNotExecuted) else decidable(success)
-            if puts is None or not no_answer(str(exc)):
+            resp = await send(read_only)
+        except EtcdNoAnswer as exc:
+            puts = decidable(success)  # None for a read-only one, which was sent again anyway
+            if puts is None:
                 raise
             found = await self._read_back([p.key for p in puts], exc)
             result = outcome(puts, found)
@@ -273,16 +277,14 @@ class EtcdClient(ClusterCalls):
                 return TxnResult(True, revision, [OpResult() for _ in puts])
             if result is Outcome.UNKNOWN:
                 raise
-            resp = await self._pool.run(what, lambda s: s.Txn(req, self.timeout), retry=False)
+            resp = await send(False)  # provably not applied: once more
         return TxnResult(
             bool(resp.succeeded),
             int(resp.header.revision),
             [op_result(r) for r in resp.responses],
         )
 
-    async def _read_back(
-        self, keys: list[str], error: EtcdUnavailable
-    ) -> dict[str, KeyValue | None]:
+    async def _read_back(self, keys: list[str], error: EtcdNoAnswer) -> dict[str, KeyValue | None]:
         """The keys as a linearizable read sees them once etcd answers again (see
         etcd_outcome); `error` again when it does not within another timeout."""
         deadline = asyncio.get_running_loop().time() + self.timeout

@@ -37,6 +37,7 @@ from pyetcd.watch import Watcher
 from internal.observability import metrics
 from internal.state.etcd_values import (
     EtcdError,
+    EtcdNoAnswer,
     EtcdNotExecuted,
     EtcdUnavailable,
     LeaseNotFound,
@@ -171,13 +172,16 @@ class Endpoints:
             return EtcdNotExecuted(f"etcd at {where} refused {what} for now: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             self.mark_failed(idx)
-            return EtcdUnavailable(
+            return EtcdNoAnswer(
                 f"etcd at {where} gave no answer to {what} within {self.timeout:g}s "
                 "(down, unreachable, or no quorum)"
             )
         if code == grpc.StatusCode.UNAVAILABLE:
             self.mark_failed(idx)
-            return EtcdUnavailable(f"etcd at {where} is unavailable ({what}): {details}")
+            # etcd's own deadline ("request timed out", "..., possibly due to previous
+            # leader failure", "... due to connection lost"): no answer, as with ours.
+            unavailable = EtcdNoAnswer if "request timed out" in details else EtcdUnavailable
+            return unavailable(f"etcd at {where} is unavailable ({what}): {details}")
         if code == grpc.StatusCode.CANCELLED and self.closed:
             return EtcdError("etcd client is closed")
         if code == grpc.StatusCode.NOT_FOUND and "lease" in details:
@@ -240,7 +244,7 @@ class Endpoints:
                 return await fut
         except TimeoutError:
             metrics.ETCD_ERRORS.labels(op).inc()
-            raise EtcdUnavailable(f"etcd gave no answer to {what} within {limit:g}s") from None
+            raise EtcdNoAnswer(f"etcd gave no answer to {what} within {limit:g}s") from None
         except EtcdError:
             metrics.ETCD_ERRORS.labels(op).inc()
             raise

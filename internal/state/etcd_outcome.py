@@ -1,4 +1,4 @@
-"""Whether a write transaction that got no answer was applied.
+"""Whether a write transaction that got no answer (`EtcdNoAnswer`) was applied.
 
 A write in flight when etcd's raft leader dies can be lost (forwarded to the dead
 leader) or committed (replicated before it died, then committed by the next leader); the
@@ -18,15 +18,6 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 
 from internal.state.etcd_values import KeyValue, Put, TxnOp
-
-# A failure that leaves it open whether the write was applied: our deadline passed
-# (etcd_endpoints), or etcd's own ("request timed out", also "..., possibly due to
-# previous leader failure" and "... due to connection lost").
-_NO_ANSWER = ("gave no answer", "request timed out")
-
-
-def no_answer(message: str) -> bool:
-    return any(part in message for part in _NO_ANSWER)
 
 
 class Outcome(Enum):

@@ -18,6 +18,11 @@ class EtcdUnavailable(EtcdError):
     """No etcd endpoint answered in time: down, unreachable, or no quorum."""
 
 
+class EtcdNoAnswer(EtcdUnavailable):
+    """No answer in time (our deadline, or etcd's own "request timed out"): a write may or
+    may not have been carried out."""
+
+
 class EtcdNotExecuted(EtcdUnavailable):
     """etcd refused the request before carrying it out because its raft leadership was
     changing (an election, or a leadership transfer): sending it again is safe, writes

@@ -4,7 +4,7 @@ decided by reading its keys back: applied, not applied (safe to send again), or 
 
 from __future__ import annotations
 
-from internal.state.etcd_outcome import Outcome, decidable, no_answer, outcome
+from internal.state.etcd_outcome import Outcome, decidable, outcome
 from internal.state.etcd_values import Delete, Get, KeyValue, Put
 
 
@@ -34,9 +34,3 @@ def test_only_branches_of_puts_can_be_decided() -> None:
     assert decidable([Put("/a", b"x"), Delete("/b")]) is None
     assert decidable([Put("/a", b"x"), Get("/b")]) is None
     assert decidable([]) is None
-
-
-def test_only_failures_without_an_answer_are_read_back() -> None:
-    assert no_answer("etcd at h:1 gave no answer to put /a within 5s (down, unreachable, ...)")
-    assert no_answer("etcd at h:1 is unavailable (put /a): etcdserver: request timed out")
-    assert not no_answer("etcd at h:1 is unavailable (put /a): failed to connect to all addresses")

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from internal.state.etcd_endpoints import Endpoints
-from internal.state.etcd_values import EtcdError, EtcdNotExecuted, EtcdUnavailable
+from internal.state.etcd_values import EtcdError, EtcdNoAnswer, EtcdNotExecuted, EtcdUnavailable
 
 
 class Refused(grpc.RpcError):
@@ -75,6 +75,24 @@ def test_a_write_that_may_have_been_applied_is_not_sent_again(endpoints: Endpoin
     with pytest.raises(EtcdUnavailable):
         asyncio.run(endpoints.run("put /k", fn, retry=False))  # type: ignore[arg-type]
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "no_answer"),
+    [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "", True),
+        (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out", True),
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", False),
+    ],
+)
+def test_only_failures_without_an_answer_leave_a_write_open(
+    endpoints: Endpoints, code: grpc.StatusCode, details: str, no_answer: bool
+) -> None:
+    # EtcdNoAnswer is what EtcdClient.txn reads back (internal/state/etcd_outcome.py).
+    _, fn = failing([Refused(code, details)])
+    with pytest.raises(EtcdUnavailable) as info:
+        asyncio.run(endpoints.run("put /k", fn, retry=False))  # type: ignore[arg-type]
+    assert isinstance(info.value, EtcdNoAnswer) is no_answer
 
 
 def test_other_errors_are_not_retried(endpoints: Endpoints) -> None:
