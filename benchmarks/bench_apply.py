@@ -5,7 +5,8 @@
 
 `--rootless`: a 1-node rootless dev cluster, fresh workload users against bare rootless
 `podman run -d` as fresh users, plus a 200 MB image; see benchmarks/rootless_apply.py.
-Its last line is `ratio=R driver=D`.
+Its last line is `ratio=R driver=D`. `--spares 0` turns the node's spare workload users
+off (kat_agent/node/podman/spares.py), to compare.
 
 1. A 1-replica service (busybox `sleep`, image already on the node) is applied
    through the real API and timed until its instance is RUNNING; deleted and
@@ -104,9 +105,17 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--replicas", type=int, default=30)
     ap.add_argument("--rootless", action="store_true", help="rootless workloads (see above)")
+    ap.add_argument(
+        "--spares",
+        type=int,
+        default=1,
+        help="--rootless: spare workload users the node keeps (KAT_SPARE_WORKLOAD_USERS; "
+        "0: every new workload makes its user and starts its service, as before)",
+    )
     a = ap.parse_args()
     if a.rootless:
-        return main_rootless(a.runs)
+        os.environ["KAT_SPARE_WORKLOAD_USERS"] = str(a.spares)
+        return main_rootless(a.runs, a.spares)
     out = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="kat-apply-") as tmp:
         with DevCluster(3, Path(tmp) / "c") as c:
@@ -150,7 +159,7 @@ def main() -> int:
     return 0
 
 
-def main_rootless(runs: int) -> int:
+def main_rootless(runs: int, spares: int) -> int:
     from benchmarks import rootless_apply
 
     lines: list[str] = []
@@ -159,7 +168,7 @@ def main_rootless(runs: int) -> int:
             assert c.katconfig is not None
             client = Client(clientconfig.load(c.katconfig).context())
             try:
-                last = rootless_apply.run(c, client, IMAGE, runs, lines)
+                last = rootless_apply.run(c, client, IMAGE, runs, lines, spares)
             finally:
                 client.close()
                 print("\n".join(lines))

@@ -6,11 +6,17 @@ one fresh workload and one bare run of it, and the disk used by 10 replicas.
 
 Last line: `ratio=R driver=D` (R: KAT median / bare median for busybox; D: the workload
 users' storage driver, fuse-overlayfs / overlay / vfs). Every user it makes is removed.
+
+With spare workload users on (the default), each timed step, KAT's and the bare run
+alike, starts only once the node's spare is ready and the node is quiet: the spare made
+after the previous run must not compete with either side.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pwd
 import re
 import secrets
 import statistics
@@ -20,10 +26,13 @@ from pathlib import Path
 
 from api.v1alpha1 import kat_pb2
 from kat_agent.node.podman.imagestore import RootlessDriver, storage_conf
+from kat_agent.node.podman.service import ping
 from kat_agent.node.podman.users import (
+    SPARE_GECOS_PREFIX,
     WorkloadUser,
     ensure_workload_user,
     remove_workload_user,
+    username_prefix,
     workload_username,
 )
 from katcall.client import Client
@@ -53,7 +62,7 @@ def _du(*paths: Path) -> int:
 def _user_conf(name: str) -> tuple[RootlessDriver, Path | None, Path]:
     """The workload user's storage (driver, shared store, its home) from the
     storage.conf the node agent wrote."""
-    home = HOME_BASE / workload_username(NAMESPACE, name)
+    home = Path(pwd.getpwnam(workload_username(NAMESPACE, name)).pw_dir)  # a spare's home
     confs = sorted((home / ".config" / "containers").glob("kat-*-storage.conf"))
     if not confs:
         raise SystemExit(f"no storage.conf of the node agent in {home}")
@@ -65,6 +74,36 @@ def _user_conf(name: str) -> tuple[RootlessDriver, Path | None, Path]:
     if store:
         driver = RootlessDriver(driver.name, driver.mount_program, shared=True)
     return driver, Path(store.group(1)) if store else None, home
+
+
+def spare_ready() -> bool:
+    """A spare workload user of this bench's node answers on its Podman socket."""
+    start = f"{username_prefix()}_spare"
+    for pw in pwd.getpwall():
+        if pw.pw_name.startswith(start) and pw.pw_gecos.startswith(SPARE_GECOS_PREFIX):
+            for sock in Path(f"/run/user/{pw.pw_uid}").glob("kat-*.sock"):
+                if asyncio.run(ping(sock)):
+                    return True
+    return False
+
+
+def wait_quiet(spares: int) -> None:
+    """Until the node's spare (if any) is ready; then until a second passes with the
+    machine's CPU at most 30% busy (the spare's start and the last delete settled)."""
+    if spares:
+        wait_until(spare_ready, timeout=120, interval=0.1, what="spare workload user ready")
+
+    def quiet() -> bool:
+        def busy() -> tuple[int, int]:
+            f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            return sum(f) - f[3] - f[4], sum(f)
+
+        b0, t0 = busy()
+        time.sleep(1.0)
+        b1, t1 = busy()
+        return (b1 - b0) / max(1, t1 - t0) <= 0.3
+
+    wait_until(quiet, timeout=60, interval=0, what="machine quiet")
 
 
 def apply_until_running(client: Client, name: str, image: str, replicas: int = 1) -> float:
@@ -157,7 +196,9 @@ def build_big(c: DevCluster, node: str, base_image: str) -> None:
     c.exec(node, "podman", *flags, "build", "-q", "-t", BIG, str(ctx), check=True, timeout=600)
 
 
-def run(c: DevCluster, client: Client, image: str, runs: int, out: list[str]) -> str:
+def run(
+    c: DevCluster, client: Client, image: str, runs: int, out: list[str], spares: int = 1
+) -> str:
     only = c.node("node1")["name"]
     used: list[str] = []
     try:
@@ -171,22 +212,34 @@ def run(c: DevCluster, client: Client, image: str, runs: int, out: list[str]) ->
             for i in range(runs):
                 name = f"rl{i}{secrets.token_hex(2)}"
                 used.append(name)
+                wait_quiet(spares)
                 kat.append(apply_until_running(client, name, image))
                 delete(client, name)
+                wait_quiet(spares)
                 plain.append(bare.run(image))
             mk, mp = statistics.median(kat), statistics.median(plain)
             out.append(
                 f"rootless: apply fresh 1-replica workload (new user) to RUNNING: median "
                 f"{mk:.3f} s over {runs} runs; bare rootless podman run -d as a fresh user: "
                 f"median {mp:.3f} s; ratio {mk / mp:.2f} (target <= 1.5); node {only}, "
-                f"driver {driver.label}, shared store {store}"
+                f"driver {driver.label}, shared store {store}, spare users {spares}"
             )
             out.append(f"  kat runs: {' '.join(f'{t:.2f}' for t in kat)}")
             out.append(f"  bare runs: {' '.join(f'{t:.2f}' for t in plain)}")
 
             build_big(c, "node1", image)
-            homes = [HOME_BASE / workload_username(NAMESPACE, n) for n in ("big1", "big10")]
-            before = _du(*(p for p in (store,) if p), *homes)
+
+            # Every home of this bench's workload users (spares, made ahead, among them),
+            # not the bare runs'
+            def homes() -> list[Path]:
+                bare_users = f"{username_prefix()}{BARE_NAMESPACE}_"
+                return [
+                    h
+                    for h in sorted(HOME_BASE.glob(f"{username_prefix()}*"))
+                    if not h.name.startswith(bare_users)
+                ]
+
+            before = _du(*(p for p in (store,) if p), *homes())
             used.append("big1")
             tb = apply_until_running(client, "big1", BIG)
             tbb = bare.run(BIG)
@@ -196,10 +249,10 @@ def run(c: DevCluster, client: Client, image: str, runs: int, out: list[str]) ->
                 f"fresh user {tbb:.2f} s"
             )
             delete(client, "big1")
-            mid = _du(*(p for p in (store,) if p), *homes)
+            mid = _du(*(p for p in (store,) if p), *homes())
             used.append("big10")
             t10 = apply_until_running(client, "big10", BIG, 10)
-            after = _du(*(p for p in (store,) if p), *homes)
+            after = _du(*(p for p in (store,) if p), *homes())
             per = (after - mid) / 10
             out.append(
                 f"rootless {BIG_MB} MB image, 10 replicas: RUNNING in {t10:.2f} s; disk: "

@@ -163,6 +163,10 @@ def uninstall(
     for ns, name in _kat_users() if users is None else users:
         if remove_workload_user(ns, name):
             done.append(f"removed workload user of {ns}/{name}")
+    if users is None:
+        from kat_agent.node.podman.spares import remove_all_spare_users
+
+        done += [f"removed spare workload user {name}" for name in remove_all_spare_users()]
     store = _image_store(data_dir)
     if store.path.exists():
         store.remove()

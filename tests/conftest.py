@@ -47,6 +47,10 @@ DEFAULT_ASYNC_TIMEOUT = 60.0
 
 # Set at import, before any fixture starts an agent (children inherit it).
 os.environ.setdefault("KAT_WORKLOAD_USER_PREFIX", f"kt{secrets.token_hex(2)}_")
+# No spare workload users (kat_agent/node/podman/spares.py) unless a test asks for them
+# (tests/cluster/test_spare_users.py): each would be one more user and Podman service per
+# agent the suite starts, and most tests count the users a workload leaves.
+os.environ.setdefault("KAT_SPARE_WORKLOAD_USERS", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -61,6 +61,7 @@ from kat_agent.node.podman.imagestore import (
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE
 from kat_agent.node.podman.runtime import Runtime
 from kat_agent.node.podman.service import MAX_SOCKET_PATH, PodmanService, PodmanStorage
+from kat_agent.node.podman.spares import SparePool, spares_from_env
 from kat_agent.node.podman.users import (
     DEFAULT_HOME_BASE,
     GECOS_PREFIX,
@@ -69,6 +70,7 @@ from kat_agent.node.podman.users import (
     ensure_workload_user,
     remove_workload_user,
     username_prefix,
+    workload_username,
 )
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class NodeSettings:
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     image_store_base: Path = SHARED_STORE_BASE  # the shared image stores (per tag)
     rootless_driver: RootlessDriver | None = None  # None: detected (imagestore.py)
+    spare_users: int = 0  # users made ahead of their workload (spares.py; for_node: 1)
 
     def container_dns(self, namespace: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(nameservers, search domains) for a container of `namespace`: the node's DNS
@@ -163,6 +166,7 @@ class NodeSettings:
             subnet=identity.subnet,
             storage=PodmanStorage.from_env(env),
             rootless=rootless_from_env(env) if rootless is None else rootless,
+            spare_users=spares_from_env(env),
             volume_base_path=Path(config.spec.volume_base_path or DEFAULT_VOLUME_BASE),
             containers_conf=Path(conf) if conf else None,
             data_root=dd.root,
@@ -186,6 +190,10 @@ class Backend:
     @property
     def rootless(self) -> bool:
         return self.user is not None
+
+    def renamed(self, user: WorkloadUser) -> None:
+        """A spare user's backend now belongs to workload user `user` (spares.py)."""
+        self.key, self.user, self.service.user = user.username, user, user
 
 
 USER_REMOVAL_SECONDS = 60
@@ -240,6 +248,13 @@ class PodmanPool:
         self.network_ready = asyncio.Event()
         self.driver: RootlessDriver | None = None  # workload users' (rootless mode)
         self.image_store: SharedImageStore | None = None
+        self.spares: SparePool[Backend] = SparePool(
+            settings.spare_users if settings.rootless else 0,
+            settings.tag,
+            settings.home_base,
+            self._start_user_backend,
+            self._stop_backend,
+        )
 
     @property
     def root(self) -> Backend:
@@ -298,6 +313,7 @@ class PodmanPool:
                 await self._user_backend(user)
             except Exception as exc:  # noqa: BLE001 - one broken user must not stop the node
                 log.error("cannot start the Podman service of %s: %s", user.username, exc)
+        self.spares.start()
 
     async def _choose_rootless_storage(self) -> None:
         s = self.settings
@@ -374,9 +390,19 @@ class PodmanPool:
         return found
 
     async def backend_for(self, namespace: str, workload: str) -> Backend:
-        """Where a new container of this workload runs."""
+        """Where a new container of this workload runs: its user's service, started on
+        first use, or a spare user's (renamed to it) when one is ready."""
         if not self.settings.rootless:
             return self.root
+        username = workload_username(namespace, workload)
+        async with self._lock(username):
+            have = self._users.get(username)
+            if have is not None:
+                return have
+            spare = await self.spares.claim(namespace, workload)
+            if spare is not None:
+                self._users[username] = spare
+                return spare
         user = await asyncio.to_thread(
             ensure_workload_user, namespace, workload, home_base=self.settings.home_base
         )
@@ -387,35 +413,43 @@ class PodmanPool:
             have = self._users.get(user.username)
             if have is not None:
                 return have
-            s = self.settings
-            sock = RUNTIME_DIR_BASE / str(user.uid) / f"kat-{s.tag}.sock"
-            storage = self.user_storage(user)
-            await asyncio.to_thread(_own_storage_parents, storage, user)
-            driver, conf = await asyncio.to_thread(self._write_user_storage_conf, user, storage)
-            svc = PodmanService(
-                sock,
-                # Graph root and runroot come from the storage.conf: with --root or
-                # --runroot flags Podman drops the conf's driver options (the shared
-                # store, fuse-overlayfs) without a word.
-                storage=PodmanStorage(
-                    tmpdir=storage.tmpdir, network_config_dir=storage.network_config_dir
-                ),
-                user=user,
-                containers_conf=s.containers_conf,
-                storage_conf=conf,
-                log_file=s.run_dir / f"podman-{user.username}.log",
-            )
-            await svc.start()
-            try:
-                await svc.wait_ready(60)
-            except BaseException:
-                await svc.stop()
-                raise
-            rt = Runtime(svc.socket_path, owner=(user.uid, user.gid), **s.runtime_options())
-            backend = Backend(user.username, rt, svc, user, None, driver)
+            backend = await self._start_user_backend(user)
             self._users[user.username] = backend
-            log.info("Podman service of workload user %s ready", user.username)
             return backend
+
+    async def _start_user_backend(self, user: WorkloadUser) -> Backend:
+        """Start `user`'s Podman service with this node's storage setup."""
+        s = self.settings
+        sock = RUNTIME_DIR_BASE / str(user.uid) / f"kat-{s.tag}.sock"
+        storage = self.user_storage(user)
+        await asyncio.to_thread(_own_storage_parents, storage, user)
+        driver, conf = await asyncio.to_thread(self._write_user_storage_conf, user, storage)
+        svc = PodmanService(
+            sock,
+            # Graph root and runroot come from the storage.conf: with --root or
+            # --runroot flags Podman drops the conf's driver options (the shared
+            # store, fuse-overlayfs) without a word.
+            storage=PodmanStorage(
+                tmpdir=storage.tmpdir, network_config_dir=storage.network_config_dir
+            ),
+            user=user,
+            containers_conf=s.containers_conf,
+            storage_conf=conf,
+            log_file=s.run_dir / f"podman-{user.username}.log",
+        )
+        await svc.start()
+        try:
+            await svc.wait_ready(60)
+        except BaseException:
+            await svc.stop()
+            raise
+        rt = Runtime(svc.socket_path, owner=(user.uid, user.gid), **s.runtime_options())
+        log.info("Podman service of workload user %s ready", user.username)
+        return Backend(user.username, rt, svc, user, None, driver)
+
+    async def _stop_backend(self, backend: Backend) -> None:
+        await backend.service.stop()
+        await backend.runtime.close()
 
     async def release(self, backend: Backend) -> None:
         """Stop a workload user's service (it has no container on this node any more)."""
@@ -542,6 +576,7 @@ class PodmanPool:
 
     async def close(self) -> None:
         """Stop every service; the containers keep running (conmon holds them)."""
+        await self.spares.close()
         for backend in list(self._users.values()):
             await backend.runtime.close()
             await backend.service.stop()

@@ -41,6 +41,8 @@ USERNAME_PREFIX_ENV = "KAT_WORKLOAD_USER_PREFIX"
 _PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{1,10}_$")
 MAX_USERNAME = 32
 GECOS_PREFIX = "kat workload "
+# A spare user (spares.py), made ahead of its workload: "kat spare <agent tag>".
+SPARE_GECOS_PREFIX = "kat spare "
 DEFAULT_HOME_BASE = Path("/var/lib/kat-workloads")
 SUBID_COUNT = 65536
 SUBID_MIN = 100_000
@@ -100,7 +102,7 @@ def _gecos(namespace: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def _users_lock() -> Iterator[None]:
+def users_lock() -> Iterator[None]:
     """Serialises user and subordinate-id changes between agents on one machine."""
     USER_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(USER_LOCK, "a") as f:
@@ -172,28 +174,11 @@ def ensure_workload_user(
     other range. Idempotent. Blocking: call it through asyncio.to_thread."""
     username = workload_username(namespace, name)
     gecos = _gecos(namespace, name)
-    with _users_lock():
+    with users_lock():
         try:
             pw = pwd.getpwnam(username)
         except KeyError:
-            home_base.mkdir(parents=True, exist_ok=True)
-            home_base.chmod(0o755)
-            _run(
-                [
-                    "useradd",
-                    "--system",
-                    "--user-group",
-                    "--create-home",
-                    "--home-dir",
-                    str(home_base / username),
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    "--comment",
-                    gecos,
-                    username,
-                ]
-            )
-            pw = pwd.getpwnam(username)
+            pw = add_user(username, gecos, home_base)
             log.info(
                 "created workload user %s (uid %d) for %s/%s", username, pw.pw_uid, namespace, name
             )
@@ -207,6 +192,29 @@ def ensure_workload_user(
     user = WorkloadUser(pw.pw_uid, pw.pw_gid, username)
     ensure_runtime_dir(user)
     return user
+
+
+def add_user(username: str, gecos: str, home_base: Path) -> pwd.struct_passwd:
+    """useradd of a system user with its own group and a home under `home_base`; the
+    caller holds users_lock."""
+    home_base.mkdir(parents=True, exist_ok=True)
+    home_base.chmod(0o755)
+    _run(
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--create-home",
+            "--home-dir",
+            str(home_base / username),
+            "--shell",
+            "/usr/sbin/nologin",
+            "--comment",
+            gecos,
+            username,
+        ]
+    )
+    return pwd.getpwnam(username)
 
 
 def ensure_runtime_dir(user: WorkloadUser) -> Path:
@@ -288,7 +296,7 @@ def remove_workload_user(
     other) says it stays. Storage outside the home (a `PodmanStorage.for_user`) is the
     caller's to remove. `prefix`: another than this agent's (username_prefix). Blocking."""
     username = workload_username(namespace, name, prefix)
-    with _users_lock():
+    with users_lock():
         try:
             pw = pwd.getpwnam(username)
         except KeyError:
@@ -298,40 +306,58 @@ def remove_workload_user(
             raise PodmanServiceError(f"user {username} is not KAT's; not removing it")
         if keep_if is not None and keep_if(Path(pw.pw_dir)):
             return False
-        log.debug("ending the processes of %s", username)
-        _end_user_processes(pw.pw_uid, grace)
-        log.debug("deleting user %s", username)
-        res = subprocess.run(["userdel", "--remove", username], capture_output=True, text=True)
-        if res.returncode == 8:  # "currently used by process N": a zombie, all else ended
-            res = subprocess.run(
-                ["userdel", "--force", "--remove", username], capture_output=True, text=True
-            )
-        # 12: the home directory could not be removed (it is removed below).
-        if res.returncode not in (0, 12):
-            raise PodmanServiceError(f"userdel {username} failed: {res.stderr.strip()}")
-        shutil.rmtree(pw.pw_dir, ignore_errors=True)
-        for path in (Path("/etc/subuid"), Path("/etc/subgid")):
-            if any(o in (username, str(pw.pw_uid)) for o, _, _ in _subid_ranges(path)):
-                lines = [
-                    line
-                    for line in path.read_text().splitlines()
-                    if line.split(":", 1)[0] not in (username, str(pw.pw_uid))
-                ]
-                write_atomic(path, "".join(f"{line}\n" for line in lines).encode(), 0o644)
-        shutil.rmtree(RUNTIME_DIR_BASE / str(pw.pw_uid), ignore_errors=True)
+        delete_user(pw, grace)
     log.info("removed workload user %s (uid %d)", username, pw.pw_uid)
     return True
 
 
+def delete_user(pw: pwd.struct_passwd, grace: float) -> None:
+    """End every process of the user, then delete it, its group, home, subordinate ids
+    and /run/user/<uid>; the caller holds users_lock."""
+    username = pw.pw_name
+    log.debug("ending the processes of %s", username)
+    _end_user_processes(pw.pw_uid, grace)
+    log.debug("deleting user %s", username)
+    res = subprocess.run(["userdel", "--remove", username], capture_output=True, text=True)
+    if res.returncode == 8:  # "currently used by process N": a zombie, all else ended
+        res = subprocess.run(
+            ["userdel", "--force", "--remove", username], capture_output=True, text=True
+        )
+    # 12: the home directory could not be removed (it is removed below).
+    if res.returncode not in (0, 12):
+        raise PodmanServiceError(f"userdel {username} failed: {res.stderr.strip()}")
+    shutil.rmtree(pw.pw_dir, ignore_errors=True)
+    for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+        if any(o in (username, str(pw.pw_uid)) for o, _, _ in _subid_ranges(path)):
+            lines = [
+                line
+                for line in path.read_text().splitlines()
+                if line.split(":", 1)[0] not in (username, str(pw.pw_uid))
+            ]
+            write_atomic(path, "".join(f"{line}\n" for line in lines).encode(), 0o644)
+    shutil.rmtree(RUNTIME_DIR_BASE / str(pw.pw_uid), ignore_errors=True)
+
+
 def remove_workload_users_with_prefix(prefix: str) -> list[str]:
-    """Remove every workload user whose name starts with `prefix` (a test session's or a
-    dev cluster's own prefix, never the default one: those are a real KAT's). Returns the
+    """Remove every workload user (spares too) whose name starts with `prefix` (a test
+    session's or a dev cluster's own prefix, never the default one: those are a real
+    KAT's). Returns the
     names removed; a user that cannot be removed is logged and left."""
     if prefix == USERNAME_PREFIX:
         return []
     removed: list[str] = []
     for pw in pwd.getpwall():
-        if not (pw.pw_name.startswith(prefix) and pw.pw_gecos.startswith(GECOS_PREFIX)):
+        if not pw.pw_name.startswith(prefix):
+            continue
+        if pw.pw_gecos.startswith(SPARE_GECOS_PREFIX):
+            try:
+                with users_lock():
+                    delete_user(pwd.getpwuid(pw.pw_uid), 2.0)
+                removed.append(pw.pw_name)
+            except (OSError, KeyError, PodmanServiceError) as exc:
+                log.warning("could not remove spare user %s: %s", pw.pw_name, exc)
+            continue
+        if not pw.pw_gecos.startswith(GECOS_PREFIX):
             continue
         namespace, _, name = pw.pw_gecos.removeprefix(GECOS_PREFIX).partition("/")
         try:
