@@ -92,7 +92,11 @@ async def simulate(
     seconds: float,
     warmup: float,
     tick: float,
+    live: list[int] | None = None,
 ) -> tuple[list[float], list[float]]:
+    """Every node beats on its own stream until warm-up + seconds; `live[0]` counts the
+    streams that have had an answer and are still open."""
+    live = live if live is not None else [0]
     latencies: list[float] = []
     reopened: list[float] = []  # when a failed stream was opened again (s after start)
     loop = asyncio.get_running_loop()
@@ -114,11 +118,15 @@ async def simulate(
                 # Open again after a failure, as the agent does: in the connect storm of
                 # a thousand TLS handshakes some time out ("before receiving SETTINGS").
                 stream = stub.Heartbeats()  # what kat-agent uses: one stream per agent
+                counted = False
                 try:
                     while (now := loop.time()) - start < warmup + seconds:
                         t0 = time.perf_counter()
                         await stream.write(req)
                         await stream.read()
+                        if not counted:
+                            counted = True
+                            live[0] += 1
                         if now - start >= warmup:
                             latencies.append(time.perf_counter() - t0)
                         await asyncio.sleep(max(0.0, tick - (loop.time() - now)))
@@ -130,6 +138,8 @@ async def simulate(
                     reopened.append(loop.time() - start)
                     await asyncio.sleep(0.5 + random.random())
                 finally:
+                    if counted:
+                        live[0] -= 1
                     stream.cancel()
         finally:
             await ch.close()
@@ -247,21 +257,28 @@ def main() -> int:
             f"in {time.perf_counter() - t0:.1f} s"
         )
 
-        cpu0 = [0.0]
-        wall0 = [0.0]
+        live = [0]
+        at_end: dict[str, float] = {}
 
         async def run() -> tuple[list[float], list[float]]:
             async def mark() -> None:
+                # Measuring points, not synchronisation: CPU over the window, and RSS and
+                # open streams one second before its end, while every node is connected
+                # (after the window the nodes hang up, and RSS then says nothing).
                 await asyncio.sleep(a.warmup)
-                cpu0[0], wall0[0] = cpu_seconds(leader.pid), time.monotonic()
+                cpu0, wall0 = cpu_seconds(leader.pid), time.monotonic()
+                await asyncio.sleep(max(0.0, a.seconds - 1))
+                at_end["cpu"] = (cpu_seconds(leader.pid) - cpu0) / (time.monotonic() - wall0)
+                at_end["rss"] = rss_mb(leader.pid)
+                at_end["live"] = live[0]
 
             marker = asyncio.create_task(mark())
-            got = await simulate(ctx.endpoints[0], ca, nodes, a.seconds, a.warmup, a.tick)
+            got = await simulate(ctx.endpoints[0], ca, nodes, a.seconds, a.warmup, a.tick, live)
             await marker
             return got
 
         lat, reopened = asyncio.run(run())
-        cpu = (cpu_seconds(leader.pid) - cpu0[0]) / (time.monotonic() - wall0[0])
+        cpu = at_end["cpu"]
         lat.sort()
         p50 = statistics.median(lat) * 1000
         p99 = lat[int(len(lat) * 0.99) - 1] * 1000
@@ -277,9 +294,9 @@ def main() -> int:
         )
         print(f"leader CPU (kat-agent process, not etcd): {cpu:.2f} cores (target < 1)")
         print(
-            f"leader RSS (kat-agent without etcd) with {a.agents + 2} nodes: "
-            f"{rss_mb(leader.pid):.1f} MB "
-            "(target < 150 MB)"
+            f"leader RSS (kat-agent without etcd) with {a.agents + 2} nodes, "
+            f"{at_end['live']:.0f} of {a.agents} simulated streams open: "
+            f"{at_end['rss']:.1f} MB (target < 150 MB)"
         )
         print(f"idle leader RSS (kat-agent without etcd), 2 nodes: {idle_leader_rss:.1f} MB")
         print(f"idle joined agent RSS: {rss_mb(agent.pid):.1f} MB (target < 60 MB)")

@@ -16,18 +16,22 @@ _Restart = rollout.RestartAction
 # ------------------------------------------------------------------ assignments
 
 
+def desired_phase(phase: int) -> int:
+    """TERMINATING (stop it), SUCCEEDED/FAILED (done: do not start it again), or
+    SCHEDULED (it should exist) for every phase a running instance passes through."""
+    return phase if phase in TERMINAL or phase == _Inst.TERMINATING else _Inst.SCHEDULED
+
+
 def desired_instance(record: kat_pb2.Instance) -> kat_pb2.Instance:
     """The part of an instance record a node acts on: identity, generation, restart count,
-    and a phase that is TERMINATING (stop it), SUCCEEDED/FAILED (done: do not start it
-    again) or SCHEDULED (it should exist)."""
-    phase = record.phase if record.phase in TERMINAL or record.phase == _Inst.TERMINATING else None
+    and its desired_phase."""
     return _Inst(
         id=record.id,
         workload=record.workload,
         namespace=record.namespace,
         node=record.node,
         generation=record.generation,
-        phase=phase or _Inst.SCHEDULED,
+        phase=desired_phase(record.phase),
         restart_count=record.restart_count,
         job_run=record.job_run,
         purge_volumes=record.purge_volumes,
@@ -40,13 +44,15 @@ AssignmentCache = dict[str, tuple[_Key, kat_pb2.Bundle | None, kat_pb2.Assignmen
 
 
 def assignment_key(rec: kat_pb2.Instance) -> _Key:
-    """The fields of a record that its assignment is built from (with the bundle)."""
+    """The fields of a record that its assignment is built from (with the bundle). The
+    phase as the node gets it: PULLING, STARTING and RUNNING reported by the node are
+    all SCHEDULED to it, so they rebuild and resend nothing."""
     return (
         rec.namespace,
         rec.workload,
         rec.node,
         rec.generation,
-        rec.phase,
+        desired_phase(rec.phase),
         rec.restart_count,
         rec.job_run,
         rec.purge_volumes,

@@ -144,3 +144,33 @@ def test_published_changes_give_the_same_sets_as_a_full_publish() -> None:
                 assert "n3" not in changed  # its set did not change: its stream sleeps on
 
     asyncio.run(run())
+
+
+def test_a_node_reporting_its_instance_running_rebuilds_nothing() -> None:
+    """SCHEDULED, PULLING, STARTING and RUNNING are all "it should exist" to the node: the
+    leader recording the node's own reports of them keeps the assignment object (no new
+    Assignment with a copy of the bundle, no comparison of it with the old one) and
+    sends nothing; FAILED and TERMINATING the node must hear."""
+    from kat_agent.leader.assignment_index import AssignmentIndex
+
+    async def run() -> None:
+        book, index, bundle = AssignmentBook(), AssignmentIndex(), kat_pb2.Bundle()
+        await book.reset()
+        key = ("default", "web")
+        a = rec("a")
+        a.phase = P.SCHEDULED
+        index.update_workload(key, [a], lambda _: bundle)
+        assert await book.publish_changes(index.take_changes(), []) == ["n1"]
+        first = index.by_node["n1"]["a"]
+        for phase in (P.PULLING, P.STARTING, P.RUNNING):
+            a.phase = phase
+            index.update_workload(key, [a], lambda _: bundle)
+            assert index.by_node["n1"]["a"] is first, phase
+            assert index.take_changes() == {}, phase
+        assert first.instance.phase == P.SCHEDULED
+        for phase in (P.FAILED, P.TERMINATING):
+            a.phase = phase
+            index.update_workload(key, [a], lambda _: bundle)
+            assert await book.publish_changes(index.take_changes(), []) == ["n1"], phase
+
+    asyncio.run(run())
