@@ -420,7 +420,7 @@ def main() -> int:
             f"load average at start: {load()}; agentTickSeconds {a.tick}, "
             f"Applies in flight {a.concurrency}"
         )
-        wait_for(data / "admin.katconfig", leader)
+        wait_for(data / "admin.katconfig", leader, tmp / "leader.log")
         last = asyncio.run(run(a, data, leader.pid))
     finally:
         if leader is not None and leader.poll() is None:
