@@ -186,7 +186,13 @@ def main() -> int:
             stdout=log,
             stderr=log,
             start_new_session=True,
-            env={**os.environ, "KAT_NODE_NETWORK": "off"},  # host namespace: no overlay or DNS
+            env={
+                **os.environ,
+                "KAT_NODE_NETWORK": "off",
+                # no spare workload user: killed with its data dir, the agent would
+                # leave it behind (kat_agent/node/podman/spares.py)
+                "KAT_SPARE_WORKLOAD_USERS": "0",
+            },  # host namespace: no overlay or DNS
         )
         procs.append(leader)
         wait_for(data / "admin.katconfig", leader, tmp / "leader.log")
@@ -233,7 +239,13 @@ def main() -> int:
             stdout=agent_log,
             stderr=agent_log,
             start_new_session=True,
-            env={**os.environ, "KAT_NODE_NETWORK": "off"},  # host namespace: no overlay or DNS
+            env={
+                **os.environ,
+                "KAT_NODE_NETWORK": "off",
+                # no spare workload user: killed with its data dir, the agent would
+                # leave it behind (kat_agent/node/podman/spares.py)
+                "KAT_SPARE_WORKLOAD_USERS": "0",
+            },  # host namespace: no overlay or DNS
         )
         procs.append(agent)
         wait_for(tmp / "agent" / "agent" / "node.json", agent, tmp / "agent.log")

@@ -412,8 +412,9 @@ def main() -> int:
             stdout=log,
             stderr=log,
             start_new_session=True,
-            # host namespace: no overlay or DNS
-            env={**os.environ, "KAT_NODE_NETWORK": "off"}
+            # host namespace: no overlay or DNS; no spare workload user (killed with its
+            # data dir, the agent would leave it behind: kat_agent/node/podman/spares.py)
+            env={**os.environ, "KAT_NODE_NETWORK": "off", "KAT_SPARE_WORKLOAD_USERS": "0"}
             | ({"KAT_PROFILE": str(a.profile.resolve())} if a.profile else {}),
         )
         print(

@@ -60,7 +60,7 @@ from kat_agent.node.podman.imagestore import (
 )
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE
 from kat_agent.node.podman.runtime import Runtime
-from kat_agent.node.podman.service import MAX_SOCKET_PATH, PodmanService, PodmanStorage
+from kat_agent.node.podman.service import MAX_SOCKET_PATH, PodmanService, PodmanStorage, ping
 from kat_agent.node.podman.spares import SparePool, spares_from_env
 from kat_agent.node.podman.users import (
     DEFAULT_HOME_BASE,
@@ -254,6 +254,7 @@ class PodmanPool:
             settings.home_base,
             self._start_user_backend,
             self._stop_backend,
+            lambda b: ping(b.service.socket_path),
         )
 
     @property

@@ -183,14 +183,17 @@ class SparePool(Generic[B]):
         home_base: Path,
         start_backend: Callable[[WorkloadUser], Awaitable[B]],
         stop_backend: Callable[[B], Awaitable[None]],
+        alive: Callable[[B], Awaitable[bool]],
         settle_seconds: float = 2.0,
     ) -> None:
         self.want, self._tag, self._home_base = want, tag, home_base
         self._start_backend, self._stop_backend = start_backend, stop_backend
+        self._alive = alive
         self._settle = settle_seconds
         self._ready: list[B] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._discarding: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> int:
@@ -206,11 +209,17 @@ class SparePool(Generic[B]):
             spare = self._ready.pop()
             self._wake.set()
             assert spare.user is not None
+            if not await self._alive(spare):
+                # Its service died (killed behind KAT's back, or restarting): a workload
+                # must not wait for it, nor fail on it.
+                log.warning("spare user %s: its Podman service does not answer", spare.key)
+                self._discard_later(spare)
+                continue
             try:
                 user = await asyncio.to_thread(claim_spare_user, spare.user, namespace, workload)
             except (OSError, PodmanServiceError) as exc:
                 log.warning("cannot take spare user %s: %s", spare.key, exc)
-                await self._discard(spare)
+                self._discard_later(spare)
                 continue
             if user is None:
                 self._ready.append(spare)
@@ -218,6 +227,13 @@ class SparePool(Generic[B]):
             spare.renamed(user)
             return spare
         return None
+
+    def _discard_later(self, spare: B) -> None:
+        """Remove a broken spare off the claim's path (ending its processes takes up to
+        a few seconds)."""
+        task = asyncio.create_task(self._discard(spare), name=f"kat-discard-{spare.key}")
+        self._discarding.add(task)
+        task.add_done_callback(self._discarding.discard)
 
     async def _discard(self, spare: B) -> None:
         with contextlib.suppress(Exception):
