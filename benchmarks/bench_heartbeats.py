@@ -48,6 +48,34 @@ PORTS = {
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+# The workload users of this bench's agents: never those of a KAT running on this machine
+# (the README's quickstart uses kat_wl_). With the default prefix, an agent of a bench once
+# adopted the quickstart's workload user, and its Podman service was lost when the bench
+# ended. Removed at the end (remove_bench_users).
+# One given in the environment (the test suite's) is its owner's to clean up.
+_GIVEN_PREFIX = os.environ.get("KAT_WORKLOAD_USER_PREFIX")
+BENCH_USER_PREFIX = _GIVEN_PREFIX or f"kb{os.getpid() % 10000:04d}_"
+
+
+def agent_env() -> dict[str, str]:
+    """The environment of a kat-agent this bench starts: the host namespace (no overlay or
+    DNS), its own workload-user prefix, no spare workload user (killed with its data dir,
+    the agent would leave it behind: kat_agent/node/podman/spares.py)."""
+    return {
+        **os.environ,
+        "KAT_NODE_NETWORK": "off",
+        "KAT_WORKLOAD_USER_PREFIX": BENCH_USER_PREFIX,
+        "KAT_SPARE_WORKLOAD_USERS": "0",
+    }
+
+
+def remove_bench_users() -> None:
+    from kat_agent.node.podman.users import remove_workload_users_with_prefix
+
+    if not _GIVEN_PREFIX:
+        remove_workload_users_with_prefix(BENCH_USER_PREFIX)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -186,13 +214,7 @@ def main() -> int:
             stdout=log,
             stderr=log,
             start_new_session=True,
-            env={
-                **os.environ,
-                "KAT_NODE_NETWORK": "off",
-                # no spare workload user: killed with its data dir, the agent would
-                # leave it behind (kat_agent/node/podman/spares.py)
-                "KAT_SPARE_WORKLOAD_USERS": "0",
-            },  # host namespace: no overlay or DNS
+            env=agent_env(),
         )
         procs.append(leader)
         wait_for(data / "admin.katconfig", leader, tmp / "leader.log")
@@ -239,13 +261,7 @@ def main() -> int:
             stdout=agent_log,
             stderr=agent_log,
             start_new_session=True,
-            env={
-                **os.environ,
-                "KAT_NODE_NETWORK": "off",
-                # no spare workload user: killed with its data dir, the agent would
-                # leave it behind (kat_agent/node/podman/spares.py)
-                "KAT_SPARE_WORKLOAD_USERS": "0",
-            },  # host namespace: no overlay or DNS
+            env=agent_env(),
         )
         procs.append(agent)
         wait_for(tmp / "agent" / "agent" / "node.json", agent, tmp / "agent.log")
@@ -323,6 +339,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_bench_users()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,14 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc  # noqa: E402
-from benchmarks.bench_heartbeats import cpu_seconds, register, rss_mb, wait_for  # noqa: E402
+from benchmarks.bench_heartbeats import (  # noqa: E402
+    agent_env,
+    cpu_seconds,
+    register,
+    remove_bench_users,
+    rss_mb,
+    wait_for,
+)
 from internal.core import tokens  # noqa: E402
 from internal.core.assignments import apply_update  # noqa: E402
 from internal.manifests import bundle  # noqa: E402
@@ -412,10 +419,7 @@ def main() -> int:
             stdout=log,
             stderr=log,
             start_new_session=True,
-            # host namespace: no overlay or DNS; no spare workload user (killed with its
-            # data dir, the agent would leave it behind: kat_agent/node/podman/spares.py)
-            env={**os.environ, "KAT_NODE_NETWORK": "off", "KAT_SPARE_WORKLOAD_USERS": "0"}
-            | ({"KAT_PROFILE": str(a.profile.resolve())} if a.profile else {}),
+            env=agent_env() | ({"KAT_PROFILE": str(a.profile.resolve())} if a.profile else {}),
         )
         print(
             f"load average at start: {load()}; agentTickSeconds {a.tick}, "
@@ -431,6 +435,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(leader.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_bench_users()
         if a.profile:
             print_profile(a.profile)
     print(last)

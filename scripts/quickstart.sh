@@ -27,7 +27,12 @@ if [ "${1:-}" = "stop" ]; then
     systemctl stop kat-agent.service
   elif running; then
     kill -TERM "$(cat "$PIDFILE")"
-    for _ in $(seq 100); do running || break; sleep 0.1; done
+    # Its Podman services get up to 10 s each to stop; never claim a stop that did not happen.
+    for _ in $(seq 600); do running || break; sleep 0.1; done
+    if running; then
+      echo "kat-agent (pid $(cat "$PIDFILE")) did not stop within 60 s; see $DATA/agent.log" >&2
+      exit 1
+    fi
   fi
   rm -f "$PIDFILE"
   echo "kat-agent stopped"

@@ -47,6 +47,13 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
         except asyncio.CancelledError:
             raise
         except Exception:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # The agent is stopping and the part failed while cleaning up (e.g. a
+                # workload user removed meanwhile): restarting it would swallow the
+                # cancellation, and SIGTERM would no longer stop the agent.
+                log.exception("%s failed while stopping", name)
+                raise asyncio.CancelledError from None
             log.exception("%s failed; restarting in %.0fs", name, delay)
         if loop.time() - began > 60:
             delay = low

@@ -425,8 +425,15 @@ class PodmanService(RestartingChild):
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._supervisor
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - a failed restart must not stop the stop
+                # e.g. the workload user was deleted while its service was down
+                log.warning(
+                    "Podman service on %s: its supervisor had failed: %r", self.socket_path, exc
+                )
             self._supervisor = None
         proc = self._proc
         if proc is None:
