@@ -449,6 +449,7 @@ class PodmanPool:
         return Backend(user.username, rt, svc, user, None, driver)
 
     async def _stop_backend(self, backend: Backend) -> None:
+        """Stop a workload user's (or spare's) service and close its client."""
         await backend.service.stop()
         await backend.runtime.close()
 
@@ -460,8 +461,7 @@ class PodmanPool:
             if self._users.get(backend.key) is not backend:
                 return
             # Stopped before it is forgotten: if this is cancelled, close() stops it.
-            await backend.service.stop()
-            await backend.runtime.close()
+            await self._stop_backend(backend)
             del self._users[backend.key]
             log.info("stopped the Podman service of %s (no containers left)", backend.key)
 
