@@ -115,3 +115,19 @@ def test_describe_section_names_dns_and_ingress() -> None:
     assert "web.default.svc.kat.cluster.local  A: 10.100.0.5" in text
     assert "_http._tcp.web.default.svc.kat.cluster.local  SRV: port 8080" in text
     assert "web.kat.local/ -> port http(8080)" in text and "served by: vm-2" in text
+
+
+def test_marker_names_the_configuration(tmp_path: Path) -> None:
+    """The marker backend tells which configuration a running HAProxy serves (ingress.py
+    reads it from the stats socket): one name per configuration, and HAProxy accepts it."""
+    plan = hc.plan_routes([svc("web", [rule("web.kat.local")])])
+    text = hc.render(plan, http_port=8081, https_port=8443, runtime_dir=str(tmp_path))
+    other = text.replace("10.100.0.5", "10.100.0.6")
+    marked = hc.with_marker(text)
+    assert f"\nbackend {hc.marker_of(text)}\n" in marked
+    assert hc.marker_of(marked) == hc.marker_of(text) != hc.marker_of(other)
+    if shutil.which("haproxy"):
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(marked)
+        p = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr

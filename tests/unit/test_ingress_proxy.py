@@ -227,3 +227,33 @@ async def test_tls_host_serves_the_supplied_certificate_and_redirects(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def serves_all(port: int) -> bool:
+    answers = [get(port) for _ in range(10)]
+    return {body.strip() for _, body in answers} == {f"hello from {ip}" for ip in BACKENDS}
+
+
+@pytest.mark.async_timeout(120)
+async def test_a_view_changed_while_haproxy_starts_is_served(tmp_path: Path, backends: int) -> None:
+    """HAProxy's master acts on a reload only once it is up: measured with HAProxy 2.6, a
+    SIGUSR2 within ~20 ms of its start killed it, and one 50-100 ms after (even once its
+    stats socket answered) was lost, leaving it on the first configuration for good. This
+    is what the first ready instance of a workload does (HAProxy starts) when the others
+    become ready a few ms later. Each trial changes the view at another moment of HAProxy's
+    start (the sleep is the fault being injected, not a wait for something): the second
+    backend must be served, by the HAProxy first started."""
+    for trial, delay in enumerate((0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15)):
+        http_port = free_port()
+        proxy = IngressProxy("n1", tmp_path / f"ingress{trial}", http_port, free_port())
+        task = asyncio.create_task(proxy.run())
+        try:
+            proxy.offer(view(backends, BACKENDS[:1]))
+            await until(lambda proxy=proxy: proxy.starts == 1)
+            await asyncio.sleep(delay)
+            proxy.offer(view(backends, BACKENDS))
+            await until(lambda port=http_port: serves_all(port), within=15)
+            assert proxy.starts == 1, f"HAProxy started {proxy.starts} times (delay {delay})"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

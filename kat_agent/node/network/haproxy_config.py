@@ -12,6 +12,7 @@ instance, so that an instance that has just stopped costs no request.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from api.v1alpha1 import kat_pb2
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+MARKER = "kat_config_"  # + the digest of the rest of the configuration: an unused backend
 
 
 @dataclass(frozen=True)
@@ -188,3 +190,14 @@ def _use_backends(routes: Iterable[Route]) -> list[str]:
             cond += f" {{ path_beg {r.path} }}"
         lines.append(f"    use_backend {r.backend} if {cond}")
     return lines
+
+
+def marker_of(text: str) -> str:
+    """The name of the marker backend of a configuration made by with_marker."""
+    return MARKER + hashlib.sha256(text.split(f"\nbackend {MARKER}")[0].encode()).hexdigest()[:16]
+
+
+def with_marker(text: str) -> str:
+    """`text` with an unused backend named after its digest: HAProxy's stats socket lists
+    the backends it serves, so the configuration a worker runs can be told."""
+    return f"{text}\nbackend {marker_of(text)}\n"

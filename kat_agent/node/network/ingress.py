@@ -3,10 +3,17 @@
 
 HAProxy runs in master-worker mode as the agent's child (it dies with the agent). On every
 change of the rendered configuration the file is replaced atomically, checked with
-`haproxy -c`, and the master is sent SIGUSR2: it starts new workers on the same listening
-sockets and lets the old ones finish their connections, so a reload drops nothing. A node
-that loses the label stops its proxy. A configuration HAProxy refuses is logged and the
-running one is kept.
+`haproxy -c`, and the master is asked to reload: it starts new workers on the same
+listening sockets and lets the old ones finish their connections, so a reload drops
+nothing. A node that loses the label stops its proxy. A configuration HAProxy refuses is
+logged and the running one is kept.
+
+The reload is asked for on the master's CLI socket, not with SIGUSR2, and then confirmed:
+HAProxy 2.6 killed by a SIGUSR2 that came within ~20 ms of its start, and lost one that came
+50-100 ms after (its stats socket already answering), staying on the first configuration for
+good (tests/unit/test_ingress_proxy.py). The master CLI answers only once the master can act
+on a reload. Every configuration carries a marker backend named after its digest; until the
+worker's stats socket lists it, the reload is asked for again (level-triggered).
 
 HTTPS: the hosts of `tls: true` rules get their certificates (an operator's, else one from
 the cluster CA) from the leader through `fetch_certs` (AgentAPI.GetIngressCertificates,
@@ -23,9 +30,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import shutil
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -41,6 +48,8 @@ HAPROXY = "haproxy"
 DEFAULT_HTTP_PORT = 80
 DEFAULT_HTTPS_PORT = 443
 CERT_REFRESH_SECONDS = 10.0
+CONFIRM_POLL_SECONDS = 0.2  # how often an unconfirmed configuration is checked
+RELOAD_RETRY_SECONDS = 3.0  # a reload not served within this is asked for again
 
 CertFetcher = Callable[[Sequence[str]], Awaitable[Sequence[kat_pb2.IngressKeyPair]]]
 
@@ -66,8 +75,11 @@ class IngressProxy:
         self.view = kat_pb2.EndpointSet()
         self._changed = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
-        self._applied = ""
+        self._applied = ""  # the configuration HAProxy was started or reloaded with
+        self._serving = False  # ... and its worker was seen serving it
+        self._asked_at = -math.inf  # when HAProxy was last started or asked to reload
         self.reloads = 0
+        self.starts = 0
         self._cert_digest = ""  # of the PEM files served: a replaced one forces a reload
 
     def offer(self, view: kat_pb2.EndpointSet) -> None:
@@ -100,15 +112,32 @@ class IngressProxy:
             cert_dir=str(self.cert_dir),
         )
 
+    @property
+    def master_socket(self) -> Path:
+        return self.dir / "master.sock"
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.dir / "admin.sock"
+
     async def run(self) -> None:
         """Follow the views until cancelled; HAProxy is stopped on the way out."""
+        loop = asyncio.get_running_loop()
+        refresh_at = -math.inf
         try:
             while True:
+                now = loop.time()
+                if self._changed.is_set() or now >= refresh_at:
+                    self._changed.clear()
+                    refresh_at = now + CERT_REFRESH_SECONDS
+                    await self._apply()
+                await self._confirm()
+                wait = refresh_at - loop.time()
+                if self._applied and not self._serving:
+                    wait = min(wait, CONFIRM_POLL_SECONDS)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CERT_REFRESH_SECONDS):
+                    async with asyncio.timeout(max(wait, 0.0)):
                         await self._changed.wait()
-                self._changed.clear()
-                await self._apply()
         finally:
             await self._stop()
 
@@ -164,20 +193,40 @@ class IngressProxy:
         text = self.render(plan, tls_ready)
         if self._cert_digest:
             text += f"# certificates {self._cert_digest}\n"
+        text = haproxy_config.with_marker(text)
         running = self._proc is not None and self._proc.returncode is None
         if running and text == self._applied:
             return
         await asyncio.to_thread(self._write, text)
         if not await self._check():
             return
+        self._applied, self._serving = text, False
         if running:
-            assert self._proc is not None
-            self._proc.send_signal(signal.SIGUSR2)
-            self.reloads += 1
-            log.info("ingress: HAProxy reloaded (%d routes)", text.count("use_backend"))
+            self._asked_at = -math.inf  # _confirm asks for the reload at once
         else:
             await self._start()
-        self._applied = text
+
+    async def _confirm(self) -> None:
+        """Until HAProxy's worker serves the configuration last applied, ask its master to
+        reload (again after RELOAD_RETRY_SECONDS, if a reload was not acted on)."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or not self._applied or self._serving:
+            return
+        if haproxy_config.marker_of(self._applied) in await _backends(self.stats_socket):
+            self._serving = True
+            routes = _routes(self._applied)
+            log.info("ingress: HAProxy serves the new configuration (%d routes)", routes)
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._asked_at < RELOAD_RETRY_SECONDS:
+            return
+        if await _ask(self.master_socket, "reload") is None:
+            return  # the master is not up yet (or is re-executing): asked on a later pass
+        if self._asked_at != -math.inf:
+            log.warning("ingress: HAProxy did not take the new configuration; reloading again")
+        self._asked_at = now
+        self.reloads += 1
+        log.info("ingress: HAProxy asked to reload (%d routes)", _routes(self._applied))
 
     def _write(self, text: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -199,12 +248,15 @@ class IngressProxy:
         logf = await asyncio.to_thread(open, self.dir / "haproxy.log", "ab")
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                HAPROXY, "-W", "-db", "-f", str(self.config_file),
+                HAPROXY, "-W", "-db", "-S", f"{self.master_socket},mode,600",
+                "-f", str(self.config_file),
                 stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
                 preexec_fn=child_setup(os.getpid()),
             )  # fmt: skip
         finally:
             logf.close()
+        self.starts += 1
+        self._asked_at = asyncio.get_running_loop().time()
         log.info("ingress: HAProxy started (pid %d) on :%d", self._proc.pid, self.http_port)
         proc = self._proc
 
@@ -221,7 +273,7 @@ class IngressProxy:
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None
-        self._applied = ""
+        self._applied, self._serving = "", False
         if proc is None or proc.returncode is not None:
             return
         proc.terminate()
@@ -232,3 +284,31 @@ class IngressProxy:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def _routes(text: str) -> int:
+    return text.count("use_backend")
+
+
+async def _ask(socket_path: Path, command: str, within: float = 2.0) -> str | None:
+    """`command`'s answer on one of HAProxy's CLI sockets; None when nothing listens
+    there (yet) or it does not answer within `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_unix_connection(str(socket_path))
+            try:
+                writer.write(command.encode() + b"\n")
+                await writer.drain()
+                return (await reader.read()).decode(errors="replace")
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return None
+
+
+async def _backends(stats_socket: Path) -> set[str]:
+    """The backends HAProxy's current worker serves (none when it does not answer)."""
+    answer = await _ask(stats_socket, "show backend", within=1.0)
+    return {line.strip() for line in (answer or "").splitlines() if not line.startswith("#")}
