@@ -16,6 +16,7 @@ import pytest
 from api.v1alpha1 import kat_pb2
 from internal.security import clientconfig
 from katcall.client import CallError, Client
+from tests import chaos
 from tests.devcluster import DevCluster, unavailable_reason, wait_until
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
@@ -122,32 +123,53 @@ def raft_leader(c: DevCluster) -> str | None:
     return None
 
 
+def _raft_leader_elsewhere(c: DevCluster) -> tuple[str, str]:
+    """(the KAT leader's node, the node holding raft leadership): they differ, as the KAT
+    leader moves raft leadership off its own member (raft_leader.py)."""
+    wait_until(lambda: len(c.ready_nodes()) == 3, timeout=60, what="all READY")
+    lead = key_of(c, leader(c))
+    raft = wait_until(
+        lambda: (r := raft_leader(c)) is not None and r != lead and r,
+        timeout=30,
+        what="raft leadership on a follower node",
+    )
+    return lead, raft
+
+
+def _token_created_once(c: DevCluster, lead: str, what: str) -> None:
+    description = f"raft-{secrets.token_hex(3)}"
+    started = time.monotonic()
+    p = c.katcall("token", "create", "-q", "--description", description, timeout=60)
+    print(f"token create as the raft leader {what}: {time.monotonic() - started:.2f}s")
+    assert p.returncode == 0, p.stderr
+    stored = json.loads(c.katcall("token", "list", "-o", "json", check=True).stdout)
+    assert [t["description"] for t in stored["items"]].count(description) == 1
+    assert key_of(c, leader(c)) == lead
+
+
 def test_a_write_as_the_raft_leader_dies_is_applied_once(cluster: DevCluster) -> None:
     """The CI failure of round 3: a write forwarded to a raft leader that has just died
     gets no answer. KAT reads it back (internal/state/etcd_outcome.py) and sends it again
     only if it was provably not applied: the user's call succeeds, and the token exists
     exactly once."""
-    wait_until(lambda: len(cluster.ready_nodes()) == 3, timeout=60, what="all READY")
-    lead = key_of(cluster, leader(cluster))
-    # The KAT leader moves raft leadership off its own member (raft_leader.py).
-    raft = wait_until(
-        lambda: (r := raft_leader(cluster)) is not None and r != lead and r,
-        timeout=30,
-        what="raft leadership on a follower node",
-    )
-    description = f"raft-{secrets.token_hex(3)}"
+    lead, raft = _raft_leader_elsewhere(cluster)
     cluster.kill(raft)
     try:
-        started = time.monotonic()
-        p = cluster.katcall("token", "create", "-q", "--description", description, timeout=60)
-        print(f"token create as the raft leader died: {time.monotonic() - started:.2f}s")
-        assert p.returncode == 0, p.stderr
-        stored = json.loads(cluster.katcall("token", "list", "-o", "json", check=True).stdout)
-        assert [t["description"] for t in stored["items"]].count(description) == 1
-        assert key_of(cluster, leader(cluster)) == lead
+        _token_created_once(cluster, lead, "died")
     finally:
         cluster.start(raft)
     wait_until(lambda: len(cluster.ready_nodes()) == 3, timeout=60, what="all READY again")
+
+
+def test_a_write_as_the_raft_leader_is_cut_off_is_applied_once(cluster: DevCluster) -> None:
+    """The same write, the raft leader's node silently cut off (the host side of its veth
+    down, nothing killed): its member keeps running, and believes it leads, until the link
+    comes back. The call succeeds, the token exists once, and the node rejoins."""
+    lead, raft = _raft_leader_elsewhere(cluster)
+    with chaos.partitioned(cluster, raft):
+        _token_created_once(cluster, lead, "is cut off")
+    wait_until(lambda: len(cluster.ready_nodes()) == 3, timeout=60, what="all READY again")
+    wait_until(lambda: raft_leader(cluster) is not None, timeout=30, what="one raft leader")
 
 
 def test_leader_failover_loses_no_acknowledged_write(cluster: DevCluster) -> None:

@@ -1069,6 +1069,11 @@ async def test_rootless_workload_user(
             rt = backends[user].runtime
             doc = await rt.inspect(inst.container_id)
             uid = backends[user].user.uid  # type: ignore[union-attr]
+            # Its home and subordinate id range, looked at while it runs: once its service
+            # is released the user's removal follows at once, so later they may be gone.
+            home = homes / user
+            ranges = _subuid_starts(user)
+            assert len(ranges) == 1 and home.is_dir()
             status = _proc_status(int(doc["State"]["Pid"]))
             assert f"Uid:\t{uid}\t" in status  # runs as the workload user, not root
             # Not in root's storage.
@@ -1105,12 +1110,9 @@ async def test_rootless_workload_user(
                 lambda: user not in {b.key for b in node.rt.pool.backends()},
                 what="workload user's service released",
             )
+
             # ... and the user itself goes: account, home (image copy included) and its
             # subordinate id range, which the next workload user gets again.
-            home = homes / user
-            ranges = _subuid_starts(user)
-            assert len(ranges) == 1 and home.is_dir()
-
             def removed() -> bool:  # (userdel, then the home, then the id ranges)
                 owners = _subid_owners("/etc/subuid") | _subid_owners("/etc/subgid")
                 return not _user_exists(user) and not home.exists() and user not in owners
