@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from api.v1alpha1 import kat_pb2
-from internal.state.etcd_values import EtcdError, Lease
+from internal.state.etcd_values import EtcdError, EtcdNoAnswer, Lease
 from internal.state.kv import Compacted, EventType, Versioned
 from internal.state.store import Store
 
@@ -273,12 +273,22 @@ class Election:
             sent = time.monotonic()
             if sent >= expires:
                 return f"no keepalive succeeded for {sent - last_ok:.1f}s (TTL {ttl}s)"
+            # One try gets at most `interval`, so that a second one fits before the lease
+            # may expire: an etcd follower forwards a keepalive to the raft leader it knows,
+            # and one forwarded to a raft leader cut off by a silent partition is never
+            # answered (its peer connection does not fail), while a new request goes to
+            # the leader the others have elected meanwhile (1-2 s here).
+            attempt = min(expires - sent, interval)
             try:
                 # asyncio.timeout: on 3.11 wait_for may swallow our cancellation.
                 async with asyncio.timeout(expires - sent):
-                    remaining = await self._store.etcd.lease_keepalive(lease.id)
-            except (EtcdError, TimeoutError) as exc:
-                log.warning("election: lease keepalive failed: %s", exc or "timed out")
+                    remaining = await self._store.etcd.lease_keepalive(lease.id, attempt)
+            except (EtcdNoAnswer, TimeoutError) as exc:
+                log.warning("election: lease keepalive got no answer: %s", exc or "timed out")
+                next_at = time.monotonic()  # at once: the time is already spent
+                continue
+            except EtcdError as exc:
+                log.warning("election: lease keepalive failed: %s", exc)
                 next_at = time.monotonic() + min(interval, 0.5)
                 continue
             if remaining <= 0:

@@ -316,13 +316,13 @@ class EtcdClient(ClusterCalls):
             raise EtcdError(f"grant lease: {resp.error}")
         return Lease(int(resp.ID), int(resp.TTL))
 
-    async def lease_keepalive(self, lease_id: int) -> int:
-        """Refresh the lease once; returns its TTL, or 0 when it no longer exists."""
+    async def lease_keepalive(self, lease_id: int, deadline: float | None = None) -> int:
+        """Refresh the lease once; returns its TTL, or 0 when it no longer exists.
+        `deadline`: seconds for the call (default: the client's timeout)."""
+        limit = deadline or self.timeout
 
         def refresh(stub: Any) -> int:
-            call = stub.LeaseKeepAlive(
-                iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]), self.timeout
-            )
+            call = stub.LeaseKeepAlive(iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]), limit)
             try:
                 for resp in call:
                     return int(resp.TTL)
@@ -330,7 +330,9 @@ class EtcdClient(ClusterCalls):
             finally:
                 call.cancel()
 
-        return await self._pool.run(f"keep lease {lease_id:x} alive", refresh, kind="lease")
+        return await self._pool.run(
+            f"keep lease {lease_id:x} alive", refresh, kind="lease", deadline=limit
+        )
 
     async def lease_revoke(self, lease_id: int) -> bool:
         """Revoke the lease (deleting its keys); False if it was already gone."""

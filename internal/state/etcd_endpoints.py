@@ -164,7 +164,9 @@ class Endpoints:
         with self._lock:
             self._endpoints[idx].fail()
 
-    def translate(self, exc: grpc.RpcError, what: str, idx: int) -> EtcdError:
+    def translate(
+        self, exc: grpc.RpcError, what: str, idx: int, deadline: float | None = None
+    ) -> EtcdError:
         code = exc.code()  # type: ignore[attr-defined]
         details = exc.details() or code.name  # type: ignore[attr-defined]
         where = self._endpoints[idx].netloc
@@ -173,7 +175,7 @@ class Endpoints:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             self.mark_failed(idx)
             return EtcdNoAnswer(
-                f"etcd at {where} gave no answer to {what} within {self.timeout:g}s "
+                f"etcd at {where} gave no answer to {what} within {deadline or self.timeout:g}s "
                 "(down, unreachable, or no quorum)"
             )
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -188,7 +190,9 @@ class Endpoints:
             return LeaseNotFound(f"{what}: {details}")
         return EtcdError(f"etcd {what} failed: {code.name}: {details}")
 
-    def _call(self, what: str, kind: str, fn: Callable[[Any], T], attempts: int) -> T:
+    def _call(
+        self, what: str, kind: str, fn: Callable[[Any], T], attempts: int, deadline: float | None
+    ) -> T:
         error: EtcdError | None = None
         give_up_at = time.monotonic() + self.timeout * RAFT_CHANGE_BUDGET
         pause = _BACKOFF[0]
@@ -199,7 +203,7 @@ class Endpoints:
             try:
                 return fn(stub)
             except grpc.RpcError as exc:
-                error = self.translate(exc, what, idx)
+                error = self.translate(exc, what, idx, deadline)
             except etcd_exc.RevisionCompactedError as exc:
                 raise WatchCompacted(exc.compacted_revision) from None
             except etcd_exc.WatchTimedOut:
@@ -230,7 +234,9 @@ class Endpoints:
         attempts = len(self._endpoints) if retry else 1
         loop = asyncio.get_running_loop()
         try:
-            fut = loop.run_in_executor(self.executor, self._call, what, kind, fn, attempts)
+            fut = loop.run_in_executor(
+                self.executor, self._call, what, kind, fn, attempts, deadline
+            )
         except RuntimeError:
             raise EtcdError("etcd client is closed") from None
         # A safety net only: every gRPC call carries its own deadline.
