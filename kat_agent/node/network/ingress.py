@@ -39,6 +39,7 @@ from pathlib import Path
 from api.v1alpha1 import kat_pb2
 from internal.host.children import child_setup
 from internal.host.files import write_atomic
+from internal.host.unix_socket import exchange
 from internal.security.ingress_certs import file_stem
 from kat_agent.node.network import haproxy_config
 
@@ -293,19 +294,8 @@ def _routes(text: str) -> int:
 async def _ask(socket_path: Path, command: str, within: float = 2.0) -> str | None:
     """`command`'s answer on one of HAProxy's CLI sockets; None when nothing listens
     there (yet) or it does not answer within `within` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            reader, writer = await asyncio.open_unix_connection(str(socket_path))
-            try:
-                writer.write(command.encode() + b"\n")
-                await writer.drain()
-                return (await reader.read()).decode(errors="replace")
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError):
-        return None
+    answer = await exchange(socket_path, command.encode() + b"\n", within)
+    return None if answer is None else answer.decode(errors="replace")
 
 
 async def _backends(stats_socket: Path) -> set[str]:

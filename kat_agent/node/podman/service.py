@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from internal.host.children import RestartingChild, child_setup
+from internal.host.unix_socket import exchange
 from internal.observability.rotation import RotatingFile, pipe_into
 from kat_agent.node.podman.errors import PodmanServiceError
 from kat_agent.node.podman.users import RUNTIME_DIR_BASE, WorkloadUser, ensure_runtime_dir
@@ -133,18 +134,9 @@ def _setpriv_prefix(user: WorkloadUser | None) -> list[str]:
 
 async def ping(socket_path: Path, max_seconds: float = 1.0) -> bool:
     """True if a Podman API answers `GET /_ping` with 200 on `socket_path`."""
-    try:
-        async with asyncio.timeout(max_seconds):
-            reader, writer = await asyncio.open_unix_connection(str(socket_path))
-            try:
-                writer.write(b"GET /_ping HTTP/1.1\r\nHost: podman\r\nConnection: close\r\n\r\n")
-                await writer.drain()
-                status = await reader.readline()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError):
+    request = b"GET /_ping HTTP/1.1\r\nHost: podman\r\nConnection: close\r\n\r\n"
+    status = await exchange(socket_path, request, max_seconds, read=asyncio.StreamReader.readline)
+    if status is None:
         return False
     parts = status.split()
     return len(parts) >= 2 and parts[1] == b"200"
