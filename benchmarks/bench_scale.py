@@ -302,6 +302,8 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
             flush=True,
         )
 
+        if a.profile:
+            os.kill(leader_pid, signal.SIGUSR1)  # profile the measured phase only
         last = ""
         try:
             for size in a.sizes:

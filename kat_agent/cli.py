@@ -210,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     # to FILE on exit (benchmarks/bench_scale.py --profile; pstats reads it).
     profile_to = os.environ.get("KAT_PROFILE")
     profiler = cProfile.Profile() if profile_to else None
+    if profiler is not None:
+        # SIGUSR1 starts the profile over (the benchmark sends it once its nodes are
+        # connected, so that joining does not hide the phase it measures).
+        def restart(_sig: int, _frame: object) -> None:
+            nonlocal profiler
+            assert profiler is not None
+            profiler.disable()
+            profiler = cProfile.Profile()
+            profiler.enable()
+
+        signal.signal(signal.SIGUSR1, restart)
     try:
         if profiler is not None:
             profiler.enable()
