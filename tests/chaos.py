@@ -442,11 +442,13 @@ def fault_podman_forgets(c: DevCluster, bundle: Bundle) -> Result:
     """Podman loses its view of running containers (its tmp dir, where it notes that it
     has run since boot, wiped; its service killed): the next Podman "refreshes" every
     container to stopped while their processes run on. KAT must end those processes and
-    run the desired copies again, once each."""
+    run the desired copies again, once each, and remove the network namespaces the old
+    copies ran in (Podman would have, had it known they still ran)."""
     key = follower_with_copy(c, bundle.name, or_leader=True)
     result = Result(f"Podman forgets its running containers ({key})")
     with recording(result):
         before = podman_running(c, key, bundle.name)
+        sandboxes = _sandboxes(c, key, before)
         tmp = Path(c.node(key)["data_dir"]) / "podman" / "tmp"
         t0 = time.monotonic()
         for entry in tmp.iterdir():
@@ -465,7 +467,26 @@ def fault_podman_forgets(c: DevCluster, bundle: Bundle) -> Result:
             result.notes.append(f"copies: {podman_copies(c, bundle.name)}")
         else:
             result.timings["desired copies ready, old ones gone"] = time.monotonic() - t0
+        left = wait_for(lambda: not [p for p in sandboxes if p.exists()], 20)
+        result.checks["old copies' network namespaces removed"] = left is not None
+        if left is None:
+            result.notes.append(f"left: {[str(p) for p in sandboxes if p.exists()]}")
     return result
+
+
+def _sandboxes(c: DevCluster, key: str, ids: list[str]) -> list[Path]:
+    """The network namespace files (Podman's SandboxKey) of containers `ids` on `key`."""
+    if not ids:
+        return []
+    p = subprocess.run(
+        [*podman_args(c, key), "inspect", "--format", "{{.NetworkSettings.SandboxKey}}", *ids],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if p.returncode != 0:
+        raise OSError(f"podman inspect on {key}: {p.stderr.strip()}")
+    return [Path(line) for line in p.stdout.split() if line.startswith("/")]
 
 
 def fault_kill_leader_during_applies(

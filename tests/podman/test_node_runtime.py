@@ -44,6 +44,7 @@ from kat_agent.node.assignments import SNAPSHOT_FILE
 from kat_agent.node.instances import InstanceState, NodeRuntime
 from kat_agent.node.main import serve_node
 from kat_agent.node.podman.observe import ObservedContainer
+from kat_agent.node.podman.orphans import container_monitors
 from kat_agent.node.podman.service import PodmanStorage
 from kat_agent.node.podman.services import NodeSettings, rootless_from_env
 from kat_agent.node.podman.spec import (
@@ -830,6 +831,72 @@ async def test_podman_rm_f_comes_back_with_the_leaders_restart_decision(
         assert reasons[:2] == ["BackOff", "Restarted"], reasons
         assert "container removed outside KAT" in events[0].message
         assert events[0].type == kat_pb2.Event.WARNING
+
+
+@needs_podman
+async def test_podman_that_forgets_its_container_leaves_no_process_or_namespace(
+    cluster: Callable[..., Any], env: PodmanEnv
+) -> None:
+    """Podman's tmp dir wiped and its service killed: the next Podman "refreshes" the
+    running container to stopped while its processes run on, in the network namespace
+    Podman mounted under /run/netns. When the node runs the instance again, it ends
+    those processes and removes that namespace (no mount, no veth left on the node's
+    bridge), and the new container runs."""
+    a = assignment("forget-1", "forget", ["sleep", "3600"])
+    async with cluster() as (leader, node):
+        await leader.publish(a)
+        await node.start()
+        first = await leader.wait_for("forget-1", running)
+        sandbox = Path((await node.inspect(first.container_id))["NetworkSettings"]["SandboxKey"])
+        assert await asyncio.to_thread(sandbox.exists), sandbox
+        monitors = await asyncio.to_thread(container_monitors, first.container_id)
+        assert monitors, "conmon of the running container"
+        await asyncio.to_thread(_podman_forgets, env)
+
+        # Podman shows the refreshed container as never started (the node makes it
+        # again at once) or as exited (FAILED until the leader decides a restart).
+        async def again() -> kat_pb2.Instance | None:
+            report = leader.reported().get("forget-1")
+            if report is not None and report.phase == P.FAILED and not a.instance.restart_count:
+                a.instance.restart_count = 1
+                await leader.publish(a)
+            fresh = report is not None and running(report)
+            return report if fresh and report.container_id != first.container_id else None
+
+        back = await poll(again, within=40, what="forget-1 RUNNING in a new container")
+        assert back.container_id != first.container_id
+        await poll(lambda: not _alive_pids(monitors), what="the old conmon ended")
+        await poll(lambda: not sandbox.exists(), what=f"{sandbox} removed")
+        # only the new container's veth is left on the node's bridge
+        links = await asyncio.to_thread(
+            subprocess.run,
+            ["ip", "-n", env.netns, "-o", "link", "show", "type", "veth"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert len(links.stdout.splitlines()) == 1, links.stdout
+
+
+def _podman_forgets(env: PodmanEnv) -> None:
+    """Wipe the Podman's tmp dir (where it notes that it has run since boot) and kill its
+    service: the next one "refreshes" every container (as tests/chaos.py does)."""
+    tmp = env.storage.tmpdir
+    assert tmp is not None
+    for entry in tmp.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    for pid in _our_processes(str(env.storage.root)):
+        with _suppress():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"system" in argv and b"service" in argv:
+                os.kill(pid, 9)
+
+
+def _alive_pids(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
 
 
 @needs_podman

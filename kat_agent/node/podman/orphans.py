@@ -7,6 +7,13 @@ monitor (`conmon -c <id>`) and the processes under it then keep running, invisib
 `podman ps`; a replacement would run next to them (and fight them for published ports).
 When KAT removes a container (or finds it gone), it ends whatever still runs of it here.
 
+Such a container's network namespace outlives it too: Podman mounted it under /run/netns
+when it started the container and would unmount it when it stops it, but it believes that
+already happened. Once the processes are ended, the namespace they ran in (the one that is
+not their conmon's) is unmounted and its file removed, unless some other process is still
+in it; that also removes the container's veth from the node's bridge. Root's Podman only:
+a rootless Podman's namespaces live in its user's own mount namespace, and go with the user.
+
 Blocking (reads /proc): call through asyncio.to_thread.
 """
 
@@ -18,9 +25,12 @@ import signal
 import time
 from pathlib import Path
 
+from pyroute2 import netns as pyroute2_netns
+
 log = logging.getLogger(__name__)
 
 PROC = Path("/proc")
+NETNS_DIR = Path("/run/netns")  # where root's Podman (netavark) mounts container namespaces
 SETTLE_SECONDS = 0.5  # how long a removed container's conmon may take to end by itself
 
 
@@ -102,10 +112,62 @@ def _alive(pids: list[int]) -> list[int]:
     return alive
 
 
-def end_container_processes(container_id: str, grace: float = 2.0) -> int:
+NamespaceId = tuple[int, int]  # (st_dev, st_ino) of a namespace file, as `ip netns identify`
+
+
+def _netns_of(pid: int) -> NamespaceId | None:
+    try:
+        st = os.stat(PROC / str(pid) / "ns" / "net")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def container_namespaces(monitors: list[int], tree: list[int]) -> set[NamespaceId]:
+    """The network namespaces processes of `tree` run in that none of the `monitors`
+    (conmons, which stay in the node's namespace) runs in: the container's own."""
+    own = {_netns_of(pid) for pid in monitors}
+    found = {_netns_of(pid) for pid in tree}
+    return {ns for ns in found - own if ns is not None}
+
+
+def remove_unused_namespaces(
+    namespaces: set[NamespaceId], directory: Path = NETNS_DIR
+) -> list[Path]:
+    """Unmount and remove the files in `directory` that name one of `namespaces`, unless a
+    process still runs in it. The files removed."""
+    if not namespaces:
+        return []
+    in_use = {_netns_of(pid) for pid in _pids()}
+    removed = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        ns = (st.st_dev, st.st_ino)
+        if ns not in namespaces or ns in in_use:
+            continue
+        try:
+            pyroute2_netns.remove(str(entry))
+        except OSError as exc:
+            log.warning("could not remove network namespace %s: %s", entry, exc)
+            continue
+        removed.append(entry)
+    return removed
+
+
+def end_container_processes(
+    container_id: str, grace: float = 2.0, netns_dir: Path = NETNS_DIR
+) -> int:
     """End what still runs of container `container_id` here (its conmon and everything
-    under it): SIGTERM, then SIGKILL after `grace` seconds. The number of processes
-    found; 0 when nothing of it runs (the normal case, after Podman removed it)."""
+    under it): SIGTERM, then SIGKILL after `grace` seconds; then remove the network
+    namespace they ran in (see the module docstring). The number of processes found; 0
+    when nothing of it runs (the normal case, after Podman removed it)."""
     monitors = container_monitors(container_id)
     deadline = time.monotonic() + SETTLE_SECONDS
     while monitors and time.monotonic() < deadline:
@@ -115,6 +177,7 @@ def end_container_processes(container_id: str, grace: float = 2.0) -> int:
     if not monitors:
         return 0
     pids = process_tree(monitors)
+    namespaces = container_namespaces(monitors, pids)
     log.warning(
         "container %s: %d process(es) still run that Podman no longer knows; ending them",
         container_id[:12],
@@ -125,4 +188,9 @@ def end_container_processes(container_id: str, grace: float = 2.0) -> int:
     while _alive(pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     _signal(_alive(pids), signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for path in remove_unused_namespaces(namespaces, netns_dir):
+        log.warning("container %s: removed its network namespace %s", container_id[:12], path)
     return len(pids)
