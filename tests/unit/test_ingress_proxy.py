@@ -257,3 +257,72 @@ async def test_a_view_changed_while_haproxy_starts_is_served(tmp_path: Path, bac
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def answered(port: int, tries: int) -> set[tuple[int, str]]:
+    """The distinct answers of those of `tries` requests that got one."""
+    got = set()
+    for _ in range(tries):
+        try:
+            got.add(get(port))
+        except OSError:
+            continue
+    return got
+
+
+def test_retry_delay_doubles_up_to_the_cap() -> None:
+    delays = [ingress.retry_delay(n) for n in range(8)]
+    assert delays[:3] == [ingress.RELOAD_RETRY_SECONDS * f for f in (1, 2, 4)]
+    assert max(delays) == delays[-1] == ingress.RELOAD_RETRY_MAX_SECONDS
+
+
+@pytest.mark.async_timeout(90)
+async def test_a_reload_haproxy_cannot_take_keeps_the_old_one_serving_until_it_can(
+    tmp_path: Path,
+    backends: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A configuration `haproxy -c` accepts but the master cannot load: the first TLS
+    host adds the HTTPS bind, on a port another process holds. The workers running keep
+    serving the previous configuration, the reload is asked for again with HAProxy's own
+    reason in the log and growing pauses, and once the port is free the new configuration
+    is served, by the same HAProxy."""
+    from tests.unit.test_ingress_certs import self_signed
+
+    monkeypatch.setattr(ingress, "RELOAD_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(ingress, "RELOAD_RETRY_MAX_SECONDS", 1.0)
+    cert, key = self_signed(["web.kat.local"])
+
+    async def fetch(hosts):  # type: ignore[no-untyped-def]
+        c = kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert)
+        return [kat_pb2.IngressKeyPair(certificate=c, key_pem=key)]
+
+    http_port, https_port = free_port(), free_port()
+    holder = socket.socket()  # the "other process" on the HTTPS port (no SO_REUSEPORT)
+    holder.bind(("0.0.0.0", https_port))
+    holder.listen()
+    proxy = IngressProxy("n1", tmp_path / "ingress", http_port, https_port, fetch)
+    task = asyncio.create_task(proxy.run())
+    try:
+        proxy.offer(view(backends, BACKENDS[:1]))
+        await until(lambda: get(http_port)[0] == 200)
+        tls = view(backends, BACKENDS)
+        tls.services[0].ingress[0].tls = True
+        proxy.offer(tls)
+        await until(lambda: proxy.reload_failures >= 3, within=30)
+        # Still the first configuration: one backend, plain HTTP answered (no redirect).
+        # (Each failed reload pauses the old worker's listeners for about a second: not
+        # every try is answered; hence the growing pauses between retries.)
+        answers = await until(lambda: answered(http_port, 6))
+        assert answers == {(200, f"hello from {BACKENDS[0]}\n")}, answers
+        retries = [r.getMessage() for r in caplog.records if "reloading again" in r.message]
+        assert retries and "cannot bind" in retries[0].lower(), retries[:1]
+        holder.close()
+        reply, _ = await until(lambda: https_get(https_port, cert), within=30)
+        assert reply.split("\r\n")[0].endswith("200 OK"), reply
+        assert proxy.starts == 1
+    finally:
+        holder.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -13,7 +13,11 @@ HAProxy 2.6 killed by a SIGUSR2 that came within ~20 ms of its start, and lost o
 50-100 ms after (its stats socket already answering), staying on the first configuration for
 good (tests/unit/test_ingress_proxy.py). The master CLI answers only once the master can act
 on a reload. Every configuration carries a marker backend named after its digest; until the
-worker's stats socket lists it, the reload is asked for again (level-triggered).
+worker's stats socket lists it, the reload is asked for again (level-triggered), after
+RELOAD_RETRY_SECONDS and then twice as long each time (`retry_delay`): a configuration that
+`haproxy -c` accepts can still fail in the master (a port another process holds), and then
+the workers already running keep serving the previous one while each retry logs HAProxy's
+own reason.
 
 HTTPS: the hosts of `tls: true` rules get their certificates (an operator's, else one from
 the cluster CA) from the leader through `fetch_certs` (AgentAPI.GetIngressCertificates,
@@ -50,7 +54,8 @@ DEFAULT_HTTP_PORT = 80
 DEFAULT_HTTPS_PORT = 443
 CERT_REFRESH_SECONDS = 10.0
 CONFIRM_POLL_SECONDS = 0.2  # how often an unconfirmed configuration is checked
-RELOAD_RETRY_SECONDS = 3.0  # a reload not served within this is asked for again
+RELOAD_RETRY_SECONDS = 3.0  # a reload not served within this is asked for again ...
+RELOAD_RETRY_MAX_SECONDS = 60.0  # ... then after twice as long each time, up to this
 
 CertFetcher = Callable[[Sequence[str]], Awaitable[Sequence[kat_pb2.IngressKeyPair]]]
 
@@ -79,7 +84,9 @@ class IngressProxy:
         self._applied = ""  # the configuration HAProxy was started or reloaded with
         self._serving = False  # ... and its worker was seen serving it
         self._asked_at = -math.inf  # when HAProxy was last started or asked to reload
+        self._unconfirmed = 0  # reloads of the applied configuration not acted on so far
         self.reloads = 0
+        self.reload_failures = 0  # reloads HAProxy did not act on (asked for again)
         self.starts = 0
         self._cert_digest = ""  # of the PEM files served: a replaced one forces a reload
 
@@ -201,7 +208,7 @@ class IngressProxy:
         await asyncio.to_thread(self._write, text)
         if not await self._check():
             return
-        self._applied, self._serving = text, False
+        self._applied, self._serving, self._unconfirmed = text, False, 0
         if running:
             self._asked_at = -math.inf  # _confirm asks for the reload at once
         else:
@@ -219,12 +226,22 @@ class IngressProxy:
             log.info("ingress: HAProxy serves the new configuration (%d routes)", routes)
             return
         now = asyncio.get_running_loop().time()
-        if now - self._asked_at < RELOAD_RETRY_SECONDS:
+        if now - self._asked_at < retry_delay(self._unconfirmed):
             return
+        retry = self._asked_at != -math.inf
+        # (read before asking again: the new try's own lines follow at once)
+        why = await asyncio.to_thread(_last_alert, self.dir / "haproxy.log") if retry else ""
         if await _ask(self.master_socket, "reload") is None:
             return  # the master is not up yet (or is re-executing): asked on a later pass
-        if self._asked_at != -math.inf:
-            log.warning("ingress: HAProxy did not take the new configuration; reloading again")
+        if retry:
+            self._unconfirmed += 1
+            self.reload_failures += 1
+            log.warning(
+                "ingress: HAProxy did not take the new configuration (%s); reloading again, "
+                "next try in %.0fs if this one fails too",
+                why or "no reason in haproxy.log",
+                retry_delay(self._unconfirmed),
+            )
         self._asked_at = now
         self.reloads += 1
         log.info("ingress: HAProxy asked to reload (%d routes)", _routes(self._applied))
@@ -285,6 +302,30 @@ class IngressProxy:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def retry_delay(unconfirmed: int) -> float:
+    """Seconds from a reload (or start) to asking again, after `unconfirmed` reloads of
+    the same configuration that HAProxy did not act on."""
+    return min(RELOAD_RETRY_SECONDS * 2.0**unconfirmed, RELOAD_RETRY_MAX_SECONDS)
+
+
+def _last_alert(log_file: Path, tail: int = 8192) -> str:
+    """Why HAProxy's last reload failed, from its log: the first ALERT since it last
+    logged "Reloading HAProxy" (the specific one: "cannot bind socket ... for [:443]";
+    the ones after it only say that it gave up), "" if none."""
+    try:
+        with log_file.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    starts = [i for i, line in enumerate(lines) if "Reloading HAProxy" in line]
+    alerts = [line for line in lines[starts[-1] if starts else 0 :] if "[ALERT]" in line]
+    if not alerts:
+        return ""
+    text = alerts[0].split("[ALERT]", 1)[1].strip()
+    return text.split(" : ", 1)[-1][:300]  # without "(pid) : "
 
 
 def _routes(text: str) -> int:
