@@ -36,7 +36,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
         1,
         tmp_path_factory.mktemp("spares") / "cluster",
         extra_up_args=["--rootless"],
-        env={"KAT_SPARE_WORKLOAD_USERS": "1"},
+        # users retire 5 s after their last instance (60 s by default): the same path,
+        # a minute less of waiting
+        env={"KAT_SPARE_WORKLOAD_USERS": "1", "KAT_IDLE_SERVICE_SECONDS": "5"},
     ) as c:
         wait_until(lambda: len(c.ready_nodes()) == 1, timeout=90, what="a ready node")
         yield c
@@ -159,6 +161,6 @@ def test_deleting_the_workload_removes_its_user_not_the_spare(
             return True
         return False
 
-    # the instance stops, then the agent waits idle_service_seconds (60) before retiring
+    # the instance stops, then the agent waits idle_service_seconds (5) before retiring
     wait_until(gone, timeout=150, interval=1, what=f"user {username} removed")
     wait_until(ready_spare, timeout=60, what="the spare still there")

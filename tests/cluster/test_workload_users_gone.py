@@ -1,7 +1,7 @@
 """Issue 13 part 5 on a rootless dev cluster (`dev-cluster up --rootless`): deleting a
 namespace leaves no workload user (this session's prefix, KAT_WORKLOAD_USER_PREFIX),
 home directory or subordinate id range of its workloads on any node, once their last
-containers are gone (after the agents' idle_service_seconds)."""
+containers are gone (after the agents' idle_service_seconds, 5 s here)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,12 @@ WORKLOAD = (
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     with DevCluster(
-        2, tmp_path_factory.mktemp("wlusers") / "cluster", extra_up_args=["--rootless"]
+        2,
+        tmp_path_factory.mktemp("wlusers") / "cluster",
+        extra_up_args=["--rootless"],
+        # users retire 5 s after their last instance (60 s by default): the same path,
+        # a minute less of waiting
+        env={"KAT_IDLE_SERVICE_SECONDS": "5"},
     ) as c:
         wait_until(lambda: len(c.ready_nodes()) == 2, timeout=90, what="2 ready nodes")
         yield c
@@ -73,5 +78,5 @@ def test_deleting_a_namespace_leaves_no_workload_user(cluster: DevCluster, tmp_p
             for u, h in homes.items()
         )
 
-    # the instances stop, then each agent waits idle_service_seconds (60) before retiring
+    # the instances stop, then each agent waits idle_service_seconds (5) before retiring
     wait_until(gone, timeout=300, interval=2, what="workload users, homes and ranges gone")

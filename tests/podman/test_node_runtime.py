@@ -46,7 +46,7 @@ from kat_agent.node.main import serve_node
 from kat_agent.node.podman.observe import ObservedContainer
 from kat_agent.node.podman.orphans import container_monitors
 from kat_agent.node.podman.service import PodmanStorage
-from kat_agent.node.podman.services import NodeSettings, rootless_from_env
+from kat_agent.node.podman.services import NodeSettings, idle_seconds_from_env, rootless_from_env
 from kat_agent.node.podman.spec import (
     LABEL_GENERATION,
     LABEL_INSTANCE,
@@ -524,6 +524,13 @@ def test_rootless_from_env() -> None:
     assert rootless_from_env({"KAT_ROOTLESS": "1"}) is True
     for off in ("0", "false", "No", "off"):
         assert rootless_from_env({"KAT_ROOTLESS": off}) is False
+
+
+def test_idle_seconds_from_env() -> None:
+    assert idle_seconds_from_env({}) == 60.0
+    assert idle_seconds_from_env({"KAT_IDLE_SERVICE_SECONDS": "5"}) == 5.0
+    assert idle_seconds_from_env({"KAT_IDLE_SERVICE_SECONDS": "0"}) == 1.0
+    assert idle_seconds_from_env({"KAT_IDLE_SERVICE_SECONDS": "soon"}) == 60.0
 
 
 def _observed(state: str, exit_code: int | None = None, **labels: str) -> ObservedContainer:

@@ -82,6 +82,25 @@ RUN_BASE = Path("/run/kat")
 FALSE_WORDS = ("0", "false", "no", "off")
 
 
+IDLE_ENV = "KAT_IDLE_SERVICE_SECONDS"
+DEFAULT_IDLE_SERVICE_SECONDS = 60.0
+
+
+def idle_seconds_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """How long a workload user's Podman service (and the user) outlives its last
+    instance: $KAT_IDLE_SERVICE_SECONDS (1 to 3600; tests shorten it), default 60."""
+    env = os.environ if environ is None else environ
+    text = env.get(IDLE_ENV, "").strip()
+    if not text:
+        return DEFAULT_IDLE_SERVICE_SECONDS
+    try:
+        return max(1.0, min(float(text), 3600.0))
+    except ValueError:
+        default = DEFAULT_IDLE_SERVICE_SECONDS
+        log.warning("%s=%r is not a number; keeping %g", IDLE_ENV, text, default)
+        return default
+
+
 def rootless_from_env(environ: Mapping[str, str] | None = None) -> bool:
     """KAT_ROOTLESS=0 (or false/no/off) turns rootless workloads off; default on."""
     env = os.environ if environ is None else environ
@@ -104,7 +123,8 @@ class NodeSettings:
     home_base: Path = DEFAULT_HOME_BASE  # homes of the workload users
     grace_seconds: float = 10.0  # SIGTERM to SIGKILL when stopping a container
     resync_seconds: float = 10.0  # full comparison with what Podman reports
-    idle_service_seconds: float = 60.0  # a workload user's service outlives its last instance
+    # a workload user's service outlives its last instance this long
+    idle_service_seconds: float = DEFAULT_IDLE_SERVICE_SECONDS
     network: str = NETWORK_NAME
     network_interface: str = NETWORK_INTERFACE
     data_root: Path | None = None  # the data dir (made traversable for rootless volumes)
@@ -167,6 +187,7 @@ class NodeSettings:
             storage=PodmanStorage.from_env(env),
             rootless=rootless_from_env(env) if rootless is None else rootless,
             spare_users=spares_from_env(env),
+            idle_service_seconds=idle_seconds_from_env(env),
             volume_base_path=Path(config.spec.volume_base_path or DEFAULT_VOLUME_BASE),
             containers_conf=Path(conf) if conf else None,
             data_root=dd.root,
