@@ -51,7 +51,8 @@ NOT_STARTED = ("created", "configured", "initialized")
 # Podman's passing states (stopping, removing, ...) last seconds. A container still in one
 # after this long is stuck: Podman's record outlived the container's processes (conmon and
 # all killed at once, e.g. every process of a session or a service ended together), and
-# Podman never moves it on by itself. It is removed and made again.
+# Podman never moves it on by itself. It is removed and made again; at once when the
+# observation says that the container's conmon no longer runs (`monitor_gone`).
 STUCK_AFTER = timedelta(seconds=60)
 TERMINAL = (P.SUCCEEDED, P.FAILED)
 VANISHED = "container removed outside KAT"
@@ -85,6 +86,8 @@ class Container(Protocol):
     def labels(self) -> Mapping[str, str]: ...
     @property
     def ip(self) -> str: ...
+    @property
+    def monitor_gone(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +289,10 @@ def plan_instance(
         if since is None:
             since = now
             mem = replace(mem, passing=(obs.container_id, now))
-        if now - since < STUCK_AFTER:
+        if now - since < STUCK_AFTER and not obs.monitor_gone:
             return InstancePlan(mem, tuple(actions), wake_at=since + STUCK_AFTER)
-        message = f"container stuck in Podman state '{obs.state}'; making it again"
+        gone = " (its conmon is gone)" if obs.monitor_gone else ""
+        message = f"container stuck in Podman state '{obs.state}'{gone}; making it again"
         actions.append(StopAndRemove(iid, obs.container_id, "stuck", P.STARTING, message))
     else:
         # Exited: reported; the leader decides about a restart (unless it is unreachable).

@@ -41,12 +41,13 @@ from internal.host.datadir import DataDir, NodeIdentity
 from internal.security import pki, rpc
 from kat_agent.node.agent import Agent
 from kat_agent.node.assignments import SNAPSHOT_FILE
+from kat_agent.node.idle_users import idle_seconds_from_env
 from kat_agent.node.instances import InstanceState, NodeRuntime
 from kat_agent.node.main import serve_node
 from kat_agent.node.podman.observe import ObservedContainer
 from kat_agent.node.podman.orphans import container_monitors
 from kat_agent.node.podman.service import PodmanStorage
-from kat_agent.node.podman.services import NodeSettings, idle_seconds_from_env, rootless_from_env
+from kat_agent.node.podman.services import NodeSettings, rootless_from_env
 from kat_agent.node.podman.spec import (
     LABEL_GENERATION,
     LABEL_INSTANCE,

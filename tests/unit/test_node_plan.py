@@ -162,6 +162,47 @@ def test_a_container_stuck_in_a_passing_state_is_made_again() -> None:
     assert kinds(plan(None, None, first.memory, now=due)) == [np.Forget]
 
 
+def test_a_passing_state_whose_conmon_is_gone_is_made_again_at_once() -> None:
+    """Every process of a rootless workload user killed: Podman shows "stopping" and
+    the conmon it names no longer runs. Nothing will move it on: no STUCK_AFTER wait."""
+    from dataclasses import replace
+
+    mem = np.Memory(acted_restarts=0)
+    dead = replace(container("stopping"), monitor_gone=True)
+    (stop,) = plan(assignment(), dead, mem).actions
+    assert isinstance(stop, np.StopAndRemove) and stop.reason == "stuck"
+    assert "conmon is gone" in stop.message
+
+
+def test_the_monitor_of_a_container_is_looked_up_by_pid(tmp_path: Path) -> None:
+    """orphans.monitor_gone: a live conmon of that container is not gone; one of another
+    container, a pid that runs another program, or one that no longer runs, is."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from kat_agent.node.podman.orphans import monitor_gone
+
+    fake = tmp_path / "conmon"  # a program named conmon, run as `conmon ... -c <id>`
+    fake.symlink_to(sys.executable)
+    script = tmp_path / "wait.py"
+    script.write_text("import time\ntime.sleep(30)\n")
+    proc = subprocess.Popen([str(fake), str(script), "-c", "abc123"])
+    try:
+        deadline = time.monotonic() + 10  # until the child has exec'd (its cmdline)
+        while monitor_gone("abc123", proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not monitor_gone("abc123", proc.pid)
+        assert monitor_gone("def456", proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert monitor_gone("abc123", proc.pid)
+    assert monitor_gone("abc123", os.getpid())  # not a conmon
+    assert not monitor_gone("abc123", 0)  # Podman named none: nothing to tell
+
+
 def test_stop_what_is_terminating_or_unassigned_then_forget() -> None:
     mem = np.Memory(acted_restarts=0)
     (a,) = plan(assignment(phase=P.TERMINATING), container(), mem).actions

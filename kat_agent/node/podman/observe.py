@@ -61,6 +61,10 @@ class ObservedContainer:
     # if present, else the first in name order.
     ip: str = ""
     pid: int = 0  # of the container's init process while it runs (its namespaces)
+    monitor_pid: int = 0  # its conmon's, while Podman has not seen it exit
+    # Podman shows a passing state (stopping, ...) but that conmon no longer runs: the
+    # record outlived the processes and Podman will not move it on (orphans.monitor_gone)
+    monitor_gone: bool = False
 
     @property
     def running(self) -> bool:
@@ -94,6 +98,7 @@ class ObservedContainer:
             labels=labels,
             ip=_address(data.get("NetworkSettings") or {}),
             pid=int(st.get("Pid") or 0) if state == "running" else 0,
+            monitor_pid=int(st.get("ConmonPid") or 0) if state != "exited" else 0,
         )
 
 

@@ -62,6 +62,20 @@ def container_monitors(container_id: str) -> list[int]:
     return found
 
 
+def monitor_gone(container_id: str, monitor_pid: int) -> bool:
+    """Whether the conmon Podman names for `container_id` (its ConmonPid) no longer runs:
+    no such process, or another program under that pid by now."""
+    if monitor_pid <= 0:
+        return False  # Podman names none: nothing to tell
+    argv = _cmdline(monitor_pid)
+    if not argv or not argv[0].endswith(b"conmon"):
+        return True
+    try:
+        return argv[argv.index(b"-c") + 1] != container_id.encode()
+    except (ValueError, IndexError):
+        return True
+
+
 def _parents() -> dict[int, int]:
     """pid -> parent pid of every process."""
     out: dict[int, int] = {}

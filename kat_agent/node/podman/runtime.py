@@ -26,7 +26,7 @@ import math
 import os
 import signal
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +36,7 @@ from kat_agent.node.podman.client import PodmanAPI, Response, frames
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
 from kat_agent.node.podman.mounts import DEFAULT_VOLUME_BASE, VolumePreparer
 from kat_agent.node.podman.observe import ObservedContainer
-from kat_agent.node.podman.orphans import end_container_processes
+from kat_agent.node.podman.orphans import end_container_processes, monitor_gone
 from kat_agent.node.podman.spec import LABEL_MANAGED, InstanceSpec, create_body
 
 log = logging.getLogger(__name__)
@@ -299,12 +299,12 @@ class Runtime:
         return await self.api.container_inspect(container_id)
 
     async def observe(self, container_id: str) -> ObservedContainer:
-        return ObservedContainer.from_inspect(await self.inspect(container_id))
+        return _with_monitor(ObservedContainer.from_inspect(await self.inspect(container_id)))
 
     async def list_managed(self) -> list[ObservedContainer]:
         """Every container KAT started on this socket, running or not."""
         docs = await self.api.container_inspect_all(f"{LABEL_MANAGED}=true")
-        return [ObservedContainer.from_inspect(d) for d in docs]
+        return [_with_monitor(ObservedContainer.from_inspect(d)) for d in docs]
 
     async def wait(self, container_id: str) -> int:
         """Wait until the container has stopped; its exit code."""
@@ -514,3 +514,16 @@ async def _feed(writer: asyncio.StreamWriter, data: AsyncIterator[bytes] | None)
             writer.write_eof()
     except (OSError, RuntimeError):  # the process ended and Podman closed the connection
         pass
+
+
+# Podman's states that last only while it moves a container on (not running, exited,
+# created or paused): only then is its conmon looked at.
+_SETTLED = ("running", "exited", "created", "paused")
+
+
+def _with_monitor(obs: ObservedContainer) -> ObservedContainer:
+    """`obs` with `monitor_gone` set (one /proc read, and only for a container in a
+    passing state: node_plan then need not wait STUCK_AFTER for one whose conmon died)."""
+    if obs.state in _SETTLED or not monitor_gone(obs.container_id, obs.monitor_pid):
+        return obs
+    return replace(obs, monitor_gone=True)

@@ -47,6 +47,7 @@ from typing import Any
 
 from api.v1alpha1 import kat_pb2
 from internal.host.datadir import DataDir, NodeIdentity
+from kat_agent.node.idle_users import DEFAULT_IDLE_SERVICE_SECONDS, idle_seconds_from_env
 from kat_agent.node.network.records import node_dns_address, search_path
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind, PodmanServiceError
 from kat_agent.node.podman.imagestore import (
@@ -80,25 +81,6 @@ DEFAULT_CLUSTER_DOMAIN = "kat.cluster.local"
 NETWORK_INTERFACE = "kat0"
 RUN_BASE = Path("/run/kat")
 FALSE_WORDS = ("0", "false", "no", "off")
-
-
-IDLE_ENV = "KAT_IDLE_SERVICE_SECONDS"
-DEFAULT_IDLE_SERVICE_SECONDS = 60.0
-
-
-def idle_seconds_from_env(environ: Mapping[str, str] | None = None) -> float:
-    """How long a workload user's Podman service (and the user) outlives its last
-    instance: $KAT_IDLE_SERVICE_SECONDS (1 to 3600; tests shorten it), default 60."""
-    env = os.environ if environ is None else environ
-    text = env.get(IDLE_ENV, "").strip()
-    if not text:
-        return DEFAULT_IDLE_SERVICE_SECONDS
-    try:
-        return max(1.0, min(float(text), 3600.0))
-    except ValueError:
-        default = DEFAULT_IDLE_SERVICE_SECONDS
-        log.warning("%s=%r is not a number; keeping %g", IDLE_ENV, text, default)
-        return default
 
 
 def rootless_from_env(environ: Mapping[str, str] | None = None) -> bool:
