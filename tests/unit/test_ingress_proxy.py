@@ -326,3 +326,43 @@ async def test_a_reload_haproxy_cannot_take_keeps_the_old_one_serving_until_it_c
         holder.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.async_timeout(90)
+async def test_haproxy_killed_behind_the_agents_back_comes_back_with_the_current_view(
+    tmp_path: Path, backends: int
+) -> None:
+    """`kill -9` of HAProxy's master and workers: the agent starts it again and it
+    serves the view as it is now, including a change offered while it was down."""
+    import os
+    import signal
+
+    http_port = free_port()
+    proxy = IngressProxy("n1", tmp_path / "ingress", http_port, free_port())
+    task = asyncio.create_task(proxy.run())
+    try:
+        proxy.offer(view(backends, BACKENDS[:1]))
+        await until(lambda: get(http_port)[0] == 200)
+        assert proxy._proc is not None
+        master = proxy._proc.pid
+        for pid in [*_children(master), master]:
+            os.kill(pid, signal.SIGKILL)
+        proxy.offer(view(backends, BACKENDS))  # while it is down (restarted after 1 s)
+        await until(lambda: serves_all(http_port), within=20)
+        assert proxy.starts == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
