@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-import os
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
+from internal.host.environment import number_from_env
 from kat_agent.node.podman.runtime import BackendPool, RuntimeBackend
 from kat_agent.node.podman.users import workload_of
-
-log = logging.getLogger(__name__)
 
 IDLE_ENV = "KAT_IDLE_SERVICE_SECONDS"
 DEFAULT_IDLE_SERVICE_SECONDS = 60.0
@@ -27,16 +24,7 @@ DEFAULT_IDLE_SERVICE_SECONDS = 60.0
 def idle_seconds_from_env(environ: Mapping[str, str] | None = None) -> float:
     """How long a workload user's Podman service (and the user) outlives its last
     instance: $KAT_IDLE_SERVICE_SECONDS (1 to 3600; tests shorten it), default 60."""
-    env = os.environ if environ is None else environ
-    text = env.get(IDLE_ENV, "").strip()
-    if not text:
-        return DEFAULT_IDLE_SERVICE_SECONDS
-    try:
-        return max(1.0, min(float(text), 3600.0))
-    except ValueError:
-        default = DEFAULT_IDLE_SERVICE_SECONDS
-        log.warning("%s=%r is not a number; keeping %g", IDLE_ENV, text, default)
-        return default
+    return number_from_env(IDLE_ENV, DEFAULT_IDLE_SERVICE_SECONDS, 1.0, 3600.0, float, environ)
 
 
 class _Placed(Protocol):

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pwd
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from internal.host.environment import number_from_env
 from kat_agent.node.podman.accounts import account_files_lock, rename_account
 from kat_agent.node.podman.errors import PodmanServiceError
 from kat_agent.node.podman.users import (
@@ -56,16 +56,8 @@ RETRY_SECONDS = 30.0
 
 def spares_from_env(environ: Mapping[str, str] | None = None) -> int:
     """How many spare users a rootless node keeps: $KAT_SPARE_WORKLOAD_USERS (0 turns
-    them off), default 1."""
-    env = os.environ if environ is None else environ
-    text = env.get(SPARES_ENV, "").strip()
-    if not text:
-        return DEFAULT_SPARES
-    try:
-        return max(0, min(int(text), 8))
-    except ValueError:
-        log.warning("%s=%r is not a number; keeping %d", SPARES_ENV, text, DEFAULT_SPARES)
-        return DEFAULT_SPARES
+    them off, at most 8), default 1."""
+    return number_from_env(SPARES_ENV, DEFAULT_SPARES, 0, 8, int, environ)
 
 
 def _spare_gecos(tag: str) -> str:
