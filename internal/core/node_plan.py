@@ -48,6 +48,8 @@ LABEL_TYPE = LABEL_PREFIX + "workload-type"
 LABEL_JOB_RUN = LABEL_PREFIX + "job-run"
 
 NOT_STARTED = ("created", "configured", "initialized")
+# The states Podman leaves a container in; any other is a passing one (stopping, ...).
+SETTLED = ("running", "exited", "paused", *NOT_STARTED)
 # Podman's passing states (stopping, removing, ...) last seconds. A container still in one
 # after this long is stuck: Podman's record outlived the container's processes (conmon and
 # all killed at once, e.g. every process of a session or a service ended together), and
@@ -284,7 +286,7 @@ def plan_instance(
     elif obs.state in NOT_STARTED:
         # Created but never started (an agent crash in between): start afresh.
         actions.append(StopAndRemove(iid, obs.container_id, "unstarted", P.STARTING, ""))
-    elif obs.state not in ("exited", "paused"):
+    elif obs.state not in SETTLED:
         since = mem.passing[1] if mem.passing and mem.passing[0] == obs.container_id else None
         if since is None:
             since = now

@@ -337,6 +337,8 @@ async def test_haproxy_killed_behind_the_agents_back_comes_back_with_the_current
     import os
     import signal
 
+    from kat_agent.node.podman.orphans import process_tree
+
     http_port = free_port()
     proxy = IngressProxy("n1", tmp_path / "ingress", http_port, free_port())
     task = asyncio.create_task(proxy.run())
@@ -345,7 +347,7 @@ async def test_haproxy_killed_behind_the_agents_back_comes_back_with_the_current
         await until(lambda: get(http_port)[0] == 200)
         assert proxy._proc is not None
         master = proxy._proc.pid
-        for pid in [*_children(master), master]:
+        for pid in process_tree([master]):  # workers first, then the master
             os.kill(pid, signal.SIGKILL)
         proxy.offer(view(backends, BACKENDS))  # while it is down (restarted after 1 s)
         await until(lambda: serves_all(http_port), within=20)
@@ -353,16 +355,3 @@ async def test_haproxy_killed_behind_the_agents_back_comes_back_with_the_current
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found

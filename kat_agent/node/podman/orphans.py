@@ -175,19 +175,13 @@ def remove_unused_namespaces(
     return removed
 
 
-def end_container_processes(
-    container_id: str, grace: float = 2.0, netns_dir: Path = NETNS_DIR
-) -> int:
+def end_container_processes(container_id: str, grace: float = 2.0) -> int:
     """End what still runs of container `container_id` here (its conmon and everything
     under it): SIGTERM, then SIGKILL after `grace` seconds; then remove the network
     namespace they ran in (see the module docstring). The number of processes found; 0
     when nothing of it runs (the normal case, after Podman removed it)."""
-    monitors = container_monitors(container_id)
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while monitors and time.monotonic() < deadline:
-        # Just removed by Podman: its conmon may still be finishing on its own.
-        time.sleep(0.05)
-        monitors = _alive(monitors)
+    # Just removed by Podman: its conmon may still be finishing on its own.
+    monitors = _still_alive_after(container_monitors(container_id), SETTLE_SECONDS)
     if not monitors:
         return 0
     pids = process_tree(monitors)
@@ -198,13 +192,18 @@ def end_container_processes(
         len(pids),
     )
     _signal(pids, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    _signal(_alive(pids), signal.SIGKILL)
-    deadline = time.monotonic() + grace
-    while _alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for path in remove_unused_namespaces(namespaces, netns_dir):
+    _signal(_still_alive_after(pids, grace), signal.SIGKILL)
+    _still_alive_after(pids, grace)
+    for path in remove_unused_namespaces(namespaces):
         log.warning("container %s: removed its network namespace %s", container_id[:12], path)
     return len(pids)
+
+
+def _still_alive_after(pids: list[int], seconds: float) -> list[int]:
+    """Those of `pids` still alive once all ended or `seconds` passed (polled)."""
+    deadline = time.monotonic() + seconds
+    alive = _alive(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = _alive(alive)
+    return alive

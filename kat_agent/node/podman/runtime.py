@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from internal.core import hostpaths
+from internal.core.node_plan import SETTLED
 from internal.observability import metrics
 from kat_agent.node.podman.client import PodmanAPI, Response, frames
 from kat_agent.node.podman.errors import ContainerRuntimeError, ErrorKind
@@ -516,14 +517,9 @@ async def _feed(writer: asyncio.StreamWriter, data: AsyncIterator[bytes] | None)
         pass
 
 
-# Podman's states that last only while it moves a container on (not running, exited,
-# created or paused): only then is its conmon looked at.
-_SETTLED = ("running", "exited", "created", "paused")
-
-
 def _with_monitor(obs: ObservedContainer) -> ObservedContainer:
     """`obs` with `monitor_gone` set (one /proc read, and only for a container in a
     passing state: node_plan then need not wait STUCK_AFTER for one whose conmon died)."""
-    if obs.state in _SETTLED or not monitor_gone(obs.container_id, obs.monitor_pid):
+    if obs.state in SETTLED or not monitor_gone(obs.container_id, obs.monitor_pid):
         return obs
     return replace(obs, monitor_gone=True)
