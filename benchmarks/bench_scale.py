@@ -2,15 +2,19 @@
 
 Starts a real single-member cluster on loopback (`kat-agent init`: real etcd, real mTLS),
 joins N simulated nodes through the real Join RPC, and gives each a real `Heartbeats` stream
-and a real `WatchAssignments` stream. It then applies W workloads of R replicas each (one
+and a real `WatchAssignments` stream (benchmarks/sim_nodes.py: in `--workers` processes of
+their own, so that the Apply client here does not queue behind a thousand streams on one
+event loop). Once every node is READY and etcd has been quiet for a few seconds (the joins'
+writes are done), it applies W workloads of R replicas each (one
 Apply per workload, in a row; `--concurrency N`: N in flight at once) and measures the
 time from the first Apply until every instance is persisted in etcd (counted with etcdctl)
 and has reached its node's stream; then scales every workload to 0 and measures the same
 way. Figures are printed at three sizes (by default 1,000, 3,000 and 10,000 instances) so
-that super-linear steps show.
+that super-linear steps show, with how long one Apply took (median, p90) and the CPU
+seconds of the leader, its etcd and the simulated nodes.
 
     python3 benchmarks/bench_scale.py [--nodes 1000] [--sizes 1000,3000,10000] [--replicas 100]
-        [--tick 1] [--concurrency 1]
+        [--tick 1] [--concurrency 1] [--workers 2] [--profile FILE]
 
 `--tick` is every node's heartbeat period (agentTickSeconds): 1 s by default, a stress
 setting (1,000 beats/s); the cluster default is 15 s.
@@ -34,12 +38,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.v1alpha1 import kat_pb2, kat_pb2_grpc  # noqa: E402
+from benchmarks import sim_nodes  # noqa: E402
 from benchmarks.bench_heartbeats import (  # noqa: E402
     agent_env,
     cpu_seconds,
@@ -49,7 +55,6 @@ from benchmarks.bench_heartbeats import (  # noqa: E402
     wait_for,
 )
 from internal.core import tokens  # noqa: E402
-from internal.core.assignments import apply_update  # noqa: E402
 from internal.manifests import bundle  # noqa: E402
 from internal.security import clientconfig, rpc  # noqa: E402
 from internal.state.etcd import EtcdClient  # noqa: E402
@@ -81,84 +86,12 @@ spec:
     return bundle.pack_files({"workload.kat": text.encode()})
 
 
-class Delivered:
-    """What every simulated node's assignments stream last said (instance ids per node)."""
+class Applies:
+    """How the last row of Applies went."""
 
     def __init__(self) -> None:
-        self.per_node: dict[str, int] = {}
-        self.messages = 0
-        self.bytes = 0
-        self.errors: dict[str, int] = {}  # stream errors by status code
-        self.applies_seconds = 0.0  # how long the last row of Applies took to return
-
-    def total(self) -> int:
-        return sum(self.per_node.values())
-
-
-async def node_streams(
-    api: str,
-    ca: bytes,
-    node: tuple[str, bytes, bytes],
-    seen: Delivered,
-    stop: asyncio.Event,
-    tick: float,
-) -> None:
-    name, cert, key = node
-    creds = rpc.client_credentials(ca, cert, key)
-    async with grpc.aio.secure_channel(api, creds, rpc.api_channel_options()) as ch:
-        stub = kat_pb2_grpc.AgentAPIStub(ch)
-        beat = kat_pb2.HeartbeatRequest(
-            node_name=name,
-            capacity=kat_pb2.NodeResources(cpu_millis=64000, memory_bytes=64 << 30),
-            allocatable=kat_pb2.NodeResources(cpu_millis=64000, memory_bytes=64 << 30),
-        )
-        request = kat_pb2.AssignmentsRequest(node_name=name, accept_deltas=True)
-
-        async def heartbeat() -> None:
-            # What kat_agent/node/agent.py does: beat every tick, and open the stream
-            # again when it fails (a failed TLS handshake in the connect storm), so that
-            # every node holds a Heartbeats stream as a real agent would.
-            while not stop.is_set():
-                beats = stub.Heartbeats()
-                try:
-                    while not stop.is_set():
-                        await beats.write(beat)
-                        await beats.read()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), tick)
-                except grpc.aio.AioRpcError as err:
-                    if stop.is_set():
-                        return
-                    code = f"heartbeats {err.code().name}"
-                    seen.errors[code] = seen.errors.get(code, 0) + 1
-                    await asyncio.sleep(0.5)
-                finally:
-                    beats.cancel()
-
-        async def follow() -> None:
-            # What kat_agent/node/assignments.py does: apply deltas to the full snapshot
-            # each stream starts with, and reopen a stream that fails.
-            while not stop.is_set():
-                watch = stub.WatchAssignments(request)
-                current = None
-                try:
-                    async for update in watch:
-                        seen.messages += 1
-                        seen.bytes += update.ByteSize()
-                        current = apply_update(current, update)
-                        seen.per_node[name] = len(current.assignments)
-                except grpc.aio.AioRpcError as err:
-                    if stop.is_set():
-                        return
-                    code = f"{err.code().name}: {err.details()}"
-                    seen.errors[code] = seen.errors.get(code, 0) + 1
-                    await asyncio.sleep(0.5)
-
-        tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(follow())]
-        await stop.wait()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self.seconds = 0.0  # until the last one returned
+        self.latencies: list[float] = []  # each Apply, seconds
 
 
 def etcd_client(data: Path) -> EtcdClient:
@@ -211,21 +144,25 @@ async def measure(
     names: list[str],
     replicas: int,
     etcd: EtcdClient,
-    seen: Delivered,
+    seen: sim_nodes.SharedCounts,
+    applies: Applies,
     want_total: int,
     concurrency: int = 1,
     limit: float = 600,
 ) -> float:
     t0 = time.perf_counter()
     queue = list(reversed(names))
+    applies.latencies = []
 
     async def applier() -> None:  # `concurrency` of these: Applies in flight at once
         while queue:
             n = queue.pop()
+            a0 = time.perf_counter()
             await client.Apply(kat_pb2.ApplyRequest(bundle=workload(n, replicas)), timeout=120)
+            applies.latencies.append(time.perf_counter() - a0)
 
     await asyncio.gather(*(applier() for _ in range(concurrency)))
-    seen.applies_seconds = time.perf_counter() - t0
+    applies.seconds = time.perf_counter() - t0
     deadline = t0 + limit
     persisted_at = delivered_at = None
     while persisted_at is None or delivered_at is None:
@@ -280,28 +217,31 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
             f"(leader RSS {rss_mb(leader_pid):.1f} MB before they connect)",
             flush=True,
         )
-        seen = Delivered()
-        stop = asyncio.Event()
-        streams = [
-            asyncio.create_task(node_streams(api, ctx.ca, n, seen, stop, a.tick)) for n in nodes
-        ]
+        seen, workers = sim_nodes.start(api, ctx.ca, nodes, a.tick, a.workers)
+        applies = Applies()
         # wait until every stream delivered its first (empty) snapshot
         t0 = time.perf_counter()
         deadline = time.monotonic() + 600
         next_note = time.monotonic() + 30
-        while len(seen.per_node) < len(nodes):
+        while seen.opened() < len(nodes):
             if time.monotonic() > next_note:
-                print(f"  {len(seen.per_node)} streams open; errors {seen.errors}")
+                print(f"  {seen.opened()} streams open; errors {seen.error_counts()}")
                 next_note += 30
             if time.monotonic() > deadline:
-                raise SystemExit(f"only {len(seen.per_node)} streams opened; errors {seen.errors}")
+                sim_nodes.stop(seen, workers)
+                raise SystemExit(
+                    f"only {seen.opened()} streams opened; errors {seen.error_counts()}"
+                )
             await asyncio.sleep(0.1)
         print(
             f"{len(nodes)} nodes connected in {time.perf_counter() - t0:.1f} s: "
             f"leader RSS {rss_mb(leader_pid):.1f} MB (load average {load()})",
             flush=True,
         )
+        settled = await settle(client, data, len(nodes) + 1)
+        print(f"settled in {settled:.1f} s (every node READY, etcd quiet for {QUIET_SECONDS} s)")
 
+        etcd_pid = child_pid(leader_pid, "etcd")
         if a.profile:
             os.kill(leader_pid, signal.SIGUSR1)  # profile the measured phase only
         last = ""
@@ -310,27 +250,40 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
                 count = max(1, size // a.replicas)
                 names = [f"s{size}-{i}" for i in range(count)]
                 total = count * a.replicas
-                b0 = seen.bytes
-                m0, cpu0, e0 = seen.messages, cpu_seconds(leader_pid), etcd_metrics(data)
+                b0 = seen.byte_count()
+                m0, cpu0, e0 = seen.message_count(), cpu_seconds(leader_pid), etcd_metrics(data)
+                others0 = cpu_seconds(etcd_pid), nodes_cpu(workers)
                 wall0 = time.perf_counter()
-                up = await measure(client, names, a.replicas, etcd, seen, total, a.concurrency)
-                applies_up = seen.applies_seconds
+                up = await measure(
+                    client, names, a.replicas, etcd, seen, applies, total, a.concurrency
+                )
+                applies_up = applies.seconds
+                latencies = sorted(applies.latencies)
                 cpu_up = cpu_seconds(leader_pid) - cpu0
+                etcd_up = cpu_seconds(etcd_pid) - others0[0]
+                nodes_up = nodes_cpu(workers) - others0[1]
                 e1 = etcd_metrics(data)
                 rss = rss_mb(leader_pid)
-                down = await measure(client, names, 0, etcd, seen, 0, a.concurrency)
-                applies_down = seen.applies_seconds
+                down = await measure(client, names, 0, etcd, seen, applies, 0, a.concurrency)
+                applies_down = applies.seconds
                 cpu_all = (cpu_seconds(leader_pid) - cpu0) / (time.perf_counter() - wall0)
                 e2 = etcd_metrics(data)
                 print(
                     f"{total:>6} instances on {len(nodes)} nodes: scale-up {up:.2f} s "
                     f"({total / up:.0f}/s), scale-down {down:.2f} s ({total / down:.0f}/s); "
                     f"leader CPU {cpu_up:.1f} s for the scale-up, {cpu_all:.2f} cores average; "
-                    f"RSS {rss:.1f} MB; stream messages {seen.messages - m0} "
-                    f"({(seen.bytes - b0) / 1e6:.1f} MB); the {count} Applies returned after "
-                    f"{applies_up:.2f} s (scale-down {applies_down:.2f} s); "
-                    f"stream errors so far {seen.errors}; "
+                    f"RSS {rss:.1f} MB; stream messages {seen.message_count() - m0} "
+                    f"({(seen.byte_count() - b0) / 1e6:.1f} MB); the {count} Applies returned "
+                    f"after {applies_up:.2f} s (scale-down {applies_down:.2f} s); "
+                    f"stream errors so far {seen.error_counts()}; "
                     f"load average {load()}"
+                )
+                print(
+                    f"       scale-up: one Apply took {percentile(latencies, 0.5) * 1000:.0f} ms "
+                    f"(median; p90 {percentile(latencies, 0.9) * 1000:.0f} ms); CPU seconds: "
+                    f"leader {cpu_up:.1f}, etcd {etcd_up:.1f}, the simulated nodes "
+                    f"({a.workers} processes) {nodes_up:.1f}, in {up:.1f} s on "
+                    f"{os.cpu_count()} cores"
                 )
 
                 def delta(key: str, a: dict[str, float], b: dict[str, float]) -> float:
@@ -353,9 +306,56 @@ async def run(a: argparse.Namespace, data: Path, leader_pid: int) -> str:
                     )
                 last = f"placements_per_second={total / up:.0f} leader_rss_mb={rss:.0f}"
         finally:
-            stop.set()
-            await asyncio.gather(*streams, return_exceptions=True)
+            sim_nodes.stop(seen, workers)
     return last
+
+
+QUIET_SECONDS = 3.0
+
+
+async def settle(client: kat_pb2_grpc.ClusterAPIStub, data: Path, want: int) -> float:
+    """Wait until every node is READY and etcd took no proposal for QUIET_SECONDS: the
+    joins' and first heartbeats' writes (node status) are done before anything is
+    measured. Returns how long that took."""
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + 300
+    ready = kat_pb2.NodeStatus.READY
+    while True:
+        nodes = (await client.ListNodes(kat_pb2.ListRequest(), timeout=30)).items
+        if sum(1 for n in nodes if n.status.condition == ready) >= want:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(nodes)} nodes READY after 300 s")
+        await asyncio.sleep(0.5)
+    proposals = etcd_metrics(data)["etcd_server_proposals_committed_total"]
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < QUIET_SECONDS:
+        if time.monotonic() > deadline:
+            raise SystemExit("etcd never went quiet")
+        await asyncio.sleep(0.5)
+        now = etcd_metrics(data)["etcd_server_proposals_committed_total"]
+        if now != proposals:
+            proposals, quiet_since = now, time.monotonic()
+    return time.perf_counter() - t0
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+def nodes_cpu(workers: list[Any]) -> float:
+    return sum(cpu_seconds(p.pid) for p in workers if p.pid is not None)
+
+
+def child_pid(parent: int, comm: str) -> int:
+    """The pid of `parent`'s child process named `comm` (the leader's supervised etcd)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            if name == comm and int(text.rsplit(")", 1)[1].split()[1]) == parent:
+                return int(stat.parent.name)
+    raise SystemExit(f"no {comm} process under pid {parent}")
 
 
 def load() -> str:
@@ -393,6 +393,12 @@ def main() -> int:
         "1,000 nodes, a stress setting; the cluster default is 15)",
     )
     ap.add_argument("--sizes", default="1000,3000,10000")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes the simulated nodes run in (beside this one, which applies)",
+    )
     ap.add_argument(
         "--profile",
         type=Path,
