@@ -92,9 +92,9 @@ class AssignmentBook:
     The workload controller `publish`es the desired assignments after each reconcile pass;
     a node's set gets a new revision only when its content changed (or the peers did),
     and every stream waiting on that node wakes up. `close` (leadership lost) ends every
-    stream. A stream gets a full snapshot first, then (when the node accepts deltas) each
-    change as a delta, or a full snapshot again when it fell more than HISTORY changes
-    behind."""
+    stream. A stream gets a full snapshot first, then (when the node accepts deltas) what
+    changed since its last message as one delta, or a full snapshot again when it fell
+    more than HISTORY changes behind."""
 
     def __init__(self) -> None:
         self._sets: dict[str, _NodeSet] = {}
@@ -249,24 +249,46 @@ class AssignmentBook:
         if revision is None or revision == after:
             return None
         if deltas and after > 0:
-            for ch in self._sets[node].history:
-                if ch.base == after:
-                    msg = kat_pb2.AssignmentSet(
-                        revision=ch.revision,
-                        delta=True,
-                        base_revision=ch.base,
-                        assignments=ch.changed,
-                        removed=ch.removed,
-                        peers_changed=ch.peers_changed,
-                    )
-                    if ch.peers_changed:
-                        # the peers as of this change: the current list when it is the
-                        # latest change, else a full snapshot below is simpler
-                        if ch.revision != revision:
-                            break
-                        msg.peers.extend(self._peers)
-                    return msg
+            delta = self._delta_since(node, after, revision)
+            if delta is not None:
+                return delta
         return self.snapshot(node)
+
+    def _delta_since(self, node: str, after: int, revision: int) -> kat_pb2.AssignmentSet | None:
+        """One delta from revision `after` to the current one, however many changes lie
+        between (a stream that fell a few changes behind catches up in one message, not
+        one per change); None when `after` is older than the history kept."""
+        node_set = self._sets[node]
+        history = node_set.history
+        start = next((k for k, ch in enumerate(history) if ch.base == after), None)
+        if start is None:
+            return None
+        if start == len(history) - 1:  # the usual case: one change behind
+            ch = history[start]
+            changed, removed, peers_changed = ch.changed, ch.removed, ch.peers_changed
+        else:
+            items = node_set.items
+            touched: dict[str, None] = {}
+            peers_changed = False
+            for k in range(start, len(history)):
+                ch = history[k]
+                touched.update(dict.fromkeys(a.instance.id for a in ch.changed))
+                touched.update(dict.fromkeys(ch.removed))
+                peers_changed = peers_changed or ch.peers_changed
+            # what each touched id is now: its current assignment, or gone
+            changed = [items[i] for i in touched if i in items]
+            removed = [i for i in touched if i not in items]
+        msg = kat_pb2.AssignmentSet(
+            revision=revision,
+            delta=True,
+            base_revision=after,
+            assignments=changed,
+            removed=removed,
+            peers_changed=peers_changed,
+        )
+        if peers_changed:  # the delta ends at the current revision: the current peers
+            msg.peers.extend(self._peers)
+        return msg
 
     async def next_update(
         self, node: str, after: int, deltas: bool, epoch: int | None = None

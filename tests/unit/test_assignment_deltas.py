@@ -80,6 +80,35 @@ def test_unchanged_records_keep_their_assignment_objects_and_revision() -> None:
     asyncio.run(run())
 
 
+def test_a_stream_a_few_changes_behind_catches_up_in_one_delta() -> None:
+    """Added, changed, removed and added again, peers changed in the middle: one message
+    that takes the node from its revision to the current snapshot."""
+
+    async def run() -> None:
+        book = AssignmentBook()
+        await book.reset()
+        bundle = kat_pb2.Bundle()
+        cache: dict = {}  # type: ignore[type-arg]
+
+        async def publish(records: list[P], peers: list[kat_pb2.Peer]) -> None:
+            await book.publish(assignments_by_node(records, lambda _: bundle, cache), peers)
+
+        await publish([rec("a"), rec("b"), rec("c")], [peer("n1")])
+        node_view = book.update("n1", -1, deltas=True)
+        assert node_view is not None and not node_view.delta
+        await publish([rec("a"), rec("b", restarts=1), rec("d")], [peer("n1")])
+        await publish([rec("a"), rec("b", restarts=1), rec("d")], [peer("n1"), peer("n2")])
+        await publish([rec("b", restarts=2), rec("d"), rec("c")], [peer("n1"), peer("n2")])
+        update = book.update("n1", node_view.revision, deltas=True)
+        assert update is not None and update.delta and update.peers_changed
+        assert sorted(a.instance.id for a in update.assignments) == ["b", "c", "d"]
+        assert list(update.removed) == ["a"]
+        assert apply_update(node_view, update) == book.snapshot("n1")
+        assert book.update("n1", update.revision, deltas=True) is None
+
+    asyncio.run(run())
+
+
 def test_a_stream_far_behind_or_without_deltas_gets_a_full_snapshot() -> None:
     async def run() -> None:
         book = AssignmentBook()

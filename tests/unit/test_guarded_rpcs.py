@@ -57,6 +57,47 @@ async def test_a_cut_ends_a_waiting_stream_and_closes_it() -> None:
     assert got == [1] and closed.is_set() and streams.count("n1") == 0
 
 
+async def test_a_cut_while_an_item_is_being_sent_ends_the_stream_before_the_next() -> None:
+    asked = []
+
+    async def counting():  # type: ignore[no-untyped-def]
+        for i in range(3):
+            asked.append(i)
+            yield i
+
+    streams = StreamCutter()
+    got = []
+    with streams.opened("n1") as cut:
+        with pytest.raises(StreamCut):
+            async for item in until_cut(counting(), cut):
+                got.append(item)
+                streams.cut("n1")
+                await asyncio.sleep(0)  # the cut's watcher runs while the item is held
+    assert got == [0] and asked == [0]
+
+
+async def test_a_stream_cancelled_from_elsewhere_is_cancelled_even_when_cut_too() -> None:
+    async def forever():  # type: ignore[no-untyped-def]
+        yield 1
+        await asyncio.Event().wait()
+
+    streams = StreamCutter()
+    started = asyncio.Event()
+    with streams.opened("n1") as cut:
+
+        async def consume() -> None:
+            async for _ in until_cut(forever(), cut):
+                started.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.sleep(0)
+        task.cancel()
+        streams.cut("n1")
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+
 async def test_an_uncut_stream_runs_to_its_end() -> None:
     async def three():  # type: ignore[no-untyped-def]
         for i in range(3):
