@@ -325,6 +325,7 @@ class SimAgent:
         self._server: grpc.aio.Server | None = None
         self._changed = asyncio.Event()
         self.overlay: kat_pb2.OverlayStatus | None = None  # reported in heartbeats if set
+        self.ingress: kat_pb2.IngressStatus | None = None  # likewise
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -466,6 +467,8 @@ class SimAgent:
                             instances=reports,
                         )
                         req.overlay.CopyFrom(self.overlay or kat_pb2.OverlayStatus())
+                        if self.ingress is not None:
+                            req.ingress.CopyFrom(self.ingress)
                         await stream.write(req)
                         await stream.read()
                         self.connected = True

@@ -1436,7 +1436,7 @@ class JoinResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., configuration: _Optional[_Union[ClusterConfiguration, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., api_endpoints: _Optional[_Iterable[str]] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., cluster_uid: _Optional[str] = ..., etcd_ca_pem: _Optional[bytes] = ..., etcd_server_certificate_pem: _Optional[bytes] = ..., etcd_client_certificate_pem: _Optional[bytes] = ..., etcd_initial_cluster: _Optional[_Mapping[str, str]] = ..., cluster_secret: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address", "agent_version", "overlay")
+    __slots__ = ("node_name", "capacity", "allocatable", "labels", "taints", "instances", "wireguard_public_key", "advertise_address", "agent_version", "overlay", "ingress")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1454,6 +1454,7 @@ class HeartbeatRequest(_message.Message):
     ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     capacity: NodeResources
     allocatable: NodeResources
@@ -1464,7 +1465,18 @@ class HeartbeatRequest(_message.Message):
     advertise_address: str
     agent_version: str
     overlay: OverlayStatus
-    def __init__(self, node_name: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., wireguard_public_key: _Optional[str] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., overlay: _Optional[_Union[OverlayStatus, _Mapping]] = ...) -> None: ...
+    ingress: IngressStatus
+    def __init__(self, node_name: _Optional[str] = ..., capacity: _Optional[_Union[NodeResources, _Mapping]] = ..., allocatable: _Optional[_Union[NodeResources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., wireguard_public_key: _Optional[str] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., overlay: _Optional[_Union[OverlayStatus, _Mapping]] = ..., ingress: _Optional[_Union[IngressStatus, _Mapping]] = ...) -> None: ...
+
+class IngressStatus(_message.Message):
+    __slots__ = ("serving", "problem", "reload_failures")
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    serving: bool
+    problem: str
+    reload_failures: int
+    def __init__(self, serving: _Optional[bool] = ..., problem: _Optional[str] = ..., reload_failures: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("tick_seconds", "leader_node", "api_endpoints", "peers")

@@ -166,6 +166,11 @@ STREAM_RECONNECTS = Counter(
     "Times the agent opened its assignments stream to the leader again after losing it.",
     registry=REGISTRY,
 )
+INGRESS_RELOAD_FAILURES = Counter(
+    "kat_ingress_reload_failures_total",
+    "Reloads of this node's ingress HAProxy that it did not act on (asked for again).",
+    registry=REGISTRY,
+)
 DNS_QUERIES = Counter(
     "kat_dns_queries_total",
     "Queries the node's DNS server answered, by answer: zone (a name of the cluster), "

@@ -27,7 +27,21 @@ log = logging.getLogger(__name__)
 
 READY = kat_pb2.NodeStatus.READY
 OVERLAY_DEGRADED = "OverlayDegraded"
+INGRESS_DEGRADED = "IngressDegraded"
 NOT_READY = kat_pb2.NodeStatus.NOT_READY
+
+
+@dataclass(frozen=True)
+class _Condition:
+    """A node condition kept from what its heartbeats report, and its events."""
+
+    type: str
+    reason_true: str
+    reason_false: str
+    ok_message: str
+    event_true: str
+    event_false: str
+    recovered_message: str
 
 
 @dataclass
@@ -178,6 +192,9 @@ class NodeRegistry:
             req.ClearField("overlay")  # not part of what is compared and stored
             self._overlay[name] = overlay
             await self._overlay_condition(name, list(overlay.stale_peers))
+        # The ingress proxy: a condition only (its counters change with every failure).
+        await self._ingress_condition(name, req.ingress.problem)
+        req.ClearField("ingress")
         beat = req.SerializeToString(deterministic=True)
         if previous == READY and self._last_beat.get(name) == beat:
             return True
@@ -210,38 +227,57 @@ class NodeRegistry:
     async def _overlay_condition(self, name: str, stale: list[str]) -> None:
         """Keep the node's OverlayDegraded condition in line with the peers it reports
         without a handshake; written (and an event recorded) only when that set changes."""
-        cached = self._nodes.get(name)
-        if cached is None:
-            return
-        have = next((c for c in cached.node.status.conditions if c.type == OVERLAY_DEGRADED), None)
         message = (
             "no WireGuard handshake with " + ", ".join(sorted(stale)) + " for over "
             f"{HANDSHAKE_STALE_SECONDS}s"
             if stale
             else ""
         )
-        if (have.message if have is not None and have.status == "True" else "") == message:
+        await self._keep_condition(
+            name, _Condition(OVERLAY_DEGRADED, "PeersUnreachable", "AllPeersReachable",
+                             "every peer has shaken hands recently", "OverlayPeersUnreachable",
+                             "OverlayPeersReachable", "every peer shakes hands again"),
+            message,
+        )  # fmt: skip
+
+    async def _ingress_condition(self, name: str, problem: str) -> None:
+        """Keep the node's IngressDegraded condition in line with the problem its ingress
+        proxy reports (none from a node that runs no ingress proxy)."""
+        await self._keep_condition(
+            name, _Condition(INGRESS_DEGRADED, "ProxyNotUpdated", "ProxyServing",
+                             "HAProxy serves the current ingress view", "IngressProxyFailing",
+                             "IngressProxyRecovered", "HAProxy serves the current view again"),
+            problem,
+        )  # fmt: skip
+
+    async def _keep_condition(self, name: str, kind: _Condition, problem: str) -> None:
+        """The condition `kind.type` True with `problem` as its message while there is
+        one, False once it is gone; written (and an event recorded) only when it changes
+        (a node that never had the condition gets none while all is well)."""
+        cached = self._nodes.get(name)
+        if cached is None:
+            return
+        have = next((c for c in cached.node.status.conditions if c.type == kind.type), None)
+        if (have.message if have is not None and have.status == "True" else "") == problem:
             return
 
         def apply(node: kat_pb2.Node) -> None:
-            conds = [c for c in node.status.conditions if c.type != OVERLAY_DEGRADED]
+            conds = [c for c in node.status.conditions if c.type != kind.type]
             cond = kat_pb2.Condition(
-                type=OVERLAY_DEGRADED,
-                status="True" if stale else "False",
-                reason="PeersUnreachable" if stale else "AllPeersReachable",
-                message=message or "every peer has shaken hands recently",
+                type=kind.type,
+                status="True" if problem else "False",
+                reason=kind.reason_true if problem else kind.reason_false,
+                message=problem or kind.ok_message,
             )
             cond.last_transition_time.FromDatetime(datetime.now(UTC))
             del node.status.conditions[:]
             node.status.conditions.extend([*conds, cond])
 
         await self.mutate(name, apply)
-        if stale:
-            await self._event(name, "OverlayPeersUnreachable", message, warning=True)
+        if problem:
+            await self._event(name, kind.event_true, problem, warning=True)
         elif have is not None and have.status == "True":
-            await self._event(
-                name, "OverlayPeersReachable", "every peer shakes hands again", warning=False
-            )
+            await self._event(name, kind.event_false, kind.recovered_message, warning=False)
 
     def overdue(self) -> list[str]:
         """READY nodes silent for longer than nodeLossTimeoutSeconds."""

@@ -134,6 +134,8 @@ class Agent:
         self.instances: Callable[[], list[kat_pb2.Instance]] = list
         # The overlay's state and key (kat_agent/node/network), when the node has one.
         self.overlay: Callable[[], kat_pb2.OverlayStatus | None] = lambda: None
+        # The ingress proxy's state, on a node that runs it.
+        self.ingress: Callable[[], kat_pb2.IngressStatus | None] = lambda: None
         self.wireguard_public_key = ""
         self._wake = asyncio.Event()
         self.leader_node = ""  # the leader's node name, as its last answer said
@@ -158,6 +160,7 @@ class Agent:
             instances=self.instances(),
             wireguard_public_key=self.wireguard_public_key,
             overlay=self.overlay(),
+            ingress=self.ingress(),
             agent_version=VERSION,
         )
 

@@ -265,6 +265,8 @@ async def serve_node(
             if ingress is not None:
                 # Runs HAProxy only while the view lists this node as an ingress node.
                 d.add_listener(ingress.offer)
+                agent.ingress = ingress.status
+                ingress.on_problem = agent.beat_now
                 ing = ingress
                 tg.create_task(
                     until_left(

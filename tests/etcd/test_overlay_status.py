@@ -2,7 +2,8 @@
 agents: the overlay each node reports is shown on the node (kept in memory: changing
 handshake times cost no etcd write), peers carry the address the leader saw the join come
 from, and a node reporting peers without a handshake gets the OverlayDegraded condition
-and an event naming them, cleared (with an event) once they shake hands again."""
+and an event naming them, cleared (with an event) once they shake hands again. The same
+for a node whose ingress proxy does not serve the current view (IngressDegraded)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def net(leader: Leader) -> Iterator[SimNet]:
 
 def node(leader: Leader, name: str) -> kat_pb2.Node:
     return leader.stub().GetNode(kat_pb2.NodeRequest(name=name), timeout=10)
+
+
+def handshake_seen(leader: Leader, name: str) -> int:
+    """The handshake time of the node's first overlay peer as the leader shows it."""
+    peers = node(leader, name).status.overlay.peers
+    return peers[0].latest_handshake.seconds if peers else -1
 
 
 def overlay(handshake: int, stale: list[str]) -> kat_pb2.OverlayStatus:
@@ -86,3 +93,36 @@ def test_unreachable_peers_give_a_condition_and_events(leader: Leader, net: SimN
         lambda: any(e.reason == "OverlayPeersReachable" for e in leader.events(a.name, "")),
         what="recovery event",
     )
+
+
+def test_an_ingress_proxy_that_does_not_take_the_view_gives_a_condition_and_events(
+    leader: Leader, net: SimNet
+) -> None:
+    a = net.add("ing-a")
+    a.ingress = kat_pb2.IngressStatus(serving=True)
+    poll(lambda: a.connected, what="node beating")
+    version = node(leader, a.name).metadata.resource_version
+
+    def degraded() -> kat_pb2.Condition | None:
+        for c in node(leader, a.name).status.conditions:
+            if c.type == "IngressDegraded" and c.status == "True":
+                return c
+        return None
+
+    why = "HAProxy did not take the new configuration: Cannot bind socket [0.0.0.0:8443]"
+    for failures in (1, 2, 3):  # the counter moves with every retry: one write, one event
+        a.ingress = kat_pb2.IngressStatus(serving=True, problem=why, reload_failures=failures)
+        a.overlay = overlay(failures, [])  # marks the beat: shown once the leader had it
+        poll(lambda t=failures: handshake_seen(leader, a.name) == t, what=f"beat {failures} heard")
+    cond = degraded()
+    assert cond is not None and cond.message == why and cond.reason == "ProxyNotUpdated"
+    failing = [e for e in leader.events(a.name, "") if e.reason == "IngressProxyFailing"]
+    assert len(failing) == 1 and "Cannot bind socket" in failing[0].message
+    assert failing[0].type == kat_pb2.Event.WARNING
+    a.ingress = kat_pb2.IngressStatus(serving=True, reload_failures=3)
+    poll(lambda: degraded() is None, what="condition cleared")
+    poll(
+        lambda: any(e.reason == "IngressProxyRecovered" for e in leader.events(a.name, "")),
+        what="recovery event",
+    )
+    assert node(leader, a.name).metadata.resource_version > version

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from api.v1alpha1 import kat_pb2
+from internal.observability import metrics
 from kat_agent.node.network import ingress
 from kat_agent.node.network.ingress import IngressProxy
 
@@ -80,6 +81,10 @@ def get(port: int, host: str = "web.kat.local") -> tuple[int, str]:
 def closed(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def reload_failures_metric() -> float:
+    return metrics.REGISTRY.get_sample_value("kat_ingress_reload_failures_total") or 0.0
 
 
 async def until(fn, within: float = 20.0):  # type: ignore[no-untyped-def]
@@ -298,6 +303,7 @@ async def test_a_reload_haproxy_cannot_take_keeps_the_old_one_serving_until_it_c
         c = kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert)
         return [kat_pb2.IngressKeyPair(certificate=c, key_pem=key)]
 
+    failures_before = reload_failures_metric()
     http_port, https_port = free_port(), free_port()
     holder = socket.socket()  # the "other process" on the HTTPS port (no SO_REUSEPORT)
     holder.bind(("0.0.0.0", https_port))
@@ -318,10 +324,17 @@ async def test_a_reload_haproxy_cannot_take_keeps_the_old_one_serving_until_it_c
         assert answers == {(200, f"hello from {BACKENDS[0]}\n")}, answers
         retries = [r.getMessage() for r in caplog.records if "reloading again" in r.message]
         assert retries and "cannot bind" in retries[0].lower(), retries[:1]
+        # what the heartbeats tell the leader (its IngressDegraded condition), and the metric
+        status = proxy.status()
+        assert status is not None and "cannot bind" in status.problem.lower(), status
+        assert status.reload_failures >= 3
+        assert reload_failures_metric() >= failures_before + 3
         holder.close()
         reply, _ = await until(lambda: https_get(https_port, cert), within=30)
         assert reply.split("\r\n")[0].endswith("200 OK"), reply
         assert proxy.starts == 1
+        await until(lambda: proxy.status() == kat_pb2.IngressStatus(
+            serving=True, reload_failures=proxy.reload_failures))  # fmt: skip
     finally:
         holder.close()
         task.cancel()

@@ -44,6 +44,7 @@ from api.v1alpha1 import kat_pb2
 from internal.host.children import child_setup
 from internal.host.files import write_atomic
 from internal.host.unix_socket import exchange
+from internal.observability import metrics
 from internal.security.ingress_certs import file_stem
 from kat_agent.node.network import haproxy_config
 
@@ -87,6 +88,8 @@ class IngressProxy:
         self._unconfirmed = 0  # reloads of the applied configuration not acted on so far
         self.reloads = 0
         self.reload_failures = 0  # reloads HAProxy did not act on (asked for again)
+        self.problem = ""  # why the newest view is not served (IngressStatus.problem)
+        self.on_problem: Callable[[], None] = lambda: None  # it changed: beat early
         self.starts = 0
         self._cert_digest = ""  # of the PEM files served: a replaced one forces a reload
 
@@ -96,6 +99,19 @@ class IngressProxy:
 
     def wanted(self) -> bool:
         return self.node_name in self.view.ingress_nodes
+
+    def _set_problem(self, problem: str) -> None:
+        if problem != self.problem:
+            self.problem = problem
+            self.on_problem()
+
+    def status(self) -> kat_pb2.IngressStatus | None:
+        """What the heartbeats report (None on a node that serves no ingress)."""
+        if not self.wanted():
+            return None
+        return kat_pb2.IngressStatus(
+            serving=self._serving, problem=self.problem, reload_failures=self.reload_failures
+        )
 
     async def forget(self) -> None:
         """The node left the cluster: HAProxy stops (run() is cancelled first) and the
@@ -189,12 +205,14 @@ class IngressProxy:
         if not self.wanted():
             if self._proc is not None:
                 log.info("not an ingress node (any more): stopping HAProxy")
+            self._set_problem("")
             await self._stop()
             if self.cert_dir.exists():  # no ingress keys on a node that serves none
                 await asyncio.to_thread(self._write_certs, {}, {})
             return
         if shutil.which(HAPROXY) is None:
             log.error("this node is an ingress node but `haproxy` is not installed")
+            self._set_problem("haproxy is not installed on this node")
             return
         plan = self.plan()
         tls_ready = await self.sync_certs(plan.tls_hosts)
@@ -222,6 +240,7 @@ class IngressProxy:
             return
         if haproxy_config.marker_of(self._applied) in await _backends(self.stats_socket):
             self._serving = True
+            self._set_problem("")
             routes = _routes(self._applied)
             log.info("ingress: HAProxy serves the new configuration (%d routes)", routes)
             return
@@ -236,6 +255,10 @@ class IngressProxy:
         if retry:
             self._unconfirmed += 1
             self.reload_failures += 1
+            metrics.INGRESS_RELOAD_FAILURES.inc()
+            self._set_problem(
+                "HAProxy did not take the new configuration: " + (why or "no reason in haproxy.log")
+            )
             log.warning(
                 "ingress: HAProxy did not take the new configuration (%s); reloading again, "
                 "next try in %.0fs if this one fails too",
@@ -258,7 +281,11 @@ class IngressProxy:
         )  # fmt: skip
         out, _ = await proc.communicate()
         if proc.returncode != 0:
-            log.error("ingress: HAProxy refused the new configuration: %s", out.decode()[-2000:])
+            text = out.decode(errors="replace")
+            log.error("ingress: HAProxy refused the new configuration: %s", text[-2000:])
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            reason = lines[0][:300] if lines else f"exit code {proc.returncode}"
+            self._set_problem(f"HAProxy refused the new configuration: {reason}")
             return False
         return True
 
