@@ -114,25 +114,12 @@ def member_value(m: Any) -> Member:
 
 def event_value(ev: Any) -> KVEvent:
     kind: Literal["put", "delete"] = "delete" if isinstance(ev, etcd_events.DeleteEvent) else "put"
-    kv = KeyValue(
-        key=ev.key.decode(),
-        value=ev.value,
-        mod_revision=ev.mod_revision,
-        create_revision=ev.create_revision,
-        version=ev.version,
-        lease=ev.lease,
-    )
-    prev = None
-    if ev.prev_key:  # an empty prev_kv when etcd had none to send
-        prev = KeyValue(
-            key=ev.prev_key.decode(),
-            value=ev.prev_value,
-            mod_revision=ev.prev_mod_revision,
-            create_revision=ev.prev_create_revision,
-            version=ev.prev_version,
-            lease=ev.prev_lease,
-        )
-    return KVEvent(kind, kv, prev)
+    # The mvccpb.Event under pyetcd's wrapper: the wrapper's __getattr__ per field was a
+    # third of the cost of reading a watch event (10,000 instance writes come back so).
+    raw = ev._event
+    # an empty prev_kv when etcd had none to send
+    prev = kv_value(raw.prev_kv) if raw.prev_kv.key else None
+    return KVEvent(kind, kv_value(raw.kv), prev)
 
 
 class WatchHandle:
