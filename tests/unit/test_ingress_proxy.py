@@ -341,6 +341,66 @@ async def test_a_reload_haproxy_cannot_take_keeps_the_old_one_serving_until_it_c
         await asyncio.gather(task, return_exceptions=True)
 
 
+@pytest.mark.async_timeout(120)
+async def test_an_agent_restarted_while_haproxy_cannot_take_the_view_serves_the_last_good_one(
+    tmp_path: Path, backends: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent stops (its HAProxy with it) while the newest view cannot load: its HTTPS
+    port is held. The next agent's HAProxy cannot start with that view, so it is started
+    with the configuration last seen serving: the routes it had keep being served, the
+    problem is reported, and once the port is free the newest view is served."""
+    from tests.unit.test_ingress_certs import self_signed
+
+    monkeypatch.setattr(ingress, "RELOAD_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(ingress, "RELOAD_RETRY_MAX_SECONDS", 1.0)
+    cert, key = self_signed(["web.kat.local"])
+
+    async def fetch(hosts):  # type: ignore[no-untyped-def]
+        c = kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert)
+        return [kat_pb2.IngressKeyPair(certificate=c, key_pem=key)]
+
+    http_port, https_port = free_port(), free_port()
+    holder = socket.socket()  # the "other process" on the HTTPS port (no SO_REUSEPORT)
+    holder.bind(("0.0.0.0", https_port))
+    holder.listen()
+    tls = view(backends, BACKENDS)
+    tls.services[0].ingress[0].tls = True
+    first = IngressProxy("n1", tmp_path / "ingress", http_port, https_port, fetch)
+    task = asyncio.create_task(first.run())
+    try:
+        first.offer(view(backends, BACKENDS[:1]))
+        await until(lambda: get(http_port)[0] == 200)
+        await until(lambda: first.good_config_file.exists())  # seen serving
+        first.offer(tls)
+        await until(lambda: first.reload_failures >= 1, within=30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    with pytest.raises(OSError):
+        get(http_port)  # the agent is gone and its HAProxy with it
+    problems: list[str] = []
+    again = IngressProxy("n1", tmp_path / "ingress", http_port, https_port, fetch)
+    again.on_problem = lambda: problems.append(again.problem)
+    task = asyncio.create_task(again.run())
+    try:
+        again.offer(tls)
+        answers = await until(lambda: answered(http_port, 6), within=40)
+        assert answers == {(200, f"hello from {BACKENDS[0]}\n")}, answers
+        assert problems and problems[0].startswith("HAProxy exited at start"), problems
+        assert "cannot bind" in problems[0].lower(), problems
+        status = again.status()
+        assert status is not None and status.problem, status  # not the newest view yet
+        holder.close()
+        reply, _ = await until(lambda: https_get(https_port, cert), within=30)
+        assert reply.split("\r\n")[0].endswith("200 OK"), reply
+        await until(lambda: again.status() == kat_pb2.IngressStatus(
+            serving=True, reload_failures=again.reload_failures))  # fmt: skip
+    finally:
+        holder.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.mark.async_timeout(90)
 async def test_haproxy_killed_behind_the_agents_back_comes_back_with_the_current_view(
     tmp_path: Path, backends: int

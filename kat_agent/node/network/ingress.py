@@ -17,7 +17,12 @@ worker's stats socket lists it, the reload is asked for again (level-triggered),
 RELOAD_RETRY_SECONDS and then twice as long each time (`retry_delay`): a configuration that
 `haproxy -c` accepts can still fail in the master (a port another process holds), and then
 the workers already running keep serving the previous one while each retry logs HAProxy's
-own reason.
+own reason. The configuration last seen serving is kept (`haproxy.good.cfg`): when HAProxy
+cannot even start with the newest one (an agent restarted while such a reload was pending),
+it is started with that one, so the routes it served are served again, and the newest is
+then asked for as a reload as above. A HAProxy that exits before it served is started again
+after the same growing pauses; every such problem is in `status()`, which the heartbeats
+carry to the leader (the node's IngressDegraded condition).
 
 HTTPS: the hosts of `tls: true` rules get their certificates (an operator's, else one from
 the cluster CA) from the leader through `fetch_certs` (AgentAPI.GetIngressCertificates,
@@ -79,6 +84,17 @@ class IngressProxy:
         self.http_port = http_port or DEFAULT_HTTP_PORT
         self.https_port = https_port or DEFAULT_HTTPS_PORT
         self.config_file = work_dir / "haproxy.cfg"
+        # The last configuration HAProxy was seen serving: what it is started with, after
+        # a start with the newest one failed (a port another process holds), so that the
+        # routes it served keep being served across an agent restart.
+        self.good_config_file = work_dir / "haproxy.good.cfg"
+        self._good: str | None = None  # its text (None: not read yet)
+        self._good_failed = False  # a start with it failed too: only the newest is tried
+        self._wanted = ""  # the newest configuration rendered (and accepted by haproxy -c)
+        self._failed_starts = 0  # HAProxy exits before it served, in a row
+        self._confirmed: asyncio.subprocess.Process | None = None  # seen serving
+        self._started_good = False  # the running HAProxy was started with the good one
+        self._log_offset = 0  # haproxy.log's size when HAProxy was last started
         self.view = kat_pb2.EndpointSet()
         self._changed = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
@@ -119,6 +135,8 @@ class IngressProxy:
         await self._stop()
         if self.cert_dir.exists():
             await asyncio.to_thread(self._write_certs, {}, {})
+        self.good_config_file.unlink(missing_ok=True)
+        self._good = None
 
     def plan(self) -> haproxy_config.IngressPlan:
         plan = haproxy_config.plan_routes(self.view.services)
@@ -223,9 +241,21 @@ class IngressProxy:
         running = self._proc is not None and self._proc.returncode is None
         if running and text == self._applied:
             return
+        if running and self._started_good and not self._serving:
+            return  # HAProxy is still reading the last good file: the newest comes after
         await asyncio.to_thread(self._write, text)
         if not await self._check():
             return
+        self._wanted = text
+        if not running and self._failed_starts and not self._good_failed:
+            if self._good is None:
+                self._good = await asyncio.to_thread(_read_text, self.good_config_file)
+            if self._good and self._good != text:
+                log.warning("ingress: starting HAProxy with the last configuration it served")
+                await asyncio.to_thread(self._write, self._good)
+                self._applied, self._serving, self._unconfirmed = self._good, False, 0
+                await self._start(good=True)  # the newest follows once it serves
+                return
         self._applied, self._serving, self._unconfirmed = text, False, 0
         if running:
             self._asked_at = -math.inf  # _confirm asks for the reload at once
@@ -240,7 +270,17 @@ class IngressProxy:
             return
         if haproxy_config.marker_of(self._applied) in await _backends(self.stats_socket):
             self._serving = True
-            self._set_problem("")
+            self._confirmed, self._failed_starts, self._good_failed = proc, 0, False
+            self._started_good = False  # (it served: what comes next is asked as reloads)
+            if self._applied == self._wanted:
+                self._set_problem("")
+            else:  # started with the last good configuration: now the newest, as a reload
+                self._changed.set()
+            if self._good != self._applied:
+                self._good = self._applied
+                await asyncio.to_thread(
+                    write_atomic, self.good_config_file, self._good.encode(), 0o600
+                )
             routes = _routes(self._applied)
             log.info("ingress: HAProxy serves the new configuration (%d routes)", routes)
             return
@@ -289,8 +329,10 @@ class IngressProxy:
             return False
         return True
 
-    async def _start(self) -> None:
+    async def _start(self, good: bool = False) -> None:
         logf = await asyncio.to_thread(open, self.dir / "haproxy.log", "ab")
+        self._log_offset = logf.tell()
+        self._started_good = good
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 HAPROXY, "-W", "-db", "-S", f"{self.master_socket},mode,600",
@@ -307,12 +349,25 @@ class IngressProxy:
 
         async def watch() -> None:
             await proc.wait()
-            if self._proc is proc:
+            if self._proc is not proc:
+                return
+            self._proc, self._applied, self._serving = None, "", False
+            if self._confirmed is proc:  # it had served: killed, or crashed
                 log.error("ingress: HAProxy exited (%s); starting it again", proc.returncode)
-                self._proc = None
-                self._applied = ""
                 await asyncio.sleep(1.0)
-                self._changed.set()
+            else:  # it never served: it cannot start with that configuration
+                self._failed_starts += 1
+                self._good_failed = self._good_failed or self._started_good
+                log_file = self.dir / "haproxy.log"
+                why = await asyncio.to_thread(_last_alert, log_file, since=self._log_offset)
+                self._set_problem(
+                    f"HAProxy exited at start (exit code {proc.returncode}): "
+                    + (why or "no reason in haproxy.log")
+                )
+                delay = retry_delay(self._failed_starts - 1)
+                log.error("ingress: %s; starting it again in %.0fs", self.problem, delay)
+                await asyncio.sleep(delay)
+            self._changed.set()
 
         self._watch = asyncio.get_running_loop().create_task(watch())
 
@@ -337,22 +392,33 @@ def retry_delay(unconfirmed: int) -> float:
     return min(RELOAD_RETRY_SECONDS * 2.0**unconfirmed, RELOAD_RETRY_MAX_SECONDS)
 
 
-def _last_alert(log_file: Path, tail: int = 8192) -> str:
+def _last_alert(log_file: Path, tail: int = 8192, since: int | None = None) -> str:
     """Why HAProxy's last reload failed, from its log: the first ALERT since it last
     logged "Reloading HAProxy" (the specific one: "cannot bind socket ... for [:443]";
-    the ones after it only say that it gave up), "" if none."""
+    the ones after it only say that it gave up), "" if none. With `since` (an offset in
+    the log): why its start failed, the first ALERT after that offset."""
     try:
         with log_file.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(since or 0, end - tail))
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
+    if since is not None:
+        lines = ["Reloading HAProxy", *lines]  # everything read is from that start on
     starts = [i for i, line in enumerate(lines) if "Reloading HAProxy" in line]
     alerts = [line for line in lines[starts[-1] if starts else 0 :] if "[ALERT]" in line]
     if not alerts:
         return ""
     text = alerts[0].split("[ALERT]", 1)[1].strip()
     return text.split(" : ", 1)[-1][:300]  # without "(pid) : "
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _routes(text: str) -> int:
