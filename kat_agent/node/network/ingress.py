@@ -404,10 +404,10 @@ def _last_alert(log_file: Path, tail: int = 8192, since: int | None = None) -> s
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
-    if since is not None:
-        lines = ["Reloading HAProxy", *lines]  # everything read is from that start on
-    starts = [i for i, line in enumerate(lines) if "Reloading HAProxy" in line]
-    alerts = [line for line in lines[starts[-1] if starts else 0 :] if "[ALERT]" in line]
+    if since is None:  # from the last reload on (with `since`, all was read from the start)
+        starts = [i for i, line in enumerate(lines) if "Reloading HAProxy" in line]
+        lines = lines[starts[-1] if starts else 0 :]
+    alerts = [line for line in lines if "[ALERT]" in line]
     if not alerts:
         return ""
     text = alerts[0].split("[ALERT]", 1)[1].strip()
