@@ -44,6 +44,19 @@ class _Condition:
     recovered_message: str
 
 
+_OVERLAY = _Condition(
+    OVERLAY_DEGRADED, "PeersUnreachable", "AllPeersReachable",
+    "every peer has shaken hands recently", "OverlayPeersUnreachable",
+    "OverlayPeersReachable", "every peer shakes hands again",
+)  # fmt: skip
+# From the problem the node's ingress proxy reports (none from a node that runs none).
+_INGRESS = _Condition(
+    INGRESS_DEGRADED, "ProxyNotUpdated", "ProxyServing",
+    "HAProxy serves the current ingress view", "IngressProxyFailing",
+    "IngressProxyRecovered", "HAProxy serves the current view again",
+)  # fmt: skip
+
+
 @dataclass
 class _Cached:
     node: kat_pb2.Node
@@ -193,7 +206,7 @@ class NodeRegistry:
             self._overlay[name] = overlay
             await self._overlay_condition(name, list(overlay.stale_peers))
         # The ingress proxy: a condition only (its counters change with every failure).
-        await self._ingress_condition(name, req.ingress.problem)
+        await self._keep_condition(name, _INGRESS, req.ingress.problem)
         req.ClearField("ingress")
         beat = req.SerializeToString(deterministic=True)
         if previous == READY and self._last_beat.get(name) == beat:
@@ -233,22 +246,7 @@ class NodeRegistry:
             if stale
             else ""
         )
-        await self._keep_condition(
-            name, _Condition(OVERLAY_DEGRADED, "PeersUnreachable", "AllPeersReachable",
-                             "every peer has shaken hands recently", "OverlayPeersUnreachable",
-                             "OverlayPeersReachable", "every peer shakes hands again"),
-            message,
-        )  # fmt: skip
-
-    async def _ingress_condition(self, name: str, problem: str) -> None:
-        """Keep the node's IngressDegraded condition in line with the problem its ingress
-        proxy reports (none from a node that runs no ingress proxy)."""
-        await self._keep_condition(
-            name, _Condition(INGRESS_DEGRADED, "ProxyNotUpdated", "ProxyServing",
-                             "HAProxy serves the current ingress view", "IngressProxyFailing",
-                             "IngressProxyRecovered", "HAProxy serves the current view again"),
-            problem,
-        )  # fmt: skip
+        await self._keep_condition(name, _OVERLAY, message)
 
     async def _keep_condition(self, name: str, kind: _Condition, problem: str) -> None:
         """The condition `kind.type` True with `problem` as its message while there is

@@ -106,9 +106,9 @@ async def until_cut(items: AsyncIterator[object], cut: asyncio.Event) -> AsyncIt
     waiting = False
     cut_it = False
 
-    def on_cut(_: object) -> None:
+    def on_cut(_: object) -> None:  # once: the watcher ends only when cut is set
         nonlocal cut_it
-        if waiting and not cut_it and cut.is_set():
+        if waiting:
             cut_it = True
             task.cancel()
 
