@@ -13,7 +13,8 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -281,11 +282,53 @@ def test_retry_delay_doubles_up_to_the_cap() -> None:
     assert max(delays) == delays[-1] == ingress.RELOAD_RETRY_MAX_SECONDS
 
 
+@dataclass
+class HeldHttps:
+    """An HTTPS port another process holds (no SO_REUSEPORT), a free HTTP port, and the
+    certificate the leader hands out for web.kat.local (`fetch`, as the agent's)."""
+
+    http_port: int
+    https_port: int
+    holder: socket.socket
+    cert: bytes
+    fetch: Callable[[Sequence[str]], Awaitable[list[kat_pb2.IngressKeyPair]]]
+
+
+@pytest.fixture
+def held_https(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldHttps]:
+    """Also: reloads that HAProxy does not act on are asked for again within a second."""
+    from tests.unit.test_ingress_certs import self_signed
+
+    monkeypatch.setattr(ingress, "RELOAD_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(ingress, "RELOAD_RETRY_MAX_SECONDS", 1.0)
+    cert, key = self_signed(["web.kat.local"])
+
+    async def fetch(hosts: Sequence[str]) -> list[kat_pb2.IngressKeyPair]:
+        c = kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert)
+        return [kat_pb2.IngressKeyPair(certificate=c, key_pem=key)]
+
+    https_port = free_port()
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", https_port))
+    holder.listen()
+    try:
+        yield HeldHttps(free_port(), https_port, holder, cert, fetch)
+    finally:
+        holder.close()
+
+
+def tls_view(backends: int) -> kat_pb2.EndpointSet:
+    """Every backend, its ingress rule served over HTTPS: a view that needs the HTTPS port."""
+    v = view(backends, BACKENDS)
+    v.services[0].ingress[0].tls = True
+    return v
+
+
 @pytest.mark.async_timeout(90)
 async def test_a_reload_haproxy_cannot_take_keeps_the_old_one_serving_until_it_can(
     tmp_path: Path,
     backends: int,
-    monkeypatch: pytest.MonkeyPatch,
+    held_https: HeldHttps,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A configuration `haproxy -c` accepts but the master cannot load: the first TLS
@@ -293,29 +336,15 @@ async def test_a_reload_haproxy_cannot_take_keeps_the_old_one_serving_until_it_c
     serving the previous configuration, the reload is asked for again with HAProxy's own
     reason in the log and growing pauses, and once the port is free the new configuration
     is served, by the same HAProxy."""
-    from tests.unit.test_ingress_certs import self_signed
-
-    monkeypatch.setattr(ingress, "RELOAD_RETRY_SECONDS", 0.5)
-    monkeypatch.setattr(ingress, "RELOAD_RETRY_MAX_SECONDS", 1.0)
-    cert, key = self_signed(["web.kat.local"])
-
-    async def fetch(hosts):  # type: ignore[no-untyped-def]
-        c = kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert)
-        return [kat_pb2.IngressKeyPair(certificate=c, key_pem=key)]
-
+    h = held_https
+    http_port, https_port, cert = h.http_port, h.https_port, h.cert
     failures_before = reload_failures_metric()
-    http_port, https_port = free_port(), free_port()
-    holder = socket.socket()  # the "other process" on the HTTPS port (no SO_REUSEPORT)
-    holder.bind(("0.0.0.0", https_port))
-    holder.listen()
-    proxy = IngressProxy("n1", tmp_path / "ingress", http_port, https_port, fetch)
+    proxy = IngressProxy("n1", tmp_path / "ingress", http_port, https_port, h.fetch)
     task = asyncio.create_task(proxy.run())
     try:
         proxy.offer(view(backends, BACKENDS[:1]))
         await until(lambda: get(http_port)[0] == 200)
-        tls = view(backends, BACKENDS)
-        tls.services[0].ingress[0].tls = True
-        proxy.offer(tls)
+        proxy.offer(tls_view(backends))
         await until(lambda: proxy.reload_failures >= 3, within=30)
         # Still the first configuration: one backend, plain HTTP answered (no redirect).
         # (Each failed reload pauses the old worker's listeners for about a second: not
@@ -329,42 +358,28 @@ async def test_a_reload_haproxy_cannot_take_keeps_the_old_one_serving_until_it_c
         assert status is not None and "cannot bind" in status.problem.lower(), status
         assert status.reload_failures >= 3
         assert reload_failures_metric() >= failures_before + 3
-        holder.close()
+        h.holder.close()
         reply, _ = await until(lambda: https_get(https_port, cert), within=30)
         assert reply.split("\r\n")[0].endswith("200 OK"), reply
         assert proxy.starts == 1
         await until(lambda: proxy.status() == kat_pb2.IngressStatus(
             serving=True, reload_failures=proxy.reload_failures))  # fmt: skip
     finally:
-        holder.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.mark.async_timeout(120)
 async def test_an_agent_restarted_while_haproxy_cannot_take_the_view_serves_the_last_good_one(
-    tmp_path: Path, backends: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, backends: int, held_https: HeldHttps
 ) -> None:
     """The agent stops (its HAProxy with it) while the newest view cannot load: its HTTPS
     port is held. The next agent's HAProxy cannot start with that view, so it is started
     with the configuration last seen serving: the routes it had keep being served, the
     problem is reported, and once the port is free the newest view is served."""
-    from tests.unit.test_ingress_certs import self_signed
-
-    monkeypatch.setattr(ingress, "RELOAD_RETRY_SECONDS", 0.5)
-    monkeypatch.setattr(ingress, "RELOAD_RETRY_MAX_SECONDS", 1.0)
-    cert, key = self_signed(["web.kat.local"])
-
-    async def fetch(hosts):  # type: ignore[no-untyped-def]
-        c = kat_pb2.IngressCertificate(host="web.kat.local", cert_pem=cert)
-        return [kat_pb2.IngressKeyPair(certificate=c, key_pem=key)]
-
-    http_port, https_port = free_port(), free_port()
-    holder = socket.socket()  # the "other process" on the HTTPS port (no SO_REUSEPORT)
-    holder.bind(("0.0.0.0", https_port))
-    holder.listen()
-    tls = view(backends, BACKENDS)
-    tls.services[0].ingress[0].tls = True
+    h = held_https
+    http_port, https_port, fetch = h.http_port, h.https_port, h.fetch
+    tls = tls_view(backends)
     first = IngressProxy("n1", tmp_path / "ingress", http_port, https_port, fetch)
     task = asyncio.create_task(first.run())
     try:
@@ -390,13 +405,12 @@ async def test_an_agent_restarted_while_haproxy_cannot_take_the_view_serves_the_
         assert "cannot bind" in problems[0].lower(), problems
         status = again.status()
         assert status is not None and status.problem, status  # not the newest view yet
-        holder.close()
-        reply, _ = await until(lambda: https_get(https_port, cert), within=30)
+        h.holder.close()
+        reply, _ = await until(lambda: https_get(https_port, h.cert), within=30)
         assert reply.split("\r\n")[0].endswith("200 OK"), reply
         await until(lambda: again.status() == kat_pb2.IngressStatus(
             serving=True, reload_failures=again.reload_failures))  # fmt: skip
     finally:
-        holder.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
